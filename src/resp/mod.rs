@@ -1,0 +1,1 @@
+//! RESP2/RESP3 wire format: request decoding, reply scanning, values for the control path.
