@@ -3,6 +3,223 @@
 //! Clients speak plain RESP to the proxy as if it were one Redis server; the proxy hashes each
 //! command's keys to a slot, forwards it over multiplexed backend connections to the shard that
 //! owns the slot, follows redirects, and returns replies in the client's order.
+//!
+//! [`Proxy::start`] runs a whole proxy in-process (the binary and the tests both use it).
 
+pub mod admin;
+pub mod backend;
+pub mod client;
+pub mod cluster;
 pub mod command;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
 pub mod resp;
+pub mod server;
+pub mod shared;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::connect::query;
+use crate::cluster::refresh::Topology;
+use crate::command::CommandTable;
+pub use crate::config::Config;
+use crate::resp::Value;
+use crate::shared::Shared;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How long `start` waits for a first topology before serving anyway (clients then get
+/// CLUSTERDOWN until the refresher reaches a node).
+const STARTUP_TOPOLOGY_WAIT: Duration = Duration::from_secs(10);
+
+/// A running proxy. Dropping it stops it.
+pub struct Proxy {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds the listeners, loads the topology and the command table, starts the workers, and
+    /// returns once the proxy serves clients.
+    pub fn start(config: Config) -> Result<Proxy, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let seeds: Vec<String> = config.seeds().map_err(|e| StartError::Config(vec![e]))?.into_iter().map(|s| s.addr).collect();
+        let workers = config.worker_count();
+        let listen: SocketAddr = config.listen.parse().map_err(|_| StartError::Config(vec!["listen".into()]))?;
+        let listeners = server::bind_listeners(listen, workers)
+            .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        let local_addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(listen);
+        let admin_listener = match &config.admin_listen {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Listen { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics = metrics::install();
+
+        let topology = Arc::new(Topology::new(seeds, config.credentials(), config.connect_timeout()));
+        let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
+        let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
+        let shared = Arc::new(Shared::new(config, topology.clone(), workers));
+        let shutdown = CancellationToken::new();
+        let mut threads = Vec::new();
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name("slotproxy-control".into())
+                .spawn(move || control(shared, admin_listener, metrics, refresh_interval, refresh_min_interval, shutdown, ready_tx))
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        // Wait for the control thread's first topology (or its give-up).
+        let _ = ready_rx.recv_timeout(STARTUP_TOPOLOGY_WAIT + Duration::from_secs(5));
+
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("slotproxy-worker-{i}"))
+                .spawn(move || {
+                    if let Err(error) = worker::run(shared, listener, shutdown) {
+                        tracing::error!(%error, "worker failed");
+                    }
+                })
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        tracing::info!(%local_addr, workers, "slotproxy listening");
+        Ok(Proxy { local_addr, admin_addr, shutdown, threads, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// True once every slot has a known primary.
+    pub fn is_ready(&self) -> bool {
+        self.shared.topology.map().is_complete()
+    }
+
+    /// Blocks until the proxy stops (for the binary).
+    pub fn wait(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// A token that stops the proxy when cancelled (signal handlers use it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The control thread: topology refresher, command table, admin listener.
+fn control(
+    shared: Arc<Shared>,
+    admin_listener: Option<std::net::TcpListener>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    refresh_interval: Duration,
+    refresh_min_interval: Duration,
+    shutdown: CancellationToken,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the control runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let topology = shared.topology.clone();
+        let started = Instant::now();
+        loop {
+            if topology.refresh().await {
+                break;
+            }
+            if started.elapsed() > STARTUP_TOPOLOGY_WAIT || shutdown.is_cancelled() {
+                tracing::warn!("no cluster node answered yet; serving anyway and retrying in the background");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        load_command_table(&shared).await;
+        let _ = ready.send(());
+        if let Some(listener) = admin_listener {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(admin::serve(listener, shared.clone(), metrics, shutdown.clone()));
+                }
+                Err(error) => tracing::error!(%error, "admin listener failed"),
+            }
+        }
+        topology.run(refresh_interval, refresh_min_interval, shutdown).await;
+    });
+}
+
+/// Learns key positions of every command the cluster knows (modules included) from `COMMAND`;
+/// keeps the built-in Redis 7 table when no node answers.
+async fn load_command_table(shared: &Shared) {
+    let nodes = shared.topology.map().nodes();
+    let creds = shared.topology.credentials().clone();
+    for node in nodes {
+        match query(&node, &creds, Duration::from_secs(5), &[b"COMMAND"]).await {
+            Ok(reply @ Value::Array(_)) => match CommandTable::from_command_reply(&reply) {
+                Ok(table) => {
+                    tracing::info!(%node, commands = table.len(), "command table learned from the cluster");
+                    shared.commands.store(Arc::new(table));
+                    return;
+                }
+                Err(error) => tracing::warn!(%node, %error, "cannot use the cluster's COMMAND reply"),
+            },
+            Ok(_) => tracing::warn!(%node, "unexpected COMMAND reply"),
+            Err(error) => tracing::debug!(%node, %error, "COMMAND failed"),
+        }
+    }
+    tracing::warn!("using the built-in Redis 7 command table");
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! The `slotproxy` binary: flags, logging, then the library does the rest.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use slotproxy::{Config, Proxy};
+
+/// A cluster-aware Redis proxy: one plain Redis endpoint in front of a Redis Cluster.
+#[derive(Parser, Debug)]
+#[command(name = "slotproxy", version, about)]
+struct Args {
+    /// Client listener address [default: 127.0.0.1:6380]
+    #[arg(long, env = "SLOTPROXY_LISTEN")]
+    listen: Option<String>,
+    /// Seed node URL, redis://[user[:password]@]host:port; repeat or comma-separate
+    #[arg(long = "upstream", env = "SLOTPROXY_UPSTREAM", value_delimiter = ',')]
+    upstreams: Vec<String>,
+    /// Admin HTTP listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9180]
+    #[arg(long, env = "SLOTPROXY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Worker threads [default: available cores]
+    #[arg(long, env = "SLOTPROXY_WORKERS")]
+    workers: Option<usize>,
+    /// TOML configuration file (flags override it)
+    #[arg(long, env = "SLOTPROXY_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Validate the configuration and exit
+    #[arg(long)]
+    check_config: bool,
+    /// Log filter, e.g. info or slotproxy=debug (RUST_LOG also works)
+    #[arg(long, env = "SLOTPROXY_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = args
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| Config::from_toml(&t)) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("slotproxy: cannot read {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.upstreams.is_empty() {
+        config.upstreams = args.upstreams;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = Some(admin);
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    if let Err(problems) = config.validate() {
+        eprintln!("slotproxy: invalid configuration:");
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        return ExitCode::from(2);
+    }
+    if args.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    let proxy = match Proxy::start(config) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("slotproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = proxy.shutdown_token();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+    });
+    proxy.wait();
+    ExitCode::SUCCESS
+}

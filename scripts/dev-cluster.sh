@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Local playground: a 3-primary / 3-replica Redis Cluster on 127.0.0.1:7000..7005 with slotproxy
+# in front of it on 127.0.0.1:6380 (admin HTTP on 127.0.0.1:9180).
+#
+#   scripts/dev-cluster.sh          build, start the nodes (create the cluster on first run),
+#                                   run the proxy in the foreground; Ctrl-C stops everything
+#   scripts/dev-cluster.sh stop     stop nodes/proxy left running by an earlier run
+#
+# Node data lives in ./.dev-cluster/<port>/ (config, log, nodes.conf). Data is not persisted
+# (save "", no AOF), the cluster layout is: a second run restarts the same cluster.
+# Try it:  redis-cli -p 6380 set foo bar && redis-cli -p 6380 get foo
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+DATA="$ROOT/.dev-cluster"
+PORTS=(7000 7001 7002 7003 7004 7005)
+PROXY_LISTEN=127.0.0.1:6380
+ADMIN_LISTEN=127.0.0.1:9180
+START_TIMEOUT_S=60
+
+log() { echo "dev-cluster: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# Whether something accepts connections on 127.0.0.1:$1.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { kill -0 "$1" 2>/dev/null; }
+
+# Stops the process whose PID is in file $1 if it is still the program named $2: SIGTERM, then
+# SIGKILL after 10 s. Only PIDs this script recorded are touched.
+stop_pidfile() {
+    local file=$1 name=$2 pid
+    [ -f "$file" ] || return 0
+    pid=$(cat "$file")
+    if [ -n "$pid" ] && pid_alive "$pid" && grep -qa "$name" "/proc/$pid/cmdline" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then
+            log "pid $pid ($name) ignored SIGTERM for 10 s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$file"
+}
+
+stop_all() {
+    stop_pidfile "$DATA/proxy.pid" slotproxy
+    for port in "${PORTS[@]}"; do
+        stop_pidfile "$DATA/$port/node.pid" redis-server
+    done
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop_all
+    log "stopped"
+    exit 0
+elif [ $# -gt 0 ]; then
+    die "usage: $0 [stop]"
+fi
+
+for port in "${PORTS[@]}" $((PORTS[0] + 10000)) $((PORTS[1] + 10000)) $((PORTS[2] + 10000)) \
+    $((PORTS[3] + 10000)) $((PORTS[4] + 10000)) $((PORTS[5] + 10000)) "${PROXY_LISTEN##*:}" "${ADMIN_LISTEN##*:}"; do
+    if port_in_use "$port"; then
+        die "port $port on 127.0.0.1 is already in use (a cluster left running? try: $0 stop)"
+    fi
+done
+
+bash scripts/install-deps.sh
+log "+ cargo build --release"
+cargo build --release
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/slotproxy"
+[ -x "$BIN" ] || die "$BIN was not built"
+
+cleanup() {
+    trap - EXIT INT TERM
+    log "stopping the proxy and the nodes"
+    stop_all
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for port in "${PORTS[@]}"; do
+    dir="$DATA/$port"
+    mkdir -p "$dir"
+    cat >"$dir/redis.conf" <<CONF
+port $port
+bind 127.0.0.1
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout 5000
+cluster-require-full-coverage no
+cluster-allow-replica-migration no
+save ""
+appendonly no
+protected-mode no
+daemonize no
+logfile redis.log
+dir $dir
+CONF
+    redis-server "$dir/redis.conf" >"$dir/stdout.log" 2>&1 &
+    echo $! >"$dir/node.pid"
+done
+
+# Wait until each node answers PING.
+for port in "${PORTS[@]}"; do
+    deadline=$((SECONDS + START_TIMEOUT_S))
+    until [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]; do
+        pid_alive "$(cat "$DATA/$port/node.pid")" ||
+            die "redis-server on $port exited; see $DATA/$port/redis.log and stdout.log"
+        [ $SECONDS -lt $deadline ] || die "redis-server on $port did not answer within ${START_TIMEOUT_S}s"
+        sleep 0.1
+    done
+done
+
+cluster_field() { # port field
+    redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+known=$(cluster_field "${PORTS[0]}" cluster_known_nodes)
+assigned=$(cluster_field "${PORTS[0]}" cluster_slots_assigned)
+if [ "$known" = "${#PORTS[@]}" ] && [ "$assigned" = 16384 ]; then
+    log "cluster exists (from a previous run); nodes restarted"
+else
+    for port in "${PORTS[@]}"; do
+        if [ "$(cluster_field "$port" cluster_known_nodes)" != 1 ] || [ "$(cluster_field "$port" cluster_slots_assigned)" != 0 ]; then
+            die "node $port is in a half-created cluster; stop everything and delete $DATA to start over"
+        fi
+    done
+    log "+ redis-cli --cluster create ... --cluster-replicas 1"
+    addrs=()
+    for port in "${PORTS[@]}"; do addrs+=("127.0.0.1:$port"); done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes
+fi
+
+log "waiting for cluster_state:ok on every node"
+deadline=$((SECONDS + START_TIMEOUT_S))
+for port in "${PORTS[@]}"; do
+    until [ "$(cluster_field "$port" cluster_state)" = ok ]; do
+        [ $SECONDS -lt $deadline ] || die "node $port: cluster_state not ok after ${START_TIMEOUT_S}s; see $DATA/$port/redis.log"
+        sleep 0.2
+    done
+done
+
+log "cluster ok; starting slotproxy on $PROXY_LISTEN (admin http://$ADMIN_LISTEN), Ctrl-C stops everything"
+"$BIN" --listen "$PROXY_LISTEN" --upstream "redis://127.0.0.1:${PORTS[0]}" --admin-listen "$ADMIN_LISTEN" &
+echo $! >"$DATA/proxy.pid"
+# `wait` (unlike a foreground child) returns as soon as a trapped signal arrives.
+set +e
+wait "$(cat "$DATA/proxy.pid")"
+status=$?
+set -e
+log "slotproxy exited with status $status"
+exit "$status"

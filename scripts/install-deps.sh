@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what the integration tests and scripts/dev-cluster.sh need: redis-server and
+# redis-cli (>= 7.0). Idempotent: does nothing when both are already installed.
+# Debian/Ubuntu only (apt-get); elsewhere it says what to install.
+set -euo pipefail
+
+MIN_MAJOR=7
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! have redis-server || ! have redis-cli; then
+    if ! have apt-get; then
+        echo "install-deps: redis-server and redis-cli (>= ${MIN_MAJOR}.0) are missing and apt-get is not available; install them with your package manager" >&2
+        exit 1
+    fi
+    as_root() {
+        if [ "$(id -u)" -eq 0 ]; then
+            "$@"
+        elif have sudo; then
+            sudo "$@"
+        else
+            echo "install-deps: need root (or sudo) to install redis-server and redis-tools" >&2
+            exit 1
+        fi
+    }
+    echo "+ apt-get update && apt-get install redis-server redis-tools"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server redis-tools
+
+    # Debian's package starts a system redis on 6379; the tests and the dev cluster run their
+    # own nodes, so stop and disable it. Only where systemd is actually running; without
+    # systemd (containers) the package starts nothing that matters here.
+    if have systemctl && [ -d /run/systemd/system ]; then
+        echo "+ systemctl disable --now redis-server.service"
+        as_root systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    fi
+fi
+
+# Version check: "Redis server v=7.0.15 sha=..." / "redis-cli 7.0.15".
+server_version=$(redis-server --version | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p')
+cli_version=$(redis-cli --version | sed -n 's/^redis-cli \([0-9][0-9.]*\).*/\1/p')
+for pair in "redis-server:${server_version}" "redis-cli:${cli_version}"; do
+    name=${pair%%:*}
+    version=${pair#*:}
+    major=${version%%.*}
+    if [ -z "$version" ] || [ "$major" -lt "$MIN_MAJOR" ]; then
+        echo "install-deps: $name version '${version:-unknown}' is too old: need >= ${MIN_MAJOR}.0" >&2
+        exit 1
+    fi
+done
+echo "install-deps: redis-server ${server_version}, redis-cli ${cli_version}"

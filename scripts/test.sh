@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (the README and CI run exactly this):
+#   installs redis-server/redis-cli if missing, then formatting, lints, every test target
+#   (unit, integration against real redis-server clusters, benches compiled and run once in
+#   test mode) and doc tests.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+run() {
+    echo "+ $*" >&2
+    "$@"
+}
+
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+run bash scripts/install-deps.sh
+run cargo fmt --all -- --check
+run cargo clippy --locked --all-targets -- -D warnings
+# --all-targets also builds the criterion benches and runs each once in test mode, so they
+# must at least compile and not panic; doc tests are not part of --all-targets.
+run cargo test --locked --all-targets
+run cargo test --locked --doc
+echo "test.sh: all checks passed" >&2

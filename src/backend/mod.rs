@@ -1,0 +1,9 @@
+//! Connections to cluster nodes: opening them, and multiplexing many clients' requests over a few.
+
+pub mod connect;
+pub mod error;
+pub mod pipe;
+pub mod pool;
+
+pub use error::BackendError;
+pub use pool::Pool;

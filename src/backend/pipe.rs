@@ -1,0 +1,238 @@
+//! One multiplexed, pipelined connection to a node, shared by every client of a worker.
+//!
+//! Requests queue on a channel; the writer takes everything queued at once and sends it in one
+//! `write`; the reader finds the end of each reply without parsing it and hands the raw bytes
+//! to the oldest waiting request (Redis answers in order on a connection).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connect::connect;
+use super::BackendError;
+use crate::cluster::slot_map::NodeAddr;
+use crate::config::Credentials;
+use crate::resp::ReplyScanner;
+
+/// The reply to one request: the raw reply bytes, or why there is none.
+pub type ReplyResult = Result<Bytes, BackendError>;
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// Requests taken from the queue per write: bounds one write's size and the reader's wait.
+const MAX_BATCH: usize = 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Settings every pipe of a worker shares.
+pub struct PipeSettings {
+    pub credentials: Credentials,
+    pub connect_timeout: Duration,
+    pub command_timeout: Option<Duration>,
+}
+
+pub struct Request {
+    payload: Bytes,
+    asking: bool,
+    reply: oneshot::Sender<ReplyResult>,
+}
+
+struct Waiting {
+    /// Replies to drop before this request's own (the `ASKING` acknowledgement).
+    skip: u8,
+    sent_at: Instant,
+    reply: oneshot::Sender<ReplyResult>,
+}
+
+/// Handle to a pipe; the connection task ends when every handle is gone.
+pub struct Pipe {
+    tx: mpsc::UnboundedSender<Request>,
+    state: Rc<PipeState>,
+}
+
+/// What the pool needs to know about a pipe's connection.
+#[derive(Default)]
+pub struct PipeState {
+    closed: Cell<bool>,
+    /// Set when the connection could not be opened at all (drives the reconnect backoff).
+    connect_error: RefCell<Option<(Instant, String)>>,
+}
+
+impl PipeState {
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub fn connect_error(&self) -> Option<(Instant, String)> {
+        self.connect_error.borrow().clone()
+    }
+}
+
+impl Pipe {
+    /// Opens a pipe to `addr`; connecting happens in the background and requests sent
+    /// meanwhile wait for it. `on_close` runs once when the connection is gone.
+    pub fn open(addr: NodeAddr, settings: Rc<PipeSettings>, on_close: impl FnOnce(&PipeState) + 'static) -> Pipe {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Rc::new(PipeState::default());
+        let task_state = state.clone();
+        tokio::task::spawn_local(async move {
+            run(addr, settings, rx, &task_state).await;
+            task_state.closed.set(true);
+            on_close(&task_state);
+        });
+        Pipe { tx, state }
+    }
+
+    pub fn state(&self) -> &PipeState {
+        &self.state
+    }
+
+    /// Queues a request. `asking` sends `ASKING` right before it on the same connection.
+    pub fn send(&self, payload: Bytes, asking: bool) -> oneshot::Receiver<ReplyResult> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(request)) = self.tx.send(Request { payload, asking, reply }) {
+            // The task is gone: nothing was written, so the caller may resend elsewhere.
+            let _ = request.reply.send(Err(BackendError::NotSent { addr: String::new() }));
+        }
+        rx
+    }
+}
+
+async fn run(addr: NodeAddr, settings: Rc<PipeSettings>, mut rx: mpsc::UnboundedReceiver<Request>, state: &PipeState) {
+    let stream = match connect(&addr, &settings.credentials, settings.connect_timeout).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(node = %addr, %error, "backend connect failed");
+            *state.connect_error.borrow_mut() = Some((Instant::now(), error.to_string()));
+            state.closed.set(true);
+            fail_queued(&mut rx, &error);
+            return;
+        }
+    };
+    tracing::debug!(node = %addr, "backend connected");
+    let (reader, writer) = stream.into_split();
+    let waiting = RefCell::new(VecDeque::<Waiting>::new());
+    let outcome = tokio::select! {
+        r = write_loop(writer, &mut rx, &waiting) => r,
+        r = read_loop(reader, &addr, &waiting, settings.command_timeout) => r,
+    };
+    state.closed.set(true);
+    let error = match outcome {
+        Ok(()) => BackendError::Lost { addr: addr.to_string() },
+        Err(e) => {
+            tracing::warn!(node = %addr, error = %e, "backend connection closed");
+            e
+        }
+    };
+    // Sent (or maybe sent) requests: the node may have run them.
+    for w in waiting.borrow_mut().drain(..) {
+        let _ = w.reply.send(Err(match &error {
+            BackendError::Timeout { .. } | BackendError::Protocol { .. } => error.clone(),
+            _ => BackendError::Lost { addr: addr.to_string() },
+        }));
+    }
+    // Still queued: certainly not written.
+    fail_queued(&mut rx, &BackendError::NotSent { addr: addr.to_string() });
+}
+
+fn fail_queued(rx: &mut mpsc::UnboundedReceiver<Request>, error: &BackendError) {
+    rx.close();
+    while let Ok(request) = rx.try_recv() {
+        let _ = request.reply.send(Err(error.clone()));
+    }
+}
+
+/// Cancel safety: dropped by `select!` only when the connection is over.
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    rx: &mut mpsc::UnboundedReceiver<Request>,
+    waiting: &RefCell<VecDeque<Waiting>>,
+) -> Result<(), BackendError> {
+    let mut batch = Vec::with_capacity(64);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        {
+            let mut waiting = waiting.borrow_mut();
+            for request in batch.drain(..) {
+                if request.reply.is_closed() {
+                    continue; // the client is gone and the command was never sent: skip it
+                }
+                if request.asking {
+                    out.extend_from_slice(ASKING);
+                }
+                out.extend_from_slice(&request.payload);
+                waiting.push_back(Waiting { skip: u8::from(request.asking), sent_at: now, reply: request.reply });
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        writer
+            .write_all(&out)
+            .await
+            .map_err(|_| BackendError::Lost { addr: String::new() })?;
+        out.clear();
+        if out.capacity() > 1024 * 1024 {
+            out = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a burst
+        }
+    }
+}
+
+/// Cancel safety: dropped by `select!` only when the connection is over.
+async fn read_loop(
+    mut reader: OwnedReadHalf,
+    addr: &str,
+    waiting: &RefCell<VecDeque<Waiting>>,
+    command_timeout: Option<Duration>,
+) -> Result<(), BackendError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::default();
+    loop {
+        while let Some(len) = scanner
+            .scan(&buf)
+            .map_err(|e| BackendError::Protocol { addr: addr.to_string(), reason: e.to_string() })?
+        {
+            let reply = buf.split_to(len).freeze();
+            let mut queue = waiting.borrow_mut();
+            let Some(front) = queue.front_mut() else {
+                return Err(BackendError::Protocol { addr: addr.to_string(), reason: "reply without a request".into() });
+            };
+            if front.skip > 0 {
+                front.skip -= 1;
+                continue;
+            }
+            if let Some(w) = queue.pop_front() {
+                let _ = w.reply.send(Ok(reply));
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        let read = match command_timeout {
+            None => reader.read_buf(&mut buf).await,
+            Some(limit) => match tokio::time::timeout(limit, reader.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let stuck = waiting.borrow().front().is_some_and(|w| w.sent_at.elapsed() >= limit);
+                    if stuck {
+                        return Err(BackendError::Timeout { addr: addr.to_string(), ms: limit.as_millis() as u64 });
+                    }
+                    continue;
+                }
+            },
+        };
+        match read {
+            Ok(0) => return Err(BackendError::Lost { addr: addr.to_string() }),
+            Ok(_) => {}
+            Err(_) => return Err(BackendError::Lost { addr: addr.to_string() }),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Client connections: reading commands, keeping replies in order, writing them back in batches.
+
+pub mod session;
+pub mod state;

@@ -1,0 +1,103 @@
+//! One client connection: read → decode every complete command → dispatch in arrival order →
+//! write replies from the head of the queue, batching every reply that is ready into one write.
+//!
+//! Reading, completing replies and writing all happen in one `select!` loop, so a client that
+//! pipelines a huge batch before reading anything cannot deadlock against the proxy: the proxy
+//! keeps reading while its writes wait, up to `max_pipeline_depth` commands in flight.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::state::ClientState;
+use crate::dispatch::{dispatch, reply, Reply};
+use crate::resp::RequestDecoder;
+use crate::worker::Worker;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Buffers that grew past this for a large value are given back once they are empty.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let shared = worker.shared.clone();
+    shared.client_connected();
+    let id = shared.next_client_id();
+    let mut client = ClientState::new(id, peer);
+    tracing::debug!(client = id, %peer, "client connected");
+    if let Err(error) = run(&worker, stream, &mut client, shutdown).await {
+        tracing::debug!(client = id, %error, "client connection error");
+    }
+    tracing::debug!(client = id, "client disconnected");
+    shared.client_disconnected();
+}
+
+async fn run(
+    worker: &Rc<Worker>,
+    mut stream: TcpStream,
+    client: &mut ClientState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.split();
+    let mut decoder = RequestDecoder::new(worker.limits.clone());
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
+    // No more input will be read: the client sent QUIT, a protocol error, or hung up.
+    let mut input_done = false;
+    loop {
+        // Decode and dispatch everything complete, as long as the pipeline has room.
+        while !input_done && pending.len() < worker.max_pipeline_depth {
+            match decoder.decode(&mut input) {
+                Ok(Some(command)) => {
+                    pending.push_back(dispatch(worker, client, command));
+                    if client.closing {
+                        input_done = true;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // Like Redis: report the protocol error, then close this connection only.
+                    pending.push_back(reply::error(&format!("ERR {error}")).into());
+                    input_done = true;
+                }
+            }
+        }
+        // Everything already complete goes out in one write.
+        while let Some(Some(reply)) = pending.next().now_or_never() {
+            output.extend_from_slice(&reply);
+        }
+        if input_done && pending.is_empty() && output.is_empty() {
+            return Ok(());
+        }
+        let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
+        if can_read && input.capacity() - input.len() < READ_CHUNK / 4 {
+            input.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            Some(reply) = pending.next(), if !pending.is_empty() => output.extend_from_slice(&reply),
+            written = writer.write(&output), if !output.is_empty() => {
+                let n = written?;
+                output.advance(n);
+                if output.is_empty() && output.capacity() > KEEP_BUFFER {
+                    output = BytesMut::with_capacity(READ_CHUNK);
+                }
+            }
+            read = reader.read_buf(&mut input), if can_read => {
+                if read? == 0 {
+                    // The client closed its sending side: finish what it sent, then close.
+                    input_done = true;
+                }
+            }
+            _ = shutdown.cancelled(), if !input_done => input_done = true,
+        }
+        if input.is_empty() && input.capacity() > KEEP_BUFFER {
+            input = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}

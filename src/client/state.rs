@@ -1,0 +1,21 @@
+//! What the proxy remembers about one client connection.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+pub struct ClientState {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    /// Set by QUIT: close once the replies queued so far are written.
+    pub closing: bool,
+}
+
+impl ClientState {
+    pub fn new(id: u64, peer: SocketAddr) -> ClientState {
+        ClientState { id, peer, name: None, lib_name: None, lib_ver: None, closing: false }
+    }
+}

@@ -1,0 +1,10 @@
+//! What the proxy knows about the cluster: slots, the slot → node map, and how it is kept fresh.
+
+pub mod redirect;
+pub mod refresh;
+pub mod slot;
+pub mod slot_map;
+pub mod topology;
+
+pub use slot::{Slot, SLOT_COUNT};
+pub use slot_map::SlotMap;

@@ -1,0 +1,107 @@
+//! Key → hash slot, exactly as Redis Cluster computes it (`keyHashSlot` in cluster.c).
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOT_COUNT: usize = 16384;
+
+/// A hash slot, always below [`SLOT_COUNT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(u16);
+
+impl Slot {
+    /// The slot that `key` hashes to, honouring `{hash tags}`.
+    pub fn of(key: &[u8]) -> Slot {
+        Slot(crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) & (SLOT_COUNT as u16 - 1))
+    }
+
+    /// A slot from a number, if it is in range.
+    pub fn new(n: u64) -> Option<Slot> {
+        (n < SLOT_COUNT as u64).then_some(Slot(n as u16))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The part of `key` that is hashed: the bytes between the first `{` and the first `}` after it,
+/// when that part is non-empty; otherwise the whole key.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        let rest = &key[open + 1..];
+        if let Some(close) = rest.iter().position(|&b| b == b'}') {
+            if close > 0 {
+                return &rest[..close];
+            }
+        }
+    }
+    key
+}
+
+/// The slot that every key matching a glob `pattern` must hash to, when the pattern fixes it: a
+/// hash tag that comes before any wildcard (`{user1}:*`). Redis 8 uses the same shortcut for
+/// KEYS and SCAN; it lets the proxy ask one shard instead of all of them.
+pub fn pattern_slot(pattern: &[u8]) -> Option<Slot> {
+    let open = pattern.iter().position(|&b| b == b'{')?;
+    let rest = &pattern[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    if close == 0 {
+        return None;
+    }
+    let fixed = &pattern[..open + 1 + close];
+    if fixed.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')) {
+        return None;
+    }
+    Some(Slot::of(&rest[..close]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_xmodem_check_value() {
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"123456789"), 0x31C3);
+    }
+
+    #[test]
+    fn known_slots() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(Slot::of(b"foo").get(), 12182);
+        assert_eq!(Slot::of(b"bar").get(), 5061);
+        assert_eq!(Slot::of(b"").get(), 0);
+        assert_eq!(Slot::of(b"{user1000}.following"), Slot::of(b"user1000"));
+    }
+
+    #[test]
+    fn hash_tag_rules_from_the_spec() {
+        assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
+        assert_eq!(hash_tag(b"{user1000}.followers"), b"user1000");
+        assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
+        assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+        assert_eq!(hash_tag(b"foo{bar}{zap}"), b"bar");
+        assert_eq!(hash_tag(b"{}foo"), b"{}foo");
+        assert_eq!(hash_tag(b"foo{bar"), b"foo{bar");
+        assert_eq!(hash_tag(b"foo}bar{"), b"foo}bar{");
+        assert_eq!(hash_tag(b"plain"), b"plain");
+    }
+
+    #[test]
+    fn pattern_slots() {
+        assert_eq!(pattern_slot(b"{tag}*"), Some(Slot::of(b"tag")));
+        assert_eq!(pattern_slot(b"x{tag}:?"), Some(Slot::of(b"tag")));
+        assert_eq!(pattern_slot(b"*{tag}"), None);
+        assert_eq!(pattern_slot(b"{t*g}"), None);
+        assert_eq!(pattern_slot(b"{}*"), None);
+        assert_eq!(pattern_slot(b"abc*"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! An immutable snapshot of which node serves each slot.
+//!
+//! A new snapshot replaces the old one whole (readers hold an `Arc` to the one they started
+//! with), so routing never sees a half-updated map.
+
+use std::sync::Arc;
+
+use super::{Slot, SLOT_COUNT};
+
+/// Marks a slot that no known primary serves.
+const UNASSIGNED: u16 = u16::MAX;
+
+/// A node address as the proxy dials it: `host:port` (IPv6 hosts in brackets).
+pub type NodeAddr = Arc<str>;
+
+/// One shard: a primary and its replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub primary: NodeAddr,
+    pub primary_id: Option<String>,
+    pub replicas: Vec<NodeAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SlotMap {
+    /// Index into `shards` per slot, or `UNASSIGNED`.
+    owners: Box<[u16]>,
+    shards: Vec<Shard>,
+}
+
+impl SlotMap {
+    /// Builds a map from `(first slot, last slot, shard)` ranges. Later ranges win on overlap.
+    pub fn from_ranges(ranges: Vec<(u16, u16, Shard)>) -> SlotMap {
+        let mut map = SlotMap { owners: vec![UNASSIGNED; SLOT_COUNT].into_boxed_slice(), shards: Vec::new() };
+        for (first, last, shard) in ranges {
+            let index = map.shard_index(shard);
+            let last = usize::from(last).min(SLOT_COUNT - 1);
+            for owner in map.owners.iter_mut().take(last + 1).skip(usize::from(first)) {
+                *owner = index;
+            }
+        }
+        map.drop_unused_shards();
+        map
+    }
+
+    /// An empty map: every slot unassigned.
+    pub fn empty() -> SlotMap {
+        SlotMap::from_ranges(Vec::new())
+    }
+
+    fn shard_index(&mut self, shard: Shard) -> u16 {
+        if let Some(i) = self.shards.iter().position(|s| s.primary == shard.primary) {
+            let existing = &mut self.shards[i];
+            for r in shard.replicas {
+                if !existing.replicas.contains(&r) {
+                    existing.replicas.push(r);
+                }
+            }
+            if existing.primary_id.is_none() {
+                existing.primary_id = shard.primary_id;
+            }
+            return i as u16;
+        }
+        self.shards.push(shard);
+        (self.shards.len() - 1) as u16
+    }
+
+    /// Keeps the shard list to primaries that own slots, sorted by address, so that the order
+    /// of primaries (which SCAN cursors encode) is stable across equal topologies.
+    fn drop_unused_shards(&mut self) {
+        let mut used: Vec<bool> = vec![false; self.shards.len()];
+        for &o in self.owners.iter() {
+            if o != UNASSIGNED {
+                used[usize::from(o)] = true;
+            }
+        }
+        let mut order: Vec<usize> = (0..self.shards.len()).filter(|&i| used[i]).collect();
+        order.sort_by(|&a, &b| self.shards[a].primary.cmp(&self.shards[b].primary));
+        let mut remap = vec![UNASSIGNED; self.shards.len()];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old] = new as u16;
+        }
+        for o in self.owners.iter_mut() {
+            if *o != UNASSIGNED {
+                *o = remap[usize::from(*o)];
+            }
+        }
+        let old = std::mem::take(&mut self.shards);
+        let mut old: Vec<Option<Shard>> = old.into_iter().map(Some).collect();
+        self.shards = order.iter().filter_map(|&i| old[i].take()).collect();
+    }
+
+    /// The primary serving `slot`.
+    pub fn primary(&self, slot: Slot) -> Option<&NodeAddr> {
+        let owner = *self.owners.get(slot.index())?;
+        self.shards.get(usize::from(owner)).map(|s| &s.primary)
+    }
+
+    /// Index of the shard serving `slot` in [`SlotMap::shards`].
+    pub fn shard_of(&self, slot: Slot) -> Option<usize> {
+        let owner = *self.owners.get(slot.index())?;
+        (owner != UNASSIGNED).then_some(usize::from(owner))
+    }
+
+    /// Shards that serve at least one slot, sorted by primary address.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// Every node known: primaries, then replicas.
+    pub fn nodes(&self) -> Vec<NodeAddr> {
+        let mut nodes: Vec<NodeAddr> = self.shards.iter().map(|s| s.primary.clone()).collect();
+        nodes.extend(self.shards.iter().flat_map(|s| s.replicas.iter().cloned()));
+        nodes
+    }
+
+    /// Number of slots that have an owner.
+    pub fn covered_slots(&self) -> usize {
+        self.owners.iter().filter(|&&o| o != UNASSIGNED).count()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.covered_slots() == SLOT_COUNT
+    }
+
+    /// A copy in which `slot` belongs to `addr`: what a MOVED reply tells us, applied at once
+    /// so that the next request for the slot goes straight to its new owner.
+    pub fn with_moved(&self, slot: Slot, addr: &str) -> SlotMap {
+        let mut next = self.clone();
+        let index = match next.shards.iter().position(|s| &*s.primary == addr) {
+            Some(i) => i as u16,
+            None => {
+                next.shards.push(Shard { primary: Arc::from(addr), primary_id: None, replicas: Vec::new() });
+                (next.shards.len() - 1) as u16
+            }
+        };
+        if let Some(owner) = next.owners.get_mut(slot.index()) {
+            *owner = index;
+        }
+        next.drop_unused_shards();
+        next
+    }
+
+    /// Slot ranges per shard, for reports: `(first, last, shard index)`.
+    pub fn ranges(&self) -> Vec<(u16, u16, usize)> {
+        let mut out: Vec<(u16, u16, usize)> = Vec::new();
+        for (slot, &owner) in self.owners.iter().enumerate() {
+            if owner == UNASSIGNED {
+                continue;
+            }
+            match out.last_mut() {
+                Some((_, last, shard)) if *shard == usize::from(owner) && usize::from(*last) + 1 == slot => {
+                    *last = slot as u16
+                }
+                _ => out.push((slot as u16, slot as u16, usize::from(owner))),
+            }
+        }
+        out
+    }
+
+    /// True when both maps route every slot to the same primary.
+    pub fn same_routing(&self, other: &SlotMap) -> bool {
+        (0..SLOT_COUNT as u64)
+            .filter_map(Slot::new)
+            .all(|s| self.primary(s) == other.primary(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(addr: &str) -> Shard {
+        Shard { primary: Arc::from(addr), primary_id: None, replicas: vec![] }
+    }
+
+    #[test]
+    fn ranges_and_moves() {
+        let map = SlotMap::from_ranges(vec![
+            (0, 5460, shard("b:2")),
+            (5461, 10922, shard("a:1")),
+            (10923, 16383, shard("c:3")),
+        ]);
+        assert!(map.is_complete());
+        assert_eq!(&**map.primary(Slot::new(0).unwrap()).unwrap(), "b:2");
+        assert_eq!(map.shards()[0].primary.as_ref(), "a:1");
+        let moved = map.with_moved(Slot::new(0).unwrap(), "d:4");
+        assert_eq!(&**moved.primary(Slot::new(0).unwrap()).unwrap(), "d:4");
+        assert_eq!(&**moved.primary(Slot::new(1).unwrap()).unwrap(), "b:2");
+        assert_eq!(moved.shards().len(), 4);
+        assert_eq!(moved.ranges().len(), 4);
+        assert!(!map.same_routing(&moved));
+    }
+
+    #[test]
+    fn gaps_are_unassigned() {
+        let map = SlotMap::from_ranges(vec![(0, 99, shard("a:1"))]);
+        assert_eq!(map.covered_slots(), 100);
+        assert!(map.primary(Slot::new(100).unwrap()).is_none());
+    }
+}

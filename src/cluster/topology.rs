@@ -1,0 +1,149 @@
+//! Turning `CLUSTER SHARDS` (Redis 7) or `CLUSTER SLOTS` replies into a [`SlotMap`].
+
+use std::sync::Arc;
+
+use super::slot_map::{NodeAddr, Shard, SlotMap};
+use crate::resp::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("unexpected {command} reply from {node}: {detail}")]
+    BadReply { command: &'static str, node: String, detail: &'static str },
+}
+
+/// Formats `host:port`, bracketing IPv6 literals.
+pub fn node_addr(host: &str, port: i64) -> NodeAddr {
+    if host.contains(':') && !host.starts_with('[') {
+        Arc::from(format!("[{host}]:{port}"))
+    } else {
+        Arc::from(format!("{host}:{port}"))
+    }
+}
+
+/// The host part of a `host:port` address (without IPv6 brackets).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Resolves an announced endpoint: NULL and `""` mean "the host you asked", `"?"` an unknown node.
+fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
+    match value {
+        None | Some(Value::Nil) => Some(asked_host.to_string()),
+        Some(v) => match v.as_str() {
+            Some("") => Some(asked_host.to_string()),
+            Some("?") => None,
+            Some(s) => Some(s.to_string()),
+            None => None,
+        },
+    }
+}
+
+/// Parses a `CLUSTER SHARDS` reply. Nodes reported as `failed` are left out of the replica
+/// lists; a shard whose primary is failed keeps its slots (they are still its until a
+/// failover), so requests for them fail fast instead of being sent elsewhere.
+pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
+    let bad = |detail| TopologyError::BadReply { command: "CLUSTER SHARDS", node: asked.to_string(), detail };
+    let asked_host = host_of(asked);
+    let shards = reply.as_array().ok_or_else(|| bad("not an array"))?;
+    let mut ranges = Vec::new();
+    for shard in shards {
+        let slots = shard.field("slots").and_then(Value::as_array).ok_or_else(|| bad("shard without slots"))?;
+        let nodes = shard.field("nodes").and_then(Value::as_array).ok_or_else(|| bad("shard without nodes"))?;
+        let mut primary = None;
+        let mut replicas = Vec::new();
+        for node in nodes {
+            let port = node.field("port").and_then(Value::as_int).or_else(|| node.field("tls-port").and_then(Value::as_int));
+            let Some(port) = port else { continue };
+            let Some(host) = endpoint(node.field("endpoint"), asked_host) else { continue };
+            let addr = node_addr(&host, port);
+            let role = node.field("role").and_then(Value::as_str).unwrap_or("");
+            let health = node.field("health").and_then(Value::as_str).unwrap_or("online");
+            let id = node.field("id").and_then(Value::as_str).map(str::to_string);
+            if role == "master" {
+                primary = Some((addr, id));
+            } else if health == "online" {
+                replicas.push(addr);
+            }
+        }
+        let Some((primary, primary_id)) = primary else { continue };
+        let shard = Shard { primary, primary_id, replicas };
+        for pair in slots.chunks(2) {
+            let (Some(first), Some(last)) = (pair.first().and_then(Value::as_int), pair.get(1).and_then(Value::as_int)) else {
+                return Err(bad("odd slot range list"));
+            };
+            let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
+                return Err(bad("slot out of range"));
+            };
+            ranges.push((first, last, shard.clone()));
+        }
+    }
+    Ok(SlotMap::from_ranges(ranges))
+}
+
+/// Parses a `CLUSTER SLOTS` reply (the fallback before Redis 7).
+pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
+    let bad = |detail| TopologyError::BadReply { command: "CLUSTER SLOTS", node: asked.to_string(), detail };
+    let asked_host = host_of(asked);
+    let entries = reply.as_array().ok_or_else(|| bad("not an array"))?;
+    let mut ranges = Vec::new();
+    for entry in entries {
+        let items = entry.as_array().ok_or_else(|| bad("range is not an array"))?;
+        let (Some(first), Some(last)) = (items.first().and_then(Value::as_int), items.get(1).and_then(Value::as_int)) else {
+            return Err(bad("range without bounds"));
+        };
+        let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
+            return Err(bad("slot out of range"));
+        };
+        let mut nodes = items.iter().skip(2).filter_map(|n| {
+            let n = n.as_array()?;
+            let host = endpoint(n.first(), asked_host)?;
+            let port = n.get(1)?.as_int()?;
+            let id = n.get(2).and_then(Value::as_str).map(str::to_string);
+            Some((node_addr(&host, port), id))
+        });
+        let Some((primary, primary_id)) = nodes.next() else { continue };
+        let replicas = nodes.map(|(a, _)| a).collect();
+        ranges.push((first, last, Shard { primary, primary_id, replicas }));
+    }
+    Ok(SlotMap::from_ranges(ranges))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Slot;
+
+    fn parse(raw: &[u8]) -> Value {
+        Value::parse(raw).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn shards_reply() {
+        let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n\
+*12\r\n$2\r\nid\r\n$3\r\nabc\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n\
+*12\r\n$2\r\nid\r\n$3\r\ndef\r\n$4\r\nport\r\n:7001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
+        let map = parse_shards(&parse(raw), "10.0.0.1:7000").unwrap();
+        assert!(map.is_complete());
+        assert_eq!(&**map.primary(Slot::new(100).unwrap()).unwrap(), "127.0.0.1:7000");
+        assert_eq!(map.shards()[0].replicas, vec![Arc::<str>::from("10.0.0.1:7001")]);
+        assert_eq!(map.shards()[0].primary_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn slots_reply() {
+        let raw = b"*2\r\n*4\r\n:0\r\n:8000\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$3\r\nabc\r\n*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$3\r\nxyz\r\n\
+*3\r\n:8001\r\n:16383\r\n*3\r\n$-1\r\n:7001\r\n$3\r\ndef\r\n";
+        let map = parse_slots(&parse(raw), "127.0.0.2:7000").unwrap();
+        assert!(map.is_complete());
+        assert_eq!(&**map.primary(Slot::new(9000).unwrap()).unwrap(), "127.0.0.2:7001");
+        assert_eq!(map.shards().len(), 2);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(&*node_addr("::1", 7000), "[::1]:7000");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+        assert_eq!(host_of("example.com:7000"), "example.com");
+    }
+}

@@ -1,0 +1,250 @@
+//! Proxy configuration: defaults, the TOML file, and validation that reports every problem at once.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::resp::RequestLimits;
+
+/// Everything the proxy needs to run. Flags (in `main.rs`) override the file, the file
+/// overrides these defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client listener address.
+    pub listen: String,
+    /// Seed nodes: `redis://[user[:password]@]host:port`. Any reachable node is enough.
+    pub upstreams: Vec<String>,
+    /// Admin HTTP listener (`/healthz`, `/metrics`); `None` turns it off.
+    pub admin_listen: Option<String>,
+    /// Worker threads, each with its own listener and backend connections; 0 = available cores.
+    pub workers: usize,
+    /// Largest bulk string a client may send (Redis: proto-max-bulk-len).
+    pub max_bulk_len: usize,
+    /// Most arguments in one command.
+    pub max_array_len: usize,
+    /// Largest single command, in bytes (Redis: client-query-buffer-limit).
+    pub max_query_buffer: usize,
+    /// Longest inline (telnet-style) command line.
+    pub max_inline_len: usize,
+    /// Commands of one client waiting for a backend before the proxy stops reading its socket;
+    /// TCP then pushes back on the client, so a fast writer can't grow the proxy's memory.
+    pub max_pipeline_depth: usize,
+    /// Time allowed to open (and authenticate) a backend connection.
+    pub connect_timeout_ms: u64,
+    /// A backend that has answered nothing for this long while requests wait is considered
+    /// dead: its connection is closed and the waiting requests get an error. 0 = never.
+    pub command_timeout_ms: u64,
+    /// Time a command may spend in TRYAGAIN / CLUSTERDOWN / LOADING retries and reconnects.
+    pub retry_deadline_ms: u64,
+    /// MOVED/ASK redirects followed per command before giving up (a loop means a broken cluster).
+    pub max_redirects: u32,
+    /// Period of the background topology refresh.
+    pub refresh_interval_ms: u64,
+    /// Least time between two refreshes triggered by MOVED or connection loss (debounce).
+    pub refresh_min_interval_ms: u64,
+    /// After a failed connect, requests for that node fail at once for this long.
+    pub reconnect_backoff_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = RequestLimits::default();
+        Config {
+            listen: "127.0.0.1:6380".to_string(),
+            upstreams: Vec::new(),
+            admin_listen: Some("127.0.0.1:9180".to_string()),
+            workers: 0,
+            max_bulk_len: limits.max_bulk_len,
+            max_array_len: limits.max_array_len,
+            max_query_buffer: limits.max_query_buffer,
+            max_inline_len: limits.max_inline_len,
+            max_pipeline_depth: 4096,
+            connect_timeout_ms: 1000,
+            command_timeout_ms: 10_000,
+            retry_deadline_ms: 5_000,
+            max_redirects: 5,
+            refresh_interval_ms: 10_000,
+            refresh_min_interval_ms: 100,
+            reconnect_backoff_ms: 200,
+        }
+    }
+}
+
+/// A seed node parsed from a `redis://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Credentials sent on every new backend connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_bulk_len: self.max_bulk_len,
+            max_array_len: self.max_array_len,
+            max_query_buffer: self.max_query_buffer,
+            max_inline_len: self.max_inline_len,
+        }
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn command_timeout(&self) -> Option<Duration> {
+        (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+
+    pub fn retry_deadline(&self) -> Duration {
+        Duration::from_millis(self.retry_deadline_ms)
+    }
+
+    /// Seeds parsed from `upstreams` (entries may also be comma-separated lists).
+    pub fn seeds(&self) -> Result<Vec<Upstream>, String> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(parse_upstream)
+            .collect()
+    }
+
+    /// Backend credentials: those of the first seed that names any.
+    pub fn credentials(&self) -> Credentials {
+        self.seeds()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.password.is_some() || s.username.is_some())
+            .map(|s| Credentials { username: s.username, password: s.password })
+            .unwrap_or_default()
+    }
+
+    /// Checks the whole configuration and returns every problem found, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("listen: '{}' is not an address like 127.0.0.1:6380", self.listen));
+        }
+        if let Some(admin) = &self.admin_listen {
+            if admin.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!("admin_listen: '{admin}' is not an address like 127.0.0.1:9180"));
+            }
+        }
+        match self.seeds() {
+            Ok(seeds) if seeds.is_empty() => {
+                problems.push("upstreams: at least one seed node is needed (--upstream redis://host:port)".into())
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("upstreams: {e}")),
+        }
+        let positive = [
+            ("max_bulk_len", self.max_bulk_len as u64),
+            ("max_array_len", self.max_array_len as u64),
+            ("max_query_buffer", self.max_query_buffer as u64),
+            ("max_inline_len", self.max_inline_len as u64),
+            ("max_pipeline_depth", self.max_pipeline_depth as u64),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("refresh_interval_ms", self.refresh_interval_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        if self.workers > 1024 {
+            problems.push(format!("workers: {} is more than 1024", self.workers));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Parses `redis://[user[:password]@]host:port` (a bare `host:port` is accepted too).
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let rest = if let Some(rest) = url.strip_prefix("redis://") {
+        rest
+    } else if url.starts_with("rediss://") {
+        return Err(format!("'{url}': TLS upstreams (rediss://) are not supported yet"));
+    } else if url.contains("://") {
+        return Err(format!("'{url}': the scheme must be redis://"));
+    } else {
+        url
+    };
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => ((!user.is_empty()).then(|| user.to_string()), Some(pass.to_string())),
+            None => (Some(u.to_string()), None),
+        },
+    };
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return Err(format!("'{url}': expected host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("'{url}': expected host:port with a port from 1 to 65535"));
+    }
+    Ok(Upstream { addr: hostport.to_string(), username, password })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = parse_upstream("redis://127.0.0.1:7000").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:7000");
+        assert_eq!(u.password, None);
+        let u = parse_upstream("redis://alice:s3cret@host:7001").unwrap();
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("alice"), Some("s3cret")));
+        let u = parse_upstream("redis://:pw@[::1]:7001").unwrap();
+        assert_eq!((u.username, u.password.as_deref(), u.addr.as_str()), (None, Some("pw"), "[::1]:7001"));
+        assert!(parse_upstream("redis://host").is_err());
+        assert!(parse_upstream("http://host:1").is_err());
+    }
+
+    #[test]
+    fn comma_separated_seeds_and_all_problems_reported() {
+        let config = Config { upstreams: vec!["redis://a:1, redis://b:2".into()], ..Config::default() };
+        assert_eq!(config.seeds().unwrap().len(), 2);
+        let bad = Config { listen: "nope".into(), max_bulk_len: 0, ..Config::default() };
+        let problems = bad.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        assert!(Config::from_toml("listen = \"127.0.0.1:1\"\nworkers = 2").is_ok());
+        assert!(Config::from_toml("lisen = 1").is_err());
+    }
+}

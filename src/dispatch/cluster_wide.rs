@@ -1,0 +1,152 @@
+//! Commands that concern the whole data set: sent to every primary and merged, or walked shard
+//! by shard (SCAN).
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+
+use super::merge;
+use super::reply;
+use super::route::{execute, Resend, Target};
+use crate::cluster::slot::pattern_slot;
+use crate::resp::{encode, Command, ReplyScanner};
+use crate::worker::Worker;
+
+/// How the replies of every primary become one.
+#[derive(Clone, Copy, Debug)]
+pub enum Merge {
+    Sum,
+    AllOk,
+    Same,
+    Concat,
+    LogicalAnd,
+}
+
+fn primaries(worker: &Worker) -> Vec<Target> {
+    worker.shared.topology.map().shards().iter().map(|s| Target::Node(s.primary.clone())).collect()
+}
+
+/// Sends `payload` to every primary and merges the replies.
+pub async fn broadcast(worker: Rc<Worker>, payload: Bytes, merge: Merge, resend: Resend) -> Bytes {
+    let targets = primaries(&worker);
+    if targets.is_empty() {
+        return reply::error("CLUSTERDOWN The cluster is down");
+    }
+    let parts: Vec<Bytes> =
+        join_all(targets.into_iter().map(|t| execute(worker.clone(), payload.clone(), t, resend))).await;
+    match merge {
+        Merge::Sum => merge::sum(&parts),
+        Merge::AllOk => merge::all_ok(&parts),
+        Merge::Same => merge::same(&parts),
+        Merge::Concat => merge::concat(&parts),
+        Merge::LogicalAnd => merge::logical_and(&parts),
+    }
+}
+
+/// KEYS pattern: one shard when the pattern fixes the slot, else all of them.
+pub async fn keys(worker: Rc<Worker>, cmd: Command) -> Bytes {
+    match cmd.arg(1).and_then(pattern_slot) {
+        Some(slot) => execute(worker, cmd.raw().clone(), Target::Slot(slot), Resend::Safe).await,
+        None => broadcast(worker, cmd.raw().clone(), Merge::Concat, Resend::Safe).await,
+    }
+}
+
+/// RANDOMKEY: a random primary first, then the others until one has a key.
+pub async fn random_key(worker: Rc<Worker>, cmd: Command) -> Bytes {
+    let mut targets = primaries(&worker);
+    if targets.is_empty() {
+        return reply::error("CLUSTERDOWN The cluster is down");
+    }
+    let start = fastrand::usize(..targets.len());
+    targets.rotate_left(start);
+    for target in targets {
+        let answer = execute(worker.clone(), cmd.raw().clone(), target, Resend::Safe).await;
+        if answer.as_ref() != b"$-1\r\n" {
+            return answer;
+        }
+    }
+    reply::nil()
+}
+
+/// Bits of the proxy's SCAN cursor that hold the shard index: up to 1024 shards, leaving 54
+/// bits for the node's own cursor (Redis cursors stay far below that).
+const SHARD_BITS: u32 = 10;
+const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
+
+/// SCAN over the primaries in address order. The proxy's cursor is one unsigned integer:
+/// `node_cursor << 10 | shard_index`, so clients that parse cursors as numbers keep working.
+/// With `MATCH {tag}*` only the shard of that slot is scanned and its cursor is passed through.
+pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
+    let Some(cursor) = cmd.arg(1).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok()) else {
+        return reply::error("ERR invalid cursor");
+    };
+    let mut pattern = None;
+    let mut i = 2;
+    while let Some(option) = cmd.arg(i) {
+        if option.eq_ignore_ascii_case(b"MATCH") {
+            pattern = cmd.arg(i + 1);
+        }
+        i += 2;
+    }
+    if let Some(slot) = pattern.and_then(pattern_slot) {
+        return execute(worker, cmd.raw().clone(), Target::Slot(slot), Resend::Safe).await;
+    }
+    let shard = (cursor & SHARD_MASK) as usize;
+    let node_cursor = cursor >> SHARD_BITS;
+    let (target, shard_count) = {
+        let map = worker.shared.topology.map();
+        let shards = map.shards();
+        match shards.get(shard) {
+            Some(s) => (Target::Node(s.primary.clone()), shards.len()),
+            None if shards.is_empty() => return reply::error("CLUSTERDOWN The cluster is down"),
+            None => return reply::error("ERR invalid cursor"),
+        }
+    };
+    let mut args: Vec<Bytes> = cmd.args().map(Bytes::copy_from_slice).collect();
+    if let Some(c) = args.get_mut(1) {
+        *c = Bytes::from(node_cursor.to_string());
+    }
+    let sub = Command::from_args(&args);
+    let answer = execute(worker, sub.raw().clone(), target, Resend::Safe).await;
+    let Some((next, keys)) = split_scan_reply(&answer) else { return answer };
+    let next_cursor = if next != 0 {
+        if next >> (64 - SHARD_BITS) != 0 {
+            return reply::error("ERR slotproxy: node SCAN cursor too large to encode");
+        }
+        (next << SHARD_BITS) | shard as u64
+    } else if shard + 1 < shard_count {
+        (shard + 1) as u64
+    } else {
+        0
+    };
+    let mut out = BytesMut::with_capacity(keys.len() + 32);
+    encode::array_header(&mut out, 2);
+    encode::bulk(&mut out, next_cursor.to_string().as_bytes());
+    out.extend_from_slice(&keys);
+    out.freeze()
+}
+
+/// `*2 $cursor *keys` → (cursor, raw keys array).
+fn split_scan_reply(answer: &Bytes) -> Option<(u64, Bytes)> {
+    let rest = answer.strip_prefix(b"*2\r\n")?;
+    let cursor_len = ReplyScanner::default().scan(rest).ok()??;
+    let cursor_reply = &rest[..cursor_len];
+    let cursor_text = cursor_reply.strip_prefix(b"$")?;
+    let start = cursor_text.iter().position(|&b| b == b'\n')? + 1;
+    let cursor: u64 = std::str::from_utf8(cursor_text.get(start..cursor_text.len() - 2)?).ok()?.parse().ok()?;
+    Some((cursor, answer.slice(4 + cursor_len..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_reply_split() {
+        let answer = Bytes::from_static(b"*2\r\n$3\r\n128\r\n*1\r\n$1\r\na\r\n");
+        let (cursor, keys) = split_scan_reply(&answer).unwrap();
+        assert_eq!(cursor, 128);
+        assert_eq!(keys.as_ref(), b"*1\r\n$1\r\na\r\n");
+    }
+}

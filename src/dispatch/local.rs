@@ -1,0 +1,192 @@
+//! Commands the proxy answers itself, as a single Redis server would.
+
+use bytes::{Bytes, BytesMut};
+
+use super::reply;
+use crate::client::state::ClientState;
+use crate::cluster::Slot;
+use crate::resp::{encode, Command};
+use crate::worker::Worker;
+
+pub fn ping(cmd: &Command) -> Bytes {
+    match cmd.arg(1) {
+        None => Bytes::from_static(b"+PONG\r\n"),
+        Some(message) => reply::bulk(message),
+    }
+}
+
+pub fn echo(cmd: &Command) -> Bytes {
+    reply::bulk(cmd.arg(1).unwrap_or_default())
+}
+
+pub fn select(cmd: &Command) -> Bytes {
+    match cmd.arg(1) {
+        Some(b"0") => reply::ok(),
+        Some(db) if std::str::from_utf8(db).ok().and_then(|s| s.parse::<i64>().ok()).is_none() => {
+            reply::error("ERR value is not an integer or out of range")
+        }
+        _ => reply::error("ERR SELECT is not allowed in cluster mode"),
+    }
+}
+
+pub fn auth(cmd: &Command) -> Bytes {
+    if cmd.argc() == 2 {
+        return reply::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+    }
+    // `AUTH user pass` with no users configured: the default user accepts any password.
+    reply::ok()
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. RESP3 is not served yet: `-NOPROTO`
+/// makes clients such as Lettuce and redis-py fall back to RESP2.
+pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
+    let mut i = 1;
+    if let Some(version) = cmd.arg(1) {
+        match std::str::from_utf8(version).ok().and_then(|v| v.parse::<i64>().ok()) {
+            Some(2) => {}
+            Some(3) => return reply::error("NOPROTO sorry, this protocol version is not supported"),
+            _ => return reply::error("ERR Protocol version is not an integer or out of range"),
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while let Some(option) = cmd.arg(i) {
+        if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < cmd.argc() {
+            i += 3;
+        } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < cmd.argc() {
+            name = cmd.arg_bytes(i + 1);
+            i += 2;
+        } else {
+            return reply::error(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(option)));
+        }
+    }
+    if let Some(name) = name {
+        if !valid_client_name(&name) {
+            return reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+        client.name = (!name.is_empty()).then_some(name);
+    }
+    let mut out = BytesMut::with_capacity(256);
+    encode::array_header(&mut out, 14);
+    for (key, value) in [("server", "slotproxy"), ("version", env!("CARGO_PKG_VERSION"))] {
+        encode::bulk(&mut out, key.as_bytes());
+        encode::bulk(&mut out, value.as_bytes());
+    }
+    encode::bulk(&mut out, b"proto");
+    encode::integer(&mut out, 2);
+    encode::bulk(&mut out, b"id");
+    encode::integer(&mut out, client.id as i64);
+    for (key, value) in [("mode", "standalone"), ("role", "master")] {
+        encode::bulk(&mut out, key.as_bytes());
+        encode::bulk(&mut out, value.as_bytes());
+    }
+    encode::bulk(&mut out, b"modules");
+    encode::array_header(&mut out, 0);
+    out.freeze()
+}
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+/// CLIENT subcommands that describe this connection.
+pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
+    match sub {
+        "client|id" => reply::integer(client.id as i64),
+        "client|getname" => client.name.as_deref().map_or_else(reply::nil, reply::bulk),
+        "client|setname" => {
+            let name = cmd.arg_bytes(2).unwrap_or_default();
+            if !valid_client_name(&name) {
+                return reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+            client.name = (!name.is_empty()).then_some(name);
+            reply::ok()
+        }
+        "client|setinfo" => {
+            let attr = cmd.arg(2).unwrap_or_default();
+            let value = cmd.arg_bytes(3).unwrap_or_default();
+            if attr.eq_ignore_ascii_case(b"lib-name") {
+                client.lib_name = Some(value);
+            } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+                client.lib_ver = Some(value);
+            } else {
+                return reply::error(&format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(attr)));
+            }
+            reply::ok()
+        }
+        "client|info" => {
+            let text = format!(
+                "id={} addr={} laddr= fd=0 name={} db=0 lib-name={} lib-ver={}\n",
+                client.id,
+                client.peer,
+                String::from_utf8_lossy(client.name.as_deref().unwrap_or_default()),
+                String::from_utf8_lossy(client.lib_name.as_deref().unwrap_or_default()),
+                String::from_utf8_lossy(client.lib_ver.as_deref().unwrap_or_default()),
+            );
+            reply::bulk(text.as_bytes())
+        }
+        _ => reply::error(&format!(
+            "ERR '{}' is not supported by slotproxy (it would act on one node's connection, not yours)",
+            sub.replace('|', " ").to_uppercase()
+        )),
+    }
+}
+
+pub fn keyslot(cmd: &Command) -> Bytes {
+    reply::integer(i64::from(Slot::of(cmd.arg(2).unwrap_or_default()).get()))
+}
+
+/// The `# Proxy` section of INFO.
+pub fn proxy_info(worker: &Worker) -> String {
+    let shared = &worker.shared;
+    let map = shared.topology.map();
+    format!(
+        "# Proxy\r\nproxy_version:{}\r\nproxy_uptime_in_seconds:{}\r\nproxy_workers:{}\r\nproxy_connected_clients:{}\r\n\
+proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        shared.started.elapsed().as_secs(),
+        shared.workers,
+        shared.connected_clients(),
+        map.shards().len(),
+        map.covered_slots(),
+        shared.topology.generation(),
+        shared.topology.age().map_or(-1, |a| a.as_millis() as i64),
+        shared.commands.load().len(),
+    )
+}
+
+/// Adds the proxy section to a node's INFO reply (a bulk string).
+pub fn append_proxy_info(node_reply: &Bytes, section: &str) -> Bytes {
+    let Some(body) = bulk_body(node_reply) else { return node_reply.clone() };
+    let mut text = body.to_vec();
+    if !text.is_empty() && !text.ends_with(b"\r\n\r\n") {
+        if !text.ends_with(b"\r\n") {
+            text.extend_from_slice(b"\r\n");
+        }
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(section.as_bytes());
+    reply::bulk(&text)
+}
+
+fn bulk_body(reply: &[u8]) -> Option<&[u8]> {
+    let rest = reply.strip_prefix(b"$")?;
+    let line_end = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
+    rest.get(line_end + 2..line_end + 2 + len)
+}
+
+/// Whether `INFO args` asks for the proxy section.
+pub fn wants_proxy_section(cmd: &Command) -> bool {
+    cmd.argc() == 1
+        || cmd.args().skip(1).any(|s| {
+            ["proxy", "all", "everything", "default"].iter().any(|w| s.eq_ignore_ascii_case(w.as_bytes()))
+        })
+}
+
+/// Whether the node should be asked at all (`INFO proxy` alone needs no node).
+pub fn only_proxy_section(cmd: &Command) -> bool {
+    cmd.argc() > 1 && cmd.args().skip(1).all(|s| s.eq_ignore_ascii_case(b"proxy"))
+}

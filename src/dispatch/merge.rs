@@ -1,0 +1,172 @@
+//! Combining the replies of a split or broadcast request into the one reply the client expects.
+//! Every merge fails with the first error reply among the parts, in argument (or shard) order.
+
+use bytes::{Bytes, BytesMut};
+
+use super::reply;
+use crate::resp::{encode, is_error_reply, ReplyScanner};
+
+fn first_error(parts: &[Bytes]) -> Option<Bytes> {
+    parts.iter().find(|p| is_error_reply(p)).cloned()
+}
+
+fn malformed() -> Bytes {
+    reply::error("ERR slotproxy: unexpected reply shape from a node while merging")
+}
+
+/// The integer in a `:n\r\n` reply.
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
+/// The elements of an array reply, as zero-copy slices; `None` for anything else.
+pub fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
+    let rest = reply.strip_prefix(b"*")?;
+    let line_end = rest.iter().position(|&b| b == b'\r')?;
+    let count: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
+    let mut at = 1 + line_end + 2;
+    let mut elements = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = ReplyScanner::default().scan(reply.get(at..)?).ok()??;
+        elements.push(reply.slice(at..at + len));
+        at += len;
+    }
+    (at == reply.len()).then_some(elements)
+}
+
+fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
+    let mut parts: Vec<Bytes> = Vec::with_capacity(elements.len());
+    parts.extend(elements);
+    let mut out = BytesMut::with_capacity(16 + parts.iter().map(Bytes::len).sum::<usize>());
+    encode::array_header(&mut out, parts.len());
+    for p in &parts {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
+}
+
+/// MGET: each part answered for some of the keys; put every value back at its key's position.
+pub fn by_position(parts: Vec<(Vec<usize>, Bytes)>, total: usize) -> Bytes {
+    let replies: Vec<Bytes> = parts.iter().map(|(_, r)| r.clone()).collect();
+    if let Some(e) = first_error(&replies) {
+        return e;
+    }
+    let mut slots: Vec<Option<Bytes>> = vec![None; total];
+    for (positions, reply) in parts {
+        let Some(values) = array_elements(&reply) else { return malformed() };
+        if values.len() != positions.len() {
+            return malformed();
+        }
+        for (pos, value) in positions.into_iter().zip(values) {
+            if let Some(slot) = slots.get_mut(pos) {
+                *slot = Some(value);
+            }
+        }
+    }
+    if slots.iter().any(Option::is_none) {
+        return malformed();
+    }
+    array(slots.into_iter().map(Option::unwrap_or_default))
+}
+
+/// DEL, EXISTS, DBSIZE...: the sum of the parts' integers.
+pub fn sum(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    let mut total: i64 = 0;
+    for p in parts {
+        let Some(n) = integer(p) else { return malformed() };
+        total = total.saturating_add(n);
+    }
+    reply::integer(total)
+}
+
+/// MSET, FLUSHALL...: OK when every part is OK.
+pub fn all_ok(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    if parts.iter().all(|p| p.as_ref() == b"+OK\r\n") {
+        reply::ok()
+    } else {
+        malformed()
+    }
+}
+
+/// SCRIPT LOAD, FUNCTION LOAD: every node answers the same (the SHA, the library name).
+pub fn same(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    match parts.first() {
+        Some(first) if parts.iter().all(|p| p == first) => first.clone(),
+        _ => malformed(),
+    }
+}
+
+/// KEYS: the concatenation of the parts' arrays.
+pub fn concat(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    let mut all = Vec::new();
+    for p in parts {
+        let Some(items) = array_elements(p) else { return malformed() };
+        all.extend(items);
+    }
+    array(all.into_iter())
+}
+
+/// SCRIPT EXISTS: 1 at a position only if every node has that script.
+pub fn logical_and(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    let mut result: Option<Vec<i64>> = None;
+    for p in parts {
+        let Some(items) = array_elements(p) else { return malformed() };
+        let Some(values) = items.iter().map(|i| integer(i)).collect::<Option<Vec<i64>>>() else { return malformed() };
+        result = Some(match result {
+            None => values,
+            Some(acc) if acc.len() == values.len() => acc.iter().zip(&values).map(|(a, b)| i64::from(*a != 0 && *b != 0)).collect(),
+            Some(_) => return malformed(),
+        });
+    }
+    let values = result.unwrap_or_default();
+    array(values.into_iter().map(reply::integer).collect::<Vec<_>>().into_iter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn mget_positions() {
+        let merged = by_position(vec![(vec![0, 2], b("*2\r\n$1\r\na\r\n$-1\r\n")), (vec![1], b("*1\r\n$2\r\nbb\r\n"))], 3);
+        assert_eq!(merged, b("*3\r\n$1\r\na\r\n$2\r\nbb\r\n$-1\r\n"));
+        let failed = by_position(vec![(vec![0], b("*1\r\n$1\r\na\r\n")), (vec![1], b("-TRYAGAIN x\r\n"))], 2);
+        assert_eq!(failed, b("-TRYAGAIN x\r\n"));
+    }
+
+    #[test]
+    fn sums_and_oks() {
+        assert_eq!(sum(&[b(":1\r\n"), b(":2\r\n")]), b(":3\r\n"));
+        assert_eq!(all_ok(&[b("+OK\r\n"), b("+OK\r\n")]), b("+OK\r\n"));
+        assert_eq!(all_ok(&[b("+OK\r\n"), b("-ERR no\r\n")]), b("-ERR no\r\n"));
+        assert_eq!(concat(&[b("*1\r\n$1\r\na\r\n"), b("*0\r\n")]), b("*1\r\n$1\r\na\r\n"));
+        assert_eq!(logical_and(&[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]), b("*2\r\n:0\r\n:1\r\n"));
+        assert_eq!(same(&[b("$2\r\nab\r\n"), b("$2\r\nab\r\n")]), b("$2\r\nab\r\n"));
+    }
+
+    #[test]
+    fn array_elements_rejects_trailing_garbage() {
+        assert!(array_elements(&b("*1\r\n:1\r\n:2\r\n")).is_none());
+        assert_eq!(array_elements(&b("*2\r\n*1\r\n:1\r\n$-1\r\n")).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,242 @@
+//! Decides how each command is served (answered here, sent to one slot's owner, split per slot,
+//! or sent to every primary) and produces the reply that goes into the client's queue.
+
+pub mod cluster_wide;
+pub mod local;
+pub mod merge;
+pub mod reply;
+pub mod route;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+pub use reply::Reply;
+
+use crate::client::state::ClientState;
+use crate::cluster::Slot;
+use crate::command::{CommandSpec, CommandTable};
+use crate::resp::Command;
+use crate::worker::Worker;
+use cluster_wide::Merge;
+use route::{execute, Resend, Target};
+
+/// How a multi-key command's keys are laid out and its parts merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// MGET: one key per argument, values merged back in key order.
+    Values,
+    /// MSET: key/value pairs, OK when every part is OK.
+    Pairs,
+    /// DEL, UNLINK, EXISTS, TOUCH: one key per argument, integer replies summed.
+    Count,
+}
+
+/// Produces the reply for one command. Called in arrival order; the returned reply is queued
+/// so replies go back in the order the client sent its commands.
+pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> Reply {
+    let table = worker.shared.commands.load();
+    let Some(spec) = table.lookup(&cmd) else {
+        return unknown_command(&cmd).into();
+    };
+    if !spec.check_arity(cmd.argc()) {
+        return reply::error(&format!("ERR wrong number of arguments for '{}' command", spec.name)).into();
+    }
+    plan(worker, client, &table, spec, cmd)
+}
+
+fn plan(worker: &Rc<Worker>, client: &mut ClientState, table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
+    let name = spec.name.as_str();
+    match name {
+        "ping" => local::ping(&cmd).into(),
+        "echo" => local::echo(&cmd).into(),
+        "quit" => {
+            client.closing = true;
+            reply::ok().into()
+        }
+        "select" => local::select(&cmd).into(),
+        "auth" => local::auth(&cmd).into(),
+        "hello" => local::hello(&cmd, client).into(),
+        "readonly" | "readwrite" => reply::ok().into(),
+        "reset" => {
+            client.name = None;
+            Bytes::from_static(b"+RESET\r\n").into()
+        }
+        _ if name.starts_with("client|") || name == "client" => local::client(name, &cmd, client).into(),
+        "cluster|keyslot" => local::keyslot(&cmd).into(),
+        "cluster|info" | "cluster|nodes" | "cluster|slots" | "cluster|shards" | "cluster|myid" | "cluster|links"
+        | "cluster|help" => any_node(worker, cmd),
+        "cluster|countkeysinslot" | "cluster|getkeysinslot" => {
+            match cmd.arg(2).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse().ok()).and_then(Slot::new) {
+                Some(slot) => send(worker, cmd, Target::Slot(slot), Resend::Safe),
+                None => reply::error("ERR Invalid or out of range slot").into(),
+            }
+        }
+        _ if name == "cluster" || name.starts_with("cluster|") => refuse(name, "it would change the cluster behind the proxy"),
+        "info" => info(worker, cmd),
+        "command" | "command|count" | "command|info" | "command|docs" | "command|list" | "command|getkeys"
+        | "command|getkeysandflags" | "command|help" => any_node(worker, cmd),
+        "mget" => split(worker, spec, cmd, Split::Values),
+        "mset" => split(worker, spec, cmd, Split::Pairs),
+        "del" | "unlink" | "exists" | "touch" => split(worker, spec, cmd, Split::Count),
+        "keys" => Reply::later(cluster_wide::keys(worker.clone(), cmd)),
+        "scan" => Reply::later(cluster_wide::scan(worker.clone(), cmd)),
+        "randomkey" => Reply::later(cluster_wide::random_key(worker.clone(), cmd)),
+        "dbsize" => broadcast(worker, cmd, Merge::Sum, Resend::Safe),
+        "flushall" | "flushdb" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
+        "script|load" => broadcast(worker, cmd, Merge::Same, Resend::Safe),
+        "script|exists" => broadcast(worker, cmd, Merge::LogicalAnd, Resend::Safe),
+        "script|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Safe),
+        "function|load" | "function|restore" => broadcast(worker, cmd, Merge::Same, Resend::Never),
+        "function|delete" | "function|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => {
+            refuse(name, "transactions need a pinned connection, which this version does not provide yet")
+        }
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+            refuse(name, "subscriptions need a dedicated connection, which this version does not provide yet")
+        }
+        "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
+        "monitor" | "sync" | "psync" | "shutdown" | "replicaof" | "slaveof" | "failover" | "debug" | "save"
+        | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => refuse(name, "it acts on one node of the cluster"),
+        "xread" | "xreadgroup" if has_block_option(&cmd) => {
+            refuse(name, "blocking reads need a dedicated connection, which this version does not provide yet")
+        }
+        _ if spec.is_blocking() && !matches!(name, "xread" | "xreadgroup") => {
+            refuse(name, "blocking commands need a dedicated connection, which this version does not provide yet")
+        }
+        "config|get" | "time" | "lastsave" | "role" | "lolwut" | "memory|stats" | "memory|doctor" | "function|list"
+        | "function|dump" | "function|stats" => any_node(worker, cmd),
+        _ if spec.is_admin() => refuse(name, "it is an administrative command for one node"),
+        _ => keyed(worker, table, spec, cmd),
+    }
+}
+
+/// The command goes to the owner of its keys' slot (any primary when it has no keys).
+fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
+    let mut keys = Vec::new();
+    spec.key_indices(&cmd, &mut keys);
+    let mut slot: Option<Slot> = None;
+    for &i in &keys {
+        let s = Slot::of(cmd.arg(i).unwrap_or_default());
+        match slot {
+            None => slot = Some(s),
+            Some(first) if first != s => return reply::error(reply::CROSSSLOT).into(),
+            Some(_) => {}
+        }
+    }
+    let resend = if spec.is_readonly() { Resend::Safe } else { Resend::Never };
+    let target = slot.map_or(Target::Any, Target::Slot);
+    send(worker, cmd, target, resend)
+}
+
+fn send(worker: &Rc<Worker>, cmd: Command, target: Target, resend: Resend) -> Reply {
+    Reply::later(execute(worker.clone(), cmd.raw().clone(), target, resend))
+}
+
+fn any_node(worker: &Rc<Worker>, cmd: Command) -> Reply {
+    send(worker, cmd, Target::Any, Resend::Safe)
+}
+
+fn broadcast(worker: &Rc<Worker>, cmd: Command, merge: Merge, resend: Resend) -> Reply {
+    Reply::later(cluster_wide::broadcast(worker.clone(), cmd.raw().clone(), merge, resend))
+}
+
+fn refuse(name: &str, why: &str) -> Reply {
+    let shown = name.replace('|', " ").to_uppercase();
+    reply::error(&format!("ERR {shown} is not supported by slotproxy: {why}")).into()
+}
+
+fn has_block_option(cmd: &Command) -> bool {
+    cmd.args().skip(1).take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS")).any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
+    if local::only_proxy_section(&cmd) {
+        return reply::bulk(local::proxy_info(worker).as_bytes()).into();
+    }
+    let wants_proxy = local::wants_proxy_section(&cmd);
+    let worker = worker.clone();
+    Reply::later(async move {
+        let node = execute(worker.clone(), cmd.raw().clone(), Target::Any, Resend::Safe).await;
+        if wants_proxy {
+            local::append_proxy_info(&node, &local::proxy_info(&worker))
+        } else {
+            node
+        }
+    })
+}
+
+/// Splits a multi-key command into one command per slot, runs them concurrently and merges.
+fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> Reply {
+    let step = if kind == Split::Pairs { 2 } else { 1 };
+    // Slot → (argument indices of its keys, positions of those keys among all keys).
+    let mut groups: Vec<(Slot, Vec<usize>, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<Slot, usize> = HashMap::new();
+    let mut position = 0;
+    let mut i = 1;
+    while i < cmd.argc() {
+        let slot = Slot::of(cmd.arg(i).unwrap_or_default());
+        let g = *group_of.entry(slot).or_insert_with(|| {
+            groups.push((slot, Vec::new(), Vec::new()));
+            groups.len() - 1
+        });
+        if let Some(group) = groups.get_mut(g) {
+            group.1.push(i);
+            group.2.push(position);
+        }
+        position += 1;
+        i += step;
+    }
+    let resend = if spec.is_readonly() { Resend::Safe } else { Resend::Never };
+    if groups.len() <= 1 {
+        let target = groups.first().map_or(Target::Any, |g| Target::Slot(g.0));
+        return send(worker, cmd, target, resend);
+    }
+    let name = cmd.name();
+    let parts: Vec<(Target, Bytes, Vec<usize>)> = groups
+        .into_iter()
+        .map(|(slot, arg_indices, positions)| {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(1 + arg_indices.len() * step);
+            args.push(name);
+            for a in arg_indices {
+                for j in a..a + step {
+                    args.push(cmd.arg(j).unwrap_or_default());
+                }
+            }
+            (Target::Slot(slot), Command::from_args(&args).raw().clone(), positions)
+        })
+        .collect();
+    let total = position;
+    let worker = worker.clone();
+    Reply::later(async move {
+        let (positions, requests): (Vec<Vec<usize>>, Vec<_>) = parts
+            .into_iter()
+            .map(|(target, payload, positions)| (positions, execute(worker.clone(), payload, target, resend)))
+            .unzip();
+        let replies = join_all(requests).await;
+        match kind {
+            Split::Values => merge::by_position(positions.into_iter().zip(replies).collect(), total),
+            Split::Pairs => merge::all_ok(&replies),
+            Split::Count => merge::sum(&replies),
+        }
+    })
+}
+
+/// Redis's reply for a command it does not know.
+fn unknown_command(cmd: &Command) -> Bytes {
+    let name = String::from_utf8_lossy(cmd.name());
+    let mut text = format!("ERR unknown command '{}', with args beginning with: ", truncate(&name, 128));
+    for arg in cmd.args().skip(1).take(16) {
+        text.push_str(&format!("'{}' ", truncate(&String::from_utf8_lossy(arg), 128)));
+    }
+    reply::error(&text)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,152 @@
+//! Sends one request to the node that should run it and deals with what comes back:
+//! redirects, retries and broken connections, so the client sees only a final reply.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::reply;
+use crate::backend::BackendError;
+use crate::cluster::redirect::{classify, Redirect};
+use crate::cluster::slot_map::NodeAddr;
+use crate::cluster::Slot;
+use crate::worker::Worker;
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The primary that owns this slot.
+    Slot(Slot),
+    /// This node (broadcasts, SCAN).
+    Node(NodeAddr),
+    /// Any primary (keyless commands).
+    Any,
+}
+
+/// Whether a request may be sent again after its connection broke once it was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Reads: running them twice is harmless.
+    Safe,
+    /// Writes: never risk running them twice; answer an error instead.
+    Never,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Reconnect attempts for a request whose node can't be reached: enough to pick up a fresh
+/// slot map after a failover, few enough that requests for a dead node fail fast.
+const MAX_CONNECT_RETRIES: u32 = 2;
+
+/// Runs `payload` on the node for `target` and returns the final raw reply.
+pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
+    let deadline = Instant::now() + worker.retry_deadline;
+    let topology = &worker.shared.topology;
+    let mut redirects = 0u32;
+    let mut connect_retries = 0u32;
+    let mut backoff = FIRST_BACKOFF;
+    // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
+    let mut redirect_to: Option<(NodeAddr, bool)> = None;
+    loop {
+        let (addr, asking) = match redirect_to.take() {
+            Some(to) => to,
+            None => match resolve(&worker, &target) {
+                Some(addr) => (addr, false),
+                None => {
+                    topology.request_refresh();
+                    if !wait(&mut backoff, deadline).await {
+                        return reply::error("CLUSTERDOWN Hash slot not served");
+                    }
+                    continue;
+                }
+            },
+        };
+        let outcome = match worker.pool.send(&addr, payload.clone(), asking) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: addr.to_string() })),
+            Err(e) => Err(e),
+        };
+        let error = match outcome {
+            Ok(bytes) => {
+                let Some(redirect) = classify(&bytes) else { return bytes };
+                match redirect {
+                    Redirect::Moved { slot, addr: to } => {
+                        metrics::counter!("slotproxy_redirects_total", "kind" => "moved").increment(1);
+                        redirects += 1;
+                        if redirects > worker.max_redirects {
+                            return too_many_redirects(&bytes);
+                        }
+                        topology.apply_moved(slot, to);
+                        topology.request_refresh();
+                        redirect_to = Some((NodeAddr::from(to), false));
+                    }
+                    Redirect::Ask { addr: to, .. } => {
+                        metrics::counter!("slotproxy_redirects_total", "kind" => "ask").increment(1);
+                        redirects += 1;
+                        if redirects > worker.max_redirects {
+                            return too_many_redirects(&bytes);
+                        }
+                        redirect_to = Some((NodeAddr::from(to), true));
+                    }
+                    Redirect::TryAgain | Redirect::ClusterDown | Redirect::Loading => {
+                        let kind = match redirect {
+                            Redirect::TryAgain => "tryagain",
+                            Redirect::ClusterDown => "clusterdown",
+                            _ => "loading",
+                        };
+                        metrics::counter!("slotproxy_retries_total", "kind" => kind).increment(1);
+                        if redirect == Redirect::ClusterDown {
+                            topology.request_refresh();
+                        }
+                        if !wait(&mut backoff, deadline).await {
+                            return bytes; // out of time: the cluster's own answer is the clearest
+                        }
+                    }
+                }
+                continue;
+            }
+            Err(error) => error,
+        };
+        metrics::counter!("slotproxy_errors_total", "kind" => error.kind()).increment(1);
+        topology.request_refresh();
+        let may_resend = error.certainly_not_sent() || resend == Resend::Safe;
+        if may_resend && connect_retries < MAX_CONNECT_RETRIES {
+            connect_retries += 1;
+            // Give the refresher a moment: after a failover the map will point elsewhere.
+            if wait(&mut backoff, deadline).await {
+                continue;
+            }
+        }
+        return reply::error(&format!("ERR {error}"));
+    }
+}
+
+fn resolve(worker: &Worker, target: &Target) -> Option<NodeAddr> {
+    let map = worker.shared.topology.map();
+    match target {
+        Target::Slot(slot) => map.primary(*slot).cloned(),
+        Target::Node(addr) => Some(addr.clone()),
+        Target::Any => {
+            let shards = map.shards();
+            if shards.is_empty() {
+                return None;
+            }
+            shards.get(fastrand::usize(..shards.len())).map(|s| s.primary.clone())
+        }
+    }
+}
+
+/// Sleeps for the current backoff (then doubles it) unless that would pass the deadline.
+async fn wait(backoff: &mut Duration, deadline: Instant) -> bool {
+    if Instant::now() + *backoff > deadline {
+        return false;
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}
+
+fn too_many_redirects(last: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(last.get(1..).unwrap_or_default());
+    reply::error(&format!("ERR too many cluster redirects, last: {}", text.trim_end()))
+}

@@ -1,0 +1,41 @@
+//! The Prometheus recorder, installed once per process and shared by every proxy in it (tests
+//! run several proxies in one process).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder if no other recorder is installed; returns the handle that renders
+/// `/metrics`, or `None` when another recorder owns the process.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(_) => None,
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("slotproxy_commands_total", "Commands received, by command name");
+    describe_histogram!("slotproxy_command_duration_seconds", Unit::Seconds, "Time from a command's arrival to its reply");
+    describe_counter!("slotproxy_errors_total", "Failed backend round trips and client protocol errors, by kind");
+    describe_counter!("slotproxy_redirects_total", "MOVED and ASK redirects followed inside the proxy");
+    describe_counter!("slotproxy_retries_total", "TRYAGAIN, CLUSTERDOWN and LOADING replies retried inside the proxy");
+    describe_gauge!("slotproxy_client_connections", "Open client connections");
+    describe_gauge!("slotproxy_backend_connections", "Open backend connections, by node");
+    describe_counter!("slotproxy_topology_refreshes_total", "Topology refreshes attempted");
+    describe_counter!("slotproxy_topology_refresh_failures_total", "Topology refreshes in which no node answered");
+    describe_counter!("slotproxy_slot_map_patches_total", "Slot map updates applied from MOVED replies");
+    describe_counter!("slotproxy_bytes_total", Unit::Bytes, "Bytes exchanged with clients, by direction");
+}

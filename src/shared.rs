@@ -1,0 +1,54 @@
+//! State shared by every worker thread: read-mostly, swapped whole, never locked on the hot path.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::cluster::refresh::Topology;
+use crate::command::CommandTable;
+use crate::config::Config;
+
+pub struct Shared {
+    pub config: Config,
+    pub topology: Arc<Topology>,
+    /// Learned from the cluster's `COMMAND` once it answers; the built-in snapshot until then.
+    pub commands: ArcSwap<CommandTable>,
+    next_client_id: AtomicU64,
+    connected_clients: AtomicUsize,
+    pub started: Instant,
+    pub workers: usize,
+}
+
+impl Shared {
+    pub fn new(config: Config, topology: Arc<Topology>, workers: usize) -> Shared {
+        Shared {
+            config,
+            topology,
+            commands: ArcSwap::from_pointee(CommandTable::builtin().clone()),
+            next_client_id: AtomicU64::new(1),
+            connected_clients: AtomicUsize::new(0),
+            started: Instant::now(),
+            workers,
+        }
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn client_connected(&self) {
+        self.connected_clients.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("slotproxy_client_connections").increment(1.0);
+    }
+
+    pub fn client_disconnected(&self) {
+        self.connected_clients.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("slotproxy_client_connections").decrement(1.0);
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.connected_clients.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,77 @@
+//! One worker: a single-threaded runtime with its own listener socket and backend pipes, so a
+//! request is served without locks or cross-thread hand-offs.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::pipe::PipeSettings;
+use crate::backend::Pool;
+use crate::client::session;
+use crate::resp::RequestLimits;
+use crate::shared::Shared;
+
+/// What a session needs from its worker.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: Pool,
+    pub limits: RequestLimits,
+    pub retry_deadline: Duration,
+    pub max_redirects: u32,
+    pub max_pipeline_depth: usize,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Worker {
+        let config = &shared.config;
+        let settings = PipeSettings {
+            credentials: config.credentials(),
+            connect_timeout: config.connect_timeout(),
+            command_timeout: config.command_timeout(),
+        };
+        let topology = shared.topology.clone();
+        let pool = Pool::new(
+            settings,
+            Duration::from_millis(config.reconnect_backoff_ms),
+            Rc::new(move || topology.request_refresh()),
+        );
+        Worker {
+            limits: config.limits(),
+            retry_deadline: config.retry_deadline(),
+            max_redirects: config.max_redirects,
+            max_pipeline_depth: config.max_pipeline_depth,
+            pool,
+            shared,
+        }
+    }
+}
+
+/// Runs a worker's accept loop on the current thread until `shutdown`.
+pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let worker = Rc::new(Worker::new(shared));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::task::spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone()));
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        Ok(())
+    })
+}
