@@ -1,1 +1,91 @@
-fn main() {}
+//! Hot-path micro-benchmarks for the codec and the command table: request decoding, reply
+//! framing, and command lookup plus key extraction. Sizes follow STYLE.md §12 (short keys,
+//! ~100-byte values). Compare numbers only across runs on the same machine.
+
+use bytes::BytesMut;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use slotproxy::command::CommandTable;
+use slotproxy::resp::{Command, ReplyScanner, RequestDecoder, RequestLimits};
+
+/// Sixteen pipelined `GET key:NNNN` requests, as one client read.
+fn get_pipeline() -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..16 {
+        let key = format!("key:{i:04}");
+        out.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+    }
+    out
+}
+
+/// Sixteen 100-byte bulk replies, as one backend read.
+fn bulk_replies() -> Vec<u8> {
+    let value = [b'v'; 100];
+    let mut out = Vec::new();
+    for _ in 0..16 {
+        out.extend_from_slice(b"$100\r\n");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn decode_pipeline(c: &mut Criterion) {
+    let input = get_pipeline();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.bench_function("pipeline_16_get", |b| {
+        let mut decoder = RequestDecoder::new(RequestLimits::default());
+        b.iter(|| {
+            let mut buf = BytesMut::from(&input[..]);
+            let mut n = 0;
+            while let Ok(Some(cmd)) = decoder.decode(&mut buf) {
+                black_box(&cmd);
+                n += 1;
+            }
+            assert_eq!(n, 16);
+        });
+    });
+    group.finish();
+}
+
+fn scan_replies(c: &mut Criterion) {
+    let input = bulk_replies();
+    let mut group = c.benchmark_group("scan");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.bench_function("bulk_16x100", |b| {
+        let mut scanner = ReplyScanner::default();
+        b.iter(|| {
+            let mut rest = black_box(&input[..]);
+            while let Ok(Some(len)) = scanner.scan(rest) {
+                rest = rest.get(len..).unwrap_or_default();
+            }
+            assert!(rest.is_empty());
+        });
+    });
+    group.finish();
+}
+
+fn lookup_and_keys(c: &mut Criterion) {
+    let table = CommandTable::builtin();
+    let get = Command::from_args(&["GET", "user:1000:profile"]);
+    let mut mget_args = vec!["MGET".to_string()];
+    mget_args.extend((0..10).map(|i| format!("user:{i}:profile")));
+    let mget = Command::from_args(&mget_args);
+    let mut group = c.benchmark_group("command");
+    for (name, cmd) in [("get", &get), ("mget_10", &mget)] {
+        group.bench_function(format!("lookup_keys_{name}"), |b| {
+            let mut keys = Vec::with_capacity(16);
+            b.iter(|| {
+                keys.clear();
+                if let Some(spec) = table.lookup(black_box(cmd)) {
+                    spec.key_indices(cmd, &mut keys);
+                }
+                black_box(&keys);
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_pipeline, scan_replies, lookup_and_keys);
+criterion_main!(benches);

@@ -14,9 +14,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 DATA="$ROOT/.dev-cluster"
-PORTS=(7000 7001 7002 7003 7004 7005)
-PROXY_LISTEN=127.0.0.1:6380
-ADMIN_LISTEN=127.0.0.1:9180
+# Overridable when these ports are taken: DEV_CLUSTER_BASE_PORT=7100 PROXY_PORT=6390 ADMIN_PORT=9190
+BASE_PORT=${DEV_CLUSTER_BASE_PORT:-7000}
+PORTS=()
+for i in 0 1 2 3 4 5; do PORTS+=($((BASE_PORT + i))); done
+PROXY_LISTEN=127.0.0.1:${PROXY_PORT:-6380}
+ADMIN_LISTEN=127.0.0.1:${ADMIN_PORT:-9180}
 START_TIMEOUT_S=60
 
 log() { echo "dev-cluster: $*" >&2; }
@@ -62,18 +65,28 @@ elif [ $# -gt 0 ]; then
     die "usage: $0 [stop]"
 fi
 
-for port in "${PORTS[@]}" $((PORTS[0] + 10000)) $((PORTS[1] + 10000)) $((PORTS[2] + 10000)) \
-    $((PORTS[3] + 10000)) $((PORTS[4] + 10000)) $((PORTS[5] + 10000)) "${PROXY_LISTEN##*:}" "${ADMIN_LISTEN##*:}"; do
-    if port_in_use "$port"; then
-        die "port $port on 127.0.0.1 is already in use (a cluster left running? try: $0 stop)"
-    fi
-done
+# A node needs its port and its cluster bus port (port + 10000).
+check_ports() {
+    local port
+    for port in "${PORTS[@]}"; do
+        for p in "$port" $((port + 10000)); do
+            port_in_use "$p" && die "port $p on 127.0.0.1 is already in use (a cluster left running? try: $0 stop; or pick other ports with DEV_CLUSTER_BASE_PORT=...)"
+        done
+    done
+    for p in "${PROXY_LISTEN##*:}" "${ADMIN_LISTEN##*:}"; do
+        port_in_use "$p" && die "port $p on 127.0.0.1 is already in use (pick another with PROXY_PORT=... / ADMIN_PORT=...)"
+    done
+    return 0
+}
+check_ports
 
 bash scripts/install-deps.sh
 log "+ cargo build --release"
 cargo build --release
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/slotproxy"
 [ -x "$BIN" ] || die "$BIN was not built"
+# Again: the build can take minutes, and someone may have taken a port meanwhile.
+check_ports
 
 cleanup() {
     trap - EXIT INT TERM

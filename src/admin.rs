@@ -15,7 +15,12 @@ use crate::shared::Shared;
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Option<PrometheusHandle>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -38,7 +43,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Option<P
     }
 }
 
-async fn respond(mut stream: TcpStream, shared: &Shared, metrics: Option<&PrometheusHandle>) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    shared: &Shared,
+    metrics: Option<&PrometheusHandle>,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -77,14 +86,35 @@ async fn respond(mut stream: TcpStream, shared: &Shared, metrics: Option<&Promet
             }
         }
         "/metrics" => match metrics {
-            Some(handle) => write(&mut stream, 200, "text/plain; version=0.0.4", &handle.render()).await,
-            None => write(&mut stream, 503, "text/plain", "metrics recorder not installed\n").await,
+            Some(handle) => {
+                write(
+                    &mut stream,
+                    200,
+                    "text/plain; version=0.0.4",
+                    &handle.render(),
+                )
+                .await
+            }
+            None => {
+                write(
+                    &mut stream,
+                    503,
+                    "text/plain",
+                    "metrics recorder not installed\n",
+                )
+                .await
+            }
         },
         _ => write(&mut stream, 404, "text/plain", "not found\n").await,
     }
 }
 
-async fn write(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
+async fn write(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",

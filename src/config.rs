@@ -137,7 +137,10 @@ impl Config {
             .unwrap_or_default()
             .into_iter()
             .find(|s| s.password.is_some() || s.username.is_some())
-            .map(|s| Credentials { username: s.username, password: s.password })
+            .map(|s| Credentials {
+                username: s.username,
+                password: s.password,
+            })
             .unwrap_or_default()
     }
 
@@ -145,17 +148,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("listen: '{}' is not an address like 127.0.0.1:6380", self.listen));
+            problems.push(format!(
+                "listen: '{}' is not an address like 127.0.0.1:6380",
+                self.listen
+            ));
         }
         if let Some(admin) = &self.admin_listen {
             if admin.parse::<std::net::SocketAddr>().is_err() {
-                problems.push(format!("admin_listen: '{admin}' is not an address like 127.0.0.1:9180"));
+                problems.push(format!(
+                    "admin_listen: '{admin}' is not an address like 127.0.0.1:9180"
+                ));
             }
         }
         match self.seeds() {
-            Ok(seeds) if seeds.is_empty() => {
-                problems.push("upstreams: at least one seed node is needed (--upstream redis://host:port)".into())
-            }
+            Ok(seeds) if seeds.is_empty() => problems.push(
+                "upstreams: at least one seed node is needed (--upstream redis://host:port)".into(),
+            ),
             Ok(_) => {}
             Err(e) => problems.push(format!("upstreams: {e}")),
         }
@@ -189,7 +197,9 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
     let rest = if let Some(rest) = url.strip_prefix("redis://") {
         rest
     } else if url.starts_with("rediss://") {
-        return Err(format!("'{url}': TLS upstreams (rediss://) are not supported yet"));
+        return Err(format!(
+            "'{url}': TLS upstreams (rediss://) are not supported yet"
+        ));
     } else if url.contains("://") {
         return Err(format!("'{url}': the scheme must be redis://"));
     } else {
@@ -203,7 +213,10 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
     let (username, password) = match userinfo {
         None => (None, None),
         Some(u) => match u.split_once(':') {
-            Some((user, pass)) => ((!user.is_empty()).then(|| user.to_string()), Some(pass.to_string())),
+            Some((user, pass)) => (
+                (!user.is_empty()).then(|| user.to_string()),
+                Some(pass.to_string()),
+            ),
             None => (Some(u.to_string()), None),
         },
     };
@@ -211,9 +224,15 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
         return Err(format!("'{url}': expected host:port"));
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("'{url}': expected host:port with a port from 1 to 65535"));
+        return Err(format!(
+            "'{url}': expected host:port with a port from 1 to 65535"
+        ));
     }
-    Ok(Upstream { addr: hostport.to_string(), username, password })
+    Ok(Upstream {
+        addr: hostport.to_string(),
+        username,
+        password,
+    })
 }
 
 #[cfg(test)]
@@ -226,18 +245,31 @@ mod tests {
         assert_eq!(u.addr, "127.0.0.1:7000");
         assert_eq!(u.password, None);
         let u = parse_upstream("redis://alice:s3cret@host:7001").unwrap();
-        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("alice"), Some("s3cret")));
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("alice"), Some("s3cret"))
+        );
         let u = parse_upstream("redis://:pw@[::1]:7001").unwrap();
-        assert_eq!((u.username, u.password.as_deref(), u.addr.as_str()), (None, Some("pw"), "[::1]:7001"));
+        assert_eq!(
+            (u.username, u.password.as_deref(), u.addr.as_str()),
+            (None, Some("pw"), "[::1]:7001")
+        );
         assert!(parse_upstream("redis://host").is_err());
         assert!(parse_upstream("http://host:1").is_err());
     }
 
     #[test]
     fn comma_separated_seeds_and_all_problems_reported() {
-        let config = Config { upstreams: vec!["redis://a:1, redis://b:2".into()], ..Config::default() };
+        let config = Config {
+            upstreams: vec!["redis://a:1, redis://b:2".into()],
+            ..Config::default()
+        };
         assert_eq!(config.seeds().unwrap().len(), 2);
-        let bad = Config { listen: "nope".into(), max_bulk_len: 0, ..Config::default() };
+        let bad = Config {
+            listen: "nope".into(),
+            max_bulk_len: 0,
+            ..Config::default()
+        };
         let problems = bad.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
@@ -246,5 +278,30 @@ mod tests {
     fn toml_rejects_unknown_keys() {
         assert!(Config::from_toml("listen = \"127.0.0.1:1\"\nworkers = 2").is_ok());
         assert!(Config::from_toml("lisen = 1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_files {
+    use super::*;
+
+    /// The documented example must stay loadable and list the real defaults.
+    #[test]
+    fn example_config_matches_defaults() {
+        let text = include_str!("../config/slotproxy.toml");
+        let parsed = Config::from_toml(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            format!(
+                "{:?}",
+                Config {
+                    upstreams: vec![],
+                    ..parsed
+                }
+            ),
+            format!("{defaults:?}")
+        );
+        let dev = Config::from_toml(include_str!("../config/dev.toml")).unwrap();
+        assert!(dev.validate().is_ok());
     }
 }

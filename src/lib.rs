@@ -39,7 +39,10 @@ pub enum StartError {
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Config(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -62,11 +65,22 @@ impl Proxy {
     /// returns once the proxy serves clients.
     pub fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let seeds: Vec<String> = config.seeds().map_err(|e| StartError::Config(vec![e]))?.into_iter().map(|s| s.addr).collect();
+        let seeds: Vec<String> = config
+            .seeds()
+            .map_err(|e| StartError::Config(vec![e]))?
+            .into_iter()
+            .map(|s| s.addr)
+            .collect();
         let workers = config.worker_count();
-        let listen: SocketAddr = config.listen.parse().map_err(|_| StartError::Config(vec!["listen".into()]))?;
-        let listeners = server::bind_listeners(listen, workers)
-            .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        let listen: SocketAddr = config
+            .listen
+            .parse()
+            .map_err(|_| StartError::Config(vec!["listen".into()]))?;
+        let listeners =
+            server::bind_listeners(listen, workers).map_err(|source| StartError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
         let local_addr = listeners
             .first()
             .and_then(|l| l.local_addr().ok())
@@ -75,14 +89,21 @@ impl Proxy {
             Some(addr) => Some(
                 std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|source| StartError::Listen { addr: addr.clone(), source })?,
+                    .map_err(|source| StartError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })?,
             ),
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics = metrics::install();
 
-        let topology = Arc::new(Topology::new(seeds, config.credentials(), config.connect_timeout()));
+        let topology = Arc::new(Topology::new(
+            seeds,
+            config.credentials(),
+            config.connect_timeout(),
+        ));
         let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
         let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
         let shared = Arc::new(Shared::new(config, topology.clone(), workers));
@@ -95,7 +116,17 @@ impl Proxy {
             let shutdown = shutdown.clone();
             let thread = std::thread::Builder::new()
                 .name("slotproxy-control".into())
-                .spawn(move || control(shared, admin_listener, metrics, refresh_interval, refresh_min_interval, shutdown, ready_tx))
+                .spawn(move || {
+                    control(
+                        shared,
+                        admin_listener,
+                        metrics,
+                        refresh_interval,
+                        refresh_min_interval,
+                        shutdown,
+                        ready_tx,
+                    )
+                })
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
@@ -116,7 +147,13 @@ impl Proxy {
             threads.push(thread);
         }
         tracing::info!(%local_addr, workers, "slotproxy listening");
-        Ok(Proxy { local_addr, admin_addr, shutdown, threads, shared })
+        Ok(Proxy {
+            local_addr,
+            admin_addr,
+            shutdown,
+            threads,
+            shared,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -168,7 +205,10 @@ fn control(
     shutdown: CancellationToken,
     ready: std::sync::mpsc::Sender<()>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             tracing::error!(%error, "cannot start the control runtime");
@@ -183,7 +223,9 @@ fn control(
                 break;
             }
             if started.elapsed() > STARTUP_TOPOLOGY_WAIT || shutdown.is_cancelled() {
-                tracing::warn!("no cluster node answered yet; serving anyway and retrying in the background");
+                tracing::warn!(
+                    "no cluster node answered yet; serving anyway and retrying in the background"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -193,12 +235,19 @@ fn control(
         if let Some(listener) = admin_listener {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tokio::spawn(admin::serve(listener, shared.clone(), metrics, shutdown.clone()));
+                    tokio::spawn(admin::serve(
+                        listener,
+                        shared.clone(),
+                        metrics,
+                        shutdown.clone(),
+                    ));
                 }
                 Err(error) => tracing::error!(%error, "admin listener failed"),
             }
         }
-        topology.run(refresh_interval, refresh_min_interval, shutdown).await;
+        topology
+            .run(refresh_interval, refresh_min_interval, shutdown)
+            .await;
     });
 }
 
@@ -215,7 +264,9 @@ async fn load_command_table(shared: &Shared) {
                     shared.commands.store(Arc::new(table));
                     return;
                 }
-                Err(error) => tracing::warn!(%node, %error, "cannot use the cluster's COMMAND reply"),
+                Err(error) => {
+                    tracing::warn!(%node, %error, "cannot use the cluster's COMMAND reply")
+                }
             },
             Ok(_) => tracing::warn!(%node, "unexpected COMMAND reply"),
             Err(error) => tracing::debug!(%node, %error, "COMMAND failed"),

@@ -1,9 +1,12 @@
 //! One worker: a single-threaded runtime with its own listener socket and backend pipes, so a
 //! request is served without locks or cross-thread hand-offs.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +25,17 @@ pub struct Worker {
     pub retry_deadline: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
+    /// Per-command metric handles by command-table id, registered on first use so the hot
+    /// path never formats a metric name.
+    command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
+}
+
+/// Metric handles of one command.
+#[derive(Clone)]
+pub struct CommandMetrics {
+    name: String,
+    pub count: Counter,
+    pub duration: Histogram,
 }
 
 impl Worker {
@@ -43,15 +57,46 @@ impl Worker {
             retry_deadline: config.retry_deadline(),
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
+            command_metrics: RefCell::new(Vec::new()),
             pool,
             shared,
         }
     }
 }
 
+impl Worker {
+    /// The metric handles for the command `name` with table id `id`.
+    pub fn command_metrics(&self, id: u16, name: &str) -> CommandMetrics {
+        let mut all = self.command_metrics.borrow_mut();
+        let index = usize::from(id);
+        if all.len() <= index {
+            all.resize(index + 1, None);
+        }
+        match &all[index] {
+            Some(m) if m.name == name => m.clone(),
+            _ => {
+                let label = name.to_string();
+                let m = CommandMetrics {
+                    name: label.clone(),
+                    count: metrics::counter!("slotproxy_commands_total", "command" => label.clone()),
+                    duration: metrics::histogram!("slotproxy_command_duration_seconds", "command" => label),
+                };
+                all[index] = Some(m.clone());
+                m
+            }
+        }
+    }
+}
+
 /// Runs a worker's accept loop on the current thread until `shutdown`.
-pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;

@@ -18,20 +18,31 @@ fn cluster_starts_with_full_coverage_and_is_cleaned_up_on_drop() {
     let cluster = Cluster::start(3, 1);
     let ports = cluster.ports();
     assert_eq!(ports.len(), 6);
-    assert_eq!(ports.iter().collect::<HashSet<_>>().len(), 6, "ports must be distinct: {ports:?}");
+    assert_eq!(
+        ports.iter().collect::<HashSet<_>>().len(),
+        6,
+        "ports must be distinct: {ports:?}"
+    );
     for &port in &ports {
         assert!((20000..45000).contains(&port), "port {port} out of range");
         let pong: String = common::query(port, &["PING"]);
         assert_eq!(pong, "PONG");
     }
-    assert_eq!(cluster.seed_url(), format!("redis://127.0.0.1:{}", ports[0]));
+    assert_eq!(
+        cluster.seed_url(),
+        format!("redis://127.0.0.1:{}", ports[0])
+    );
 
     let primaries = cluster.primaries();
     let replicas = cluster.replicas();
     assert_eq!(primaries.len(), 3, "primaries: {primaries:?}");
     assert_eq!(replicas.len(), 3, "replicas: {replicas:?}");
     for &primary in &primaries {
-        assert_eq!(cluster.replicas_of(primary).len(), 1, "replicas of {primary}");
+        assert_eq!(
+            cluster.replicas_of(primary).len(),
+            1,
+            "replicas of {primary}"
+        );
     }
 
     // Every slot is owned by one of the primaries, and CLUSTER SHARDS agrees with CLUSTER NODES.
@@ -39,9 +50,16 @@ fn cluster_starts_with_full_coverage_and_is_cleaned_up_on_drop() {
     assert_eq!(map.len(), SLOTS);
     assert!(map.values().all(|owner| primaries.contains(owner)));
     for slot in [0u16, 1, 5460, 5461, 10922, 10923, 16383] {
-        assert_eq!(cluster.primary_for_slot(slot), map[&slot], "owner of slot {slot}");
+        assert_eq!(
+            cluster.primary_for_slot(slot),
+            map[&slot],
+            "owner of slot {slot}"
+        );
     }
-    let check = cluster.cli(ports[0], &["--cluster", "check", &format!("127.0.0.1:{}", ports[0])]);
+    let check = cluster.cli(
+        ports[0],
+        &["--cluster", "check", &format!("127.0.0.1:{}", ports[0])],
+    );
     assert!(check.contains("[OK] All 16384 slots covered."), "{check}");
 
     // Key slots: the spec's vectors, and the local hash agrees with the server.
@@ -49,12 +67,28 @@ fn cluster_starts_with_full_coverage_and_is_cleaned_up_on_drop() {
     assert_eq!(cluster.keyslot("hello"), 866);
     assert_eq!(cluster.keyslot("{user1000}.following"), 3443);
     assert_eq!(cluster.keyslot("{user1000}.followers"), 3443);
-    for key in ["foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "{}", "a{b", "x}y{", ""] {
-        assert_eq!(cluster.keyslot(key), local_keyslot(key.as_bytes()), "slot of {key:?}");
+    for key in [
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "foo{bar}{zap}",
+        "{}",
+        "a{b",
+        "x}y{",
+        "",
+    ] {
+        assert_eq!(
+            cluster.keyslot(key),
+            local_keyslot(key.as_bytes()),
+            "slot of {key:?}"
+        );
     }
     for i in 0..200 {
         let key = format!("k{i}:{}", fastrand::u64(..));
-        assert_eq!(cluster.keyslot(&key), local_keyslot(key.as_bytes()), "slot of {key:?}");
+        assert_eq!(
+            cluster.keyslot(&key),
+            local_keyslot(key.as_bytes()),
+            "slot of {key:?}"
+        );
     }
     let tag = tag_for_slot(1234, "t");
     assert_eq!(cluster.keyslot(&format!("{{{tag}}}:x")), 1234);
@@ -64,23 +98,30 @@ fn cluster_starts_with_full_coverage_and_is_cleaned_up_on_drop() {
     let pid = cluster.pid(victim);
     assert!(pid_exists(pid));
     cluster.kill(victim);
-    assert!(!pid_exists(pid), "redis-server {pid} still exists after kill");
+    assert!(
+        !pid_exists(pid),
+        "redis-server {pid} still exists after kill"
+    );
     assert!(common::try_query::<String>(victim, &["PING"]).is_err());
     assert!(!cluster.live_ports().contains(&victim));
     assert_eq!(cluster.replicas().len(), 2);
-    wait_until("the other nodes to flag the killed replica as failed", Duration::from_secs(30), || {
-        for port in cluster.live_ports() {
-            let nodes = common::try_cluster_nodes(port)?;
-            let line = nodes
-                .iter()
-                .find(|n| n.port == victim)
-                .ok_or_else(|| format!("{port} forgot {victim}"))?;
-            if !line.flags.iter().any(|f| f == "fail") {
-                return Err(format!("{port} sees {victim} as {:?}", line.flags));
+    wait_until(
+        "the other nodes to flag the killed replica as failed",
+        Duration::from_secs(30),
+        || {
+            for port in cluster.live_ports() {
+                let nodes = common::try_cluster_nodes(port)?;
+                let line = nodes
+                    .iter()
+                    .find(|n| n.port == victim)
+                    .ok_or_else(|| format!("{port} forgot {victim}"))?;
+                if !line.flags.iter().any(|f| f == "fail") {
+                    return Err(format!("{port} sees {victim} as {:?}", line.flags));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     cluster.wait_stable();
 
     // Drop kills every node and removes the directory; the ports are free again.
@@ -92,8 +133,15 @@ fn cluster_starts_with_full_coverage_and_is_cleaned_up_on_drop() {
     }
     assert!(!dir.exists(), "{} survived drop", dir.display());
     for port in ports {
-        assert!(common::port_is_free(port), "port {port} still bound after drop");
-        assert!(common::port_is_free(port + 10000), "bus port {} still bound after drop", port + 10000);
+        assert!(
+            common::port_is_free(port),
+            "port {port} still bound after drop"
+        );
+        assert!(
+            common::port_is_free(port + 10000),
+            "bus port {} still bound after drop",
+            port + 10000
+        );
     }
 }
 
@@ -103,20 +151,32 @@ fn manual_migration_and_failover_move_data_and_roles() {
     let slot = 777u16;
     let tag = tag_for_slot(slot, "mig");
     let from = cluster.primary_for_slot(slot);
-    let to = *cluster.primaries().iter().find(|&&p| p != from).expect("another primary");
+    let to = *cluster
+        .primaries()
+        .iter()
+        .find(|&&p| p != from)
+        .expect("another primary");
 
     let mut source = cluster.direct(from);
     let keys: Vec<String> = (0..250).map(|i| format!("{{{tag}}}:{i}")).collect();
     for (i, key) in keys.iter().enumerate() {
-        let _: () = redis::cmd("SET").arg(key).arg(i).query(&mut source).expect("SET");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(i)
+            .query(&mut source)
+            .expect("SET");
     }
 
     // Half-moved: some keys on each side, and the source answers ASK for moved ones.
     cluster.begin_migration(slot, to);
     assert_eq!(cluster.move_keys(slot, 100), 100);
-    let moved_to_target: usize = common::query(to, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+    let moved_to_target: usize =
+        common::query(to, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
     assert_eq!(moved_to_target, 100);
-    let on_source: Vec<Vec<u8>> = common::query(from, &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "1000"]);
+    let on_source: Vec<Vec<u8>> = common::query(
+        from,
+        &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "1000"],
+    );
     assert_eq!(on_source.len(), 150);
     let moved_key = keys
         .iter()
@@ -132,7 +192,10 @@ fn manual_migration_and_failover_move_data_and_roles() {
     assert_eq!(cluster.primary_for_slot(slot), to);
     let mut target = cluster.direct(to);
     for (i, key) in keys.iter().enumerate() {
-        let value: String = redis::cmd("GET").arg(key).query(&mut target).expect("GET on target");
+        let value: String = redis::cmd("GET")
+            .arg(key)
+            .query(&mut target)
+            .expect("GET on target");
         assert_eq!(value, i.to_string(), "{key}");
     }
 

@@ -11,27 +11,42 @@ use crate::config::Credentials;
 use crate::resp::{Command, Value};
 
 /// Connects to `addr`, sets TCP_NODELAY and authenticates, all within `timeout`.
-pub async fn connect(addr: &str, creds: &Credentials, timeout: Duration) -> Result<TcpStream, BackendError> {
+pub async fn connect(
+    addr: &str,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<TcpStream, BackendError> {
     match tokio::time::timeout(timeout, connect_inner(addr, creds)).await {
         Ok(result) => result,
-        Err(_) => Err(BackendError::Connect { addr: addr.to_string(), reason: format!("timed out after {} ms", timeout.as_millis()) }),
+        Err(_) => Err(BackendError::Connect {
+            addr: addr.to_string(),
+            reason: format!("timed out after {} ms", timeout.as_millis()),
+        }),
     }
 }
 
 async fn connect_inner(addr: &str, creds: &Credentials) -> Result<TcpStream, BackendError> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| BackendError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+        .map_err(|e| BackendError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     let _ = stream.set_nodelay(true);
     if let Some(password) = &creds.password {
         let auth = match &creds.username {
-            Some(user) => Command::from_args(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()]),
+            Some(user) => {
+                Command::from_args(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()])
+            }
             None => Command::from_args(&[b"AUTH".as_slice(), password.as_bytes()]),
         };
         match round_trip(&mut stream, addr, auth.raw()).await? {
             Value::Error(e) => {
                 // The reply names no secret (Redis says WRONGPASS/NOAUTH); pass it on for the log.
-                return Err(BackendError::Auth { addr: addr.to_string(), reason: String::from_utf8_lossy(&e).into_owned() });
+                return Err(BackendError::Auth {
+                    addr: addr.to_string(),
+                    reason: String::from_utf8_lossy(&e).into_owned(),
+                });
             }
             _ => {}
         }
@@ -40,28 +55,47 @@ async fn connect_inner(addr: &str, creds: &Credentials) -> Result<TcpStream, Bac
 }
 
 /// Writes one request and reads one whole reply.
-async fn round_trip(stream: &mut TcpStream, addr: &str, request: &[u8]) -> Result<Value, BackendError> {
-    let lost = |e: std::io::Error| BackendError::Protocol { addr: addr.to_string(), reason: e.to_string() };
+async fn round_trip(
+    stream: &mut TcpStream,
+    addr: &str,
+    request: &[u8],
+) -> Result<Value, BackendError> {
+    let lost = |e: std::io::Error| BackendError::Protocol {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
     stream.write_all(request).await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         match Value::parse(&buf) {
             Ok(Some((value, _))) => return Ok(value),
             Ok(None) => {}
-            Err(e) => return Err(BackendError::Protocol { addr: addr.to_string(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(BackendError::Protocol {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })
+            }
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(buf.len().max(16 * 1024));
         }
         if stream.read_buf(&mut buf).await.map_err(lost)? == 0 {
-            return Err(BackendError::Lost { addr: addr.to_string() });
+            return Err(BackendError::Lost {
+                addr: addr.to_string(),
+            });
         }
     }
 }
 
 /// Runs one command on a fresh connection (topology and command-table queries: rare, so a
 /// connection of their own keeps them off the data path's pipes).
-pub async fn query(addr: &str, creds: &Credentials, timeout: Duration, args: &[&[u8]]) -> Result<Value, BackendError> {
+pub async fn query(
+    addr: &str,
+    creds: &Credentials,
+    timeout: Duration,
+    args: &[&[u8]],
+) -> Result<Value, BackendError> {
     let request = Command::from_args(args);
     let work = async {
         let mut stream = connect_inner(addr, creds).await?;
@@ -69,6 +103,9 @@ pub async fn query(addr: &str, creds: &Credentials, timeout: Duration, args: &[&
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
-        Err(_) => Err(BackendError::Timeout { addr: addr.to_string(), ms: timeout.as_millis() as u64 }),
+        Err(_) => Err(BackendError::Timeout {
+            addr: addr.to_string(),
+            ms: timeout.as_millis() as u64,
+        }),
     }
 }

@@ -12,7 +12,9 @@ pub enum BackendError {
     Auth { addr: String, reason: String },
     #[error("connection to node {addr} closed before the command was sent")]
     NotSent { addr: String },
-    #[error("connection to node {addr} was lost after the command was sent; it may or may not have run")]
+    #[error(
+        "connection to node {addr} was lost after the command was sent; it may or may not have run"
+    )]
     Lost { addr: String },
     #[error("node {addr} did not answer within {ms} ms")]
     Timeout { addr: String, ms: u64 },
@@ -23,7 +25,13 @@ pub enum BackendError {
 impl BackendError {
     /// True when the node certainly did not receive the command, so resending cannot run it twice.
     pub fn certainly_not_sent(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Unreachable { .. } | Self::Auth { .. } | Self::NotSent { .. })
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Unreachable { .. }
+                | Self::Auth { .. }
+                | Self::NotSent { .. }
+        )
     }
 
     /// Short label for metrics.

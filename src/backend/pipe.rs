@@ -75,7 +75,11 @@ impl PipeState {
 impl Pipe {
     /// Opens a pipe to `addr`; connecting happens in the background and requests sent
     /// meanwhile wait for it. `on_close` runs once when the connection is gone.
-    pub fn open(addr: NodeAddr, settings: Rc<PipeSettings>, on_close: impl FnOnce(&PipeState) + 'static) -> Pipe {
+    pub fn open(
+        addr: NodeAddr,
+        settings: Rc<PipeSettings>,
+        on_close: impl FnOnce(&PipeState) + 'static,
+    ) -> Pipe {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Rc::new(PipeState::default());
         let task_state = state.clone();
@@ -94,15 +98,26 @@ impl Pipe {
     /// Queues a request. `asking` sends `ASKING` right before it on the same connection.
     pub fn send(&self, payload: Bytes, asking: bool) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(request)) = self.tx.send(Request { payload, asking, reply }) {
+        if let Err(mpsc::error::SendError(request)) = self.tx.send(Request {
+            payload,
+            asking,
+            reply,
+        }) {
             // The task is gone: nothing was written, so the caller may resend elsewhere.
-            let _ = request.reply.send(Err(BackendError::NotSent { addr: String::new() }));
+            let _ = request.reply.send(Err(BackendError::NotSent {
+                addr: String::new(),
+            }));
         }
         rx
     }
 }
 
-async fn run(addr: NodeAddr, settings: Rc<PipeSettings>, mut rx: mpsc::UnboundedReceiver<Request>, state: &PipeState) {
+async fn run(
+    addr: NodeAddr,
+    settings: Rc<PipeSettings>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    state: &PipeState,
+) {
     let stream = match connect(&addr, &settings.credentials, settings.connect_timeout).await {
         Ok(stream) => stream,
         Err(error) => {
@@ -114,6 +129,8 @@ async fn run(addr: NodeAddr, settings: Rc<PipeSettings>, mut rx: mpsc::Unbounded
         }
     };
     tracing::debug!(node = %addr, "backend connected");
+    let connections = metrics::gauge!("slotproxy_backend_connections", "node" => addr.to_string());
+    connections.increment(1.0);
     let (reader, writer) = stream.into_split();
     let waiting = RefCell::new(VecDeque::<Waiting>::new());
     let outcome = tokio::select! {
@@ -121,8 +138,11 @@ async fn run(addr: NodeAddr, settings: Rc<PipeSettings>, mut rx: mpsc::Unbounded
         r = read_loop(reader, &addr, &waiting, settings.command_timeout) => r,
     };
     state.closed.set(true);
+    connections.decrement(1.0);
     let error = match outcome {
-        Ok(()) => BackendError::Lost { addr: addr.to_string() },
+        Ok(()) => BackendError::Lost {
+            addr: addr.to_string(),
+        },
         Err(e) => {
             tracing::warn!(node = %addr, error = %e, "backend connection closed");
             e
@@ -132,11 +152,18 @@ async fn run(addr: NodeAddr, settings: Rc<PipeSettings>, mut rx: mpsc::Unbounded
     for w in waiting.borrow_mut().drain(..) {
         let _ = w.reply.send(Err(match &error {
             BackendError::Timeout { .. } | BackendError::Protocol { .. } => error.clone(),
-            _ => BackendError::Lost { addr: addr.to_string() },
+            _ => BackendError::Lost {
+                addr: addr.to_string(),
+            },
         }));
     }
     // Still queued: certainly not written.
-    fail_queued(&mut rx, &BackendError::NotSent { addr: addr.to_string() });
+    fail_queued(
+        &mut rx,
+        &BackendError::NotSent {
+            addr: addr.to_string(),
+        },
+    );
 }
 
 fn fail_queued(rx: &mut mpsc::UnboundedReceiver<Request>, error: &BackendError) {
@@ -169,7 +196,11 @@ async fn write_loop(
                     out.extend_from_slice(ASKING);
                 }
                 out.extend_from_slice(&request.payload);
-                waiting.push_back(Waiting { skip: u8::from(request.asking), sent_at: now, reply: request.reply });
+                waiting.push_back(Waiting {
+                    skip: u8::from(request.asking),
+                    sent_at: now,
+                    reply: request.reply,
+                });
             }
         }
         if out.is_empty() {
@@ -178,7 +209,9 @@ async fn write_loop(
         writer
             .write_all(&out)
             .await
-            .map_err(|_| BackendError::Lost { addr: String::new() })?;
+            .map_err(|_| BackendError::Lost {
+                addr: String::new(),
+            })?;
         out.clear();
         if out.capacity() > 1024 * 1024 {
             out = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a burst
@@ -196,14 +229,17 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
     loop {
-        while let Some(len) = scanner
-            .scan(&buf)
-            .map_err(|e| BackendError::Protocol { addr: addr.to_string(), reason: e.to_string() })?
-        {
+        while let Some(len) = scanner.scan(&buf).map_err(|e| BackendError::Protocol {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })? {
             let reply = buf.split_to(len).freeze();
             let mut queue = waiting.borrow_mut();
             let Some(front) = queue.front_mut() else {
-                return Err(BackendError::Protocol { addr: addr.to_string(), reason: "reply without a request".into() });
+                return Err(BackendError::Protocol {
+                    addr: addr.to_string(),
+                    reason: "reply without a request".into(),
+                });
             };
             if front.skip > 0 {
                 front.skip -= 1;
@@ -221,18 +257,32 @@ async fn read_loop(
             Some(limit) => match tokio::time::timeout(limit, reader.read_buf(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    let stuck = waiting.borrow().front().is_some_and(|w| w.sent_at.elapsed() >= limit);
+                    let stuck = waiting
+                        .borrow()
+                        .front()
+                        .is_some_and(|w| w.sent_at.elapsed() >= limit);
                     if stuck {
-                        return Err(BackendError::Timeout { addr: addr.to_string(), ms: limit.as_millis() as u64 });
+                        return Err(BackendError::Timeout {
+                            addr: addr.to_string(),
+                            ms: limit.as_millis() as u64,
+                        });
                     }
                     continue;
                 }
             },
         };
         match read {
-            Ok(0) => return Err(BackendError::Lost { addr: addr.to_string() }),
+            Ok(0) => {
+                return Err(BackendError::Lost {
+                    addr: addr.to_string(),
+                })
+            }
             Ok(_) => {}
-            Err(_) => return Err(BackendError::Lost { addr: addr.to_string() }),
+            Err(_) => {
+                return Err(BackendError::Lost {
+                    addr: addr.to_string(),
+                })
+            }
         }
     }
 }

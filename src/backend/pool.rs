@@ -24,11 +24,21 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(settings: PipeSettings, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
-        Pool { pipes: RefCell::new(HashMap::new()), settings: Rc::new(settings), backoff, on_trouble }
+        Pool {
+            pipes: RefCell::new(HashMap::new()),
+            settings: Rc::new(settings),
+            backoff,
+            on_trouble,
+        }
     }
 
     /// Queues `payload` on the pipe to `addr`, opening one if needed.
-    pub fn send(&self, addr: &NodeAddr, payload: Bytes, asking: bool) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
+    pub fn send(
+        &self,
+        addr: &NodeAddr,
+        payload: Bytes,
+        asking: bool,
+    ) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
         let mut pipes = self.pipes.borrow_mut();
         if let Some(pipe) = pipes.get(addr) {
             if !pipe.state().is_closed() {
@@ -36,7 +46,10 @@ impl Pool {
             }
             if let Some((at, reason)) = pipe.state().connect_error() {
                 if at.elapsed() < self.backoff {
-                    return Err(BackendError::Unreachable { addr: addr.to_string(), reason });
+                    return Err(BackendError::Unreachable {
+                        addr: addr.to_string(),
+                        reason,
+                    });
                 }
             }
         }
@@ -53,6 +66,10 @@ impl Pool {
     }
 
     pub fn open_connections(&self) -> usize {
-        self.pipes.borrow().values().filter(|p| !p.state().is_closed()).count()
+        self.pipes
+            .borrow()
+            .values()
+            .filter(|p| !p.state().is_closed())
+            .count()
     }
 }

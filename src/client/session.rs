@@ -24,7 +24,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+pub async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
     let shared = worker.shared.clone();
     shared.client_connected();
     let id = shared.next_client_id();
@@ -48,6 +53,8 @@ async fn run(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
+    let bytes_in = metrics::counter!("slotproxy_bytes_total", "direction" => "in");
+    let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
     let mut input_done = false;
     loop {
@@ -63,6 +70,8 @@ async fn run(
                 Ok(None) => break,
                 Err(error) => {
                     // Like Redis: report the protocol error, then close this connection only.
+                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol")
+                        .increment(1);
                     pending.push_back(reply::error(&format!("ERR {error}")).into());
                     input_done = true;
                 }
@@ -83,13 +92,16 @@ async fn run(
             Some(reply) = pending.next(), if !pending.is_empty() => output.extend_from_slice(&reply),
             written = writer.write(&output), if !output.is_empty() => {
                 let n = written?;
+                bytes_out.increment(n as u64);
                 output.advance(n);
                 if output.is_empty() && output.capacity() > KEEP_BUFFER {
                     output = BytesMut::with_capacity(READ_CHUNK);
                 }
             }
             read = reader.read_buf(&mut input), if can_read => {
-                if read? == 0 {
+                let n = read?;
+                bytes_in.increment(n as u64);
+                if n == 0 {
                     // The client closed its sending side: finish what it sent, then close.
                     input_done = true;
                 }

@@ -16,6 +16,13 @@ pub struct ClientState {
 
 impl ClientState {
     pub fn new(id: u64, peer: SocketAddr) -> ClientState {
-        ClientState { id, peer, name: None, lib_name: None, lib_ver: None, closing: false }
+        ClientState {
+            id,
+            peer,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            closing: false,
+        }
     }
 }

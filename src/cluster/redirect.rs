@@ -60,17 +60,26 @@ mod tests {
     fn parses_redirects() {
         assert_eq!(
             classify(b"-MOVED 3999 127.0.0.1:6381\r\n"),
-            Some(Redirect::Moved { slot: Slot::new(3999).unwrap(), addr: "127.0.0.1:6381" })
+            Some(Redirect::Moved {
+                slot: Slot::new(3999).unwrap(),
+                addr: "127.0.0.1:6381"
+            })
         );
         assert_eq!(
             classify(b"-ASK 1 [::1]:7000\r\n"),
-            Some(Redirect::Ask { slot: Slot::new(1).unwrap(), addr: "[::1]:7000" })
+            Some(Redirect::Ask {
+                slot: Slot::new(1).unwrap(),
+                addr: "[::1]:7000"
+            })
         );
         assert_eq!(
             classify(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
             Some(Redirect::TryAgain)
         );
-        assert_eq!(classify(b"-CLUSTERDOWN Hash slot not served\r\n"), Some(Redirect::ClusterDown));
+        assert_eq!(
+            classify(b"-CLUSTERDOWN Hash slot not served\r\n"),
+            Some(Redirect::ClusterDown)
+        );
         assert_eq!(classify(b"-ERR wrong\r\n"), None);
         assert_eq!(classify(b"+OK\r\n"), None);
         assert_eq!(classify(b"-MOVED 99999 h:1\r\n"), None);

@@ -60,7 +60,11 @@ impl Topology {
     pub fn age(&self) -> Option<Duration> {
         match self.refreshed_at_ms.load(Ordering::Relaxed) {
             0 => None,
-            ms => Some(self.started.elapsed().saturating_sub(Duration::from_millis(ms))),
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
         }
     }
 
@@ -86,7 +90,11 @@ impl Topology {
     fn publish(&self, map: SlotMap) {
         let changed = !self.map.load().same_routing(&map);
         if changed {
-            tracing::info!(shards = map.shards().len(), covered = map.covered_slots(), "topology changed");
+            tracing::info!(
+                shards = map.shards().len(),
+                covered = map.covered_slots(),
+                "topology changed"
+            );
         }
         self.map.store(Arc::new(map));
         self.generation.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +126,10 @@ impl Topology {
                 }
                 Ok(map) => {
                     tracing::debug!(%node, covered = map.covered_slots(), "partial topology");
-                    if best.as_ref().is_none_or(|b| b.covered_slots() < map.covered_slots()) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| b.covered_slots() < map.covered_slots())
+                    {
                         best = Some(map);
                     }
                 }
@@ -127,7 +138,10 @@ impl Topology {
         }
         match best {
             Some(map) if map.covered_slots() > 0 => {
-                tracing::warn!(covered = map.covered_slots(), "no node reports full slot coverage");
+                tracing::warn!(
+                    covered = map.covered_slots(),
+                    "no node reports full slot coverage"
+                );
                 self.publish(map);
                 true
             }
@@ -140,13 +154,26 @@ impl Topology {
     }
 
     async fn ask(&self, node: &NodeAddr) -> Result<SlotMap, String> {
-        let shards = query(node, &self.credentials, self.timeout, &[b"CLUSTER", b"SHARDS"]).await;
+        let shards = query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"CLUSTER", b"SHARDS"],
+        )
+        .await;
         match shards {
             Ok(Value::Error(_)) => {}
             Ok(reply) => return parse_shards(&reply, node).map_err(|e| e.to_string()),
             Err(e) => return Err(e.to_string()),
         }
-        match query(node, &self.credentials, self.timeout, &[b"CLUSTER", b"SLOTS"]).await {
+        match query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"CLUSTER", b"SLOTS"],
+        )
+        .await
+        {
             Ok(Value::Error(e)) => Err(String::from_utf8_lossy(&e).into_owned()),
             Ok(reply) => parse_slots(&reply, node).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -154,7 +181,12 @@ impl Topology {
     }
 
     /// The refresher: periodic, plus on request, at most once per `min_interval`.
-    pub async fn run(self: Arc<Self>, interval: Duration, min_interval: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        min_interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut last = Instant::now();
         loop {
             tokio::select! {

@@ -58,7 +58,10 @@ pub fn pattern_slot(pattern: &[u8]) -> Option<Slot> {
         return None;
     }
     let fixed = &pattern[..open + 1 + close];
-    if fixed.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')) {
+    if fixed
+        .iter()
+        .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+    {
         return None;
     }
     Some(Slot::of(&rest[..close]))
@@ -70,7 +73,10 @@ mod tests {
 
     #[test]
     fn crc16_xmodem_check_value() {
-        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"123456789"), 0x31C3);
+        assert_eq!(
+            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+            0x31C3
+        );
     }
 
     #[test]

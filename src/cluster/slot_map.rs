@@ -31,11 +31,19 @@ pub struct SlotMap {
 impl SlotMap {
     /// Builds a map from `(first slot, last slot, shard)` ranges. Later ranges win on overlap.
     pub fn from_ranges(ranges: Vec<(u16, u16, Shard)>) -> SlotMap {
-        let mut map = SlotMap { owners: vec![UNASSIGNED; SLOT_COUNT].into_boxed_slice(), shards: Vec::new() };
+        let mut map = SlotMap {
+            owners: vec![UNASSIGNED; SLOT_COUNT].into_boxed_slice(),
+            shards: Vec::new(),
+        };
         for (first, last, shard) in ranges {
             let index = map.shard_index(shard);
             let last = usize::from(last).min(SLOT_COUNT - 1);
-            for owner in map.owners.iter_mut().take(last + 1).skip(usize::from(first)) {
+            for owner in map
+                .owners
+                .iter_mut()
+                .take(last + 1)
+                .skip(usize::from(first))
+            {
                 *owner = index;
             }
         }
@@ -130,7 +138,11 @@ impl SlotMap {
         let index = match next.shards.iter().position(|s| &*s.primary == addr) {
             Some(i) => i as u16,
             None => {
-                next.shards.push(Shard { primary: Arc::from(addr), primary_id: None, replicas: Vec::new() });
+                next.shards.push(Shard {
+                    primary: Arc::from(addr),
+                    primary_id: None,
+                    replicas: Vec::new(),
+                });
                 (next.shards.len() - 1) as u16
             }
         };
@@ -149,7 +161,9 @@ impl SlotMap {
                 continue;
             }
             match out.last_mut() {
-                Some((_, last, shard)) if *shard == usize::from(owner) && usize::from(*last) + 1 == slot => {
+                Some((_, last, shard))
+                    if *shard == usize::from(owner) && usize::from(*last) + 1 == slot =>
+                {
                     *last = slot as u16
                 }
                 _ => out.push((slot as u16, slot as u16, usize::from(owner))),
@@ -171,7 +185,11 @@ mod tests {
     use super::*;
 
     fn shard(addr: &str) -> Shard {
-        Shard { primary: Arc::from(addr), primary_id: None, replicas: vec![] }
+        Shard {
+            primary: Arc::from(addr),
+            primary_id: None,
+            replicas: vec![],
+        }
     }
 
     #[test]

@@ -8,7 +8,11 @@ use crate::resp::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("unexpected {command} reply from {node}: {detail}")]
-    BadReply { command: &'static str, node: String, detail: &'static str },
+    BadReply {
+        command: &'static str,
+        node: String,
+        detail: &'static str,
+    },
 }
 
 /// Formats `host:port`, bracketing IPv6 literals.
@@ -43,22 +47,40 @@ fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
 /// lists; a shard whose primary is failed keeps its slots (they are still its until a
 /// failover), so requests for them fail fast instead of being sent elsewhere.
 pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
-    let bad = |detail| TopologyError::BadReply { command: "CLUSTER SHARDS", node: asked.to_string(), detail };
+    let bad = |detail| TopologyError::BadReply {
+        command: "CLUSTER SHARDS",
+        node: asked.to_string(),
+        detail,
+    };
     let asked_host = host_of(asked);
     let shards = reply.as_array().ok_or_else(|| bad("not an array"))?;
     let mut ranges = Vec::new();
     for shard in shards {
-        let slots = shard.field("slots").and_then(Value::as_array).ok_or_else(|| bad("shard without slots"))?;
-        let nodes = shard.field("nodes").and_then(Value::as_array).ok_or_else(|| bad("shard without nodes"))?;
+        let slots = shard
+            .field("slots")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("shard without slots"))?;
+        let nodes = shard
+            .field("nodes")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("shard without nodes"))?;
         let mut primary = None;
         let mut replicas = Vec::new();
         for node in nodes {
-            let port = node.field("port").and_then(Value::as_int).or_else(|| node.field("tls-port").and_then(Value::as_int));
+            let port = node
+                .field("port")
+                .and_then(Value::as_int)
+                .or_else(|| node.field("tls-port").and_then(Value::as_int));
             let Some(port) = port else { continue };
-            let Some(host) = endpoint(node.field("endpoint"), asked_host) else { continue };
+            let Some(host) = endpoint(node.field("endpoint"), asked_host) else {
+                continue;
+            };
             let addr = node_addr(&host, port);
             let role = node.field("role").and_then(Value::as_str).unwrap_or("");
-            let health = node.field("health").and_then(Value::as_str).unwrap_or("online");
+            let health = node
+                .field("health")
+                .and_then(Value::as_str)
+                .unwrap_or("online");
             let id = node.field("id").and_then(Value::as_str).map(str::to_string);
             if role == "master" {
                 primary = Some((addr, id));
@@ -66,10 +88,19 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
                 replicas.push(addr);
             }
         }
-        let Some((primary, primary_id)) = primary else { continue };
-        let shard = Shard { primary, primary_id, replicas };
+        let Some((primary, primary_id)) = primary else {
+            continue;
+        };
+        let shard = Shard {
+            primary,
+            primary_id,
+            replicas,
+        };
         for pair in slots.chunks(2) {
-            let (Some(first), Some(last)) = (pair.first().and_then(Value::as_int), pair.get(1).and_then(Value::as_int)) else {
+            let (Some(first), Some(last)) = (
+                pair.first().and_then(Value::as_int),
+                pair.get(1).and_then(Value::as_int),
+            ) else {
                 return Err(bad("odd slot range list"));
             };
             let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
@@ -83,13 +114,22 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
 
 /// Parses a `CLUSTER SLOTS` reply (the fallback before Redis 7).
 pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
-    let bad = |detail| TopologyError::BadReply { command: "CLUSTER SLOTS", node: asked.to_string(), detail };
+    let bad = |detail| TopologyError::BadReply {
+        command: "CLUSTER SLOTS",
+        node: asked.to_string(),
+        detail,
+    };
     let asked_host = host_of(asked);
     let entries = reply.as_array().ok_or_else(|| bad("not an array"))?;
     let mut ranges = Vec::new();
     for entry in entries {
-        let items = entry.as_array().ok_or_else(|| bad("range is not an array"))?;
-        let (Some(first), Some(last)) = (items.first().and_then(Value::as_int), items.get(1).and_then(Value::as_int)) else {
+        let items = entry
+            .as_array()
+            .ok_or_else(|| bad("range is not an array"))?;
+        let (Some(first), Some(last)) = (
+            items.first().and_then(Value::as_int),
+            items.get(1).and_then(Value::as_int),
+        ) else {
             return Err(bad("range without bounds"));
         };
         let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
@@ -102,9 +142,19 @@ pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError>
             let id = n.get(2).and_then(Value::as_str).map(str::to_string);
             Some((node_addr(&host, port), id))
         });
-        let Some((primary, primary_id)) = nodes.next() else { continue };
+        let Some((primary, primary_id)) = nodes.next() else {
+            continue;
+        };
         let replicas = nodes.map(|(a, _)| a).collect();
-        ranges.push((first, last, Shard { primary, primary_id, replicas }));
+        ranges.push((
+            first,
+            last,
+            Shard {
+                primary,
+                primary_id,
+                replicas,
+            },
+        ));
     }
     Ok(SlotMap::from_ranges(ranges))
 }
@@ -125,8 +175,14 @@ mod tests {
 *12\r\n$2\r\nid\r\n$3\r\ndef\r\n$4\r\nport\r\n:7001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
         let map = parse_shards(&parse(raw), "10.0.0.1:7000").unwrap();
         assert!(map.is_complete());
-        assert_eq!(&**map.primary(Slot::new(100).unwrap()).unwrap(), "127.0.0.1:7000");
-        assert_eq!(map.shards()[0].replicas, vec![Arc::<str>::from("10.0.0.1:7001")]);
+        assert_eq!(
+            &**map.primary(Slot::new(100).unwrap()).unwrap(),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(
+            map.shards()[0].replicas,
+            vec![Arc::<str>::from("10.0.0.1:7001")]
+        );
         assert_eq!(map.shards()[0].primary_id.as_deref(), Some("abc"));
     }
 
@@ -136,7 +192,10 @@ mod tests {
 *3\r\n:8001\r\n:16383\r\n*3\r\n$-1\r\n:7001\r\n$3\r\ndef\r\n";
         let map = parse_slots(&parse(raw), "127.0.0.2:7000").unwrap();
         assert!(map.is_complete());
-        assert_eq!(&**map.primary(Slot::new(9000).unwrap()).unwrap(), "127.0.0.2:7001");
+        assert_eq!(
+            &**map.primary(Slot::new(9000).unwrap()).unwrap(),
+            "127.0.0.2:7001"
+        );
         assert_eq!(map.shards().len(), 2);
     }
 

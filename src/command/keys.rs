@@ -103,7 +103,11 @@ fn spec_keys(spec: &KeySpec, cmd: &Command, argc: i64) -> SpecKeys {
                 return SpecKeys::Invalid;
             };
             let first = first.saturating_add(first_key);
-            (first, first.saturating_add(numkeys).saturating_sub(1), key_step)
+            (
+                first,
+                first.saturating_add(numkeys).saturating_sub(1),
+                key_step,
+            )
         }
         FindKeys::Unknown => return SpecKeys::None,
     };

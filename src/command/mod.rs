@@ -15,3 +15,6 @@ pub use error::CommandError;
 pub use table::{
     BeginSearch, CommandFlags, CommandSpec, CommandTable, FindKeys, KeySpec, KeySpecFlags,
 };
+
+#[cfg(test)]
+mod tests;

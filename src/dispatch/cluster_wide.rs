@@ -24,7 +24,14 @@ pub enum Merge {
 }
 
 fn primaries(worker: &Worker) -> Vec<Target> {
-    worker.shared.topology.map().shards().iter().map(|s| Target::Node(s.primary.clone())).collect()
+    worker
+        .shared
+        .topology
+        .map()
+        .shards()
+        .iter()
+        .map(|s| Target::Node(s.primary.clone()))
+        .collect()
 }
 
 /// Sends `payload` to every primary and merges the replies.
@@ -33,8 +40,12 @@ pub async fn broadcast(worker: Rc<Worker>, payload: Bytes, merge: Merge, resend:
     if targets.is_empty() {
         return reply::error("CLUSTERDOWN The cluster is down");
     }
-    let parts: Vec<Bytes> =
-        join_all(targets.into_iter().map(|t| execute(worker.clone(), payload.clone(), t, resend))).await;
+    let parts: Vec<Bytes> = join_all(
+        targets
+            .into_iter()
+            .map(|t| execute(worker.clone(), payload.clone(), t, resend)),
+    )
+    .await;
     match merge {
         Merge::Sum => merge::sum(&parts),
         Merge::AllOk => merge::all_ok(&parts),
@@ -78,7 +89,11 @@ const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
 /// `node_cursor << 10 | shard_index`, so clients that parse cursors as numbers keep working.
 /// With `MATCH {tag}*` only the shard of that slot is scanned and its cursor is passed through.
 pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
-    let Some(cursor) = cmd.arg(1).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok()) else {
+    let Some(cursor) = cmd
+        .arg(1)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
         return reply::error("ERR invalid cursor");
     };
     let mut pattern = None;
@@ -109,7 +124,9 @@ pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
     }
     let sub = Command::from_args(&args);
     let answer = execute(worker, sub.raw().clone(), target, Resend::Safe).await;
-    let Some((next, keys)) = split_scan_reply(&answer) else { return answer };
+    let Some((next, keys)) = split_scan_reply(&answer) else {
+        return answer;
+    };
     let next_cursor = if next != 0 {
         if next >> (64 - SHARD_BITS) != 0 {
             return reply::error("ERR slotproxy: node SCAN cursor too large to encode");
@@ -134,7 +151,10 @@ fn split_scan_reply(answer: &Bytes) -> Option<(u64, Bytes)> {
     let cursor_reply = &rest[..cursor_len];
     let cursor_text = cursor_reply.strip_prefix(b"$")?;
     let start = cursor_text.iter().position(|&b| b == b'\n')? + 1;
-    let cursor: u64 = std::str::from_utf8(cursor_text.get(start..cursor_text.len() - 2)?).ok()?.parse().ok()?;
+    let cursor: u64 = std::str::from_utf8(cursor_text.get(start..cursor_text.len() - 2)?)
+        .ok()?
+        .parse()
+        .ok()?;
     Some((cursor, answer.slice(4 + cursor_len..)))
 }
 

@@ -22,7 +22,12 @@ pub fn echo(cmd: &Command) -> Bytes {
 pub fn select(cmd: &Command) -> Bytes {
     match cmd.arg(1) {
         Some(b"0") => reply::ok(),
-        Some(db) if std::str::from_utf8(db).ok().and_then(|s| s.parse::<i64>().ok()).is_none() => {
+        Some(db)
+            if std::str::from_utf8(db)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .is_none() =>
+        {
             reply::error("ERR value is not an integer or out of range")
         }
         _ => reply::error("ERR SELECT is not allowed in cluster mode"),
@@ -44,9 +49,14 @@ pub fn auth(cmd: &Command) -> Bytes {
 pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
     let mut i = 1;
     if let Some(version) = cmd.arg(1) {
-        match std::str::from_utf8(version).ok().and_then(|v| v.parse::<i64>().ok()) {
+        match std::str::from_utf8(version)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
             Some(2) => {}
-            Some(3) => return reply::error("NOPROTO sorry, this protocol version is not supported"),
+            Some(3) => {
+                return reply::error("NOPROTO sorry, this protocol version is not supported")
+            }
             _ => return reply::error("ERR Protocol version is not an integer or out of range"),
         }
         i = 2;
@@ -59,18 +69,26 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
             name = cmd.arg_bytes(i + 1);
             i += 2;
         } else {
-            return reply::error(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(option)));
+            return reply::error(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(option)
+            ));
         }
     }
     if let Some(name) = name {
         if !valid_client_name(&name) {
-            return reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
+            return reply::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            );
         }
         client.name = (!name.is_empty()).then_some(name);
     }
     let mut out = BytesMut::with_capacity(256);
     encode::array_header(&mut out, 14);
-    for (key, value) in [("server", "slotproxy"), ("version", env!("CARGO_PKG_VERSION"))] {
+    for (key, value) in [
+        ("server", "slotproxy"),
+        ("version", env!("CARGO_PKG_VERSION")),
+    ] {
         encode::bulk(&mut out, key.as_bytes());
         encode::bulk(&mut out, value.as_bytes());
     }
@@ -159,7 +177,9 @@ proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{
 
 /// Adds the proxy section to a node's INFO reply (a bulk string).
 pub fn append_proxy_info(node_reply: &Bytes, section: &str) -> Bytes {
-    let Some(body) = bulk_body(node_reply) else { return node_reply.clone() };
+    let Some(body) = bulk_body(node_reply) else {
+        return node_reply.clone();
+    };
     let mut text = body.to_vec();
     if !text.is_empty() && !text.ends_with(b"\r\n\r\n") {
         if !text.ends_with(b"\r\n") {
@@ -182,7 +202,9 @@ fn bulk_body(reply: &[u8]) -> Option<&[u8]> {
 pub fn wants_proxy_section(cmd: &Command) -> bool {
     cmd.argc() == 1
         || cmd.args().skip(1).any(|s| {
-            ["proxy", "all", "everything", "default"].iter().any(|w| s.eq_ignore_ascii_case(w.as_bytes()))
+            ["proxy", "all", "everything", "default"]
+                .iter()
+                .any(|w| s.eq_ignore_ascii_case(w.as_bytes()))
         })
 }
 

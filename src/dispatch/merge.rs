@@ -54,7 +54,9 @@ pub fn by_position(parts: Vec<(Vec<usize>, Bytes)>, total: usize) -> Bytes {
     }
     let mut slots: Vec<Option<Bytes>> = vec![None; total];
     for (positions, reply) in parts {
-        let Some(values) = array_elements(&reply) else { return malformed() };
+        let Some(values) = array_elements(&reply) else {
+            return malformed();
+        };
         if values.len() != positions.len() {
             return malformed();
         }
@@ -77,7 +79,9 @@ pub fn sum(parts: &[Bytes]) -> Bytes {
     }
     let mut total: i64 = 0;
     for p in parts {
-        let Some(n) = integer(p) else { return malformed() };
+        let Some(n) = integer(p) else {
+            return malformed();
+        };
         total = total.saturating_add(n);
     }
     reply::integer(total)
@@ -113,7 +117,9 @@ pub fn concat(parts: &[Bytes]) -> Bytes {
     }
     let mut all = Vec::new();
     for p in parts {
-        let Some(items) = array_elements(p) else { return malformed() };
+        let Some(items) = array_elements(p) else {
+            return malformed();
+        };
         all.extend(items);
     }
     array(all.into_iter())
@@ -126,16 +132,34 @@ pub fn logical_and(parts: &[Bytes]) -> Bytes {
     }
     let mut result: Option<Vec<i64>> = None;
     for p in parts {
-        let Some(items) = array_elements(p) else { return malformed() };
-        let Some(values) = items.iter().map(|i| integer(i)).collect::<Option<Vec<i64>>>() else { return malformed() };
+        let Some(items) = array_elements(p) else {
+            return malformed();
+        };
+        let Some(values) = items
+            .iter()
+            .map(|i| integer(i))
+            .collect::<Option<Vec<i64>>>()
+        else {
+            return malformed();
+        };
         result = Some(match result {
             None => values,
-            Some(acc) if acc.len() == values.len() => acc.iter().zip(&values).map(|(a, b)| i64::from(*a != 0 && *b != 0)).collect(),
+            Some(acc) if acc.len() == values.len() => acc
+                .iter()
+                .zip(&values)
+                .map(|(a, b)| i64::from(*a != 0 && *b != 0))
+                .collect(),
             Some(_) => return malformed(),
         });
     }
     let values = result.unwrap_or_default();
-    array(values.into_iter().map(reply::integer).collect::<Vec<_>>().into_iter())
+    array(
+        values
+            .into_iter()
+            .map(reply::integer)
+            .collect::<Vec<_>>()
+            .into_iter(),
+    )
 }
 
 #[cfg(test)]
@@ -148,9 +172,21 @@ mod tests {
 
     #[test]
     fn mget_positions() {
-        let merged = by_position(vec![(vec![0, 2], b("*2\r\n$1\r\na\r\n$-1\r\n")), (vec![1], b("*1\r\n$2\r\nbb\r\n"))], 3);
+        let merged = by_position(
+            vec![
+                (vec![0, 2], b("*2\r\n$1\r\na\r\n$-1\r\n")),
+                (vec![1], b("*1\r\n$2\r\nbb\r\n")),
+            ],
+            3,
+        );
         assert_eq!(merged, b("*3\r\n$1\r\na\r\n$2\r\nbb\r\n$-1\r\n"));
-        let failed = by_position(vec![(vec![0], b("*1\r\n$1\r\na\r\n")), (vec![1], b("-TRYAGAIN x\r\n"))], 2);
+        let failed = by_position(
+            vec![
+                (vec![0], b("*1\r\n$1\r\na\r\n")),
+                (vec![1], b("-TRYAGAIN x\r\n")),
+            ],
+            2,
+        );
         assert_eq!(failed, b("-TRYAGAIN x\r\n"));
     }
 
@@ -159,14 +195,28 @@ mod tests {
         assert_eq!(sum(&[b(":1\r\n"), b(":2\r\n")]), b(":3\r\n"));
         assert_eq!(all_ok(&[b("+OK\r\n"), b("+OK\r\n")]), b("+OK\r\n"));
         assert_eq!(all_ok(&[b("+OK\r\n"), b("-ERR no\r\n")]), b("-ERR no\r\n"));
-        assert_eq!(concat(&[b("*1\r\n$1\r\na\r\n"), b("*0\r\n")]), b("*1\r\n$1\r\na\r\n"));
-        assert_eq!(logical_and(&[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]), b("*2\r\n:0\r\n:1\r\n"));
-        assert_eq!(same(&[b("$2\r\nab\r\n"), b("$2\r\nab\r\n")]), b("$2\r\nab\r\n"));
+        assert_eq!(
+            concat(&[b("*1\r\n$1\r\na\r\n"), b("*0\r\n")]),
+            b("*1\r\n$1\r\na\r\n")
+        );
+        assert_eq!(
+            logical_and(&[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]),
+            b("*2\r\n:0\r\n:1\r\n")
+        );
+        assert_eq!(
+            same(&[b("$2\r\nab\r\n"), b("$2\r\nab\r\n")]),
+            b("$2\r\nab\r\n")
+        );
     }
 
     #[test]
     fn array_elements_rejects_trailing_garbage() {
         assert!(array_elements(&b("*1\r\n:1\r\n:2\r\n")).is_none());
-        assert_eq!(array_elements(&b("*2\r\n*1\r\n:1\r\n$-1\r\n")).unwrap().len(), 2);
+        assert_eq!(
+            array_elements(&b("*2\r\n*1\r\n:1\r\n$-1\r\n"))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod route;
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -42,12 +43,37 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
         return unknown_command(&cmd).into();
     };
     if !spec.check_arity(cmd.argc()) {
-        return reply::error(&format!("ERR wrong number of arguments for '{}' command", spec.name)).into();
+        return reply::error(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name
+        ))
+        .into();
     }
-    plan(worker, client, &table, spec, cmd)
+    let metrics = worker.command_metrics(spec.id, &spec.name);
+    metrics.count.increment(1);
+    match plan(worker, client, &table, spec, cmd) {
+        Reply::Later(future) => {
+            let started = Instant::now();
+            Reply::later(async move {
+                let reply = future.await;
+                metrics.duration.record(started.elapsed().as_secs_f64());
+                reply
+            })
+        }
+        ready => {
+            metrics.duration.record(0.0);
+            ready
+        }
+    }
 }
 
-fn plan(worker: &Rc<Worker>, client: &mut ClientState, table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
+fn plan(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    table: &CommandTable,
+    spec: &CommandSpec,
+    cmd: Command,
+) -> Reply {
     let name = spec.name.as_str();
     match name {
         "ping" => local::ping(&cmd).into(),
@@ -126,7 +152,11 @@ fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Co
             Some(_) => {}
         }
     }
-    let resend = if spec.is_readonly() { Resend::Safe } else { Resend::Never };
+    let resend = if spec.is_readonly() {
+        Resend::Safe
+    } else {
+        Resend::Never
+    };
     let target = slot.map_or(Target::Any, Target::Slot);
     send(worker, cmd, target, resend)
 }
@@ -140,7 +170,12 @@ fn any_node(worker: &Rc<Worker>, cmd: Command) -> Reply {
 }
 
 fn broadcast(worker: &Rc<Worker>, cmd: Command, merge: Merge, resend: Resend) -> Reply {
-    Reply::later(cluster_wide::broadcast(worker.clone(), cmd.raw().clone(), merge, resend))
+    Reply::later(cluster_wide::broadcast(
+        worker.clone(),
+        cmd.raw().clone(),
+        merge,
+        resend,
+    ))
 }
 
 fn refuse(name: &str, why: &str) -> Reply {
@@ -149,7 +184,10 @@ fn refuse(name: &str, why: &str) -> Reply {
 }
 
 fn has_block_option(cmd: &Command) -> bool {
-    cmd.args().skip(1).take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS")).any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+    cmd.args()
+        .skip(1)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
 }
 
 fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
@@ -189,7 +227,11 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
         position += 1;
         i += step;
     }
-    let resend = if spec.is_readonly() { Resend::Safe } else { Resend::Never };
+    let resend = if spec.is_readonly() {
+        Resend::Safe
+    } else {
+        Resend::Never
+    };
     if groups.len() <= 1 {
         let target = groups.first().map_or(Target::Any, |g| Target::Slot(g.0));
         return send(worker, cmd, target, resend);
@@ -205,7 +247,11 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
                     args.push(cmd.arg(j).unwrap_or_default());
                 }
             }
-            (Target::Slot(slot), Command::from_args(&args).raw().clone(), positions)
+            (
+                Target::Slot(slot),
+                Command::from_args(&args).raw().clone(),
+                positions,
+            )
         })
         .collect();
     let total = position;
@@ -213,11 +259,15 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
     Reply::later(async move {
         let (positions, requests): (Vec<Vec<usize>>, Vec<_>) = parts
             .into_iter()
-            .map(|(target, payload, positions)| (positions, execute(worker.clone(), payload, target, resend)))
+            .map(|(target, payload, positions)| {
+                (positions, execute(worker.clone(), payload, target, resend))
+            })
             .unzip();
         let replies = join_all(requests).await;
         match kind {
-            Split::Values => merge::by_position(positions.into_iter().zip(replies).collect(), total),
+            Split::Values => {
+                merge::by_position(positions.into_iter().zip(replies).collect(), total)
+            }
             Split::Pairs => merge::all_ok(&replies),
             Split::Count => merge::sum(&replies),
         }
@@ -227,9 +277,15 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
 /// Redis's reply for a command it does not know.
 fn unknown_command(cmd: &Command) -> Bytes {
     let name = String::from_utf8_lossy(cmd.name());
-    let mut text = format!("ERR unknown command '{}', with args beginning with: ", truncate(&name, 128));
+    let mut text = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        truncate(&name, 128)
+    );
     for arg in cmd.args().skip(1).take(16) {
-        text.push_str(&format!("'{}' ", truncate(&String::from_utf8_lossy(arg), 128)));
+        text.push_str(&format!(
+            "'{}' ",
+            truncate(&String::from_utf8_lossy(arg), 128)
+        ));
     }
     reply::error(&text)
 }

@@ -63,15 +63,22 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
             },
         };
         let outcome = match worker.pool.send(&addr, payload.clone(), asking) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: addr.to_string() })),
+            Ok(rx) => rx.await.unwrap_or_else(|_| {
+                Err(BackendError::Lost {
+                    addr: addr.to_string(),
+                })
+            }),
             Err(e) => Err(e),
         };
         let error = match outcome {
             Ok(bytes) => {
-                let Some(redirect) = classify(&bytes) else { return bytes };
+                let Some(redirect) = classify(&bytes) else {
+                    return bytes;
+                };
                 match redirect {
                     Redirect::Moved { slot, addr: to } => {
-                        metrics::counter!("slotproxy_redirects_total", "kind" => "moved").increment(1);
+                        metrics::counter!("slotproxy_redirects_total", "kind" => "moved")
+                            .increment(1);
                         redirects += 1;
                         if redirects > worker.max_redirects {
                             return too_many_redirects(&bytes);
@@ -81,7 +88,8 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
                         redirect_to = Some((NodeAddr::from(to), false));
                     }
                     Redirect::Ask { addr: to, .. } => {
-                        metrics::counter!("slotproxy_redirects_total", "kind" => "ask").increment(1);
+                        metrics::counter!("slotproxy_redirects_total", "kind" => "ask")
+                            .increment(1);
                         redirects += 1;
                         if redirects > worker.max_redirects {
                             return too_many_redirects(&bytes);
@@ -131,7 +139,9 @@ fn resolve(worker: &Worker, target: &Target) -> Option<NodeAddr> {
             if shards.is_empty() {
                 return None;
             }
-            shards.get(fastrand::usize(..shards.len())).map(|s| s.primary.clone())
+            shards
+                .get(fastrand::usize(..shards.len()))
+                .map(|s| s.primary.clone())
         }
     }
 }
@@ -148,5 +158,8 @@ async fn wait(backoff: &mut Duration, deadline: Instant) -> bool {
 
 fn too_many_redirects(last: &[u8]) -> Bytes {
     let text = String::from_utf8_lossy(last.get(1..).unwrap_or_default());
-    reply::error(&format!("ERR too many cluster redirects, last: {}", text.trim_end()))
+    reply::error(&format!(
+        "ERR too many cluster redirects, last: {}",
+        text.trim_end()
+    ))
 }

@@ -95,7 +95,11 @@ pub fn error(out: &mut BytesMut, msg: &str) {
 
 fn put_line(out: &mut BytesMut, s: &str) {
     out.reserve(s.len() + 2);
-    for chunk in s.as_bytes().split(|&b| b == b'\r' || b == b'\n').enumerate() {
+    for chunk in s
+        .as_bytes()
+        .split(|&b| b == b'\r' || b == b'\n')
+        .enumerate()
+    {
         if chunk.0 > 0 {
             out.put_u8(b' ');
         }
@@ -133,6 +137,9 @@ mod tests {
     #[test]
     fn simple_and_error_lines_stay_on_one_line() {
         assert_eq!(enc(|o| simple(o, "OK")), b"+OK\r\n");
-        assert_eq!(enc(|o| error(o, "ERR bad\r\nthing\n")), b"-ERR bad  thing \r\n");
+        assert_eq!(
+            enc(|o| error(o, "ERR bad\r\nthing\n")),
+            b"-ERR bad  thing \r\n"
+        );
     }
 }

@@ -72,7 +72,11 @@ fn pipelined_commands_decode_in_order() {
 #[test]
 fn every_split_point_gives_the_same_commands() {
     let expected = pipeline_expected();
-    let bytewise: Vec<_> = decode_bytewise(PIPELINE).unwrap().iter().map(args_of).collect();
+    let bytewise: Vec<_> = decode_bytewise(PIPELINE)
+        .unwrap()
+        .iter()
+        .map(args_of)
+        .collect();
     assert_eq!(bytewise, expected);
     for split in 0..=PIPELINE.len() {
         let mut decoder = RequestDecoder::new(RequestLimits::default());
@@ -95,7 +99,7 @@ fn incomplete_input_leaves_the_request_in_the_buffer() {
     let mut decoder = RequestDecoder::new(RequestLimits::default());
     let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\n"[..]);
     assert_eq!(decoder.decode(&mut buf).unwrap(), None);
-    assert_eq!(buf.len(), 18);
+    assert_eq!(buf.len(), 17);
     buf.extend_from_slice(b"k\r\n");
     let cmd = decoder.decode(&mut buf).unwrap().unwrap();
     assert_eq!(args_of(&cmd), strs(&["GET", "k"]));
@@ -136,7 +140,10 @@ fn large_bulk_in_small_reads_is_linear() {
 fn inline_quoting_follows_sdssplitargs() {
     let cases: &[(&[u8], &[&str])] = &[
         (b"get  a\tb\r\n", &["get", "a", "b"]),
-        (b"set k \"\\x41\\x4a\\n\\r\\t\\\\\\\"\"\n", &["set", "k", "AJ\n\r\t\\\""]),
+        (
+            b"set k \"\\x41\\x4a\\n\\r\\t\\\\\\\"\"\n",
+            &["set", "k", "AJ\n\r\t\\\""],
+        ),
         (b"echo \"\\xZZ\"\n", &["echo", "xZZ"]),
         (b"echo 'it\\'s' \"\"\n", &["echo", "it's", ""]),
         (b"echo a\"b c\"\n", &["echo", "ab c"]),
@@ -158,11 +165,23 @@ fn protocol_errors_use_redis_wording() {
         (b"*1\r\n$x\r\n", "Protocol error: invalid bulk length"),
         (b"*1\r\n$-1\r\n", "Protocol error: invalid bulk length"),
         (b"*1\r\n:4\r\n", "Protocol error: expected '$', got ':'"),
-        (b"*1\r\n$4\r\nPINGxx", "Protocol error: expected CRLF after bulk payload"),
-        (b"set \"a\"b\n", "Protocol error: unbalanced quotes in request"),
-        (b"set \"ab\n", "Protocol error: unbalanced quotes in request"),
+        (
+            b"*1\r\n$4\r\nPINGxx",
+            "Protocol error: expected CRLF after bulk payload",
+        ),
+        (
+            b"set \"a\"b\n",
+            "Protocol error: unbalanced quotes in request",
+        ),
+        (
+            b"set \"ab\n",
+            "Protocol error: unbalanced quotes in request",
+        ),
         (b"set 'ab\n", "Protocol error: unbalanced quotes in request"),
-        (b"set 'a'b\n", "Protocol error: unbalanced quotes in request"),
+        (
+            b"set 'a'b\n",
+            "Protocol error: unbalanced quotes in request",
+        ),
     ];
     for (input, message) in cases {
         let err = decode_all(input, RequestLimits::default()).unwrap_err();
@@ -181,14 +200,32 @@ fn limits_are_enforced_before_buffering() {
     let err = |input: &[u8]| decode_all(input, limits.clone()).unwrap_err().to_string();
     assert_eq!(err(b"*4\r\n"), "Protocol error: invalid multibulk length");
     assert_eq!(err(b"*1\r\n$11\r\n"), "Protocol error: invalid bulk length");
-    assert_eq!(err(b"*3\r\n$3\r\nSET\r\n$10\r\n0123456789\r\n$10\r\n"), "Protocol error: query buffer limit exceeded");
-    assert_eq!(err(&[b'*'; 17]), "Protocol error: too big mbulk count string");
-    assert_eq!(err(b"*1\r\n$11111111111111111"), "Protocol error: too big bulk count string");
+    assert_eq!(
+        err(b"*3\r\n$3\r\nSET\r\n$10\r\n0123456789\r\n$10\r\n"),
+        "Protocol error: query buffer limit exceeded"
+    );
+    assert_eq!(
+        err(&[b'*'; 17]),
+        "Protocol error: too big mbulk count string"
+    );
+    assert_eq!(
+        err(b"*1\r\n$11111111111111111"),
+        "Protocol error: too big bulk count string"
+    );
     assert_eq!(err(&[b'a'; 17]), "Protocol error: too big inline request");
-    assert_eq!(err(b"get aaaaaaaaaaaaaaaaaa\r\n"), "Protocol error: too big inline request");
+    assert_eq!(
+        err(b"get aaaaaaaaaaaaaaaaaa\r\n"),
+        "Protocol error: too big inline request"
+    );
     // At the limits everything is accepted.
-    assert!(decode_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n", limits.clone()).is_ok());
-    assert!(decode_all(b"*1\r\n$1111111111111", limits.clone()).unwrap().is_empty());
+    assert!(decode_all(
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n",
+        limits.clone()
+    )
+    .is_ok());
+    assert!(decode_all(b"*1\r\n$1111111111111", limits.clone())
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -205,7 +242,17 @@ fn parse_integer_matches_string2ll() {
     assert_eq!(parse_integer(b"-12"), Some(-12));
     assert_eq!(parse_integer(b"9223372036854775807"), Some(i64::MAX));
     assert_eq!(parse_integer(b"-9223372036854775808"), Some(i64::MIN));
-    for bad in [&b""[..], b"-", b"-0", b"01", b"+1", b" 1", b"1 ", b"9223372036854775808", b"1a"] {
+    for bad in [
+        &b""[..],
+        b"-",
+        b"-0",
+        b"01",
+        b"+1",
+        b" 1",
+        b"1 ",
+        b"9223372036854775808",
+        b"1a",
+    ] {
         assert_eq!(parse_integer(bad), None, "{bad:?}");
     }
 }
@@ -256,8 +303,16 @@ fn scanner_resumes_at_every_split_point() {
         padded.extend_from_slice(b"+NEXT\r\n");
         for split in 0..reply.len() {
             let mut scanner = ReplyScanner::default();
-            assert_eq!(scanner.scan(&padded[..split]).unwrap(), None, "{reply:?} at {split}");
-            assert_eq!(scanner.scan(&padded).unwrap(), Some(reply.len()), "{reply:?} at {split}");
+            assert_eq!(
+                scanner.scan(&padded[..split]).unwrap(),
+                None,
+                "{reply:?} at {split}"
+            );
+            assert_eq!(
+                scanner.scan(&padded).unwrap(),
+                Some(reply.len()),
+                "{reply:?} at {split}"
+            );
         }
         // Byte by byte, resuming each time.
         let mut scanner = ReplyScanner::default();
@@ -277,18 +332,39 @@ fn scanner_handles_deep_nesting_without_recursion() {
     let depth = 100_000;
     let mut reply = b"*1\r\n".repeat(depth);
     reply.extend_from_slice(b":1\r\n");
-    assert_eq!(ReplyScanner::default().scan(&reply).unwrap(), Some(reply.len()));
+    assert_eq!(
+        ReplyScanner::default().scan(&reply).unwrap(),
+        Some(reply.len())
+    );
 }
 
 #[test]
 fn scanner_rejects_garbage() {
     let err = |input: &[u8]| ReplyScanner::default().scan(input).unwrap_err().to_string();
-    assert_eq!(err(b"hello\r\n"), "Protocol error: unexpected reply type byte 'h'");
-    assert_eq!(err(b"$x\r\n"), "Protocol error: invalid length in reply header");
-    assert_eq!(err(b"$-2\r\n"), "Protocol error: invalid length in reply header");
-    assert_eq!(err(b"*?\r\n"), "Protocol error: invalid length in reply header");
-    assert_eq!(err(b"$1\r\nab\r\n"), "Protocol error: reply line not terminated by CRLF");
-    assert_eq!(err(b"+OK\rX"), "Protocol error: reply line not terminated by CRLF");
+    assert_eq!(
+        err(b"hello\r\n"),
+        "Protocol error: unexpected reply type byte 'h'"
+    );
+    assert_eq!(
+        err(b"$x\r\n"),
+        "Protocol error: invalid length in reply header"
+    );
+    assert_eq!(
+        err(b"$-2\r\n"),
+        "Protocol error: invalid length in reply header"
+    );
+    assert_eq!(
+        err(b"*?\r\n"),
+        "Protocol error: invalid length in reply header"
+    );
+    assert_eq!(
+        err(b"$1\r\nab\r\n"),
+        "Protocol error: reply line not terminated by CRLF"
+    );
+    assert_eq!(
+        err(b"+OK\rX"),
+        "Protocol error: reply line not terminated by CRLF"
+    );
 }
 
 #[test]
@@ -309,15 +385,24 @@ fn values_parse_every_type() {
         value
     };
     assert_eq!(parse(b"+OK\r\n"), Value::Simple(Bytes::from_static(b"OK")));
-    assert_eq!(parse(b"-ERR x\r\n"), Value::Error(Bytes::from_static(b"ERR x")));
+    assert_eq!(
+        parse(b"-ERR x\r\n"),
+        Value::Error(Bytes::from_static(b"ERR x"))
+    );
     assert_eq!(parse(b":-7\r\n"), Value::Integer(-7));
     assert_eq!(parse(b"$-1\r\n"), Value::Nil);
     assert_eq!(parse(b"*-1\r\n"), Value::Nil);
     assert_eq!(parse(b"_\r\n"), Value::Nil);
     assert_eq!(parse(b",1.5\r\n"), Value::Double(1.5));
     assert_eq!(parse(b"#f\r\n"), Value::Boolean(false));
-    assert_eq!(parse(b"=8\r\ntxt:abcd\r\n"), Value::Bulk(Bytes::from_static(b"abcd")));
-    assert_eq!(parse(b"!3\r\nERR\r\n"), Value::Error(Bytes::from_static(b"ERR")));
+    assert_eq!(
+        parse(b"=8\r\ntxt:abcd\r\n"),
+        Value::Bulk(Bytes::from_static(b"abcd"))
+    );
+    assert_eq!(
+        parse(b"!3\r\nERR\r\n"),
+        Value::Error(Bytes::from_static(b"ERR"))
+    );
     assert_eq!(
         parse(b"|1\r\n+k\r\n+v\r\n~1\r\n:1\r\n"),
         Value::Array(vec![Value::Integer(1)])
@@ -335,11 +420,18 @@ fn values_parse_every_type() {
 fn values_wait_for_complete_input_and_limit_depth() {
     let input = b"*2\r\n$3\r\nabc\r\n:1\r\n";
     for split in 0..input.len() {
-        assert_eq!(Value::parse(&input[..split]).unwrap(), None, "split {split}");
+        assert_eq!(
+            Value::parse(&input[..split]).unwrap(),
+            None,
+            "split {split}"
+        );
     }
     let mut deep = b"*1\r\n".repeat(MAX_VALUE_DEPTH + 1);
     deep.extend_from_slice(b":1\r\n");
-    assert_eq!(Value::parse(&deep), Err(ProtocolError::NestingTooDeep(MAX_VALUE_DEPTH)));
+    assert_eq!(
+        Value::parse(&deep),
+        Err(ProtocolError::NestingTooDeep(MAX_VALUE_DEPTH))
+    );
     let mut ok = b"*1\r\n".repeat(MAX_VALUE_DEPTH);
     ok.extend_from_slice(b":1\r\n");
     assert!(Value::parse(&ok).unwrap().is_some());

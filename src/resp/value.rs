@@ -88,12 +88,10 @@ impl Value {
         };
         match self {
             Value::Map(entries) => entries.iter().find(|(k, _)| matches(k)).map(|(_, v)| v),
-            Value::Array(items) => items
-                .chunks_exact(2)
-                .find_map(|pair| match pair {
-                    [k, v] if matches(k) => Some(v),
-                    _ => None,
-                }),
+            Value::Array(items) => items.chunks_exact(2).find_map(|pair| match pair {
+                [k, v] if matches(k) => Some(v),
+                _ => None,
+            }),
             _ => None,
         }
     }
@@ -123,7 +121,9 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
     let value = match marker {
         b'+' => Value::Simple(copy(line)),
         b'-' => Value::Error(copy(line)),
-        b':' => Value::Integer(parse_integer(line).ok_or(ProtocolError::InvalidReplyValue("integer"))?),
+        b':' => {
+            Value::Integer(parse_integer(line).ok_or(ProtocolError::InvalidReplyValue("integer"))?)
+        }
         b'(' => Value::Bulk(copy(line)),
         b'_' => Value::Nil,
         b'#' => match line {

@@ -43,7 +43,11 @@ const SETUP_HINT: &str =
 
 /// Polls `check` until it returns `Ok`, or panics after `timeout` with `what` and the last
 /// error `check` returned.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
@@ -99,7 +103,8 @@ pub fn spawn(command: Command) -> io::Result<Child> {
     spawner()
         .send((command, tx))
         .expect("redis-spawner thread is gone");
-    rx.recv().expect("redis-spawner thread dropped a spawn request")
+    rx.recv()
+        .expect("redis-spawner thread dropped a spawn request")
 }
 
 /// Runs `command` to completion (stdout and stderr captured), killing it and panicking if it
@@ -122,8 +127,18 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
             buf
         })
     };
-    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stdout = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait on a child") {
@@ -236,7 +251,10 @@ pub fn info_field(info: &str, name: &str) -> Option<String> {
 pub enum Role {
     Primary,
     /// A replica of the primary on `primary_port`; `connected` is the replication link state.
-    Replica { primary_port: u16, connected: bool },
+    Replica {
+        primary_port: u16,
+        connected: bool,
+    },
 }
 
 fn value_str(value: &Value) -> Option<String> {
@@ -610,16 +628,20 @@ impl Cluster {
     /// Start-up wait: every node ok and knowing all `total` nodes, replicas linked, and
     /// `redis-cli --cluster check` clean.
     fn wait_healthy(&self, total: usize) {
-        wait_until("the new cluster to become healthy", CLUSTER_DEADLINE, || {
-            for port in self.ports() {
-                let nodes = try_cluster_nodes(port)?;
-                if nodes.len() != total {
-                    return Err(format!("{port} knows {} of {total} nodes", nodes.len()));
+        wait_until(
+            "the new cluster to become healthy",
+            CLUSTER_DEADLINE,
+            || {
+                for port in self.ports() {
+                    let nodes = try_cluster_nodes(port)?;
+                    if nodes.len() != total {
+                        return Err(format!("{port} knows {} of {total} nodes", nodes.len()));
+                    }
                 }
-            }
-            self.check_stable()?;
-            self.check_with_redis_cli()
-        });
+                self.check_stable()?;
+                self.check_with_redis_cli()
+            },
+        );
     }
 
     /// `redis-cli --cluster check` against the first live node.
@@ -638,7 +660,10 @@ impl Cluster {
         {
             Ok(())
         } else {
-            Err(format!("redis-cli --cluster check ({}):\n{text}", out.status))
+            Err(format!(
+                "redis-cli --cluster check ({}):\n{text}",
+                out.status
+            ))
         }
     }
 
@@ -748,7 +773,9 @@ impl Cluster {
                         .get("port")
                         .and_then(|v| value_int(v))
                         .and_then(|p| u16::try_from(p).ok())
-                        .unwrap_or_else(|| panic!("CLUSTER SHARDS: primary without port: {node:?}"));
+                        .unwrap_or_else(|| {
+                            panic!("CLUSTER SHARDS: primary without port: {node:?}")
+                        });
                 }
             }
         }
@@ -810,13 +837,19 @@ impl Cluster {
             let nodes = try_cluster_nodes(port)?;
             for node in &nodes {
                 if live.contains(&node.port) && node.is_failing() {
-                    return Err(format!("{port} flags live node {} {:?}", node.port, node.flags));
+                    return Err(format!(
+                        "{port} flags live node {} {:?}",
+                        node.port, node.flags
+                    ));
                 }
                 if live.contains(&node.port) && !node.is_myself() && !node.connected {
                     return Err(format!("{port} has no link to {}", node.port));
                 }
                 if node.migrating {
-                    return Err(format!("{port}: slot migration in progress on {}", node.port));
+                    return Err(format!(
+                        "{port}: slot migration in progress on {}",
+                        node.port
+                    ));
                 }
             }
             let owners = slot_owners(&nodes);
@@ -869,8 +902,8 @@ impl Cluster {
             CLUSTER_DEADLINE,
             || {
                 let info: String = try_query(primary_port, &["INFO", "replication"])?;
-                let offset = info_field(&info, "master_repl_offset")
-                    .ok_or("no master_repl_offset")?;
+                let offset =
+                    info_field(&info, "master_repl_offset").ok_or("no master_repl_offset")?;
                 let replicas: usize = info_field(&info, "connected_slaves")
                     .and_then(|n| n.parse().ok())
                     .ok_or("no connected_slaves")?;
@@ -891,7 +924,9 @@ impl Cluster {
     /// Manual failover: `CLUSTER FAILOVER` on the replica, then waits until it is a primary, every
     /// live node sees it as one, and the cluster is stable.
     pub fn failover(&self, replica_port: u16) {
-        let Role::Replica { primary_port, .. } = try_role(replica_port).unwrap_or_else(|e| panic!("{e}")) else {
+        let Role::Replica { primary_port, .. } =
+            try_role(replica_port).unwrap_or_else(|e| panic!("{e}"))
+        else {
             panic!("failover: node {replica_port} is not a replica");
         };
         let reply: String = query(replica_port, &["CLUSTER", "FAILOVER"]);
@@ -988,14 +1023,26 @@ impl Cluster {
         let from_id = self.node_id(from);
         let to_id = self.node_id(to_primary);
         let slot_arg = slot.to_string();
-        let ok: String = query(to_primary, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
+        let ok: String = query(
+            to_primary,
+            &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id],
+        );
         assert_eq!(ok, "OK");
-        let ok: String = query(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+        let ok: String = query(
+            from,
+            &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id],
+        );
         assert_eq!(ok, "OK");
         self.migrations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(slot, Migration { from, to: to_primary });
+            .insert(
+                slot,
+                Migration {
+                    from,
+                    to: to_primary,
+                },
+            );
     }
 
     fn migration(&self, slot: u16) -> Migration {
@@ -1029,7 +1076,12 @@ impl Cluster {
             .arg("KEYS")
             .arg(&keys)
             .query(&mut con)
-            .unwrap_or_else(|e| panic!("MIGRATE of {} keys of slot {slot} {from} -> {to}: {e}", keys.len()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "MIGRATE of {} keys of slot {slot} {from} -> {to}: {e}",
+                    keys.len()
+                )
+            });
         assert_eq!(reply, "OK", "MIGRATE of slot {slot} keys");
         keys.len()
     }
@@ -1043,7 +1095,11 @@ impl Cluster {
         let to_id = self.node_id(to);
         let slot_arg = slot.to_string();
         let mut order = vec![to, from];
-        order.extend(self.primaries().into_iter().filter(|p| *p != to && *p != from));
+        order.extend(
+            self.primaries()
+                .into_iter()
+                .filter(|p| *p != to && *p != from),
+        );
         for port in order {
             let ok: String = query(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
             assert_eq!(ok, "OK", "CLUSTER SETSLOT {slot} NODE on {port}");
@@ -1054,7 +1110,10 @@ impl Cluster {
             .remove(&slot);
         self.wait_stable();
         let owner = self.primary_for_slot(slot);
-        assert_eq!(owner, to, "slot {slot} should be owned by {to} after migration");
+        assert_eq!(
+            owner, to,
+            "slot {slot} should be owned by {to} after migration"
+        );
     }
 
     /// Where each slot lives right now: slot → primary port, from a live node's view.
@@ -1177,7 +1236,9 @@ pub fn proxy_client(proxy: &slotproxy::Proxy) -> redis::Connection {
     let con = client
         .get_connection_with_timeout(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"));
-    con.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-    con.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+    con.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("read timeout");
+    con.set_write_timeout(Some(IO_TIMEOUT))
+        .expect("write timeout");
     con
 }

@@ -94,7 +94,9 @@ impl RawClient {
                 .map(Reply::Int)
                 .map_err(|e| format!("bad integer {rest:?}: {e}")),
             "$" => {
-                let len: i64 = rest.parse().map_err(|e| format!("bad length {rest:?}: {e}"))?;
+                let len: i64 = rest
+                    .parse()
+                    .map_err(|e| format!("bad length {rest:?}: {e}"))?;
                 if len < 0 {
                     return Ok(Reply::Bulk(None));
                 }
@@ -106,7 +108,9 @@ impl RawClient {
                 Ok(Reply::Bulk(Some(buf)))
             }
             "*" => {
-                let len: i64 = rest.parse().map_err(|e| format!("bad length {rest:?}: {e}"))?;
+                let len: i64 = rest
+                    .parse()
+                    .map_err(|e| format!("bad length {rest:?}: {e}"))?;
                 if len < 0 {
                     return Ok(Reply::Array(None));
                 }

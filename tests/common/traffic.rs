@@ -38,7 +38,8 @@ impl TrafficReport {
         );
         assert!(self.ops > 0, "traffic did not run a single operation");
         assert_eq!(
-            self.error_count, 0,
+            self.error_count,
+            0,
             "{} of {} operations failed; first errors:\n{}",
             self.error_count,
             self.ops,
@@ -160,7 +161,9 @@ fn run(
         report.error_count += 1;
         error_count.fetch_add(1, Ordering::Relaxed);
         if report.errors.len() < KEPT_ERRORS {
-            report.errors.push(format!("[{:?}] {what}", start.elapsed()));
+            report
+                .errors
+                .push(format!("[{:?}] {what}", start.elapsed()));
         }
     };
     // Partners for MGET: keys of slots other than the key's own and each other's.
@@ -229,11 +232,16 @@ fn run(
                     .collect();
                 let expected: Vec<Option<&String>> =
                     asked.iter().map(|k| report.last_written.get(*k)).collect();
-                match redis::cmd("MGET").arg(&asked).query::<Vec<Option<String>>>(c) {
+                match redis::cmd("MGET")
+                    .arg(&asked)
+                    .query::<Vec<Option<String>>>(c)
+                {
                     Ok(got) if got.iter().map(Option::as_ref).eq(expected.iter().copied()) => {
                         Ok(())
                     }
-                    Ok(got) => Err(format!("MGET {asked:?}: got {got:?}, expected {expected:?}")),
+                    Ok(got) => Err(format!(
+                        "MGET {asked:?}: got {got:?}, expected {expected:?}"
+                    )),
                     Err(e) => Err(format!("MGET {asked:?}: {e}")),
                 }
             }

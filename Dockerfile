@@ -1,0 +1,17 @@
+# Multi-stage build: compile in the official Rust image, run as a non-root user in a slim image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin slotproxy
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home slotproxy
+COPY --from=build /src/target/release/slotproxy /usr/local/bin/slotproxy
+COPY config/slotproxy.toml /etc/slotproxy/slotproxy.toml
+USER 10001
+EXPOSE 6380 9180
+# In a container the listeners must not be loopback-only; override --upstream at run time.
+ENTRYPOINT ["/usr/local/bin/slotproxy"]
+CMD ["--listen", "0.0.0.0:6380", "--admin-listen", "0.0.0.0:9180", "--config", "/etc/slotproxy/slotproxy.toml"]
