@@ -83,12 +83,17 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
                 .unwrap_or("online");
             let id = node.field("id").and_then(Value::as_str).map(str::to_string);
             if role == "master" {
-                primary = Some((addr, id));
+                // A failed former primary may still be listed as a master after its replica
+                // took over: the healthy one wins.
+                let healthy = health == "online";
+                if primary.as_ref().is_none_or(|(_, _, was_healthy)| healthy && !was_healthy) {
+                    primary = Some((addr, id, healthy));
+                }
             } else if health == "online" {
                 replicas.push(addr);
             }
         }
-        let Some((primary, primary_id)) = primary else {
+        let Some((primary, primary_id, _)) = primary else {
             continue;
         };
         let shard = Shard {

@@ -235,7 +235,7 @@ impl RequestDecoder {
                 Ok(None)
             }
             None => {
-                if buf.len() - start > self.limits.max_inline_len {
+                if buf.len().saturating_sub(start) > self.limits.max_inline_len {
                     return Err(too_big);
                 }
                 self.scan_from = buf.len().max(from);
