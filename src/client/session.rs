@@ -11,7 +11,6 @@ use std::rc::Rc;
 use bytes::{Buf, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +43,15 @@ pub async fn serve(
 
 async fn run(
     worker: &Rc<Worker>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     client: &mut ClientState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = stream.split();
     let mut decoder = RequestDecoder::new(worker.limits.clone());
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    // Buffers start empty and are dropped again whenever the client is idle: an idle
+    // connection then costs no buffer memory at all.
+    let mut input = BytesMut::new();
+    let mut output = BytesMut::new();
     let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
     let bytes_in = metrics::counter!("slotproxy_bytes_total", "direction" => "in");
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
@@ -70,8 +70,7 @@ async fn run(
                 Ok(None) => break,
                 Err(error) => {
                     // Like Redis: report the protocol error, then close this connection only.
-                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol")
-                        .increment(1);
+                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol").increment(1);
                     pending.push_back(reply::error(&format!("ERR {error}")).into());
                     input_done = true;
                 }
@@ -84,32 +83,39 @@ async fn run(
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
         }
-        let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
-        if can_read && input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
+        if input.is_empty() && input.capacity() > 0 && (pending.is_empty() || input.capacity() > KEEP_BUFFER) {
+            input = BytesMut::new();
         }
+        let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
         tokio::select! {
             Some(reply) = pending.next(), if !pending.is_empty() => output.extend_from_slice(&reply),
-            written = writer.write(&output), if !output.is_empty() => {
-                let n = written?;
-                bytes_out.increment(n as u64);
-                output.advance(n);
-                if output.is_empty() && output.capacity() > KEEP_BUFFER {
-                    output = BytesMut::with_capacity(READ_CHUNK);
+            ready = stream.writable(), if !output.is_empty() => {
+                ready?;
+                match stream.try_write(&output) {
+                    Ok(n) => {
+                        bytes_out.increment(n as u64);
+                        output.advance(n);
+                        if output.is_empty() && (pending.is_empty() || output.capacity() > KEEP_BUFFER) {
+                            output = BytesMut::new();
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
-            read = reader.read_buf(&mut input), if can_read => {
-                let n = read?;
-                bytes_in.increment(n as u64);
-                if n == 0 {
-                    // The client closed its sending side: finish what it sent, then close.
-                    input_done = true;
+            ready = stream.readable(), if can_read => {
+                ready?;
+                if input.capacity() - input.len() < READ_CHUNK / 4 {
+                    input.reserve(READ_CHUNK);
+                }
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => input_done = true, // finish what the client sent, then close
+                    Ok(n) => bytes_in.increment(n as u64),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
             _ = shutdown.cancelled(), if !input_done => input_done = true,
-        }
-        if input.is_empty() && input.capacity() > KEEP_BUFFER {
-            input = BytesMut::with_capacity(READ_CHUNK);
         }
     }
 }
