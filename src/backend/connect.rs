@@ -40,15 +40,12 @@ async fn connect_inner(addr: &str, creds: &Credentials) -> Result<TcpStream, Bac
             }
             None => Command::from_args(&[b"AUTH".as_slice(), password.as_bytes()]),
         };
-        match round_trip(&mut stream, addr, auth.raw()).await? {
-            Value::Error(e) => {
-                // The reply names no secret (Redis says WRONGPASS/NOAUTH); pass it on for the log.
-                return Err(BackendError::Auth {
-                    addr: addr.to_string(),
-                    reason: String::from_utf8_lossy(&e).into_owned(),
-                });
-            }
-            _ => {}
+        if let Value::Error(e) = round_trip(&mut stream, addr, auth.raw()).await? {
+            // The reply names no secret (Redis says WRONGPASS/NOAUTH); pass it on for the log.
+            return Err(BackendError::Auth {
+                addr: addr.to_string(),
+                reason: String::from_utf8_lossy(&e).into_owned(),
+            });
         }
     }
     Ok(stream)

@@ -70,7 +70,8 @@ async fn run(
                 Ok(None) => break,
                 Err(error) => {
                     // Like Redis: report the protocol error, then close this connection only.
-                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol").increment(1);
+                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol")
+                        .increment(1);
                     pending.push_back(reply::error(&format!("ERR {error}")).into());
                     input_done = true;
                 }
@@ -83,7 +84,10 @@ async fn run(
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
         }
-        if input.is_empty() && input.capacity() > 0 && (pending.is_empty() || input.capacity() > KEEP_BUFFER) {
+        if input.is_empty()
+            && input.capacity() > 0
+            && (pending.is_empty() || input.capacity() > KEEP_BUFFER)
+        {
             input = BytesMut::new();
         }
         let can_read = !input_done && pending.len() < worker.max_pipeline_depth;

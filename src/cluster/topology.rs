@@ -86,7 +86,10 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
                 // A failed former primary may still be listed as a master after its replica
                 // took over: the healthy one wins.
                 let healthy = health == "online";
-                if primary.as_ref().is_none_or(|(_, _, was_healthy)| healthy && !was_healthy) {
+                if primary
+                    .as_ref()
+                    .is_none_or(|(_, _, was_healthy)| healthy && !was_healthy)
+                {
                     primary = Some((addr, id, healthy));
                 }
             } else if health == "online" {

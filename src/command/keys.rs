@@ -6,12 +6,19 @@
 
 use crate::resp::Command;
 
-use super::table::{BeginSearch, CommandSpec, FindKeys, KeyRule, KeySpec};
+use super::table::{BeginSearch, CommandSpec, FindKeys, KeyRule, KeySpec, KeySpecFlags};
 
 /// Appends the key indices of `cmd` under `spec` to `out`. See [`CommandSpec::key_indices`].
+///
+/// Mirrors `getKeysFromCommandWithSpecs`: the key specs first; if one of them does not fit the
+/// arguments, or an `incomplete` spec matched, the command's native rule instead (SORT,
+/// SORT_RO, MIGRATE), or no keys for commands without one.
 pub(crate) fn key_indices(spec: &CommandSpec, cmd: &Command, out: &mut Vec<usize>) {
+    if keys_from_specs(&spec.key_specs, cmd, out) == Outcome::Complete {
+        return;
+    }
     match spec.key_rule {
-        KeyRule::Specs => keys_from_specs(&spec.key_specs, cmd, out),
+        KeyRule::Specs => {}
         KeyRule::Sort => sort_keys(cmd, true, out),
         KeyRule::SortRo => sort_keys(cmd, false, out),
         KeyRule::Migrate => migrate_keys(cmd, out),
@@ -20,19 +27,28 @@ pub(crate) fn key_indices(spec: &CommandSpec, cmd: &Command, out: &mut Vec<usize
 
 /// What one spec yields for one argv.
 enum SpecKeys {
-    /// The spec does not apply (its keyword is absent, or it cannot be described as data).
+    /// The spec's keyword is absent: it contributes nothing, and that is fine.
     None,
-    /// The arguments contradict the spec: Redis's `invalid_spec`.
+    /// The arguments contradict the spec, or the spec cannot be evaluated: Redis's
+    /// `invalid_spec`.
     Invalid,
     /// Keys at `first, first + step, ..., <= last`.
     Range { first: i64, last: i64, step: i64 },
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// `out` holds every key.
+    Complete,
+    /// Nothing was appended; the native rule (if any) must decide.
+    Fallback,
+}
+
 /// `getKeysUsingKeySpecs` with `GET_KEYSPEC_INCLUDE_NOT_KEYS` and without
-/// `GET_KEYSPEC_RETURN_PARTIAL`: an invalid spec discards every key found so far. Redis then
-/// falls back to the command's native key function, which for malformed arguments finds no keys
-/// either; routing with no keys lets the backend report the syntax error.
-fn keys_from_specs(specs: &[KeySpec], cmd: &Command, out: &mut Vec<usize>) {
+/// `GET_KEYSPEC_RETURN_PARTIAL`: an invalid spec discards every key found so far. For the
+/// commands with a native rule that rule then decides; for the others no keys are routed on,
+/// and the backend reports the syntax error (Redis's native key functions find none either).
+fn keys_from_specs(specs: &[KeySpec], cmd: &Command, out: &mut Vec<usize>) -> Outcome {
     let start_len = out.len();
     let argc = i64::try_from(cmd.argc()).unwrap_or(i64::MAX);
     for spec in specs {
@@ -40,7 +56,12 @@ fn keys_from_specs(specs: &[KeySpec], cmd: &Command, out: &mut Vec<usize>) {
             SpecKeys::None => {}
             SpecKeys::Invalid => {
                 out.truncate(start_len);
-                return;
+                return Outcome::Fallback;
+            }
+            // An incomplete spec that matched (MIGRATE's KEYS) may have missed keys.
+            SpecKeys::Range { .. } if spec.flags.contains(KeySpecFlags::INCOMPLETE) => {
+                out.truncate(start_len);
+                return Outcome::Fallback;
             }
             SpecKeys::Range { first, last, step } => {
                 let mut i = first;
@@ -53,6 +74,7 @@ fn keys_from_specs(specs: &[KeySpec], cmd: &Command, out: &mut Vec<usize>) {
             }
         }
     }
+    Outcome::Complete
 }
 
 fn spec_keys(spec: &KeySpec, cmd: &Command, argc: i64) -> SpecKeys {
@@ -65,9 +87,7 @@ fn spec_keys(spec: &KeySpec, cmd: &Command, argc: i64) -> SpecKeys {
             Some(first) => first,
             None => return SpecKeys::None,
         },
-        // Only reached for commands without a native rule (a newer server's command): use
-        // what the other specs say rather than refusing to route it.
-        BeginSearch::Unknown => return SpecKeys::None,
+        BeginSearch::Unknown => return SpecKeys::Invalid,
     };
     let (first, last, step) = match spec.find_keys {
         FindKeys::Range {
@@ -109,7 +129,7 @@ fn spec_keys(spec: &KeySpec, cmd: &Command, argc: i64) -> SpecKeys {
                 key_step,
             )
         }
-        FindKeys::Unknown => return SpecKeys::None,
+        FindKeys::Unknown => return SpecKeys::Invalid,
     };
     // `first < 1` and `step < 1` cannot come from a real server; refusing them keeps argv[0]
     // out of the keys and the loop finite.

@@ -221,7 +221,7 @@ pub struct KeySpec {
 }
 
 impl KeySpec {
-    /// Whether the spec cannot be applied as data alone (needs a native rule for exact keys).
+    /// Whether the spec may not give exact keys on its own, so the command needs a native rule.
     fn is_incomplete(&self) -> bool {
         self.flags.contains(KeySpecFlags::INCOMPLETE)
             || self.begin_search == BeginSearch::Unknown
@@ -282,10 +282,10 @@ impl CommandSpec {
     /// kept, as Redis Cluster routes the command (`getKeysFromCommandWithSpecs`, db.c).
     ///
     /// Shard channels (`not_key` specs of SPUBLISH/SSUBSCRIBE/SUNSUBSCRIBE) are included, since
-    /// they are routed to a slot like keys. If any spec does not fit the arguments (keyword
-    /// present with nothing after it, bad key count, out of range) no keys are appended at all:
-    /// Redis then finds no keys either and the backend answers with the syntax error.
-    /// SORT, SORT_RO and MIGRATE, whose specs are incomplete, use Redis's native rules.
+    /// they are routed to a slot like keys. If any spec does not fit the arguments (bad key
+    /// count, range out of bounds) no keys are appended at all: Redis finds none either, and the
+    /// backend answers with the syntax error. SORT and SORT_RO (whose STORE spec is unknown)
+    /// and MIGRATE with `KEYS` (an incomplete spec) use Redis's native rules instead.
     pub fn key_indices(&self, cmd: &Command, out: &mut Vec<usize>) {
         keys::key_indices(self, cmd, out);
     }

@@ -178,6 +178,8 @@ fn keys_of_natively_handled_commands() {
         ),
         ("MIGRATE h p \"\" 0 5000 AUTH2 u keys KEYS a b", &[10, 11]),
         ("MIGRATE h p k 0 5000 KEYS a b", &[]),
+        // KEYS as the last argument is never reached by the spec search: argv[3] only.
+        ("MIGRATE h p k 0 5000 COPY KEYS", &[3]),
     ];
     for (line, expected) in cases {
         assert_eq!(keys(line), *expected, "{line}");
