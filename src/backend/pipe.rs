@@ -122,7 +122,13 @@ async fn run(
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(node = %addr, %error, "backend connect failed");
-            *state.connect_error.borrow_mut() = Some((Instant::now(), error.to_string()));
+            let reason = match &error {
+                BackendError::Connect { reason, .. } | BackendError::Auth { reason, .. } => {
+                    reason.clone()
+                }
+                other => other.to_string(),
+            };
+            *state.connect_error.borrow_mut() = Some((Instant::now(), reason));
             state.closed.set(true);
             fail_queued(&mut rx, &error);
             return;

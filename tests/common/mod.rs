@@ -1067,23 +1067,22 @@ impl Cluster {
         if keys.is_empty() {
             return 0;
         }
-        let reply: String = redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(to)
-            .arg("")
-            .arg(0)
-            .arg(5000)
-            .arg("KEYS")
-            .arg(&keys)
-            .query(&mut con)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "MIGRATE of {} keys of slot {slot} {from} -> {to}: {e}",
-                    keys.len()
-                )
-            });
-        assert_eq!(reply, "OK", "MIGRATE of slot {slot} keys");
+        migrate_keys(&mut con, slot, to, &keys);
         keys.len()
+    }
+
+    /// Migrates the named keys (all in `slot`, all still on the source) of a slot under migration.
+    pub fn move_named_keys(&self, slot: u16, keys: &[&str]) {
+        let Migration { from, to } = self.migration(slot);
+        for key in keys {
+            assert_eq!(
+                local_keyslot(key.as_bytes()),
+                slot,
+                "{key} is not in slot {slot}"
+            );
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        migrate_keys(&mut self.direct(from), slot, to, &keys);
     }
 
     /// Moves the remaining keys of a slot under migration, assigns the slot to the target on
@@ -1125,6 +1124,28 @@ impl Cluster {
             .filter_map(|(slot, owner)| Some((slot as u16, owner?)))
             .collect()
     }
+}
+
+/// `MIGRATE` of `keys` from the node behind `source` to `to_port` (no REPLACE: a key already on
+/// the target means a client wrote it there while it still existed on the source, which the
+/// tests must notice).
+fn migrate_keys(source: &mut redis::Connection, slot: u16, to_port: u16, keys: &[Vec<u8>]) {
+    let reply: String = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to_port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(keys)
+        .query(source)
+        .unwrap_or_else(|e| {
+            panic!(
+                "MIGRATE of {} keys of slot {slot} to {to_port}: {e}",
+                keys.len()
+            )
+        });
+    assert_eq!(reply, "OK", "MIGRATE of slot {slot} keys to {to_port}");
 }
 
 /// `CLUSTER SHARDS` entries are flat `[name, value, name, value, ...]` arrays in RESP2.
