@@ -51,20 +51,8 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
     }
     let metrics = worker.command_metrics(spec.id, &spec.name);
     metrics.count.increment(1);
-    match plan(worker, client, &table, spec, cmd) {
-        Reply::Later(future) => {
-            let started = Instant::now();
-            Reply::later(async move {
-                let reply = future.await;
-                metrics.duration.record(started.elapsed().as_secs_f64());
-                reply
-            })
-        }
-        ready => {
-            metrics.duration.record(0.0);
-            ready
-        }
-    }
+    let started = Instant::now();
+    plan(worker, client, &table, spec, cmd).timed(started, metrics.duration)
 }
 
 fn plan(

@@ -3,20 +3,44 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use metrics::Histogram;
 
 use crate::resp::encode;
 
 /// One entry of a client's ordered reply queue.
 pub enum Reply {
     Ready(Option<Bytes>),
-    Later(Pin<Box<dyn Future<Output = Bytes>>>),
+    Later {
+        future: Pin<Box<dyn Future<Output = Bytes>>>,
+        /// When the command arrived and where its latency goes, recorded on completion
+        /// (kept here rather than in a wrapping future to avoid a second allocation).
+        timer: Option<(Instant, Histogram)>,
+    },
 }
 
 impl Reply {
     pub fn later(future: impl Future<Output = Bytes> + 'static) -> Reply {
-        Reply::Later(Box::pin(future))
+        Reply::Later {
+            future: Box::pin(future),
+            timer: None,
+        }
+    }
+
+    /// Records the command's latency in `histogram` when the reply completes.
+    pub fn timed(self, started: Instant, histogram: Histogram) -> Reply {
+        match self {
+            Reply::Ready(bytes) => {
+                histogram.record(started.elapsed().as_secs_f64());
+                Reply::Ready(bytes)
+            }
+            Reply::Later { future, .. } => Reply::Later {
+                future,
+                timer: Some((started, histogram)),
+            },
+        }
     }
 }
 
@@ -26,7 +50,13 @@ impl Future for Reply {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Bytes> {
         match self.get_mut() {
             Reply::Ready(bytes) => Poll::Ready(bytes.take().unwrap_or_default()),
-            Reply::Later(future) => future.as_mut().poll(cx),
+            Reply::Later { future, timer } => {
+                let bytes = std::task::ready!(future.as_mut().poll(cx));
+                if let Some((started, histogram)) = timer.take() {
+                    histogram.record(started.elapsed().as_secs_f64());
+                }
+                Poll::Ready(bytes)
+            }
         }
     }
 }
