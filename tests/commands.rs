@@ -217,6 +217,28 @@ fn proxy_answers_ping_echo_select_and_client_name_itself() {
         panic!("CLIENT ID is not an integer");
     };
     assert_eq!(again, id1, "CLIENT ID is stable for a connection");
+
+    // What client libraries send on connect (CLIENT SETINFO is Redis 7.2+, answered here).
+    for (attr, value) in [("lib-name", "redis-py"), ("lib-ver", "5.0.1")] {
+        assert_eq!(
+            raw.call(&["CLIENT", "SETINFO", attr, value]),
+            Reply::Simple("OK".into())
+        );
+    }
+    let info = raw.call(&["CLIENT", "INFO"]).text();
+    assert!(
+        info.contains("name=worker-1") && info.contains("lib-name=redis-py"),
+        "{info}"
+    );
+    let err = proxy_error(&mut raw, &["CLIENT", "SETINFO", "lib-name"]);
+    assert!(err.contains("wrong number of arguments"), "{err}");
+    let Reply::Array(Some(hello)) = raw.call(&["HELLO", "2", "SETNAME", "renamed"]) else {
+        panic!("HELLO 2 is not an array");
+    };
+    assert_eq!(hello.len(), 14, "HELLO 2 reply: {hello:?}");
+    assert_eq!(raw.call(&["CLIENT", "GETNAME"]).text(), "renamed");
+    let err = proxy_error(&mut raw, &["HELLO", "3"]);
+    assert!(err.starts_with("NOPROTO"), "HELLO 3: {err}");
 }
 
 #[test]

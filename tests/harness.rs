@@ -227,3 +227,28 @@ fn shared_cluster_is_started_once() {
     assert_eq!(a.primaries().len(), 3);
     a.wait_stable();
 }
+
+#[test]
+fn traffic_checker_reports_errors_it_sees() {
+    // Straight at one cluster node (no proxy), most keys answer MOVED: the checker must count
+    // them and refuse the run.
+    let cluster = common::shared();
+    let node = cluster.primaries()[0];
+    let keys: Vec<String> = (0..50)
+        .map(|i| format!("{}:{i}", common::unique_prefix("tc")))
+        .collect();
+    let traffic = common::traffic::Traffic::start(([127, 0, 0, 1], node).into(), keys);
+    traffic.wait_for_more_ops(200);
+    let report = traffic.stop();
+    assert!(report.error_count > 0, "no error recorded: {report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.to_ascii_lowercase().contains("moved")),
+        "{:?}",
+        report.errors
+    );
+    let refused = std::panic::catch_unwind(|| report.assert_clean());
+    assert!(refused.is_err(), "assert_clean accepted a run with errors");
+}

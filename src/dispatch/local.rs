@@ -111,6 +111,17 @@ fn valid_client_name(name: &[u8]) -> bool {
 
 /// CLIENT subcommands that describe this connection.
 pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
+    let arity = match sub {
+        "client|id" | "client|getname" | "client|info" => Some(2),
+        "client|setname" => Some(3),
+        "client|setinfo" => Some(4),
+        _ => None,
+    };
+    if arity.is_some_and(|n| n != cmd.argc()) {
+        return reply::error(&format!(
+            "ERR wrong number of arguments for '{sub}' command"
+        ));
+    }
     match sub {
         "client|id" => reply::integer(client.id as i64),
         "client|getname" => client.name.as_deref().map_or_else(reply::nil, reply::bulk),

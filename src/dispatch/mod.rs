@@ -78,7 +78,12 @@ fn plan(
             client.name = None;
             Bytes::from_static(b"+RESET\r\n").into()
         }
-        _ if name.starts_with("client|") || name == "client" => local::client(name, &cmd, client).into(),
+        _ if name.starts_with("client|") || name == "client" => {
+            // By argv[1], not by the table: the cluster may predate a subcommand the proxy
+            // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
+            let sub = format!("client|{}", String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase());
+            local::client(&sub, &cmd, client).into()
+        }
         "cluster|keyslot" => local::keyslot(&cmd).into(),
         "cluster|info" | "cluster|nodes" | "cluster|slots" | "cluster|shards" | "cluster|myid" | "cluster|links"
         | "cluster|help" => any_node(worker, cmd),

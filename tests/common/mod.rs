@@ -37,7 +37,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the README tells people to run to get `redis-server` and `redis-cli`.
 const SETUP_HINT: &str =
-    "install them with `sudo scripts/install-deps.sh` (scripts/test.sh runs it for you)";
+    "run scripts/test.sh, which installs them (or scripts/install-deps.sh as root)";
 
 // --- waiting -------------------------------------------------------------------------------
 
