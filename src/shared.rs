@@ -19,6 +19,27 @@ pub struct Shared {
     connected_clients: AtomicUsize,
     pub started: Instant,
     pub workers: usize,
+    /// This proxy's own counts (Prometheus metrics are per process; these are per proxy, for
+    /// INFO's `# Proxy` section).
+    pub counters: Counters,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub moved: AtomicU64,
+    pub ask: AtomicU64,
+    pub retries: AtomicU64,
+    pub backend_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -31,6 +52,7 @@ impl Shared {
             connected_clients: AtomicUsize::new(0),
             started: Instant::now(),
             workers,
+            counters: Counters::default(),
         }
     }
 

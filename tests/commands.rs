@@ -659,3 +659,139 @@ fn unsplittable_multi_key_commands_refuse_cross_slot_and_work_with_hash_tags() {
         .unwrap();
     assert_eq!(l2, ["two"]);
 }
+
+/// The proxy's own redirect counter from INFO's `# Proxy` section.
+fn moved_redirects(raw: &mut RawClient) -> u64 {
+    let info = raw.call(&["INFO", "proxy"]).text();
+    info.lines()
+        .find_map(|l| l.strip_prefix("proxy_moved_redirects:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no proxy_moved_redirects in {info}"))
+}
+
+/// Commands whose keys are not simply argv[1] must reach the key's owner directly: a wrong
+/// guess would still succeed (the proxy follows MOVED), so the test checks that no MOVED was
+/// needed at all. Ten keys per command make a lucky wrong guess impossible in practice.
+#[test]
+fn movable_key_commands_go_straight_to_the_owning_node() {
+    let proxy = start_proxy(shared());
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let p = unique_prefix("straight");
+    let lib = p.replace([':', '-'], "_");
+    let function = format!(
+        "#!lua name={lib}\nredis.register_function{{function_name='{lib}_get', callback=function(keys, args) return redis.call('GET', keys[1]) end, flags={{'no-writes'}}}}"
+    );
+    assert_eq!(
+        raw.call(&["FUNCTION", "LOAD", "REPLACE", &function]).text(),
+        lib
+    );
+    let sha = raw
+        .call(&["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"])
+        .text();
+    let before = moved_redirects(&mut raw);
+    for i in 0..10 {
+        let t = format!("{{{p}:{i}}}");
+        let k = format!("{t}:k");
+        let ok = |r: Reply| assert!(!matches!(r, Reply::Error(_)), "{r:?}");
+        assert_eq!(
+            raw.call(&[
+                "EVAL",
+                "return redis.call('SET', KEYS[1], ARGV[1])",
+                "1",
+                &k,
+                "v"
+            ]),
+            Reply::Simple("OK".into())
+        );
+        assert_eq!(raw.call(&["EVALSHA", &sha, "1", &k]).text(), "v");
+        assert_eq!(
+            raw.call(&["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", &k])
+                .text(),
+            "v"
+        );
+        assert_eq!(
+            raw.call(&["FCALL", &format!("{lib}_get"), "1", &k]).text(),
+            "v"
+        );
+        assert_eq!(
+            raw.call(&["FCALL_RO", &format!("{lib}_get"), "1", &k])
+                .text(),
+            "v"
+        );
+        ok(raw.call(&["XADD", &format!("{t}:s"), "*", "f", "v"]));
+        ok(raw.call(&["XREAD", "COUNT", "1", "STREAMS", &format!("{t}:s"), "0"]));
+        ok(raw.call(&["XGROUP", "CREATE", &format!("{t}:s"), "g", "$"]));
+        ok(raw.call(&["XINFO", "STREAM", &format!("{t}:s")]));
+        ok(raw.call(&[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "1",
+            "STREAMS",
+            &format!("{t}:s"),
+            ">",
+        ]));
+        ok(raw.call(&["ZADD", &format!("{t}:z1"), "1", "a"]));
+        ok(raw.call(&[
+            "ZUNIONSTORE",
+            &format!("{t}:zu"),
+            "2",
+            &format!("{t}:z1"),
+            &format!("{t}:z2"),
+        ]));
+        ok(raw.call(&["ZINTER", "2", &format!("{t}:z1"), &format!("{t}:z2")]));
+        ok(raw.call(&["ZINTERCARD", "1", &format!("{t}:z1")]));
+        ok(raw.call(&["ZMPOP", "2", &format!("{t}:z2"), &format!("{t}:z1"), "MIN"]));
+        ok(raw.call(&["RPUSH", &format!("{t}:l"), "x", "y"]));
+        ok(raw.call(&["LMPOP", "2", &format!("{t}:l0"), &format!("{t}:l"), "LEFT"]));
+        ok(raw.call(&["SINTERCARD", "2", &format!("{t}:s1"), &format!("{t}:s2")]));
+        ok(raw.call(&["BITOP", "OR", &format!("{t}:b"), &k, &format!("{t}:b2")]));
+        ok(raw.call(&["OBJECT", "ENCODING", &k]));
+        ok(raw.call(&["MEMORY", "USAGE", &k]));
+        ok(raw.call(&[
+            "SORT",
+            &format!("{t}:l"),
+            "ALPHA",
+            "STORE",
+            &format!("{t}:sorted"),
+        ]));
+        ok(raw.call(&["GEOADD", &format!("{t}:g"), "13.36", "38.11", "p"]));
+        ok(raw.call(&[
+            "GEORADIUS",
+            &format!("{t}:g"),
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            &format!("{t}:gs"),
+        ]));
+        ok(raw.call(&["SPUBLISH", &k, "hello"]));
+    }
+    assert_eq!(
+        moved_redirects(&mut raw),
+        before,
+        "some command was routed by the wrong argument"
+    );
+
+    // The destination keys found by keyword (STORE) count: in another slot they are refused.
+    let (a, b) = keys_in_two_slots(&p);
+    for args in [
+        vec!["SORT", a.as_str(), "STORE", b.as_str()],
+        vec![
+            "GEORADIUS",
+            a.as_str(),
+            "15",
+            "37",
+            "200",
+            "km",
+            "STORE",
+            b.as_str(),
+        ],
+        vec!["BITOP", "AND", a.as_str(), b.as_str()],
+    ] {
+        assert_eq!(proxy_error(&mut raw, &args), CROSSSLOT, "{args:?}");
+    }
+}

@@ -6,6 +6,7 @@ use super::reply;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::resp::{encode, Command};
+use crate::shared::Counters;
 use crate::worker::Worker;
 
 pub fn ping(cmd: &Command) -> Bytes {
@@ -173,7 +174,8 @@ pub fn proxy_info(worker: &Worker) -> String {
     let map = shared.topology.map();
     format!(
         "# Proxy\r\nproxy_version:{}\r\nproxy_uptime_in_seconds:{}\r\nproxy_workers:{}\r\nproxy_connected_clients:{}\r\n\
-proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n",
+proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n\
+proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_backend_errors:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.workers,
@@ -183,6 +185,10 @@ proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{
         shared.topology.generation(),
         shared.topology.age().map_or(-1, |a| a.as_millis() as i64),
         shared.commands.load().len(),
+        Counters::get(&shared.counters.moved),
+        Counters::get(&shared.counters.ask),
+        Counters::get(&shared.counters.retries),
+        Counters::get(&shared.counters.backend_errors),
     )
 }
 

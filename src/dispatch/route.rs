@@ -11,6 +11,7 @@ use crate::backend::BackendError;
 use crate::cluster::redirect::{classify, Redirect};
 use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
+use crate::shared::Counters;
 use crate::worker::Worker;
 
 /// Where a request goes.
@@ -43,6 +44,7 @@ const MAX_CONNECT_RETRIES: u32 = 2;
 pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
     let deadline = Instant::now() + worker.retry_deadline;
     let topology = &worker.shared.topology;
+    let counters = &worker.shared.counters;
     let mut redirects = 0u32;
     let mut connect_retries = 0u32;
     let mut backoff = FIRST_BACKOFF;
@@ -77,6 +79,7 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
                 };
                 match redirect {
                     Redirect::Moved { slot, addr: to } => {
+                        Counters::bump(&counters.moved);
                         metrics::counter!("slotproxy_redirects_total", "kind" => "moved")
                             .increment(1);
                         redirects += 1;
@@ -88,6 +91,7 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
                         redirect_to = Some((NodeAddr::from(to), false));
                     }
                     Redirect::Ask { addr: to, .. } => {
+                        Counters::bump(&counters.ask);
                         metrics::counter!("slotproxy_redirects_total", "kind" => "ask")
                             .increment(1);
                         redirects += 1;
@@ -102,6 +106,7 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
                             Redirect::ClusterDown => "clusterdown",
                             _ => "loading",
                         };
+                        Counters::bump(&counters.retries);
                         metrics::counter!("slotproxy_retries_total", "kind" => kind).increment(1);
                         if redirect == Redirect::ClusterDown {
                             topology.request_refresh();
@@ -115,6 +120,7 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
             }
             Err(error) => error,
         };
+        Counters::bump(&counters.backend_errors);
         metrics::counter!("slotproxy_errors_total", "kind" => error.kind()).increment(1);
         topology.request_refresh();
         let may_resend = error.certainly_not_sent() || resend == Resend::Safe;
