@@ -2,9 +2,11 @@
 //! framing, and command lookup plus key extraction. Sizes follow STYLE.md §12 (short keys,
 //! ~100-byte values). Compare numbers only across runs on the same machine.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use slotproxy::cluster::Slot;
 use slotproxy::command::CommandTable;
+use slotproxy::dispatch::{merge, split::split_by_slot};
 use slotproxy::resp::{Command, ReplyScanner, RequestDecoder, RequestLimits};
 
 /// Sixteen pipelined `GET key:NNNN` requests, as one client read.
@@ -87,5 +89,48 @@ fn lookup_and_keys(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_pipeline, scan_replies, lookup_and_keys);
+fn slot_hashing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("slot");
+    for key in [
+        "user:1000:profile",
+        "{user1000}.following",
+        "a-64-byte-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        group.bench_function(format!("slot_of_{}b", key.len()), |b| {
+            b.iter(|| Slot::of(black_box(key.as_bytes())))
+        });
+    }
+    group.finish();
+}
+
+/// MGET of 10 keys in 10 slots: the per-slot split, then merging the 10 replies back.
+fn mget_split_and_merge(c: &mut Criterion) {
+    let mut args = vec!["MGET".to_string()];
+    args.extend((0..10).map(|i| format!("user:{i}:profile")));
+    let cmd = Command::from_args(&args);
+    let parts = split_by_slot(&cmd, 1);
+    assert_eq!(parts.len(), 10, "the bench keys must hash to 10 slots");
+    let value = Bytes::from(format!("*1\r\n$100\r\n{}\r\n", "v".repeat(100)));
+    let mut group = c.benchmark_group("mget_10_slots");
+    group.bench_function("split", |b| b.iter(|| split_by_slot(black_box(&cmd), 1)));
+    group.bench_function("merge", |b| {
+        b.iter(|| {
+            let replies = parts
+                .iter()
+                .map(|p| (p.positions.clone(), value.clone()))
+                .collect();
+            merge::by_position(black_box(replies), 10)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_pipeline,
+    scan_replies,
+    lookup_and_keys,
+    slot_hashing,
+    mget_split_and_merge
+);
 criterion_main!(benches);

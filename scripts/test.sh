@@ -22,4 +22,6 @@ run cargo clippy --locked --all-targets -- -D warnings
 # must at least compile and not panic; doc tests are not part of --all-targets.
 run cargo test --locked --all-targets
 run cargo test --locked --doc
+# The criterion benches in their real (release) profile: they must keep compiling.
+run cargo bench --locked --no-run
 echo "test.sh: all checks passed" >&2

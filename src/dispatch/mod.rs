@@ -6,8 +6,8 @@ pub mod local;
 pub mod merge;
 pub mod reply;
 pub mod route;
+pub mod split;
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use crate::resp::Command;
 use crate::worker::Worker;
 use cluster_wide::Merge;
 use route::{execute, Resend, Target};
+use split::split_by_slot;
 
 /// How a multi-key command's keys are laid out and its parts merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,58 +203,26 @@ fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
 /// Splits a multi-key command into one command per slot, runs them concurrently and merges.
 fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> Reply {
     let step = if kind == Split::Pairs { 2 } else { 1 };
-    // Slot → (argument indices of its keys, positions of those keys among all keys).
-    let mut groups: Vec<(Slot, Vec<usize>, Vec<usize>)> = Vec::new();
-    let mut group_of: HashMap<Slot, usize> = HashMap::new();
-    let mut position = 0;
-    let mut i = 1;
-    while i < cmd.argc() {
-        let slot = Slot::of(cmd.arg(i).unwrap_or_default());
-        let g = *group_of.entry(slot).or_insert_with(|| {
-            groups.push((slot, Vec::new(), Vec::new()));
-            groups.len() - 1
-        });
-        if let Some(group) = groups.get_mut(g) {
-            group.1.push(i);
-            group.2.push(position);
-        }
-        position += 1;
-        i += step;
-    }
     let resend = if spec.is_readonly() {
         Resend::Safe
     } else {
         Resend::Never
     };
-    if groups.len() <= 1 {
-        let target = groups.first().map_or(Target::Any, |g| Target::Slot(g.0));
+    let mut parts = split_by_slot(&cmd, step);
+    if parts.len() <= 1 {
+        let target = parts.pop().map_or(Target::Any, |p| Target::Slot(p.slot));
         return send(worker, cmd, target, resend);
     }
-    let name = cmd.name();
-    let parts: Vec<(Target, Bytes, Vec<usize>)> = groups
-        .into_iter()
-        .map(|(slot, arg_indices, positions)| {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(1 + arg_indices.len() * step);
-            args.push(name);
-            for a in arg_indices {
-                for j in a..a + step {
-                    args.push(cmd.arg(j).unwrap_or_default());
-                }
-            }
-            (
-                Target::Slot(slot),
-                Command::from_args(&args).raw().clone(),
-                positions,
-            )
-        })
-        .collect();
-    let total = position;
+    let total = parts.iter().map(|p| p.positions.len()).sum();
     let worker = worker.clone();
     Reply::later(async move {
         let (positions, requests): (Vec<Vec<usize>>, Vec<_>) = parts
             .into_iter()
-            .map(|(target, payload, positions)| {
-                (positions, execute(worker.clone(), payload, target, resend))
+            .map(|p| {
+                (
+                    p.positions,
+                    execute(worker.clone(), p.payload, Target::Slot(p.slot), resend),
+                )
             })
             .unzip();
         let replies = join_all(requests).await;
