@@ -84,6 +84,9 @@ mod tests {
         // Values from `CLUSTER KEYSLOT` on Redis 7.
         assert_eq!(Slot::of(b"foo").get(), 12182);
         assert_eq!(Slot::of(b"bar").get(), 5061);
+        assert_eq!(Slot::of(b"hello").get(), 866);
+        assert_eq!(Slot::of(b"{user1000}.following").get(), 3443);
+        assert_eq!(Slot::of(b"{user1000}.followers").get(), 3443);
         assert_eq!(Slot::of(b"").get(), 0);
         assert_eq!(Slot::of(b"{user1000}.following"), Slot::of(b"user1000"));
     }
