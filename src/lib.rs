@@ -232,6 +232,9 @@ fn control(
         }
         load_command_table(&shared).await;
         let _ = ready.send(());
+        if let Some(handle) = metrics.clone() {
+            tokio::spawn(metrics::run_upkeep(handle, shutdown.clone()));
+        }
         if let Some(listener) = admin_listener {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {

@@ -82,3 +82,17 @@ fn describe() {
         "Bytes exchanged with clients, by direction"
     );
 }
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples into buckets periodically. The recorder queues every sample until
+/// then, so without this an unscraped proxy's memory would grow with every command.
+pub async fn run_upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),
+        }
+    }
+}
