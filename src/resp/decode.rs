@@ -246,7 +246,9 @@ impl RequestDecoder {
 
     fn decode_inline(&mut self, buf: &mut BytesMut) -> Result<Inline, ProtocolError> {
         let Some(newline) = find_byte(buf, self.scan_from, b'\n') else {
-            if buf.len() > self.limits.max_inline_len {
+            // A line of exactly the limit may be waiting for its `\n` after the `\r`.
+            let pending_cr = usize::from(buf.last() == Some(&b'\r'));
+            if buf.len() > self.limits.max_inline_len + pending_cr {
                 return Err(ProtocolError::TooBigInlineRequest);
             }
             self.scan_from = buf.len();
