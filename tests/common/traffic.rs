@@ -255,7 +255,7 @@ fn run(
         ops.store(i, Ordering::Relaxed);
         // Leave CPU for the cluster nodes on small machines: their failure detector runs on a
         // 2 s node timeout.
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
