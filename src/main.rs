@@ -3,6 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// The request path allocates small, short-lived buffers and futures on every worker thread;
+/// mimalloc's thread-local free lists serve them far cheaper than glibc's malloc (measured:
+/// glibc's malloc/free were a fifth of the proxy's CPU time under pipelined load).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use slotproxy::{Config, Proxy};
 
 /// A cluster-aware Redis proxy: one plain Redis endpoint in front of a Redis Cluster.
