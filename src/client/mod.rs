@@ -1,4 +1,5 @@
 //! Client connections: reading commands, keeping replies in order, writing them back in batches.
 
+pub mod replies;
 pub mod session;
 pub mod state;

@@ -9,13 +9,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt};
-use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::replies::ReplyQueue;
 use super::state::ClientState;
-use crate::dispatch::{dispatch, reply, Reply};
+use crate::dispatch::{dispatch, reply, Dispatched};
 use crate::resp::RequestDecoder;
 use crate::worker::Worker;
 
@@ -52,7 +51,7 @@ async fn run(
     // connection then costs no buffer memory at all.
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
-    let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
+    let mut pending = ReplyQueue::new(worker.clone());
     let bytes_in = metrics::counter!("slotproxy_bytes_total", "direction" => "in");
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
@@ -62,7 +61,7 @@ async fn run(
         while !input_done && pending.len() < worker.max_pipeline_depth {
             match decoder.decode(&mut input) {
                 Ok(Some(command)) => {
-                    pending.push_back(dispatch(worker, client, command));
+                    pending.push(dispatch(worker, client, command));
                     if client.closing {
                         input_done = true;
                     }
@@ -72,15 +71,13 @@ async fn run(
                     // Like Redis: report the protocol error, then close this connection only.
                     metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol")
                         .increment(1);
-                    pending.push_back(reply::error(&format!("ERR {error}")).into());
+                    pending.push(Dispatched::untimed(reply::error(&format!("ERR {error}"))));
                     input_done = true;
                 }
             }
         }
         // Everything already complete goes out in one write.
-        while let Some(Some(reply)) = pending.next().now_or_never() {
-            output.extend_from_slice(&reply);
-        }
+        pending.drain_ready(&mut output);
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
         }
@@ -92,7 +89,7 @@ async fn run(
         }
         let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
         tokio::select! {
-            Some(reply) = pending.next(), if !pending.is_empty() => output.extend_from_slice(&reply),
+            _ = pending.progress(), if !pending.is_empty() => {}
             ready = stream.writable(), if !output.is_empty() => {
                 ready?;
                 match stream.try_write(&output) {

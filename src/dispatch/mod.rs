@@ -11,6 +11,8 @@ pub mod split;
 use std::rc::Rc;
 use std::time::Instant;
 
+use metrics::Histogram;
+
 use bytes::Bytes;
 use futures_util::future::join_all;
 
@@ -38,22 +40,38 @@ enum Split {
 
 /// Produces the reply for one command. Called in arrival order; the returned reply is queued
 /// so replies go back in the order the client sent its commands.
-pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> Reply {
+pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> Dispatched {
     let table = worker.shared.commands.load();
     let Some(spec) = table.lookup(&cmd) else {
-        return unknown_command(&cmd).into();
+        return Dispatched::untimed(unknown_command(&cmd));
     };
     if !spec.check_arity(cmd.argc()) {
-        return reply::error(&format!(
-            "ERR wrong number of arguments for '{}' command",
-            spec.name
-        ))
-        .into();
+        let message = format!("ERR wrong number of arguments for '{}' command", spec.name);
+        return Dispatched::untimed(reply::error(&message));
     }
     let metrics = worker.command_metrics(spec.id, &spec.name);
     metrics.count.increment(1);
     let started = Instant::now();
-    plan(worker, client, &table, spec, cmd).timed(started, metrics.duration)
+    Dispatched {
+        reply: plan(worker, client, &table, spec, cmd),
+        latency: Some((started, metrics.duration)),
+    }
+}
+
+/// A command's reply-to-be and, for commands of the table, where its latency is recorded
+/// once the reply is complete.
+pub struct Dispatched {
+    pub reply: Reply,
+    pub latency: Option<(Instant, Histogram)>,
+}
+
+impl Dispatched {
+    pub fn untimed(reply: Bytes) -> Dispatched {
+        Dispatched {
+            reply: Reply::Ready(reply),
+            latency: None,
+        }
+    }
 }
 
 fn plan(
@@ -156,7 +174,11 @@ fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Co
 }
 
 fn send(worker: &Rc<Worker>, cmd: Command, target: Target, resend: Resend) -> Reply {
-    Reply::later(execute(worker.clone(), cmd.raw().clone(), target, resend))
+    let payload = cmd.into_raw();
+    match route::send_now(worker, payload.clone(), target.clone(), resend) {
+        Some(in_flight) => Reply::InFlight(in_flight),
+        None => Reply::later(execute(worker.clone(), payload, target, resend)),
+    }
 }
 
 fn any_node(worker: &Rc<Worker>, cmd: Command) -> Reply {

@@ -2,68 +2,30 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use metrics::Histogram;
 
+use super::route::InFlight;
 use crate::resp::encode;
 
-/// One entry of a client's ordered reply queue.
+/// How the reply to one command will come: ready now, from a request already sent (the fast
+/// path: the session reads the backend's reply straight from its channel), or from a future
+/// the session drives (splits, broadcasts, retries).
 pub enum Reply {
-    Ready(Option<Bytes>),
-    Later {
-        future: Pin<Box<dyn Future<Output = Bytes>>>,
-        /// When the command arrived and where its latency goes, recorded on completion
-        /// (kept here rather than in a wrapping future to avoid a second allocation).
-        timer: Option<(Instant, Histogram)>,
-    },
+    Ready(Bytes),
+    InFlight(InFlight),
+    Later(Pin<Box<dyn Future<Output = Bytes>>>),
 }
 
 impl Reply {
     pub fn later(future: impl Future<Output = Bytes> + 'static) -> Reply {
-        Reply::Later {
-            future: Box::pin(future),
-            timer: None,
-        }
-    }
-
-    /// Records the command's latency in `histogram` when the reply completes.
-    pub fn timed(self, started: Instant, histogram: Histogram) -> Reply {
-        match self {
-            Reply::Ready(bytes) => {
-                histogram.record(started.elapsed().as_secs_f64());
-                Reply::Ready(bytes)
-            }
-            Reply::Later { future, .. } => Reply::Later {
-                future,
-                timer: Some((started, histogram)),
-            },
-        }
-    }
-}
-
-impl Future for Reply {
-    type Output = Bytes;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Bytes> {
-        match self.get_mut() {
-            Reply::Ready(bytes) => Poll::Ready(bytes.take().unwrap_or_default()),
-            Reply::Later { future, timer } => {
-                let bytes = std::task::ready!(future.as_mut().poll(cx));
-                if let Some((started, histogram)) = timer.take() {
-                    histogram.record(started.elapsed().as_secs_f64());
-                }
-                Poll::Ready(bytes)
-            }
-        }
+        Reply::Later(Box::pin(future))
     }
 }
 
 impl From<Bytes> for Reply {
     fn from(bytes: Bytes) -> Reply {
-        Reply::Ready(Some(bytes))
+        Reply::Ready(bytes)
     }
 }
 

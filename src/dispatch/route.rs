@@ -5,8 +5,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::reply;
+use crate::backend::pipe::ReplyResult;
 use crate::backend::BackendError;
 use crate::cluster::redirect::{classify, Redirect};
 use crate::cluster::slot_map::NodeAddr;
@@ -40,8 +42,65 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// slot map after a failover, few enough that requests for a dead node fail fast.
 const MAX_CONNECT_RETRIES: u32 = 2;
 
+/// A request already sent to the node the map named, waiting for its reply: the fast path.
+/// Most replies are final; only a redirect or a failure goes on to [`finish`].
+pub struct InFlight {
+    pub reply: oneshot::Receiver<ReplyResult>,
+    pub payload: Bytes,
+    pub target: Target,
+    pub resend: Resend,
+}
+
+/// Sends `payload` to the node for `target` at once. `None` when there is no node to send to
+/// (slot not covered, node backing off): [`execute`] then deals with it.
+pub fn send_now(
+    worker: &Worker,
+    payload: Bytes,
+    target: Target,
+    resend: Resend,
+) -> Option<InFlight> {
+    let addr = resolve(worker, &target)?;
+    let reply = worker.pool.send(&addr, payload.clone(), false).ok()?;
+    Some(InFlight {
+        reply,
+        payload,
+        target,
+        resend,
+    })
+}
+
+/// The final reply for a fast-path outcome, if it is final (no redirect, no failure).
+pub fn final_reply(outcome: &ReplyResult) -> Option<&Bytes> {
+    match outcome {
+        Ok(bytes) if classify(bytes).is_none() => Some(bytes),
+        _ => None,
+    }
+}
+
+/// Continues a fast-path request whose first outcome was not final.
+pub async fn finish(worker: Rc<Worker>, request: InFlight, first: ReplyResult) -> Bytes {
+    run(
+        worker,
+        request.payload,
+        request.target,
+        request.resend,
+        Some(first),
+    )
+    .await
+}
+
 /// Runs `payload` on the node for `target` and returns the final raw reply.
 pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
+    run(worker, payload, target, resend, None).await
+}
+
+async fn run(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    target: Target,
+    resend: Resend,
+    mut first: Option<ReplyResult>,
+) -> Bytes {
     let deadline = Instant::now() + worker.retry_deadline;
     let topology = &worker.shared.topology;
     let counters = &worker.shared.counters;
@@ -51,26 +110,31 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
     // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
     let mut redirect_to: Option<(NodeAddr, bool)> = None;
     loop {
-        let (addr, asking) = match redirect_to.take() {
-            Some(to) => to,
-            None => match resolve(&worker, &target) {
-                Some(addr) => (addr, false),
-                None => {
-                    topology.request_refresh();
-                    if !wait(&mut backoff, deadline).await {
-                        return reply::error("CLUSTERDOWN Hash slot not served");
-                    }
-                    continue;
+        let outcome = match first.take() {
+            Some(outcome) => outcome,
+            None => {
+                let (addr, asking) = match redirect_to.take() {
+                    Some(to) => to,
+                    None => match resolve(&worker, &target) {
+                        Some(addr) => (addr, false),
+                        None => {
+                            topology.request_refresh();
+                            if !wait(&mut backoff, deadline).await {
+                                return reply::error("CLUSTERDOWN Hash slot not served");
+                            }
+                            continue;
+                        }
+                    },
+                };
+                match worker.pool.send(&addr, payload.clone(), asking) {
+                    Ok(rx) => rx.await.unwrap_or_else(|_| {
+                        Err(BackendError::Lost {
+                            addr: addr.to_string(),
+                        })
+                    }),
+                    Err(e) => Err(e),
                 }
-            },
-        };
-        let outcome = match worker.pool.send(&addr, payload.clone(), asking) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| {
-                Err(BackendError::Lost {
-                    addr: addr.to_string(),
-                })
-            }),
-            Err(e) => Err(e),
+            }
         };
         let error = match outcome {
             Ok(bytes) => {

@@ -1,0 +1,208 @@
+//! One client's ordered reply queue.
+//!
+//! Replies leave strictly in the order the commands arrived. Most commands are a single
+//! request already sent to a backend ([`Reply::InFlight`]): the queue reads the backend's reply
+//! straight from its channel, and only the head's channel wakes the session, so a pipeline of
+//! N commands costs no per-command task or wake-up. Commands that need more than one round
+//! trip (splits, broadcasts, redirect and retry handling) run as futures the queue drives
+//! concurrently; their results wait in their slot until it reaches the head.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use metrics::Histogram;
+use tokio::sync::oneshot::error::TryRecvError;
+
+use crate::backend::pipe::ReplyResult;
+use crate::backend::BackendError;
+use crate::dispatch::route::{final_reply, finish, InFlight};
+use crate::dispatch::{Dispatched, Reply};
+use crate::worker::Worker;
+
+enum State {
+    Ready(Bytes),
+    InFlight(InFlight),
+    /// A future in `driven` will fill this slot.
+    Driven,
+}
+
+struct Entry {
+    state: State,
+    latency: Option<(Instant, Histogram)>,
+}
+
+/// A driven future tagged with its slot's sequence number.
+struct Tagged {
+    seq: u64,
+    future: Pin<Box<dyn Future<Output = Bytes>>>,
+}
+
+impl Future for Tagged {
+    type Output = (u64, Bytes);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Bytes)> {
+        let seq = self.seq;
+        self.future.as_mut().poll(cx).map(|bytes| (seq, bytes))
+    }
+}
+
+pub struct ReplyQueue {
+    worker: Rc<Worker>,
+    entries: VecDeque<Entry>,
+    /// Sequence number of `entries[0]`.
+    head_seq: u64,
+    driven: FuturesUnordered<Tagged>,
+}
+
+impl ReplyQueue {
+    pub fn new(worker: Rc<Worker>) -> ReplyQueue {
+        ReplyQueue {
+            worker,
+            entries: VecDeque::new(),
+            head_seq: 0,
+            driven: FuturesUnordered::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn push(&mut self, dispatched: Dispatched) {
+        let seq = self.head_seq + self.entries.len() as u64;
+        let state = match dispatched.reply {
+            Reply::Ready(bytes) => State::Ready(bytes),
+            Reply::InFlight(in_flight) => State::InFlight(in_flight),
+            Reply::Later(future) => {
+                self.driven.push(Tagged { seq, future });
+                State::Driven
+            }
+        };
+        self.entries.push_back(Entry {
+            state,
+            latency: dispatched.latency,
+        });
+    }
+
+    /// Moves every reply that is complete at the head of the queue into `out`, without waiting.
+    pub fn drain_ready(&mut self, out: &mut BytesMut) {
+        while let Some(Some((seq, bytes))) = self.driven.next().now_or_never() {
+            self.fill(seq, bytes);
+        }
+        while let Some(front) = self.entries.front_mut() {
+            match &mut front.state {
+                State::Ready(_) => self.pop_into(out),
+                State::InFlight(in_flight) => match in_flight.reply.try_recv() {
+                    Ok(outcome) => self.settle(0, outcome),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => self.settle(0, Err(lost())),
+                },
+                State::Driven => break,
+            }
+        }
+    }
+
+    /// Waits until the head can make progress: its backend reply arrived or a driven future
+    /// completed. Cancel safety: safe; a reply taken from a channel is stored before returning.
+    pub async fn progress(&mut self) {
+        std::future::poll_fn(|cx| {
+            if let Some(Entry {
+                state: State::InFlight(in_flight),
+                ..
+            }) = self.entries.front_mut()
+            {
+                if let Poll::Ready(outcome) = Pin::new(&mut in_flight.reply).poll(cx) {
+                    self.settle(0, outcome.unwrap_or_else(|_| Err(lost())));
+                    return Poll::Ready(());
+                }
+            }
+            let mut progressed = false;
+            while let Poll::Ready(Some((seq, bytes))) = self.driven.poll_next_unpin(cx) {
+                self.fill(seq, bytes);
+                progressed = true;
+            }
+            if progressed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn pop_into(&mut self, out: &mut BytesMut) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.head_seq += 1;
+            if let Some((started, histogram)) = entry.latency {
+                histogram.record(started.elapsed().as_secs_f64());
+            }
+            if let State::Ready(bytes) = entry.state {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    fn fill(&mut self, seq: u64, bytes: Bytes) {
+        let index = seq.wrapping_sub(self.head_seq) as usize;
+        if let Some(entry) = self.entries.get_mut(index) {
+            entry.state = State::Ready(bytes);
+        }
+    }
+
+    /// Records the first outcome of the in-flight request at `index`: a final reply fills the
+    /// slot; a redirect or failure hands the request to the retry logic. After a hand-off the
+    /// rest of the queue is checked too, so a burst of redirects (a slot just moved) is
+    /// retried all at once rather than one per round trip as each reaches the head.
+    fn settle(&mut self, index: usize, outcome: ReplyResult) {
+        let handed_off = self.settle_one(index, outcome);
+        if handed_off {
+            for i in (index + 1)..self.entries.len() {
+                let outcome = match self.entries.get_mut(i).map(|e| &mut e.state) {
+                    Some(State::InFlight(in_flight)) => match in_flight.reply.try_recv() {
+                        Ok(outcome) => outcome,
+                        Err(TryRecvError::Empty) => continue,
+                        Err(TryRecvError::Closed) => Err(lost()),
+                    },
+                    _ => continue,
+                };
+                self.settle_one(i, outcome);
+            }
+        }
+    }
+
+    /// Returns whether the request went to the retry logic.
+    fn settle_one(&mut self, index: usize, outcome: ReplyResult) -> bool {
+        let Some(entry) = self.entries.get_mut(index) else {
+            return false;
+        };
+        if let Some(bytes) = final_reply(&outcome) {
+            entry.state = State::Ready(bytes.clone());
+            return false;
+        }
+        let State::InFlight(in_flight) = std::mem::replace(&mut entry.state, State::Driven) else {
+            return false;
+        };
+        let seq = self.head_seq + index as u64;
+        let future = Box::pin(finish(self.worker.clone(), in_flight, outcome));
+        self.driven.push(Tagged { seq, future });
+        true
+    }
+}
+
+/// The channel closed without a reply: the connection task ended with the request in it.
+fn lost() -> BackendError {
+    BackendError::Lost {
+        addr: String::from("(connection closed)"),
+    }
+}
