@@ -66,10 +66,16 @@ pub fn by_position(parts: Vec<(Vec<usize>, Bytes)>, total: usize) -> Bytes {
             }
         }
     }
-    if slots.iter().any(Option::is_none) {
-        return malformed();
+    let mut out =
+        BytesMut::with_capacity(16 + slots.iter().flatten().map(Bytes::len).sum::<usize>());
+    encode::array_header(&mut out, total);
+    for value in &slots {
+        let Some(value) = value else {
+            return malformed();
+        };
+        out.extend_from_slice(value);
     }
-    array(slots.into_iter().map(Option::unwrap_or_default))
+    out.freeze()
 }
 
 /// DEL, EXISTS, DBSIZE...: the sum of the parts' integers.

@@ -14,7 +14,6 @@ use std::time::Instant;
 use metrics::Histogram;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
 
 pub use reply::Reply;
 
@@ -24,7 +23,7 @@ use crate::command::{CommandSpec, CommandTable};
 use crate::resp::Command;
 use crate::worker::Worker;
 use cluster_wide::Merge;
-use route::{execute, Resend, Target};
+use route::{execute, Resend, Started, Target};
 use split::split_by_slot;
 
 /// How a multi-key command's keys are laid out and its parts merged.
@@ -174,10 +173,13 @@ fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Co
 }
 
 fn send(worker: &Rc<Worker>, cmd: Command, target: Target, resend: Resend) -> Reply {
-    let payload = cmd.into_raw();
-    match route::send_now(worker, payload.clone(), target.clone(), resend) {
-        Some(in_flight) => Reply::InFlight(in_flight),
-        None => Reply::later(execute(worker.clone(), payload, target, resend)),
+    match route::start(worker, cmd.into_raw(), target, resend) {
+        Started::InFlight(in_flight) => Reply::InFlight(in_flight),
+        Started::Deferred {
+            payload,
+            target,
+            resend,
+        } => Reply::later(execute(worker.clone(), payload, target, resend)),
     }
 }
 
@@ -236,18 +238,25 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
         return send(worker, cmd, target, resend);
     }
     let total = parts.iter().map(|p| p.positions.len()).sum();
+    // Every part is sent now, so the parts run in parallel on their nodes; the future only
+    // collects the replies (and retries a part whose first answer was a redirect).
+    let mut positions = Vec::with_capacity(parts.len());
+    let mut started = Vec::with_capacity(parts.len());
+    for part in parts {
+        positions.push(part.positions);
+        started.push(route::start(
+            worker,
+            part.payload,
+            Target::Slot(part.slot),
+            resend,
+        ));
+    }
     let worker = worker.clone();
     Reply::later(async move {
-        let (positions, requests): (Vec<Vec<usize>>, Vec<_>) = parts
-            .into_iter()
-            .map(|p| {
-                (
-                    p.positions,
-                    execute(worker.clone(), p.payload, Target::Slot(p.slot), resend),
-                )
-            })
-            .unzip();
-        let replies = join_all(requests).await;
+        let mut replies = Vec::with_capacity(started.len());
+        for request in started {
+            replies.push(request.reply(worker.clone()).await);
+        }
         match kind {
             Split::Values => {
                 merge::by_position(positions.into_iter().zip(replies).collect(), total)

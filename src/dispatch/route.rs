@@ -51,22 +51,58 @@ pub struct InFlight {
     pub resend: Resend,
 }
 
-/// Sends `payload` to the node for `target` at once. `None` when there is no node to send to
-/// (slot not covered, node backing off): [`execute`] then deals with it.
-pub fn send_now(
-    worker: &Worker,
-    payload: Bytes,
-    target: Target,
-    resend: Resend,
-) -> Option<InFlight> {
-    let addr = resolve(worker, &target)?;
-    let reply = worker.pool.send(&addr, payload.clone(), false).ok()?;
-    Some(InFlight {
-        reply,
-        payload,
-        target,
-        resend,
-    })
+/// A request started at once: normally in flight; deferred when there is no node to send it to
+/// right now (slot not covered, node backing off), for [`execute`] to deal with.
+pub enum Started {
+    InFlight(InFlight),
+    Deferred {
+        payload: Bytes,
+        target: Target,
+        resend: Resend,
+    },
+}
+
+/// Sends `payload` to the node for `target` now, if there is one.
+pub fn start(worker: &Worker, payload: Bytes, target: Target, resend: Resend) -> Started {
+    let sent = resolve(worker, &target)
+        .and_then(|addr| worker.pool.send(&addr, payload.clone(), false).ok());
+    match sent {
+        Some(reply) => Started::InFlight(InFlight {
+            reply,
+            payload,
+            target,
+            resend,
+        }),
+        None => Started::Deferred {
+            payload,
+            target,
+            resend,
+        },
+    }
+}
+
+impl Started {
+    /// The final reply, with redirects and retries handled.
+    pub async fn reply(self, worker: Rc<Worker>) -> Bytes {
+        match self {
+            Started::InFlight(mut in_flight) => {
+                let outcome = (&mut in_flight.reply).await.unwrap_or_else(|_| {
+                    Err(BackendError::Lost {
+                        addr: String::from("(connection closed)"),
+                    })
+                });
+                match final_reply(&outcome) {
+                    Some(bytes) => bytes.clone(),
+                    None => finish(worker, in_flight, outcome).await,
+                }
+            }
+            Started::Deferred {
+                payload,
+                target,
+                resend,
+            } => execute(worker, payload, target, resend).await,
+        }
+    }
 }
 
 /// The final reply for a fast-path outcome, if it is final (no redirect, no failure).

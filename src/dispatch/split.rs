@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::cluster::Slot;
+
+/// Up to this many slots, groups are found by scanning instead of through the hash map.
+const LINEAR_GROUPS: usize = 16;
 use crate::resp::Command;
 
 /// The keys of one slot.
@@ -30,10 +33,26 @@ pub fn split_by_slot(cmd: &Command, step: usize) -> Vec<SlotPart> {
     let mut i = 1;
     while i < cmd.argc() {
         let slot = Slot::of(cmd.arg(i).unwrap_or_default());
-        let g = *group_of.entry(slot).or_insert_with(|| {
-            groups.push((slot, Vec::new(), Vec::new()));
-            groups.len() - 1
-        });
+        // A short scan beats hashing for the few slots of a typical MGET.
+        let found = if groups.len() <= LINEAR_GROUPS {
+            groups.iter().position(|g| g.0 == slot)
+        } else {
+            group_of.get(&slot).copied()
+        };
+        let g = match found {
+            Some(g) => g,
+            None => {
+                groups.push((slot, Vec::new(), Vec::new()));
+                if groups.len() > LINEAR_GROUPS {
+                    if group_of.is_empty() {
+                        group_of.extend(groups.iter().enumerate().map(|(i, g)| (g.0, i)));
+                    } else {
+                        group_of.insert(slot, groups.len() - 1);
+                    }
+                }
+                groups.len() - 1
+            }
+        };
         if let Some(group) = groups.get_mut(g) {
             group.1.push(i);
             group.2.push(position);
