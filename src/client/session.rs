@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +110,7 @@ async fn run(
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }
-                match stream.try_read_buf(&mut input) {
+                match read_draining(&stream, &mut input) {
                     Ok(0) => input_done = true, // finish what the client sent, then close
                     Ok(n) => bytes_in.increment(n as u64),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -118,5 +119,27 @@ async fn run(
             }
             _ = shutdown.cancelled(), if !input_done => input_done = true,
         }
+    }
+}
+
+/// Reads what the socket has into `input`. A read that leaves buffer space unused has drained
+/// the socket, so the readiness is cleared at once: the next wait goes to epoll instead of
+/// costing a `recv` that returns EAGAIN (tokio's `poll_read` does the same; `try_read` does
+/// not). With edge-triggered epoll, data arriving later raises a new event, so nothing is missed.
+fn read_draining(stream: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
+    let mut read = None;
+    let outcome = stream.try_io(Interest::READABLE, || {
+        let space = input.capacity() - input.len();
+        let n = stream.try_read_buf(input)?;
+        read = Some(n);
+        if n > 0 && n < space {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (outcome, read) {
+        (Err(e), Some(n)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(n),
+        (outcome, _) => outcome,
     }
 }
