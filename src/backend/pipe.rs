@@ -27,6 +27,8 @@ const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 /// Requests taken from the queue per write: bounds one write's size and the reader's wait.
 const MAX_BATCH: usize = 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Buffers that grew past this for a large value are replaced once empty.
+const KEEP_BUFFER: usize = 1024 * 1024;
 
 /// Settings every pipe of a worker shares.
 pub struct PipeSettings {
@@ -219,7 +221,7 @@ async fn write_loop(
                 addr: String::new(),
             })?;
         out.clear();
-        if out.capacity() > 1024 * 1024 {
+        if out.capacity() > KEEP_BUFFER {
             out = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a burst
         }
     }
@@ -254,6 +256,9 @@ async fn read_loop(
             if let Some(w) = queue.pop_front() {
                 let _ = w.reply.send(Ok(reply));
             }
+        }
+        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a large reply
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK.max(buf.len()));
