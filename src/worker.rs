@@ -6,7 +6,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use metrics::{Counter, Histogram};
+
+/// Size of a worker's client read buffer: one read takes at most this much.
+const READ_SCRATCH: usize = 64 * 1024;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,9 @@ pub struct Worker {
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
+    /// Every client read of this worker lands here first (sessions run one at a time on the
+    /// worker's thread), so idle and waiting clients hold no read buffer of their own.
+    pub read_scratch: RefCell<BytesMut>,
 }
 
 /// Metric handles of one command.
@@ -58,6 +65,7 @@ impl Worker {
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
             command_metrics: RefCell::new(Vec::new()),
+            read_scratch: RefCell::new(BytesMut::with_capacity(READ_SCRATCH)),
             pool,
             shared,
         }
