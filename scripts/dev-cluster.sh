@@ -160,6 +160,7 @@ for port in "${PORTS[@]}"; do
 done
 
 log "cluster ok; starting slotproxy on $PROXY_LISTEN (admin http://$ADMIN_LISTEN), Ctrl-C stops everything"
+log "connect from another terminal:  redis-cli -h ${PROXY_LISTEN%:*} -p ${PROXY_LISTEN##*:}   (metrics: curl -s http://$ADMIN_LISTEN/metrics)"
 "$BIN" --listen "$PROXY_LISTEN" --upstream "redis://127.0.0.1:${PORTS[0]}" --admin-listen "$ADMIN_LISTEN" &
 echo $! >"$DATA/proxy.pid"
 # `wait` (unlike a foreground child) returns as soon as a trapped signal arrives.
