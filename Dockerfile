@@ -7,7 +7,10 @@ COPY benches ./benches
 RUN cargo build --release --locked --bin slotproxy
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home slotproxy
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home slotproxy
 COPY --from=build /src/target/release/slotproxy /usr/local/bin/slotproxy
 COPY config/slotproxy.toml /etc/slotproxy/slotproxy.toml
 USER 10001
