@@ -14,7 +14,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/slotproxy /usr/local/bin/slotproxy
 COPY config/slotproxy.toml /etc/slotproxy/slotproxy.toml
 USER 10001
+# In a container the listeners must not be loopback-only. Flags still override these, so
+# `docker run slotproxy --upstream redis://node:6379` is all a deployment needs.
+ENV SLOTPROXY_LISTEN=0.0.0.0:6380 \
+    SLOTPROXY_ADMIN_LISTEN=0.0.0.0:9180
 EXPOSE 6380 9180
-# In a container the listeners must not be loopback-only; override --upstream at run time.
 ENTRYPOINT ["/usr/local/bin/slotproxy"]
-CMD ["--listen", "0.0.0.0:6380", "--admin-listen", "0.0.0.0:9180", "--config", "/etc/slotproxy/slotproxy.toml"]
