@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::slot_map::{NodeAddr, Shard, SlotMap};
+use super::SLOT_COUNT;
 use crate::resp::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,19 +106,23 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
             replicas,
         };
         for pair in slots.chunks(2) {
-            let (Some(first), Some(last)) = (
-                pair.first().and_then(Value::as_int),
-                pair.get(1).and_then(Value::as_int),
-            ) else {
-                return Err(bad("odd slot range list"));
-            };
-            let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
-                return Err(bad("slot out of range"));
-            };
+            let (first, last) = slot_range(pair).ok_or_else(|| bad("bad slot range"))?;
             ranges.push((first, last, shard.clone()));
         }
     }
     Ok(SlotMap::from_ranges(ranges))
+}
+
+/// The `first, last` slot bounds at the start of `items`, if both are valid slots in order.
+fn slot_range(items: &[Value]) -> Option<(u16, u16)> {
+    let bound = |i: usize| {
+        let n = items.get(i)?.as_int()?;
+        u16::try_from(n)
+            .ok()
+            .filter(|&n| usize::from(n) < SLOT_COUNT)
+    };
+    let (first, last) = (bound(0)?, bound(1)?);
+    (first <= last).then_some((first, last))
 }
 
 /// Parses a `CLUSTER SLOTS` reply (the fallback before Redis 7).
@@ -134,15 +139,7 @@ pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError>
         let items = entry
             .as_array()
             .ok_or_else(|| bad("range is not an array"))?;
-        let (Some(first), Some(last)) = (
-            items.first().and_then(Value::as_int),
-            items.get(1).and_then(Value::as_int),
-        ) else {
-            return Err(bad("range without bounds"));
-        };
-        let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
-            return Err(bad("slot out of range"));
-        };
+        let (first, last) = slot_range(items).ok_or_else(|| bad("bad slot range"))?;
         let mut nodes = items.iter().skip(2).filter_map(|n| {
             let n = n.as_array()?;
             let host = endpoint(n.first(), asked_host)?;
