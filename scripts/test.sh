@@ -18,10 +18,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 run bash scripts/install-deps.sh
 run cargo fmt --all -- --check
 run cargo clippy --locked --all-targets -- -D warnings
-# --all-targets also builds the criterion benches and runs each once in test mode, so they
-# must at least compile and not panic; doc tests are not part of --all-targets.
-run cargo test --locked --all-targets
-run cargo test --locked --doc
 # The criterion benches in their real (release) profile: they must keep compiling.
 run cargo bench --locked --no-run
-echo "test.sh: all checks passed" >&2
+# --all-targets also builds the criterion benches and runs each once in test mode, so they
+# must at least compile and not panic; doc tests are not part of --all-targets.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+run cargo test --locked --all-targets 2>&1 | tee "$log"
+run cargo test --locked --doc 2>&1 | tee -a "$log"
+# One total over every test binary, as the last line (the last binary alone, a bench in test
+# mode, runs no test and would misrepresent the run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "test.sh: all checks passed\n%d passed, %d failed\n", p, f }' "$log"
