@@ -45,6 +45,9 @@ pub struct Config {
     pub refresh_min_interval_ms: u64,
     /// After a failed connect, requests for that node fail at once for this long.
     pub reconnect_backoff_ms: u64,
+    /// Backend connections that blocked clients (BLPOP, XREAD BLOCK, ...) may hold at once,
+    /// over all workers; a blocking command past it gets an error instead of a connection.
+    pub max_blocking_connections: usize,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             refresh_interval_ms: 10_000,
             refresh_min_interval_ms: 100,
             reconnect_backoff_ms: 200,
+            max_blocking_connections: 1000,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Shared {
     /// This proxy's own counts (Prometheus metrics are per process; these are per proxy, for
     /// INFO's `# Proxy` section).
     pub counters: Counters,
+    /// One permit per backend connection held by a blocked client (`max_blocking_connections`).
+    pub blocking_permits: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -44,6 +46,8 @@ impl Counters {
 
 impl Shared {
     pub fn new(config: Config, topology: Arc<Topology>, workers: usize) -> Shared {
+        let blocking_permits =
+            Arc::new(tokio::sync::Semaphore::new(config.max_blocking_connections));
         Shared {
             config,
             topology,
@@ -53,6 +57,7 @@ impl Shared {
             started: Instant::now(),
             workers,
             counters: Counters::default(),
+            blocking_permits,
         }
     }
 

@@ -15,6 +15,7 @@ const READ_SCRATCH: usize = 64 * 1024;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
 use crate::client::session;
@@ -25,6 +26,8 @@ use crate::shared::Shared;
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Pool,
+    /// Connections for commands that park a connection (blocking commands).
+    pub dedicated: DedicatedPool,
     pub limits: RequestLimits,
     pub retry_deadline: Duration,
     pub max_redirects: u32,
@@ -48,12 +51,13 @@ pub struct CommandMetrics {
 impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
         let config = &shared.config;
-        let settings = PipeSettings {
+        let settings = Rc::new(PipeSettings {
             credentials: config.credentials(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
-        };
+        });
         let topology = shared.topology.clone();
+        let dedicated = DedicatedPool::new(settings.clone());
         let pool = Pool::new(
             settings,
             Duration::from_millis(config.reconnect_backoff_ms),
@@ -67,6 +71,7 @@ impl Worker {
             command_metrics: RefCell::new(Vec::new()),
             read_scratch: RefCell::new(BytesMut::with_capacity(READ_SCRATCH)),
             pool,
+            dedicated,
             shared,
         }
     }

@@ -1,6 +1,7 @@
 //! Connections to cluster nodes: opening them, and multiplexing many clients' requests over a few.
 
 pub mod connect;
+pub mod dedicated;
 pub mod error;
 pub mod pipe;
 pub mod pool;

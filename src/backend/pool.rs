@@ -23,10 +23,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(settings: PipeSettings, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
+    pub fn new(settings: Rc<PipeSettings>, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
         Pool {
             pipes: RefCell::new(HashMap::new()),
-            settings: Rc::new(settings),
+            settings,
             backoff,
             on_trouble,
         }

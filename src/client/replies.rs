@@ -36,6 +36,7 @@ enum State {
 struct Entry {
     state: State,
     latency: Option<(Instant, Histogram)>,
+    parked: bool,
 }
 
 /// A driven future tagged with its slot's sequence number.
@@ -59,6 +60,8 @@ pub struct ReplyQueue {
     /// Sequence number of `entries[0]`.
     head_seq: u64,
     driven: FuturesUnordered<Tagged>,
+    /// Entries that hold a backend connection until data arrives (blocking commands).
+    parked: usize,
 }
 
 impl ReplyQueue {
@@ -68,6 +71,7 @@ impl ReplyQueue {
             entries: VecDeque::new(),
             head_seq: 0,
             driven: FuturesUnordered::new(),
+            parked: 0,
         }
     }
 
@@ -79,19 +83,28 @@ impl ReplyQueue {
         self.entries.is_empty()
     }
 
+    /// Whether a queued command is parked on a backend connection waiting for data: such a
+    /// command may never finish, so a client that hangs up is not waited for.
+    pub fn has_parked(&self) -> bool {
+        self.parked > 0
+    }
+
     pub fn push(&mut self, dispatched: Dispatched) {
         let seq = self.head_seq + self.entries.len() as u64;
+        let parked = matches!(dispatched.reply, Reply::Parked(_));
         let state = match dispatched.reply {
             Reply::Ready(bytes) => State::Ready(bytes),
             Reply::InFlight(in_flight) => State::InFlight(in_flight),
-            Reply::Later(future) => {
+            Reply::Later(future) | Reply::Parked(future) => {
                 self.driven.push(Tagged { seq, future });
                 State::Driven
             }
         };
+        self.parked += usize::from(parked);
         self.entries.push_back(Entry {
             state,
             latency: dispatched.latency,
+            parked,
         });
     }
 
@@ -144,6 +157,7 @@ impl ReplyQueue {
     fn pop_into(&mut self, out: &mut BytesMut) {
         if let Some(entry) = self.entries.pop_front() {
             self.head_seq += 1;
+            self.parked -= usize::from(entry.parked);
             if let Some((started, histogram)) = entry.latency {
                 histogram.record(started.elapsed().as_secs_f64());
             }

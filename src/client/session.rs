@@ -108,7 +108,11 @@ async fn run(
             ready = stream.readable(), if can_read => {
                 ready?;
                 match read_draining(&stream, &mut worker.read_scratch.borrow_mut(), &mut input) {
-                    Ok(0) => input_done = true, // finish what the client sent, then close
+                    // The client hung up (or shut down its sending side): finish what it
+                    // sent, then close; unless a command is parked waiting for data, which
+                    // may never come (Redis too frees a blocked client that disconnects).
+                    Ok(0) if pending.has_parked() => return Ok(()),
+                    Ok(0) => input_done = true,
                     Ok(n) => bytes_in.increment(n as u64),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),

@@ -99,22 +99,38 @@ fn plan(
         _ if name.starts_with("client|") || name == "client" => {
             // By argv[1], not by the table: the cluster may predate a subcommand the proxy
             // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
-            let sub = format!("client|{}", String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase());
+            let sub = format!(
+                "client|{}",
+                String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase()
+            );
             local::client(&sub, &cmd, client).into()
         }
         "cluster|keyslot" => local::keyslot(&cmd).into(),
-        "cluster|info" | "cluster|nodes" | "cluster|slots" | "cluster|shards" | "cluster|myid" | "cluster|links"
-        | "cluster|help" => any_node(worker, cmd),
+        "cluster|info" | "cluster|nodes" | "cluster|slots" | "cluster|shards" | "cluster|myid"
+        | "cluster|links" | "cluster|help" => any_node(worker, cmd),
         "cluster|countkeysinslot" | "cluster|getkeysinslot" => {
-            match cmd.arg(2).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse().ok()).and_then(Slot::new) {
+            match cmd
+                .arg(2)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())
+                .and_then(Slot::new)
+            {
                 Some(slot) => send(worker, cmd, Target::Slot(slot), Resend::Safe),
                 None => reply::error("ERR Invalid or out of range slot").into(),
             }
         }
-        _ if name == "cluster" || name.starts_with("cluster|") => refuse(name, "it would change the cluster behind the proxy"),
+        _ if name == "cluster" || name.starts_with("cluster|") => {
+            refuse(name, "it would change the cluster behind the proxy")
+        }
         "info" => info(worker, cmd),
-        "command" | "command|count" | "command|info" | "command|docs" | "command|list" | "command|getkeys"
-        | "command|getkeysandflags" | "command|help" => any_node(worker, cmd),
+        "command"
+        | "command|count"
+        | "command|info"
+        | "command|docs"
+        | "command|list"
+        | "command|getkeys"
+        | "command|getkeysandflags"
+        | "command|help" => any_node(worker, cmd),
         "mget" => split(worker, spec, cmd, Split::Values),
         "mset" => split(worker, spec, cmd, Split::Pairs),
         "del" | "unlink" | "exists" | "touch" => split(worker, spec, cmd, Split::Count),
@@ -128,23 +144,28 @@ fn plan(
         "script|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Safe),
         "function|load" | "function|restore" => broadcast(worker, cmd, Merge::Same, Resend::Never),
         "function|delete" | "function|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => {
-            refuse(name, "transactions need a pinned connection, which this version does not provide yet")
-        }
-        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
-            refuse(name, "subscriptions need a dedicated connection, which this version does not provide yet")
-        }
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => refuse(
+            name,
+            "transactions need a pinned connection, which this version does not provide yet",
+        ),
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+        | "sunsubscribe" => refuse(
+            name,
+            "subscriptions need a dedicated connection, which this version does not provide yet",
+        ),
         "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
-        "monitor" | "sync" | "psync" | "shutdown" | "replicaof" | "slaveof" | "failover" | "debug" | "save"
-        | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => refuse(name, "it acts on one node of the cluster"),
-        "xread" | "xreadgroup" if has_block_option(&cmd) => {
-            refuse(name, "blocking reads need a dedicated connection, which this version does not provide yet")
+        "monitor" | "sync" | "psync" | "shutdown" | "replicaof" | "slaveof" | "failover"
+        | "debug" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => {
+            refuse(name, "it acts on one node of the cluster")
         }
+        "xread" | "xreadgroup" if has_block_option(&cmd) => blocking(worker, spec, cmd),
         _ if spec.is_blocking() && !matches!(name, "xread" | "xreadgroup") => {
-            refuse(name, "blocking commands need a dedicated connection, which this version does not provide yet")
+            blocking(worker, spec, cmd)
         }
-        "config|get" | "time" | "lastsave" | "role" | "lolwut" | "memory|stats" | "memory|doctor" | "function|list"
-        | "function|dump" | "function|stats" => any_node(worker, cmd),
+        "config|get" | "time" | "lastsave" | "role" | "lolwut" | "memory|stats"
+        | "memory|doctor" | "function|list" | "function|dump" | "function|stats" => {
+            any_node(worker, cmd)
+        }
         _ if spec.is_admin() => refuse(name, "it is an administrative command for one node"),
         _ => keyed(worker, table, spec, cmd),
     }
@@ -152,24 +173,45 @@ fn plan(
 
 /// The command goes to the owner of its keys' slot (any primary when it has no keys).
 fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
-    let mut keys = Vec::new();
-    spec.key_indices(&cmd, &mut keys);
-    let mut slot: Option<Slot> = None;
-    for &i in &keys {
-        let s = Slot::of(cmd.arg(i).unwrap_or_default());
-        match slot {
-            None => slot = Some(s),
-            Some(first) if first != s => return reply::error(reply::CROSSSLOT).into(),
-            Some(_) => {}
-        }
-    }
+    let target = match target_of(spec, &cmd) {
+        Ok(target) => target,
+        Err(crossslot) => return crossslot.into(),
+    };
     let resend = if spec.is_readonly() {
         Resend::Safe
     } else {
         Resend::Never
     };
-    let target = slot.map_or(Target::Any, Target::Slot);
     send(worker, cmd, target, resend)
+}
+
+/// A command that parks its connection until data arrives or its timeout passes: it gets a
+/// backend connection of its own, so it blocks only its own client, as on a single Redis.
+fn blocking(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command) -> Reply {
+    match target_of(spec, &cmd) {
+        Ok(target) => Reply::Parked(Box::pin(route::execute_blocking(
+            worker.clone(),
+            cmd.into_raw(),
+            target,
+        ))),
+        Err(crossslot) => crossslot.into(),
+    }
+}
+
+/// The slot of the command's keys (any primary when it has none), or Redis's CROSSSLOT reply.
+fn target_of(spec: &CommandSpec, cmd: &Command) -> Result<Target, Bytes> {
+    let mut keys = Vec::new();
+    spec.key_indices(cmd, &mut keys);
+    let mut slot: Option<Slot> = None;
+    for &i in &keys {
+        let s = Slot::of(cmd.arg(i).unwrap_or_default());
+        match slot {
+            None => slot = Some(s),
+            Some(first) if first != s => return Err(reply::error(reply::CROSSSLOT)),
+            Some(_) => {}
+        }
+    }
+    Ok(slot.map_or(Target::Any, Target::Slot))
 }
 
 fn send(worker: &Rc<Worker>, cmd: Command, target: Target, resend: Resend) -> Reply {

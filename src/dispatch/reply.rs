@@ -15,6 +15,9 @@ pub enum Reply {
     Ready(Bytes),
     InFlight(InFlight),
     Later(Pin<Box<dyn Future<Output = Bytes>>>),
+    /// Like `Later`, for a command that holds a backend connection until data arrives
+    /// (BLPOP...): if the client hangs up, it is abandoned instead of awaited.
+    Parked(Pin<Box<dyn Future<Output = Bytes>>>),
 }
 
 impl Reply {

@@ -121,13 +121,36 @@ pub async fn finish(worker: Rc<Worker>, request: InFlight, first: ReplyResult) -
         request.target,
         request.resend,
         Some(first),
+        Via::Pipe,
     )
     .await
 }
 
 /// Runs `payload` on the node for `target` and returns the final raw reply.
 pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
-    run(worker, payload, target, resend, None).await
+    run(worker, payload, target, resend, None, Via::Pipe).await
+}
+
+/// Which connection a request travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The worker's shared, pipelined connection to the node.
+    Pipe,
+    /// A connection of the request's own (commands that park their connection).
+    Dedicated,
+}
+
+/// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated
+/// connection, within the `max_blocking_connections` budget.
+pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target) -> Bytes {
+    let Ok(_permit) = worker.shared.blocking_permits.clone().try_acquire_owned() else {
+        return reply::error(&format!(
+            "ERR max number of blocked clients reached (max_blocking_connections = {})",
+            worker.shared.config.max_blocking_connections
+        ));
+    };
+    // Never resent after it was written: a blocking pop that ran twice would lose an element.
+    run(worker, payload, target, Resend::Never, None, Via::Dedicated).await
 }
 
 async fn run(
@@ -136,6 +159,7 @@ async fn run(
     target: Target,
     resend: Resend,
     mut first: Option<ReplyResult>,
+    via: Via,
 ) -> Bytes {
     let deadline = Instant::now() + worker.retry_deadline;
     let topology = &worker.shared.topology;
@@ -162,13 +186,16 @@ async fn run(
                         }
                     },
                 };
-                match worker.pool.send(&addr, payload.clone(), asking) {
-                    Ok(rx) => rx.await.unwrap_or_else(|_| {
-                        Err(BackendError::Lost {
-                            addr: addr.to_string(),
-                        })
-                    }),
-                    Err(e) => Err(e),
+                match via {
+                    Via::Pipe => match worker.pool.send(&addr, payload.clone(), asking) {
+                        Ok(rx) => rx.await.unwrap_or_else(|_| {
+                            Err(BackendError::Lost {
+                                addr: addr.to_string(),
+                            })
+                        }),
+                        Err(e) => Err(e),
+                    },
+                    Via::Dedicated => worker.dedicated.round_trip(&addr, &payload, asking).await,
                 }
             }
         };

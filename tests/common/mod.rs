@@ -1235,13 +1235,22 @@ pub fn start_proxy(cluster: &Cluster) -> slotproxy::Proxy {
 
 /// Starts the proxy in-process with the given seed URLs.
 pub fn start_proxy_with_seeds(upstreams: Vec<String>) -> slotproxy::Proxy {
-    let config = slotproxy::Config {
+    start_proxy_configured(upstreams, |_| {})
+}
+
+/// Starts the proxy in-process with the given seed URLs and settings changed by `adjust`.
+pub fn start_proxy_configured(
+    upstreams: Vec<String>,
+    adjust: impl FnOnce(&mut slotproxy::Config),
+) -> slotproxy::Proxy {
+    let mut config = slotproxy::Config {
         listen: "127.0.0.1:0".into(),
         upstreams,
         admin_listen: Some("127.0.0.1:0".into()),
         workers: 2,
         ..slotproxy::Config::default()
     };
+    adjust(&mut config);
     slotproxy::Proxy::start(config).unwrap_or_else(|e| panic!("the proxy failed to start: {e:?}"))
 }
 

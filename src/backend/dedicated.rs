@@ -1,0 +1,134 @@
+//! Connections that one client holds for the length of one command that parks the connection
+//! (BLPOP, XREAD BLOCK, ...), so a blocked client never stalls the shared pipes.
+//!
+//! A connection goes back to a small per-node idle list after a complete reply (job queues
+//! call BLPOP in a loop); one whose command was cancelled (the client went away) is dropped,
+//! which closes it and frees the node's blocked client at once.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::connect::connect;
+use super::pipe::PipeSettings;
+use super::BackendError;
+use crate::cluster::slot_map::NodeAddr;
+use crate::resp::ReplyScanner;
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// Idle dedicated connections kept per node and worker.
+const MAX_IDLE_PER_NODE: usize = 8;
+const READ_CHUNK: usize = 4 * 1024;
+
+pub struct DedicatedPool {
+    idle: RefCell<HashMap<NodeAddr, Vec<TcpStream>>>,
+    settings: Rc<PipeSettings>,
+}
+
+impl DedicatedPool {
+    pub fn new(settings: Rc<PipeSettings>) -> DedicatedPool {
+        DedicatedPool {
+            idle: RefCell::new(HashMap::new()),
+            settings,
+        }
+    }
+
+    /// Sends one request on a connection of its own and waits for its reply, however long
+    /// the node takes (a blocking command's timeout is the node's business).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the connection, which closes it.
+    pub async fn round_trip(
+        &self,
+        addr: &NodeAddr,
+        payload: &[u8],
+        asking: bool,
+    ) -> Result<Bytes, BackendError> {
+        let reused = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
+        let fresh = reused.is_none();
+        let mut stream = match reused {
+            Some(stream) => stream,
+            None => {
+                connect(
+                    addr,
+                    &self.settings.credentials,
+                    self.settings.connect_timeout,
+                )
+                .await?
+            }
+        };
+        let result = exchange(&mut stream, addr, payload, asking).await;
+        match result {
+            Err(BackendError::Lost { .. }) if !fresh => {
+                // An idle connection the node had closed meanwhile (timeout, restart): the
+                // write went nowhere, so one fresh connection may try again.
+                let mut stream = connect(
+                    addr,
+                    &self.settings.credentials,
+                    self.settings.connect_timeout,
+                )
+                .await?;
+                let reply = exchange(&mut stream, addr, payload, asking).await?;
+                self.keep(addr, stream);
+                Ok(reply)
+            }
+            Ok(reply) => {
+                self.keep(addr, stream);
+                Ok(reply)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn keep(&self, addr: &NodeAddr, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_NODE {
+            list.push(stream);
+        }
+    }
+}
+
+async fn exchange(
+    stream: &mut TcpStream,
+    addr: &str,
+    payload: &[u8],
+    asking: bool,
+) -> Result<Bytes, BackendError> {
+    let lost = |_| BackendError::Lost {
+        addr: addr.to_string(),
+    };
+    if asking {
+        stream.write_all(ASKING).await.map_err(lost)?;
+    }
+    stream.write_all(payload).await.map_err(lost)?;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::default();
+    let mut skip = usize::from(asking);
+    loop {
+        let scanned = scanner.scan(&buf).map_err(|e| BackendError::Protocol {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(len) = scanned {
+            let reply = buf.split_to(len).freeze();
+            if skip == 0 {
+                return Ok(reply);
+            }
+            skip -= 1;
+            continue;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        if stream.read_buf(&mut buf).await.map_err(lost)? == 0 {
+            return Err(BackendError::Lost {
+                addr: addr.to_string(),
+            });
+        }
+    }
+}
