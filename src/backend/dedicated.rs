@@ -84,6 +84,28 @@ impl DedicatedPool {
         }
     }
 
+    /// A connection to `addr` for the caller to hold (a WATCH, a transaction): an idle one,
+    /// or a new one.
+    pub async fn checkout(&self, addr: &NodeAddr) -> Result<TcpStream, BackendError> {
+        let reused = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
+        match reused {
+            Some(stream) => Ok(stream),
+            None => {
+                connect(
+                    addr,
+                    &self.settings.credentials,
+                    self.settings.connect_timeout,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Gives back a connection whose last exchange completed (no reply left unread).
+    pub fn checkin(&self, addr: &NodeAddr, stream: TcpStream) {
+        self.keep(addr, stream);
+    }
+
     fn keep(&self, addr: &NodeAddr, stream: TcpStream) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr.clone()).or_default();
@@ -99,27 +121,42 @@ async fn exchange(
     payload: &[u8],
     asking: bool,
 ) -> Result<Bytes, BackendError> {
+    if asking {
+        let lost = |_| BackendError::Lost {
+            addr: addr.to_string(),
+        };
+        stream.write_all(ASKING).await.map_err(lost)?;
+    }
+    let mut replies = exchange_many(stream, addr, payload, 1 + usize::from(asking)).await?;
+    replies.pop().ok_or_else(|| BackendError::Lost {
+        addr: addr.to_string(),
+    })
+}
+
+/// Writes `payload` (one or more commands) and reads `count` whole replies.
+///
+/// # Cancel safety
+/// Not cancel safe: replies left unread make the connection unusable; drop it.
+pub async fn exchange_many(
+    stream: &mut TcpStream,
+    addr: &str,
+    payload: &[u8],
+    count: usize,
+) -> Result<Vec<Bytes>, BackendError> {
     let lost = |_| BackendError::Lost {
         addr: addr.to_string(),
     };
-    if asking {
-        stream.write_all(ASKING).await.map_err(lost)?;
-    }
     stream.write_all(payload).await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
-    let mut skip = usize::from(asking);
-    loop {
+    let mut replies = Vec::with_capacity(count);
+    while replies.len() < count {
         let scanned = scanner.scan(&buf).map_err(|e| BackendError::Protocol {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
         if let Some(len) = scanned {
-            let reply = buf.split_to(len).freeze();
-            if skip == 0 {
-                return Ok(reply);
-            }
-            skip -= 1;
+            replies.push(buf.split_to(len).freeze());
             continue;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -131,4 +168,5 @@ async fn exchange(
             });
         }
     }
+    Ok(replies)
 }

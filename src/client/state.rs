@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::dispatch::transaction::TxState;
+
 pub struct ClientState {
     pub id: u64,
     pub peer: SocketAddr,
@@ -12,6 +14,8 @@ pub struct ClientState {
     pub lib_ver: Option<Bytes>,
     /// Set by QUIT: close once the replies queued so far are written.
     pub closing: bool,
+    /// MULTI queue and WATCH connection.
+    pub tx: TxState,
 }
 
 impl ClientState {
@@ -23,6 +27,7 @@ impl ClientState {
             lib_name: None,
             lib_ver: None,
             closing: false,
+            tx: TxState::default(),
         }
     }
 }

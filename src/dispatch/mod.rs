@@ -7,6 +7,7 @@ pub mod merge;
 pub mod reply;
 pub mod route;
 pub mod split;
+pub mod transaction;
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -41,6 +42,18 @@ enum Split {
 /// so replies go back in the order the client sent its commands.
 pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> Dispatched {
     let table = worker.shared.commands.load();
+    if client.tx.in_multi() && !transaction::runs_in_multi(cmd.name()) {
+        let spec = table.lookup(&cmd);
+        let refusal = match spec {
+            None => Some(unknown_command(&cmd)),
+            Some(spec) if !spec.check_arity(cmd.argc()) => Some(reply::error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            ))),
+            Some(_) => None,
+        };
+        return Dispatched::untimed(transaction::queue(&mut client.tx, spec, cmd, refusal));
+    }
     let Some(spec) = table.lookup(&cmd) else {
         return Dispatched::untimed(unknown_command(&cmd));
     };
@@ -94,6 +107,7 @@ fn plan(
         "readonly" | "readwrite" => reply::ok().into(),
         "reset" => {
             client.name = None;
+            transaction::reset(&mut client.tx);
             Bytes::from_static(b"+RESET\r\n").into()
         }
         _ if name.starts_with("client|") || name == "client" => {
@@ -144,10 +158,11 @@ fn plan(
         "script|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Safe),
         "function|load" | "function|restore" => broadcast(worker, cmd, Merge::Same, Resend::Never),
         "function|delete" | "function|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => refuse(
-            name,
-            "transactions need a pinned connection, which this version does not provide yet",
-        ),
+        "multi" => transaction::multi(&mut client.tx).into(),
+        "exec" => transaction::exec(worker, &mut client.tx),
+        "discard" => transaction::discard(&mut client.tx).into(),
+        "watch" => transaction::watch(worker, &mut client.tx, spec, cmd),
+        "unwatch" => transaction::unwatch(&mut client.tx).into(),
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
         | "sunsubscribe" => refuse(
             name,
