@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
+use crate::dispatch::scripts::ScriptCache;
 
 pub struct Shared {
     pub config: Config,
@@ -24,6 +25,8 @@ pub struct Shared {
     pub counters: Counters,
     /// One permit per backend connection held by a blocked client (`max_blocking_connections`).
     pub blocking_permits: Arc<tokio::sync::Semaphore>,
+    /// Script bodies seen, to repair NOSCRIPT after a failover.
+    pub scripts: ScriptCache,
 }
 
 #[derive(Default)]
@@ -58,6 +61,7 @@ impl Shared {
             workers,
             counters: Counters::default(),
             blocking_permits,
+            scripts: ScriptCache::default(),
         }
     }
 

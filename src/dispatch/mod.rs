@@ -6,6 +6,7 @@ pub mod local;
 pub mod merge;
 pub mod reply;
 pub mod route;
+pub mod scripts;
 pub mod split;
 pub mod transaction;
 
@@ -153,7 +154,29 @@ fn plan(
         "randomkey" => Reply::later(cluster_wide::random_key(worker.clone(), cmd)),
         "dbsize" => broadcast(worker, cmd, Merge::Sum, Resend::Safe),
         "flushall" | "flushdb" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
-        "script|load" => broadcast(worker, cmd, Merge::Same, Resend::Safe),
+        "script|load" => {
+            if let Some(body) = cmd.arg(2) {
+                worker.shared.scripts.remember(body);
+            }
+            broadcast(worker, cmd, Merge::Same, Resend::Safe)
+        }
+        "eval" | "eval_ro" => {
+            if let Some(body) = cmd.arg(1) {
+                worker.shared.scripts.remember(body);
+            }
+            keyed(worker, table, spec, cmd)
+        }
+        "evalsha" | "evalsha_ro" => match target_of(spec, &cmd) {
+            Ok(target) => {
+                let resend = if spec.is_readonly() {
+                    Resend::Safe
+                } else {
+                    Resend::Never
+                };
+                Reply::later(scripts::evalsha(worker.clone(), cmd, target, resend))
+            }
+            Err(crossslot) => crossslot.into(),
+        },
         "script|exists" => broadcast(worker, cmd, Merge::LogicalAnd, Resend::Safe),
         "script|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Safe),
         "function|load" | "function|restore" => broadcast(worker, cmd, Merge::Same, Resend::Never),
