@@ -174,9 +174,33 @@ impl Topology {
         )
         .await
         {
-            Ok(Value::Error(e)) => Err(String::from_utf8_lossy(&e).into_owned()),
+            Ok(Value::Error(e)) => {
+                let error = String::from_utf8_lossy(&e).into_owned();
+                if self.is_standalone(node).await {
+                    return Ok(SlotMap::standalone(node.clone()));
+                }
+                Err(error)
+            }
             Ok(reply) => parse_slots(&reply, node).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether `node` is a plain Redis (`cluster_enabled:0`), served in pass-through mode.
+    async fn is_standalone(&self, node: &NodeAddr) -> bool {
+        match query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"INFO", b"cluster"],
+        )
+        .await
+        {
+            Ok(info) => info
+                .as_bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .is_some_and(|text| text.lines().any(|l| l.trim() == "cluster_enabled:0")),
+            Err(_) => false,
         }
     }
 

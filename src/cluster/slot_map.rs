@@ -26,6 +26,9 @@ pub struct SlotMap {
     /// Index into `shards` per slot, or `UNASSIGNED`.
     owners: Box<[u16]>,
     shards: Vec<Shard>,
+    /// A plain (non-cluster) Redis behind the proxy: one node has every key, so nothing is
+    /// split and no CROSSSLOT applies.
+    standalone: bool,
 }
 
 impl SlotMap {
@@ -34,6 +37,7 @@ impl SlotMap {
         let mut map = SlotMap {
             owners: vec![UNASSIGNED; SLOT_COUNT].into_boxed_slice(),
             shards: Vec::new(),
+            standalone: false,
         };
         for (first, last, shard) in ranges {
             let index = map.shard_index(shard);
@@ -49,6 +53,22 @@ impl SlotMap {
         }
         map.drop_unused_shards();
         map
+    }
+
+    /// The map of a standalone Redis: every slot on `node`.
+    pub fn standalone(node: NodeAddr) -> SlotMap {
+        let shard = Shard {
+            primary: node,
+            primary_id: None,
+            replicas: Vec::new(),
+        };
+        let mut map = SlotMap::from_ranges(vec![(0, (SLOT_COUNT - 1) as u16, shard)]);
+        map.standalone = true;
+        map
+    }
+
+    pub fn is_standalone(&self) -> bool {
+        self.standalone
     }
 
     /// An empty map: every slot unassigned.

@@ -53,7 +53,13 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
             ))),
             Some(_) => None,
         };
-        return Dispatched::untimed(transaction::queue(&mut client.tx, spec, cmd, refusal));
+        return Dispatched::untimed(transaction::queue(
+            worker,
+            &mut client.tx,
+            spec,
+            cmd,
+            refusal,
+        ));
     }
     let Some(spec) = table.lookup(&cmd) else {
         return Dispatched::untimed(unknown_command(&cmd));
@@ -166,7 +172,7 @@ fn plan(
             }
             keyed(worker, table, spec, cmd)
         }
-        "evalsha" | "evalsha_ro" => match target_of(spec, &cmd) {
+        "evalsha" | "evalsha_ro" => match target_of(worker, spec, &cmd) {
             Ok(target) => {
                 let resend = if spec.is_readonly() {
                     Resend::Safe
@@ -211,7 +217,7 @@ fn plan(
 
 /// The command goes to the owner of its keys' slot (any primary when it has no keys).
 fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
-    let target = match target_of(spec, &cmd) {
+    let target = match target_of(worker, spec, &cmd) {
         Ok(target) => target,
         Err(crossslot) => return crossslot.into(),
     };
@@ -226,7 +232,7 @@ fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Co
 /// A command that parks its connection until data arrives or its timeout passes: it gets a
 /// backend connection of its own, so it blocks only its own client, as on a single Redis.
 fn blocking(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command) -> Reply {
-    match target_of(spec, &cmd) {
+    match target_of(worker, spec, &cmd) {
         Ok(target) => Reply::Parked(Box::pin(route::execute_blocking(
             worker.clone(),
             cmd.into_raw(),
@@ -237,15 +243,21 @@ fn blocking(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command) -> Reply {
 }
 
 /// The slot of the command's keys (any primary when it has none), or Redis's CROSSSLOT reply.
-fn target_of(spec: &CommandSpec, cmd: &Command) -> Result<Target, Bytes> {
+/// Behind a standalone Redis one node has every key: any keys go together.
+pub(crate) fn target_of(
+    worker: &Worker,
+    spec: &CommandSpec,
+    cmd: &Command,
+) -> Result<Target, Bytes> {
     let mut keys = Vec::new();
     spec.key_indices(cmd, &mut keys);
+    let standalone = worker.shared.topology.map().is_standalone();
     let mut slot: Option<Slot> = None;
     for &i in &keys {
         let s = Slot::of(cmd.arg(i).unwrap_or_default());
         match slot {
             None => slot = Some(s),
-            Some(first) if first != s => return Err(reply::error(reply::CROSSSLOT)),
+            Some(first) if first != s && !standalone => return Err(reply::error(reply::CROSSSLOT)),
             Some(_) => {}
         }
     }
@@ -312,6 +324,9 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
     } else {
         Resend::Never
     };
+    if worker.shared.topology.map().is_standalone() {
+        return send(worker, cmd, Target::Any, resend);
+    }
     let mut parts = split_by_slot(&cmd, step);
     if parts.len() <= 1 {
         let target = parts.pop().map_or(Target::Any, |p| Target::Slot(p.slot));

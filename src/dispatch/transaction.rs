@@ -72,6 +72,7 @@ pub fn runs_in_multi(name: &[u8]) -> bool {
 /// Queues a command inside MULTI; the reply is `+QUEUED` or the error that aborts the
 /// transaction. `spec` is `None` for a command the cluster does not know.
 pub fn queue(
+    worker: &Worker,
     state: &mut TxState,
     spec: Option<&CommandSpec>,
     cmd: Command,
@@ -87,10 +88,12 @@ pub fn queue(
         (Some(spec), None) if spec.is_no_multi() => {
             Err(reply::error("ERR Command not allowed inside a transaction"))
         }
-        (Some(spec), None) => match target_of(spec, &cmd) {
+        (Some(spec), None) => match target_of(worker, spec, &cmd) {
             Err(crossslot) => Err(crossslot),
             Ok(Target::Slot(slot)) => match queued.slot.or(watch_slot) {
-                Some(pinned) if pinned != slot => Err(reply::error(reply::CROSSSLOT)),
+                Some(pinned) if pinned != slot && !worker.shared.topology.map().is_standalone() => {
+                    Err(reply::error(reply::CROSSSLOT))
+                }
                 _ => {
                     queued.slot = Some(slot);
                     Ok(())
@@ -237,7 +240,7 @@ pub fn watch(worker: &Rc<Worker>, state: &mut TxState, spec: &CommandSpec, cmd: 
     if state.multi.is_some() {
         return reply::error("ERR WATCH inside MULTI is not allowed").into();
     }
-    let slot = match target_of(spec, &cmd) {
+    let slot = match target_of(worker, spec, &cmd) {
         Ok(Target::Slot(slot)) => slot,
         Ok(_) => return reply::error("ERR wrong number of arguments for 'watch' command").into(),
         Err(crossslot) => return crossslot.into(),

@@ -190,7 +190,7 @@ pub fn port_is_free(port: u16) -> bool {
 
 /// A random port in 20000..45000 such that it and its cluster bus port (+10000) are bindable
 /// and not handed out before by this process.
-fn pick_node_port() -> u16 {
+pub fn pick_node_port() -> u16 {
     let mut reserved = reserved_ports();
     for _ in 0..10_000 {
         let port = fastrand::u16(20000..45000);
