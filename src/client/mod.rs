@@ -1,5 +1,6 @@
 //! Client connections: reading commands, keeping replies in order, writing them back in batches.
 
+pub mod pubsub;
 pub mod replies;
 pub mod session;
 pub mod state;

@@ -13,6 +13,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::pubsub::Subscriptions;
 use super::replies::ReplyQueue;
 use super::state::ClientState;
 use crate::dispatch::{dispatch, reply, Dispatched};
@@ -79,6 +80,12 @@ async fn run(
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
+        if pending.is_empty() {
+            // Messages go out only once every earlier command has its reply.
+            if let Some(subs) = client.subs.as_mut() {
+                subs.flush(&mut output);
+            }
+        }
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
         }
@@ -91,6 +98,7 @@ async fn run(
         let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
         tokio::select! {
             _ = pending.progress(), if !pending.is_empty() => {}
+            _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
             ready = stream.writable(), if !output.is_empty() => {
                 ready?;
                 match stream.try_write(&output) {
@@ -158,4 +166,12 @@ fn read_draining(
     };
     input.extend_from_slice(scratch);
     Ok(n)
+}
+
+/// The next Pub/Sub event of a subscribed client (never completes without subscriptions).
+async fn next_subscription_event(worker: &Worker, subs: Option<&mut Subscriptions>) {
+    match subs {
+        Some(subs) => subs.next_event(worker).await,
+        None => std::future::pending().await,
+    }
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use super::pubsub::Subscriptions;
 use crate::dispatch::transaction::TxState;
 
 pub struct ClientState {
@@ -16,6 +17,8 @@ pub struct ClientState {
     pub closing: bool,
     /// MULTI queue and WATCH connection.
     pub tx: TxState,
+    /// Pub/Sub subscriptions, once the client subscribed to anything.
+    pub subs: Option<Box<Subscriptions>>,
 }
 
 impl ClientState {
@@ -28,6 +31,7 @@ impl ClientState {
             lib_ver: None,
             closing: false,
             tx: TxState::default(),
+            subs: None,
         }
     }
 }

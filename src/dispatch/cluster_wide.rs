@@ -21,6 +21,8 @@ pub enum Merge {
     Same,
     Concat,
     LogicalAnd,
+    Union,
+    SumPairs,
 }
 
 fn primaries(worker: &Worker) -> Vec<Target> {
@@ -52,6 +54,8 @@ pub async fn broadcast(worker: Rc<Worker>, payload: Bytes, merge: Merge, resend:
         Merge::Same => merge::same(&parts),
         Merge::Concat => merge::concat(&parts),
         Merge::LogicalAnd => merge::logical_and(&parts),
+        Merge::Union => merge::union(&parts),
+        Merge::SumPairs => merge::sum_pairs(&parts),
     }
 }
 

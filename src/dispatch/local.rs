@@ -16,6 +16,15 @@ pub fn ping(cmd: &Command) -> Bytes {
     }
 }
 
+/// PING in subscriber mode answers `["pong", message]`, as Redis does.
+pub fn subscribed_ping(cmd: &Command) -> Bytes {
+    let mut out = BytesMut::with_capacity(32);
+    encode::array_header(&mut out, 2);
+    encode::bulk(&mut out, b"pong");
+    encode::bulk(&mut out, cmd.arg(1).unwrap_or_default());
+    out.freeze()
+}
+
 pub fn echo(cmd: &Command) -> Bytes {
     reply::bulk(cmd.arg(1).unwrap_or_default())
 }

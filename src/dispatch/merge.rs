@@ -131,6 +131,60 @@ pub fn concat(parts: &[Bytes]) -> Bytes {
     array(all.into_iter())
 }
 
+/// PUBSUB CHANNELS: every node's names, each once.
+pub fn union(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    for p in parts {
+        let Some(items) = array_elements(p) else {
+            return malformed();
+        };
+        for item in items {
+            if seen.insert(item.clone()) {
+                all.push(item);
+            }
+        }
+    }
+    array(all.into_iter())
+}
+
+/// PUBSUB NUMSUB: `[channel, count, ...]` from every node, counts summed per channel.
+pub fn sum_pairs(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    let mut names: Vec<Bytes> = Vec::new();
+    let mut counts: Vec<i64> = Vec::new();
+    for p in parts {
+        let Some(items) = array_elements(p) else {
+            return malformed();
+        };
+        for pair in items.chunks(2) {
+            let (Some(name), Some(count)) = (pair.first(), pair.get(1).and_then(|c| integer(c)))
+            else {
+                return malformed();
+            };
+            match names.iter().position(|n| n == name) {
+                Some(i) => counts[i] += count,
+                None => {
+                    names.push(name.clone());
+                    counts.push(count);
+                }
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    encode::array_header(&mut out, names.len() * 2);
+    for (name, count) in names.iter().zip(counts) {
+        out.extend_from_slice(name);
+        encode::integer(&mut out, count);
+    }
+    out.freeze()
+}
+
 /// SCRIPT EXISTS: 1 at a position only if every node has that script.
 pub fn logical_and(parts: &[Bytes]) -> Bytes {
     if let Some(e) = first_error(parts) {

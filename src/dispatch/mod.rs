@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 pub use reply::Reply;
 
+use crate::client::pubsub::Kind;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::command::{CommandSpec, CommandTable};
@@ -68,6 +69,13 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
         let message = format!("ERR wrong number of arguments for '{}' command", spec.name);
         return Dispatched::untimed(reply::error(&message));
     }
+    if client.subs.as_ref().is_some_and(|s| s.active()) && !allowed_when_subscribed(&spec.name) {
+        let message = format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        );
+        return Dispatched::untimed(reply::error(&message));
+    }
     let metrics = worker.command_metrics(spec.id, &spec.name);
     metrics.count.increment(1);
     let started = Instant::now();
@@ -102,6 +110,9 @@ fn plan(
 ) -> Reply {
     let name = spec.name.as_str();
     match name {
+        "ping" if client.subs.as_ref().is_some_and(|s| s.active()) => {
+            local::subscribed_ping(&cmd).into()
+        }
         "ping" => local::ping(&cmd).into(),
         "echo" => local::echo(&cmd).into(),
         "quit" => {
@@ -114,6 +125,7 @@ fn plan(
         "readonly" | "readwrite" => reply::ok().into(),
         "reset" => {
             client.name = None;
+            client.subs = None;
             transaction::reset(&mut client.tx);
             Bytes::from_static(b"+RESET\r\n").into()
         }
@@ -159,6 +171,14 @@ fn plan(
         "scan" => Reply::later(cluster_wide::scan(worker.clone(), cmd)),
         "randomkey" => Reply::later(cluster_wide::random_key(worker.clone(), cmd)),
         "dbsize" => broadcast(worker, cmd, Merge::Sum, Resend::Safe),
+        // Subscriptions made through the proxy live on several nodes: ask them all.
+        "pubsub|channels" | "pubsub|shardchannels" => {
+            broadcast(worker, cmd, Merge::Union, Resend::Safe)
+        }
+        "pubsub|numsub" | "pubsub|shardnumsub" => {
+            broadcast(worker, cmd, Merge::SumPairs, Resend::Safe)
+        }
+        "pubsub|numpat" => broadcast(worker, cmd, Merge::Sum, Resend::Safe),
         "flushall" | "flushdb" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
         "script|load" => {
             if let Some(body) = cmd.arg(2) {
@@ -192,11 +212,14 @@ fn plan(
         "discard" => transaction::discard(&mut client.tx).into(),
         "watch" => transaction::watch(worker, &mut client.tx, spec, cmd),
         "unwatch" => transaction::unwatch(&mut client.tx).into(),
-        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
-        | "sunsubscribe" => refuse(
-            name,
-            "subscriptions need a dedicated connection, which this version does not provide yet",
-        ),
+        "subscribe" | "psubscribe" | "ssubscribe" => {
+            let subs = client.subs.get_or_insert_with(Box::default);
+            subs.subscribe(worker, pubsub_kind(name), &cmd).into()
+        }
+        "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+            let subs = client.subs.get_or_insert_with(Box::default);
+            subs.unsubscribe(worker, pubsub_kind(name), &cmd).into()
+        }
         "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
         "monitor" | "sync" | "psync" | "shutdown" | "replicaof" | "slaveof" | "failover"
         | "debug" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => {
@@ -360,6 +383,30 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
             Split::Count => merge::sum(&replies),
         }
     })
+}
+
+/// What a RESP2 client in subscriber mode may still send, as in Redis.
+fn allowed_when_subscribed(name: &str) -> bool {
+    matches!(
+        name,
+        "subscribe"
+            | "psubscribe"
+            | "ssubscribe"
+            | "unsubscribe"
+            | "punsubscribe"
+            | "sunsubscribe"
+            | "ping"
+            | "quit"
+            | "reset"
+    )
+}
+
+fn pubsub_kind(name: &str) -> Kind {
+    match name {
+        "psubscribe" | "punsubscribe" => Kind::Pattern,
+        "ssubscribe" | "sunsubscribe" => Kind::Shard,
+        _ => Kind::Channel,
+    }
 }
 
 /// Redis's reply for a command it does not know.

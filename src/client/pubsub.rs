@@ -1,0 +1,353 @@
+//! Pub/Sub for one client: SUBSCRIBE/PSUBSCRIBE on a connection of the client's own to one
+//! primary (a cluster PUBLISH reaches every node), SSUBSCRIBE on one connection per node that
+//! owns the shard channels' slots.
+//!
+//! The proxy keeps the client's subscriptions itself and answers the (un)subscribe
+//! confirmations, so the counts are the client's totals however many nodes serve it; only
+//! messages are forwarded from the nodes, as their raw bytes. A shard channel whose slot moves
+//! (the node sends `sunsubscribe` on its own) or whose node connection breaks is subscribed
+//! again on the slot's current owner.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::backend::connect::connect;
+use crate::cluster::slot_map::NodeAddr;
+use crate::cluster::Slot;
+use crate::config::Credentials;
+use crate::resp::{encode, Command, ReplyScanner, Value};
+use crate::worker::Worker;
+
+/// The three kinds of subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    fn subscribe(self) -> &'static [u8] {
+        match self {
+            Kind::Channel => b"subscribe",
+            Kind::Pattern => b"psubscribe",
+            Kind::Shard => b"ssubscribe",
+        }
+    }
+
+    fn unsubscribe(self) -> &'static [u8] {
+        match self {
+            Kind::Channel => b"unsubscribe",
+            Kind::Pattern => b"punsubscribe",
+            Kind::Shard => b"sunsubscribe",
+        }
+    }
+}
+
+/// What a node connection reports to the session.
+enum Event {
+    /// A message to forward as it is.
+    Message(Bytes),
+    /// The node dropped a shard channel on its own (its slot moved away).
+    ShardDropped(Bytes),
+    /// The connection to this node is gone (the global one when `None`).
+    Lost(Option<NodeAddr>),
+    /// Time to subscribe again what a lost connection or a moved slot took away.
+    Retry(Retry),
+}
+
+enum Retry {
+    Shard(Bytes),
+    Conn(ConnKey),
+}
+
+/// Which connection: the global one, or a shard node's.
+type ConnKey = Option<NodeAddr>;
+
+pub struct Subscriptions {
+    channels: BTreeSet<Bytes>,
+    patterns: BTreeSet<Bytes>,
+    shard_channels: BTreeSet<Bytes>,
+    conns: HashMap<ConnKey, mpsc::UnboundedSender<Bytes>>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Messages that arrived while replies to earlier commands were still owed.
+    held: Vec<Bytes>,
+}
+
+impl Subscriptions {
+    pub fn new() -> Subscriptions {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Subscriptions {
+            channels: BTreeSet::new(),
+            patterns: BTreeSet::new(),
+            shard_channels: BTreeSet::new(),
+            conns: HashMap::new(),
+            events_tx,
+            events,
+            held: Vec::new(),
+        }
+    }
+
+    /// Subscribed to anything: the client is in subscriber mode.
+    pub fn active(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
+    }
+
+    fn set(&mut self, kind: Kind) -> &mut BTreeSet<Bytes> {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shard_channels,
+        }
+    }
+
+    /// Redis's count in confirmations: channels + patterns, or shard channels.
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Shard => self.shard_channels.len(),
+            _ => self.channels.len() + self.patterns.len(),
+        }
+    }
+
+    /// `(P|S)SUBSCRIBE name...`: one confirmation per name.
+    pub fn subscribe(&mut self, worker: &Worker, kind: Kind, cmd: &Command) -> Bytes {
+        let mut out = BytesMut::new();
+        for name in cmd.args().skip(1) {
+            let name = Bytes::copy_from_slice(name);
+            if self.set(kind).insert(name.clone()) {
+                self.send(worker, kind, &[kind.subscribe(), &name]);
+            }
+            confirmation(&mut out, kind.subscribe(), Some(&name), self.count(kind));
+        }
+        out.freeze()
+    }
+
+    /// `(P|S)UNSUBSCRIBE [name...]`: all of that kind when no name is given.
+    pub fn unsubscribe(&mut self, worker: &Worker, kind: Kind, cmd: &Command) -> Bytes {
+        let names: Vec<Bytes> = if cmd.argc() > 1 {
+            cmd.args().skip(1).map(Bytes::copy_from_slice).collect()
+        } else {
+            self.set(kind).iter().cloned().collect()
+        };
+        let mut out = BytesMut::new();
+        if names.is_empty() {
+            confirmation(&mut out, kind.unsubscribe(), None, self.count(kind));
+        }
+        for name in names {
+            if self.set(kind).remove(&name) {
+                self.send(worker, kind, &[kind.unsubscribe(), &name]);
+            }
+            confirmation(&mut out, kind.unsubscribe(), Some(&name), self.count(kind));
+        }
+        out.freeze()
+    }
+
+    /// Sends a (un)subscribe to the connection that serves it, opening it if needed.
+    fn send(&mut self, worker: &Worker, kind: Kind, args: &[&[u8]]) {
+        let key: ConnKey = match kind {
+            Kind::Shard => {
+                let slot = Slot::of(args.get(1).copied().unwrap_or_default());
+                match worker.shared.topology.map().primary(slot) {
+                    Some(addr) => Some(addr.clone()),
+                    None => return, // no owner yet: subscribed again once the map heals
+                }
+            }
+            _ => None,
+        };
+        let payload = Command::from_args(args).into_raw();
+        if let Some(tx) = self.conns.get(&key) {
+            if tx.send(payload.clone()).is_ok() {
+                return;
+            }
+        }
+        let addr = match &key {
+            Some(addr) => addr.clone(),
+            None => {
+                let map = worker.shared.topology.map();
+                let shards = map.shards();
+                match shards.get(fastrand::usize(..shards.len().max(1))) {
+                    Some(shard) => shard.primary.clone(),
+                    None => return,
+                }
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(payload);
+        let credentials = worker.shared.topology.credentials().clone();
+        let timeout = worker.shared.config.connect_timeout();
+        tokio::task::spawn_local(run_connection(
+            addr,
+            key.clone(),
+            credentials,
+            timeout,
+            rx,
+            self.events_tx.clone(),
+        ));
+        self.conns.insert(key, tx);
+    }
+
+    /// Waits for the next thing to do: a message, or a subscription to re-establish.
+    /// Cancel safety: safe (events wait in the channel; handling one does not await).
+    pub async fn next_event(&mut self, worker: &Worker) {
+        let Some(event) = self.events.recv().await else {
+            return;
+        };
+        match event {
+            Event::Message(bytes) => self.held.push(bytes),
+            Event::ShardDropped(channel) => {
+                if self.shard_channels.contains(&channel) {
+                    // The slot moved: give the refresher a moment, then subscribe at the owner.
+                    worker.shared.topology.request_refresh();
+                    self.retry_later(Retry::Shard(channel));
+                }
+            }
+            Event::Lost(key) => {
+                self.conns.remove(&key);
+                worker.shared.topology.request_refresh();
+                self.retry_later(Retry::Conn(key));
+            }
+            Event::Retry(Retry::Shard(channel)) => {
+                if self.shard_channels.contains(&channel) {
+                    self.send(worker, Kind::Shard, &[b"ssubscribe", &channel]);
+                }
+            }
+            Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
+        }
+    }
+
+    fn retry_later(&self, retry: Retry) {
+        let events = self.events_tx.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+            let _ = events.send(Event::Retry(retry));
+        });
+    }
+
+    /// Subscribes again everything the lost connection carried. A duplicate subscription
+    /// on a connection that still has it is harmless (the node ignores it).
+    fn resubscribe(&mut self, worker: &Worker, lost: ConnKey) {
+        let (kind, names): (Vec<Kind>, Vec<Bytes>) = match lost {
+            None => self
+                .channels
+                .iter()
+                .map(|c| (Kind::Channel, c.clone()))
+                .chain(self.patterns.iter().map(|p| (Kind::Pattern, p.clone())))
+                .unzip(),
+            Some(_) => self
+                .shard_channels
+                .iter()
+                .map(|c| (Kind::Shard, c.clone()))
+                .unzip(),
+        };
+        for (kind, name) in kind.into_iter().zip(names) {
+            self.send(worker, kind, &[kind.subscribe(), &name]);
+        }
+    }
+
+    /// Moves the messages received so far into `out`.
+    pub fn flush(&mut self, out: &mut BytesMut) {
+        for m in self.held.drain(..) {
+            out.extend_from_slice(&m);
+        }
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Message(m) => out.extend_from_slice(&m),
+                other => {
+                    // Handled by `next_event`; put it back by re-sending to ourselves.
+                    let _ = self.events_tx.send(other);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::new()
+    }
+}
+
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+
+fn confirmation(out: &mut BytesMut, kind: &[u8], name: Option<&[u8]>, count: usize) {
+    encode::array_header(out, 3);
+    encode::bulk(out, kind);
+    match name {
+        Some(name) => encode::bulk(out, name),
+        None => encode::nil_bulk(out),
+    }
+    encode::integer(out, count as i64);
+}
+
+/// One subscription connection: writes what the session sends, forwards messages back.
+async fn run_connection(
+    addr: NodeAddr,
+    key: ConnKey,
+    credentials: Credentials,
+    timeout: Duration,
+    mut commands: mpsc::UnboundedReceiver<Bytes>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let stream = match connect(&addr, &credentials, timeout).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(node = %addr, %error, "subscription connection failed");
+            let _ = events.send(Event::Lost(key));
+            return;
+        }
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = async {
+        while let Some(bytes) = commands.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    let reading = async {
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut scanner = ReplyScanner::default();
+        loop {
+            while let Ok(Some(len)) = scanner.scan(&buf) {
+                let reply = buf.split_to(len).freeze();
+                if let Some(event) = classify(reply) {
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096.max(buf.len()));
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = writing => {}   // the session dropped the connection: close it
+        _ = reading => { let _ = events.send(Event::Lost(key)); }
+    }
+}
+
+/// Messages are forwarded; the node's own confirmations are dropped (the proxy answers them);
+/// a `sunsubscribe` is reported, since the node also sends one when the slot moves away.
+fn classify(reply: Bytes) -> Option<Event> {
+    let (value, _) = Value::parse(&reply).ok()??;
+    let kind = value.as_array()?.first()?.as_bytes()?.to_ascii_lowercase();
+    match kind.as_slice() {
+        b"message" | b"pmessage" | b"smessage" => Some(Event::Message(reply)),
+        b"sunsubscribe" => {
+            let channel = value.as_array()?.get(1)?.as_bytes()?;
+            Some(Event::ShardDropped(Bytes::copy_from_slice(channel)))
+        }
+        _ => None,
+    }
+}
