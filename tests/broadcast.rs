@@ -73,6 +73,24 @@ fn keyspace_commands_cover_every_primary() {
     assert_eq!(dbsize, per_primary);
     assert_eq!(dbsize, all.len() as i64);
 
+    // INFO answers as one server: the keyspace is the whole cluster's, plus the proxy section.
+    let info: String = redis::cmd("INFO").query(&mut con).unwrap();
+    let keys_line = format!("db0:keys={},", all.len());
+    assert!(
+        info.contains(&keys_line),
+        "INFO keyspace should count {} keys:\n{info}",
+        all.len()
+    );
+    assert!(
+        info.contains("# Server") && info.contains("# Proxy"),
+        "{info}"
+    );
+    let keyspace: String = redis::cmd("INFO").arg("keyspace").query(&mut con).unwrap();
+    assert!(
+        keyspace.contains(&keys_line) && !keyspace.contains("# Proxy"),
+        "{keyspace}"
+    );
+
     for _ in 0..20 {
         let key: Option<String> = redis::cmd("RANDOMKEY").query(&mut con).unwrap();
         let key = key.expect("RANDOMKEY on a non-empty keyspace");

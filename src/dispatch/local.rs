@@ -201,20 +201,9 @@ proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_
     )
 }
 
-/// Adds the proxy section to a node's INFO reply (a bulk string).
-pub fn append_proxy_info(node_reply: &Bytes, section: &str) -> Bytes {
-    let Some(body) = bulk_body(node_reply) else {
-        return node_reply.clone();
-    };
-    let mut text = body.to_vec();
-    if !text.is_empty() && !text.ends_with(b"\r\n\r\n") {
-        if !text.ends_with(b"\r\n") {
-            text.extend_from_slice(b"\r\n");
-        }
-        text.extend_from_slice(b"\r\n");
-    }
-    text.extend_from_slice(section.as_bytes());
-    reply::bulk(&text)
+/// The payload of a bulk string reply.
+pub fn bulk_text(reply: &[u8]) -> Option<&[u8]> {
+    bulk_body(reply)
 }
 
 fn bulk_body(reply: &[u8]) -> Option<&[u8]> {

@@ -2,6 +2,7 @@
 //! or sent to every primary) and produces the reply that goes into the client's queue.
 
 pub mod cluster_wide;
+pub mod info;
 pub mod local;
 pub mod merge;
 pub mod reply;
@@ -330,12 +331,36 @@ fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
     let wants_proxy = local::wants_proxy_section(&cmd);
     let worker = worker.clone();
     Reply::later(async move {
-        let node = execute(worker.clone(), cmd.raw().clone(), Target::Any, Resend::Safe).await;
-        if wants_proxy {
-            local::append_proxy_info(&node, &local::proxy_info(&worker))
-        } else {
-            node
+        let targets: Vec<Target> = worker
+            .shared
+            .topology
+            .map()
+            .shards()
+            .iter()
+            .map(|s| Target::Node(s.primary.clone()))
+            .collect();
+        let answers = futures_util::future::join_all(
+            targets
+                .into_iter()
+                .map(|t| execute(worker.clone(), cmd.raw().clone(), t, Resend::Safe)),
+        )
+        .await;
+        if let Some(error) = answers.iter().find(|a| a.starts_with(b"-")) {
+            return error.clone();
         }
+        let texts: Vec<String> = answers
+            .iter()
+            .filter_map(|a| local::bulk_text(a))
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        let mut merged = info::merge(&texts);
+        if wants_proxy {
+            if !merged.is_empty() && !merged.ends_with("\r\n\r\n") {
+                merged.push_str("\r\n");
+            }
+            merged.push_str(&local::proxy_info(&worker));
+        }
+        reply::bulk(merged.as_bytes())
     })
 }
 
