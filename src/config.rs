@@ -48,6 +48,40 @@ pub struct Config {
     /// Backend connections that blocked clients (BLPOP, XREAD BLOCK, ...) may hold at once,
     /// over all workers; a blocking command past it gets an error instead of a connection.
     pub max_blocking_connections: usize,
+    /// Where read-only commands go: `primary`, `prefer-replica`, `replica` or `any`.
+    pub read_from: ReadFrom,
+}
+
+/// Read-from-replica policy. Writes always go to primaries; a read sent to a replica that is
+/// unreachable or loading falls back to the primary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFrom {
+    /// Every command on the slot's primary (always up to date).
+    #[default]
+    Primary,
+    /// Reads on a replica of the slot's shard when it has one, else on the primary.
+    PreferReplica,
+    /// Reads on a replica; the primary only when no replica is reachable.
+    Replica,
+    /// Reads spread over the primary and its replicas.
+    Any,
+}
+
+impl std::str::FromStr for ReadFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReadFrom, String> {
+        match s {
+            "primary" => Ok(ReadFrom::Primary),
+            "prefer-replica" => Ok(ReadFrom::PreferReplica),
+            "replica" => Ok(ReadFrom::Replica),
+            "any" => Ok(ReadFrom::Any),
+            other => Err(format!(
+                "'{other}': expected primary, prefer-replica, replica or any"
+            )),
+        }
+    }
 }
 
 impl Default for Config {
@@ -71,6 +105,7 @@ impl Default for Config {
             refresh_min_interval_ms: 100,
             reconnect_backoff_ms: 200,
             max_blocking_connections: 1000,
+            read_from: ReadFrom::Primary,
         }
     }
 }

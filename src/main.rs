@@ -27,6 +27,9 @@ struct Args {
     /// Worker threads [default: available cores]
     #[arg(long, env = "SLOTPROXY_WORKERS")]
     workers: Option<usize>,
+    /// Where read-only commands go: primary, prefer-replica, replica or any [default: primary]
+    #[arg(long, env = "SLOTPROXY_READ_FROM")]
+    read_from: Option<slotproxy::config::ReadFrom>,
     /// TOML configuration file (flags override it)
     #[arg(long, env = "SLOTPROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -77,6 +80,9 @@ fn main() -> ExitCode {
     }
     if let Some(workers) = args.workers {
         config.workers = workers;
+    }
+    if let Some(read_from) = args.read_from {
+        config.read_from = read_from;
     }
     if let Err(problems) = config.validate() {
         eprintln!("slotproxy: invalid configuration:");

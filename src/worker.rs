@@ -19,6 +19,7 @@ use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
 use crate::client::session;
+use crate::config::ReadFrom;
 use crate::resp::RequestLimits;
 use crate::shared::Shared;
 
@@ -32,6 +33,7 @@ pub struct Worker {
     pub retry_deadline: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
+    pub read_from: ReadFrom,
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
@@ -55,6 +57,7 @@ impl Worker {
             credentials: config.credentials(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
+            readonly: config.read_from != ReadFrom::Primary,
         });
         let topology = shared.topology.clone();
         let dedicated = DedicatedPool::new(settings.clone());
@@ -68,6 +71,7 @@ impl Worker {
             retry_deadline: config.retry_deadline(),
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
+            read_from: config.read_from,
             command_metrics: RefCell::new(Vec::new()),
             read_scratch: RefCell::new(BytesMut::with_capacity(READ_SCRATCH)),
             pool,

@@ -10,13 +10,24 @@ use super::BackendError;
 use crate::config::Credentials;
 use crate::resp::{Command, Value};
 
-/// Connects to `addr`, sets TCP_NODELAY and authenticates, all within `timeout`.
+/// Connects to `addr`, sets TCP_NODELAY and authenticates (then sends READONLY when asked, so
+/// a replica serves reads), all within `timeout`.
 pub async fn connect(
     addr: &str,
     creds: &Credentials,
     timeout: Duration,
+    readonly: bool,
 ) -> Result<TcpStream, BackendError> {
-    match tokio::time::timeout(timeout, connect_inner(addr, creds)).await {
+    let work = async {
+        let mut stream = connect_inner(addr, creds).await?;
+        if readonly {
+            // The answer does not matter: a standalone Redis refuses READONLY, and serves
+            // reads anyway.
+            round_trip(&mut stream, addr, b"*1\r\n$8\r\nREADONLY\r\n").await?;
+        }
+        Ok(stream)
+    };
+    match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
         Err(_) => Err(BackendError::Connect {
             addr: addr.to_string(),

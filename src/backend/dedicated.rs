@@ -57,6 +57,7 @@ impl DedicatedPool {
                     addr,
                     &self.settings.credentials,
                     self.settings.connect_timeout,
+                    false,
                 )
                 .await?
             }
@@ -70,6 +71,7 @@ impl DedicatedPool {
                     addr,
                     &self.settings.credentials,
                     self.settings.connect_timeout,
+                    false,
                 )
                 .await?;
                 let reply = exchange(&mut stream, addr, payload, asking).await?;
@@ -95,6 +97,7 @@ impl DedicatedPool {
                     addr,
                     &self.settings.credentials,
                     self.settings.connect_timeout,
+                    false,
                 )
                 .await
             }

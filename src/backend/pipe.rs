@@ -33,6 +33,8 @@ const KEEP_BUFFER: usize = 1024 * 1024;
 /// Settings every pipe of a worker shares.
 pub struct PipeSettings {
     pub credentials: Credentials,
+    /// Send READONLY on every new connection, so replicas serve reads (replica-read policies).
+    pub readonly: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Option<Duration>,
 }
@@ -120,7 +122,14 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     state: &PipeState,
 ) {
-    let stream = match connect(&addr, &settings.credentials, settings.connect_timeout).await {
+    let stream = match connect(
+        &addr,
+        &settings.credentials,
+        settings.connect_timeout,
+        settings.readonly,
+    )
+    .await
+    {
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(node = %addr, %error, "backend connect failed");

@@ -294,7 +294,7 @@ async fn run_connection(
     mut commands: mpsc::UnboundedReceiver<Bytes>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let stream = match connect(&addr, &credentials, timeout).await {
+    let stream = match connect(&addr, &credentials, timeout, false).await {
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(node = %addr, %error, "subscription connection failed");

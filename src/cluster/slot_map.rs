@@ -124,6 +124,13 @@ impl SlotMap {
         self.shards.get(usize::from(owner)).map(|s| &s.primary)
     }
 
+    /// The online replicas of the shard serving `slot`.
+    pub fn replicas(&self, slot: Slot) -> &[NodeAddr] {
+        self.shard_of(slot)
+            .and_then(|i| self.shards.get(i))
+            .map_or(&[], |s| s.replicas.as_slice())
+    }
+
     /// Index of the shard serving `slot` in [`SlotMap::shards`].
     pub fn shard_of(&self, slot: Slot) -> Option<usize> {
         let owner = *self.owners.get(slot.index())?;

@@ -183,13 +183,14 @@ pub fn proxy_info(worker: &Worker) -> String {
     let map = shared.topology.map();
     format!(
         "# Proxy\r\nproxy_version:{}\r\nproxy_uptime_in_seconds:{}\r\nproxy_workers:{}\r\nproxy_connected_clients:{}\r\n\
-proxy_cluster_shards:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n\
+proxy_cluster_shards:{}\r\nproxy_replicas_known:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n\
 proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_backend_errors:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.workers,
         shared.connected_clients(),
         map.shards().len(),
+        map.shards().iter().map(|s| s.replicas.len()).sum::<usize>(),
         map.covered_slots(),
         shared.topology.generation(),
         shared.topology.age().map_or(-1, |a| a.as_millis() as i64),

@@ -13,6 +13,7 @@ use crate::backend::BackendError;
 use crate::cluster::redirect::{classify, Redirect};
 use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
+use crate::config::ReadFrom;
 use crate::shared::Counters;
 use crate::worker::Worker;
 
@@ -64,7 +65,7 @@ pub enum Started {
 
 /// Sends `payload` to the node for `target` now, if there is one.
 pub fn start(worker: &Worker, payload: Bytes, target: Target, resend: Resend) -> Started {
-    let sent = resolve(worker, &target)
+    let sent = resolve(worker, &target, resend == Resend::Safe)
         .and_then(|addr| worker.pool.send(&addr, payload.clone(), false).ok());
     match sent {
         Some(reply) => Started::InFlight(InFlight {
@@ -169,13 +170,15 @@ async fn run(
     let mut backoff = FIRST_BACKOFF;
     // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
     let mut redirect_to: Option<(NodeAddr, bool)> = None;
+    // Reads may go to replicas until one fails or is loading: then the primary serves.
+    let mut replica_ok = resend == Resend::Safe && via == Via::Pipe;
     loop {
         let outcome = match first.take() {
             Some(outcome) => outcome,
             None => {
                 let (addr, asking) = match redirect_to.take() {
                     Some(to) => to,
-                    None => match resolve(&worker, &target) {
+                    None => match resolve(&worker, &target, replica_ok) {
                         Some(addr) => (addr, false),
                         None => {
                             topology.request_refresh();
@@ -238,6 +241,10 @@ async fn run(
                         if redirect == Redirect::ClusterDown {
                             topology.request_refresh();
                         }
+                        if redirect == Redirect::Loading && replica_ok {
+                            replica_ok = false;
+                            continue; // the primary serves it now, no need to wait
+                        }
                         if !wait(&mut backoff, deadline).await {
                             return bytes; // out of time: the cluster's own answer is the clearest
                         }
@@ -250,6 +257,7 @@ async fn run(
         Counters::bump(&counters.backend_errors);
         metrics::counter!("slotproxy_errors_total", "kind" => error.kind()).increment(1);
         topology.request_refresh();
+        replica_ok = false;
         let may_resend = error.certainly_not_sent() || resend == Resend::Safe;
         if may_resend && connect_retries < MAX_CONNECT_RETRIES {
             connect_retries += 1;
@@ -262,9 +270,20 @@ async fn run(
     }
 }
 
-fn resolve(worker: &Worker, target: &Target) -> Option<NodeAddr> {
+/// The node for `target`. `replica_ok`: a read that the read-from policy may send to one of
+/// the slot's replicas.
+fn resolve(worker: &Worker, target: &Target, replica_ok: bool) -> Option<NodeAddr> {
     let map = worker.shared.topology.map();
     match target {
+        Target::Slot(slot) if replica_ok && worker.read_from != ReadFrom::Primary => {
+            let replicas = map.replicas(*slot);
+            let primary = map.primary(*slot);
+            let pick = match worker.read_from {
+                ReadFrom::Any => fastrand::usize(..=replicas.len()),
+                _ => fastrand::usize(..replicas.len().max(1)),
+            };
+            replicas.get(pick).or(primary).cloned()
+        }
         Target::Slot(slot) => map.primary(*slot).cloned(),
         Target::Node(addr) => Some(addr.clone()),
         Target::Any => {
