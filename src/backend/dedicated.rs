@@ -52,28 +52,14 @@ impl DedicatedPool {
         let fresh = reused.is_none();
         let mut stream = match reused {
             Some(stream) => stream,
-            None => {
-                connect(
-                    addr,
-                    &self.settings.credentials,
-                    self.settings.connect_timeout,
-                    false,
-                )
-                .await?
-            }
+            None => self.open(addr).await?,
         };
         let result = exchange(&mut stream, addr, payload, asking).await;
         match result {
             Err(BackendError::Lost { .. }) if !fresh => {
                 // An idle connection the node had closed meanwhile (timeout, restart): the
                 // write went nowhere, so one fresh connection may try again.
-                let mut stream = connect(
-                    addr,
-                    &self.settings.credentials,
-                    self.settings.connect_timeout,
-                    false,
-                )
-                .await?;
+                let mut stream = self.open(addr).await?;
                 let reply = exchange(&mut stream, addr, payload, asking).await?;
                 self.keep(addr, stream);
                 Ok(reply)
@@ -92,16 +78,18 @@ impl DedicatedPool {
         let reused = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
         match reused {
             Some(stream) => Ok(stream),
-            None => {
-                connect(
-                    addr,
-                    &self.settings.credentials,
-                    self.settings.connect_timeout,
-                    false,
-                )
-                .await
-            }
+            None => self.open(addr).await,
         }
+    }
+
+    async fn open(&self, addr: &NodeAddr) -> Result<TcpStream, BackendError> {
+        connect(
+            addr,
+            &self.settings.credentials,
+            self.settings.connect_timeout,
+            false,
+        )
+        .await
     }
 
     /// Gives back a connection whose last exchange completed (no reply left unread).

@@ -25,7 +25,8 @@ pub enum Merge {
     SumPairs,
 }
 
-fn primaries(worker: &Worker) -> Vec<Target> {
+/// Every primary of the current map, as targets.
+pub fn primaries(worker: &Worker) -> Vec<Target> {
     worker
         .shared
         .topology

@@ -331,14 +331,7 @@ fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
     let wants_proxy = local::wants_proxy_section(&cmd);
     let worker = worker.clone();
     Reply::later(async move {
-        let targets: Vec<Target> = worker
-            .shared
-            .topology
-            .map()
-            .shards()
-            .iter()
-            .map(|s| Target::Node(s.primary.clone()))
-            .collect();
+        let targets = cluster_wide::primaries(&worker);
         let answers = futures_util::future::join_all(
             targets
                 .into_iter()
