@@ -50,6 +50,9 @@ pub struct Config {
     pub max_blocking_connections: usize,
     /// Where read-only commands go: `primary`, `prefer-replica`, `replica` or `any`.
     pub read_from: ReadFrom,
+    /// Allow commands that change every node's server configuration (CONFIG SET/RESETSTAT,
+    /// keyless DEBUG, ACL SETUSER/DELUSER); they then run on all nodes.
+    pub admin_commands: bool,
 }
 
 /// Read-from-replica policy. Writes always go to primaries; a read sent to a replica that is
@@ -106,6 +109,7 @@ impl Default for Config {
             reconnect_backoff_ms: 200,
             max_blocking_connections: 1000,
             read_from: ReadFrom::Primary,
+            admin_commands: false,
         }
     }
 }

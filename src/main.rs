@@ -30,6 +30,9 @@ struct Args {
     /// Where read-only commands go: primary, prefer-replica, replica or any [default: primary]
     #[arg(long, env = "SLOTPROXY_READ_FROM")]
     read_from: Option<slotproxy::config::ReadFrom>,
+    /// Run CONFIG SET, CONFIG RESETSTAT, keyless DEBUG, ACL SETUSER/DELUSER on every node
+    #[arg(long, env = "SLOTPROXY_ADMIN_COMMANDS")]
+    admin_commands: bool,
     /// TOML configuration file (flags override it)
     #[arg(long, env = "SLOTPROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
     }
     if let Some(workers) = args.workers {
         config.workers = workers;
+    }
+    if args.admin_commands {
+        config.admin_commands = true;
     }
     if let Some(read_from) = args.read_from {
         config.read_from = read_from;

@@ -795,3 +795,56 @@ fn movable_key_commands_go_straight_to_the_owning_node() {
         assert_eq!(proxy_error(&mut raw, &args), CROSSSLOT, "{args:?}");
     }
 }
+
+/// Admin commands as a single server would take them: per-node diagnostics merged,
+/// cluster-wide configuration changes only when the operator allowed them.
+#[test]
+fn admin_commands_are_merged_or_gated_by_the_admin_flag() {
+    let cluster = shared();
+    let proxy = start_proxy(cluster);
+    let p = unique_prefix("admin");
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let err = proxy_error(&mut raw, &["CONFIG", "SET", "slowlog-max-len", "200"]);
+    assert!(err.contains("--admin-commands"), "{err}");
+    let err = proxy_error(&mut raw, &["DEBUG", "SET-ACTIVE-EXPIRE", "1"]);
+    assert!(err.contains("--admin-commands"), "{err}");
+    assert!(matches!(raw.call(&["SLOWLOG", "LEN"]), Reply::Int(_)));
+    assert!(matches!(
+        raw.call(&["SLOWLOG", "GET", "1"]),
+        Reply::Array(Some(_))
+    ));
+    let key = format!("{p}:k");
+    assert_eq!(raw.call(&["SET", &key, "v"]), Reply::Simple("OK".into()));
+    let object = raw.call(&["DEBUG", "OBJECT", &key]).text();
+    assert!(object.contains("encoding:embstr"), "{object}");
+
+    let admin = common::start_proxy_configured(vec![cluster.seed_url()], |c| {
+        c.admin_commands = true;
+        c.refresh_interval_ms = 200;
+    });
+    let mut raw = RawClient::connect(admin.local_addr());
+    // Every node means replicas too: wait until the nodes report them online.
+    common::wait_until(
+        "the proxy knows the 3 replicas",
+        common::CLUSTER_DEADLINE,
+        || {
+            let info = raw.call(&["INFO", "proxy"]).text();
+            match common::info_field(&info, "proxy_replicas_known").as_deref() {
+                Some("3") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    assert_eq!(
+        raw.call(&["CONFIG", "SET", "slowlog-max-len", "200"]),
+        Reply::Simple("OK".into())
+    );
+    for port in cluster.ports() {
+        let got: Vec<String> = common::query(port, &["CONFIG", "GET", "slowlog-max-len"]);
+        assert_eq!(got[1], "200", "slowlog-max-len on node {port}");
+    }
+    assert_eq!(
+        raw.call(&["CONFIG", "SET", "slowlog-max-len", "128"]),
+        Reply::Simple("OK".into())
+    );
+}

@@ -40,6 +40,34 @@ pub fn primaries(worker: &Worker) -> Vec<Target> {
 /// Sends `payload` to every primary and merges the replies.
 pub async fn broadcast(worker: Rc<Worker>, payload: Bytes, merge: Merge, resend: Resend) -> Bytes {
     let targets = primaries(&worker);
+    broadcast_to(worker, payload, targets, merge, resend).await
+}
+
+/// Sends `payload` to every node, replicas included (server configuration changes).
+pub async fn broadcast_all_nodes(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    merge: Merge,
+    resend: Resend,
+) -> Bytes {
+    let targets = worker
+        .shared
+        .topology
+        .map()
+        .nodes()
+        .into_iter()
+        .map(Target::Node)
+        .collect();
+    broadcast_to(worker, payload, targets, merge, resend).await
+}
+
+async fn broadcast_to(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    targets: Vec<Target>,
+    merge: Merge,
+    resend: Resend,
+) -> Bytes {
     if targets.is_empty() {
         return reply::error("CLUSTERDOWN The cluster is down");
     }

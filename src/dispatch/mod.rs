@@ -222,8 +222,47 @@ fn plan(
             subs.unsubscribe(worker, pubsub_kind(name), &cmd).into()
         }
         "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
+        "debug"
+            if cmd
+                .arg(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"OBJECT")) =>
+        {
+            match cmd.arg(2) {
+                Some(key) => send(
+                    worker,
+                    cmd.clone(),
+                    Target::Slot(Slot::of(key)),
+                    Resend::Safe,
+                ),
+                None => {
+                    reply::error("ERR wrong number of arguments for 'debug|object' command").into()
+                }
+            }
+        }
+        // Server configuration of every node: only when the operator allowed it.
+        "config|set" | "config|resetstat" | "acl|setuser" | "acl|deluser" | "debug" => {
+            if worker.shared.config.admin_commands {
+                Reply::later(cluster_wide::broadcast_all_nodes(
+                    worker.clone(),
+                    cmd.into_raw(),
+                    Merge::AllOk,
+                    Resend::Never,
+                ))
+            } else {
+                let shown = name.replace('|', " ").to_uppercase();
+                reply::error(&format!(
+                    "ERR {shown} would change every node of the cluster: start slotproxy with --admin-commands to allow it"
+                ))
+                .into()
+            }
+        }
+        "slowlog|get" | "latency|latest" | "latency|history" => {
+            broadcast(worker, cmd, Merge::Concat, Resend::Safe)
+        }
+        "slowlog|len" | "latency|reset" => broadcast(worker, cmd, Merge::Sum, Resend::Safe),
+        "slowlog|reset" => broadcast(worker, cmd, Merge::AllOk, Resend::Safe),
         "monitor" | "sync" | "psync" | "shutdown" | "replicaof" | "slaveof" | "failover"
-        | "debug" | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => {
+        | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => {
             refuse(name, "it acts on one node of the cluster")
         }
         "xread" | "xreadgroup" if has_block_option(&cmd) => blocking(worker, spec, cmd),
@@ -231,9 +270,9 @@ fn plan(
             blocking(worker, spec, cmd)
         }
         "config|get" | "time" | "lastsave" | "role" | "lolwut" | "memory|stats"
-        | "memory|doctor" | "function|list" | "function|dump" | "function|stats" => {
-            any_node(worker, cmd)
-        }
+        | "latency|doctor" | "latency|graph" | "latency|histogram" | "slowlog|help"
+        | "latency|help" | "memory|doctor" | "function|list" | "function|dump"
+        | "function|stats" => any_node(worker, cmd),
         _ if spec.is_admin() => refuse(name, "it is an administrative command for one node"),
         _ => keyed(worker, table, spec, cmd),
     }

@@ -489,6 +489,7 @@ fn node_config(port: u16, dir: &Path, node_timeout_ms: u32) -> String {
          cluster-node-timeout {node_timeout_ms}\n\
          cluster-require-full-coverage no\n\
          cluster-allow-replica-migration no\n\
+         enable-debug-command local\n\
          save \"\"\n\
          appendonly no\n\
          protected-mode no\n\
