@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests and scripts/dev-cluster.sh need: redis-server and
-# redis-cli (>= 7.0). Idempotent: does nothing when both are already installed.
+# redis-cli (>= 7.0), and redis-py for the client-compatibility test. Idempotent: does
+# nothing when they are already installed.
 # Debian/Ubuntu only (apt-get); elsewhere it says what to install.
 set -euo pipefail
 
@@ -49,3 +50,14 @@ for pair in "redis-server:${server_version}" "redis-cli:${cli_version}"; do
     fi
 done
 echo "install-deps: redis-server ${server_version}, redis-cli ${cli_version}"
+
+# redis-py, for the client-compatibility test (tests/client_compat.rs), from PyPI.
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && have apt-get && [ "$(id -u)" -eq 0 ]; then
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+    fi
+    echo "install-deps: installing redis-py from PyPI" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'redis>=5,<6' \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'redis>=5,<6'
+fi
+echo "install-deps: redis-py $(python3 -c 'import redis; print(redis.__version__)')"
