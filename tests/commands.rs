@@ -824,17 +824,7 @@ fn admin_commands_are_merged_or_gated_by_the_admin_flag() {
     });
     let mut raw = RawClient::connect(admin.local_addr());
     // Every node means replicas too: wait until the nodes report them online.
-    common::wait_until(
-        "the proxy knows the 3 replicas",
-        common::CLUSTER_DEADLINE,
-        || {
-            let info = raw.call(&["INFO", "proxy"]).text();
-            match common::info_field(&info, "proxy_replicas_known").as_deref() {
-                Some("3") => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    );
+    common::wait_for_known_replicas(&mut raw, 3);
     assert_eq!(
         raw.call(&["CONFIG", "SET", "slowlog-max-len", "200"]),
         Reply::Simple("OK".into())

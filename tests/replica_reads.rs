@@ -5,8 +5,8 @@ mod common;
 
 use common::raw::{RawClient, Reply};
 use common::{
-    info_field, local_keyslot, query, start_proxy_configured, unique_prefix, wait_until, Cluster,
-    CLUSTER_DEADLINE,
+    info_field, local_keyslot, query, start_proxy_configured, unique_prefix,
+    wait_for_known_replicas, Cluster,
 };
 use slotproxy::config::ReadFrom;
 
@@ -34,13 +34,7 @@ fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
     let mut raw = RawClient::connect(proxy.local_addr());
     // Right after the cluster forms, nodes may still report replicas as `loading` (no
     // replication offset seen yet); the proxy only reads from replicas reported online.
-    wait_until("the proxy knows the 3 replicas", CLUSTER_DEADLINE, || {
-        let info = raw.call(&["INFO", "proxy"]).text();
-        match info_field(&info, "proxy_replicas_known").as_deref() {
-            Some("3") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    wait_for_known_replicas(&mut raw, 3);
 
     let (primary_sets, replica_gets, primary_gets) = (
         calls(primary, "set"),

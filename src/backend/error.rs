@@ -23,6 +23,14 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A reply channel closed without a reply: its connection task ended with the request
+    /// in it, so the node may have run it.
+    pub fn closed() -> BackendError {
+        BackendError::Lost {
+            addr: String::from("(connection closed)"),
+        }
+    }
+
     /// True when the node certainly did not receive the command, so resending cannot run it twice.
     pub fn certainly_not_sent(&self) -> bool {
         matches!(

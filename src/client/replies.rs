@@ -119,7 +119,7 @@ impl ReplyQueue {
                 State::InFlight(in_flight) => match in_flight.reply.try_recv() {
                     Ok(outcome) => self.settle(0, outcome),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Closed) => self.settle(0, Err(lost())),
+                    Err(TryRecvError::Closed) => self.settle(0, Err(BackendError::closed())),
                 },
                 State::Driven => break,
             }
@@ -136,7 +136,7 @@ impl ReplyQueue {
             }) = self.entries.front_mut()
             {
                 if let Poll::Ready(outcome) = Pin::new(&mut in_flight.reply).poll(cx) {
-                    self.settle(0, outcome.unwrap_or_else(|_| Err(lost())));
+                    self.settle(0, outcome.unwrap_or_else(|_| Err(BackendError::closed())));
                     return Poll::Ready(());
                 }
             }
@@ -186,7 +186,7 @@ impl ReplyQueue {
                     Some(State::InFlight(in_flight)) => match in_flight.reply.try_recv() {
                         Ok(outcome) => outcome,
                         Err(TryRecvError::Empty) => continue,
-                        Err(TryRecvError::Closed) => Err(lost()),
+                        Err(TryRecvError::Closed) => Err(BackendError::closed()),
                     },
                     _ => continue,
                 };
@@ -211,12 +211,5 @@ impl ReplyQueue {
         let future = Box::pin(finish(self.worker.clone(), in_flight, outcome));
         self.driven.push(Tagged { seq, future });
         true
-    }
-}
-
-/// The channel closed without a reply: the connection task ended with the request in it.
-fn lost() -> BackendError {
-    BackendError::Lost {
-        addr: String::from("(connection closed)"),
     }
 }

@@ -23,7 +23,7 @@ pub use reply::Reply;
 use crate::client::pubsub::Kind;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
-use crate::command::{CommandSpec, CommandTable};
+use crate::command::{CommandError, CommandSpec, CommandTable};
 use crate::resp::Command;
 use crate::worker::Worker;
 use cluster_wide::Merge;
@@ -49,10 +49,7 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
         let spec = table.lookup(&cmd);
         let refusal = match spec {
             None => Some(unknown_command(&cmd)),
-            Some(spec) if !spec.check_arity(cmd.argc()) => Some(reply::error(&format!(
-                "ERR wrong number of arguments for '{}' command",
-                spec.name
-            ))),
+            Some(spec) if !spec.check_arity(cmd.argc()) => Some(wrong_arity(spec)),
             Some(_) => None,
         };
         return Dispatched::untimed(transaction::queue(
@@ -67,8 +64,7 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
         return Dispatched::untimed(unknown_command(&cmd));
     };
     if !spec.check_arity(cmd.argc()) {
-        let message = format!("ERR wrong number of arguments for '{}' command", spec.name);
-        return Dispatched::untimed(reply::error(&message));
+        return Dispatched::untimed(wrong_arity(spec));
     }
     if client.subs.as_ref().is_some_and(|s| s.active()) && !allowed_when_subscribed(&spec.name) {
         let message = format!(
@@ -468,23 +464,10 @@ fn pubsub_kind(name: &str) -> Kind {
 
 /// Redis's reply for a command it does not know.
 fn unknown_command(cmd: &Command) -> Bytes {
-    let name = String::from_utf8_lossy(cmd.name());
-    let mut text = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        truncate(&name, 128)
-    );
-    for arg in cmd.args().skip(1).take(16) {
-        text.push_str(&format!(
-            "'{}' ",
-            truncate(&String::from_utf8_lossy(arg), 128)
-        ));
-    }
-    reply::error(&text)
+    reply::error(&format!("ERR {}", CommandError::unknown_command(cmd)))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+/// Redis's reply for a wrong number of arguments.
+fn wrong_arity(spec: &CommandSpec) -> Bytes {
+    reply::error(&format!("ERR {}", CommandError::wrong_arity(spec)))
 }

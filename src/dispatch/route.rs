@@ -87,11 +87,9 @@ impl Started {
     pub async fn reply(self, worker: Rc<Worker>) -> Bytes {
         match self {
             Started::InFlight(mut in_flight) => {
-                let outcome = (&mut in_flight.reply).await.unwrap_or_else(|_| {
-                    Err(BackendError::Lost {
-                        addr: String::from("(connection closed)"),
-                    })
-                });
+                let outcome = (&mut in_flight.reply)
+                    .await
+                    .unwrap_or_else(|_| Err(BackendError::closed()));
                 match final_reply(&outcome) {
                     Some(bytes) => bytes.clone(),
                     None => finish(worker, in_flight, outcome).await,

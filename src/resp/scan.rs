@@ -120,7 +120,7 @@ impl ReplyScanner {
 }
 
 /// A bulk-like length: `Some(n)` for `n >= 0`, `None` for the RESP2 null (`-1`).
-fn parse_len(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
+pub(crate) fn parse_len(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
     match parse_integer(line) {
         Some(-1) => Ok(None),
         Some(n) => usize::try_from(n)

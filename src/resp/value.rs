@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::decode::{find_byte, parse_integer};
+use super::scan::parse_len;
 use super::{OffendingByte, ProtocolError};
 
 /// Deepest nesting accepted by [`Value::parse`]. Control-path replies nest at most 4–5 levels
@@ -138,7 +139,7 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
                 .ok_or(ProtocolError::InvalidReplyValue("double"))?,
         ),
         b'$' | b'!' | b'=' => {
-            let Some(len) = parse_length(line)? else {
+            let Some(len) = parse_len(line)? else {
                 return Ok(Some((Value::Nil, next)));
             };
             let payload_end = next
@@ -162,7 +163,7 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
             return Ok(Some((value, end)));
         }
         b'*' | b'~' | b'>' => {
-            let Some(n) = parse_length(line)? else {
+            let Some(n) = parse_len(line)? else {
                 return Ok(Some((Value::Nil, next)));
             };
             // Every element takes at least 3 bytes, so the buffer bounds the reservation.
@@ -178,7 +179,7 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
             return Ok(Some((Value::Array(items), pos)));
         }
         b'%' => {
-            let Some(n) = parse_length(line)? else {
+            let Some(n) = parse_len(line)? else {
                 return Ok(Some((Value::Nil, next)));
             };
             let mut entries = Vec::with_capacity(n.min(buf.len().saturating_sub(next) / 6));
@@ -197,7 +198,7 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
         }
         b'|' => {
             // Attributes are metadata for the value that follows; skip them and return that.
-            let n = parse_length(line)?.unwrap_or(0);
+            let n = parse_len(line)?.unwrap_or(0);
             let mut pos = next;
             for _ in 0..n.saturating_mul(2) {
                 let Some((_, end)) = parse_at(buf, pos, depth + 1)? else {
@@ -210,15 +211,4 @@ fn parse_at(buf: &[u8], start: usize, depth: usize) -> Result<Parsed, ProtocolEr
         other => return Err(ProtocolError::UnexpectedReplyByte(OffendingByte(other))),
     };
     Ok(Some((value, next)))
-}
-
-/// `Some(n)` for a non-negative length, `None` for the null length `-1`.
-fn parse_length(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
-    match parse_integer(line) {
-        Some(-1) => Ok(None),
-        Some(n) => usize::try_from(n)
-            .map(Some)
-            .map_err(|_| ProtocolError::InvalidReplyLength),
-        None => Err(ProtocolError::InvalidReplyLength),
-    }
 }

@@ -1255,6 +1255,24 @@ pub fn start_proxy_configured(
     slotproxy::Proxy::start(config).unwrap_or_else(|e| panic!("the proxy failed to start: {e:?}"))
 }
 
+/// Waits until the proxy behind `raw` knows `n` online replicas (INFO's `# Proxy` section).
+/// Right after a cluster forms, nodes may still report replicas as `loading` (no replication
+/// offset seen yet), and the proxy only uses replicas reported online.
+pub fn wait_for_known_replicas(raw: &mut raw::RawClient, n: usize) {
+    let want = n.to_string();
+    wait_until(
+        &format!("the proxy knows {n} replicas"),
+        CLUSTER_DEADLINE,
+        || {
+            let info = raw.call(&["INFO", "proxy"]).text();
+            match info_field(&info, "proxy_replicas_known") {
+                Some(known) if known == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+}
+
 /// The proxy's client address.
 pub fn proxy_addr(proxy: &slotproxy::Proxy) -> SocketAddr {
     proxy.local_addr()
