@@ -20,7 +20,7 @@ use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
 use crate::client::session;
 use crate::config::ReadFrom;
-use crate::resp::RequestLimits;
+use crate::resp::{Protocol, RequestLimits};
 use crate::shared::Shared;
 
 /// What a session needs from its worker.
@@ -34,6 +34,11 @@ pub struct Worker {
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
     pub read_from: ReadFrom,
+    /// The protocol of this worker's backend connections.
+    pub protocol: Protocol,
+    /// The same worker with RESP3 backend connections, for clients that sent `HELLO 3`: their
+    /// replies then pass through raw instead of being converted (set on the RESP2 worker).
+    resp3: Option<Rc<Worker>>,
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
@@ -51,13 +56,21 @@ pub struct CommandMetrics {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>) -> Worker {
+    /// The worker of one thread: RESP2 backend connections, plus a RESP3 twin opened lazily
+    /// (its pools connect on first use) for RESP3 clients.
+    pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
+        let resp3 = Rc::new(Worker::speaking(shared.clone(), Protocol::Resp3, None));
+        Rc::new(Worker::speaking(shared, Protocol::Resp2, Some(resp3)))
+    }
+
+    fn speaking(shared: Arc<Shared>, protocol: Protocol, resp3: Option<Rc<Worker>>) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
             credentials: config.credentials(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
             readonly: config.read_from != ReadFrom::Primary,
+            protocol,
         });
         let topology = shared.topology.clone();
         let dedicated = DedicatedPool::new(settings.clone());
@@ -72,8 +85,14 @@ impl Worker {
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
             read_from: config.read_from,
+            protocol,
             command_metrics: RefCell::new(Vec::new()),
-            read_scratch: RefCell::new(BytesMut::with_capacity(READ_SCRATCH)),
+            // Sessions read through the RESP2 worker's buffer whatever their protocol.
+            read_scratch: RefCell::new(match resp3 {
+                Some(_) => BytesMut::with_capacity(READ_SCRATCH),
+                None => BytesMut::new(),
+            }),
+            resp3,
             pool,
             dedicated,
             shared,
@@ -82,6 +101,14 @@ impl Worker {
 }
 
 impl Worker {
+    /// The worker whose backend connections speak `protocol`.
+    pub fn speaking_to(self: &Rc<Self>, protocol: Protocol) -> &Rc<Worker> {
+        match (protocol, &self.resp3) {
+            (Protocol::Resp3, Some(resp3)) => resp3,
+            _ => self,
+        }
+    }
+
     /// The metric handles for the command `name` with table id `id`.
     pub fn command_metrics(&self, id: u16, name: &str) -> CommandMetrics {
         let mut all = self.command_metrics.borrow_mut();
@@ -117,7 +144,7 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
-        let worker = Rc::new(Worker::new(shared));
+        let worker = Worker::new(shared);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -18,7 +18,7 @@ use super::connect::connect;
 use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 use crate::config::Credentials;
-use crate::resp::ReplyScanner;
+use crate::resp::{Protocol, ReplyScanner};
 
 /// The reply to one request: the raw reply bytes, or why there is none.
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -35,6 +35,8 @@ pub struct PipeSettings {
     pub credentials: Credentials,
     /// Send READONLY on every new connection, so replicas serve reads (replica-read policies).
     pub readonly: bool,
+    /// The protocol of the clients this connection serves (`HELLO 3` on connect for RESP3).
+    pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub command_timeout: Option<Duration>,
 }
@@ -127,6 +129,7 @@ async fn run(
         &settings.credentials,
         settings.connect_timeout,
         settings.readonly,
+        settings.protocol,
     )
     .await
     {

@@ -63,7 +63,11 @@ async fn run(
         while !input_done && pending.len() < worker.max_pipeline_depth {
             match decoder.decode(&mut input) {
                 Ok(Some(command)) => {
-                    pending.push(dispatch(worker, client, command));
+                    pending.push(dispatch(
+                        worker.speaking_to(client.protocol),
+                        client,
+                        command,
+                    ));
                     if client.closing {
                         input_done = true;
                     }

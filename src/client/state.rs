@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::pubsub::Subscriptions;
 use crate::dispatch::transaction::TxState;
+use crate::resp::Protocol;
 
 pub struct ClientState {
     pub id: u64,
@@ -13,6 +14,8 @@ pub struct ClientState {
     pub name: Option<Bytes>,
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
+    /// RESP3 after `HELLO 3`.
+    pub protocol: Protocol,
     /// Set by QUIT: close once the replies queued so far are written.
     pub closing: bool,
     /// MULTI queue and WATCH connection.
@@ -29,6 +32,7 @@ impl ClientState {
             name: None,
             lib_name: None,
             lib_ver: None,
+            protocol: Protocol::Resp2,
             closing: false,
             tx: TxState::default(),
             subs: None,

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use super::reply;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
-use crate::resp::{encode, Command};
+use crate::resp::{encode, Command, Protocol};
 use crate::shared::Counters;
 use crate::worker::Worker;
 
@@ -54,21 +54,23 @@ pub fn auth(cmd: &Command) -> Bytes {
     reply::ok()
 }
 
-/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. RESP3 is not served yet: `-NOPROTO`
-/// makes clients such as Lettuce and redis-py fall back to RESP2.
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client to RESP2 or RESP3
+/// (the switch takes effect with this reply, which is a map in RESP3) and names it.
 pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
     let mut i = 1;
+    let mut protocol = client.protocol;
     if let Some(version) = cmd.arg(1) {
-        match std::str::from_utf8(version)
+        protocol = match std::str::from_utf8(version)
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
         {
-            Some(2) => {}
-            Some(3) => {
-                return reply::error("NOPROTO sorry, this protocol version is not supported")
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => {
+                return reply::error("NOPROTO unsupported protocol version");
             }
-            _ => return reply::error("ERR Protocol version is not an integer or out of range"),
-        }
+            None => return reply::error("ERR Protocol version is not an integer or out of range"),
+        };
         i = 2;
     }
     let mut name = None;
@@ -93,8 +95,12 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
         }
         client.name = (!name.is_empty()).then_some(name);
     }
+    client.protocol = protocol;
     let mut out = BytesMut::with_capacity(256);
-    encode::array_header(&mut out, 14);
+    match protocol {
+        Protocol::Resp2 => encode::array_header(&mut out, 14),
+        Protocol::Resp3 => encode::map_header(&mut out, 7),
+    }
     for (key, value) in [
         ("server", "slotproxy"),
         ("version", env!("CARGO_PKG_VERSION")),
@@ -103,7 +109,13 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
         encode::bulk(&mut out, value.as_bytes());
     }
     encode::bulk(&mut out, b"proto");
-    encode::integer(&mut out, 2);
+    encode::integer(
+        &mut out,
+        match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        },
+    );
     encode::bulk(&mut out, b"id");
     encode::integer(&mut out, client.id as i64);
     for (key, value) in [("mode", "standalone"), ("role", "master")] {
@@ -134,7 +146,10 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
     }
     match sub {
         "client|id" => reply::integer(client.id as i64),
-        "client|getname" => client.name.as_deref().map_or_else(reply::nil, reply::bulk),
+        "client|getname" => client
+            .name
+            .as_deref()
+            .map_or_else(|| reply::nil(client.protocol), reply::bulk),
         "client|setname" => {
             let name = cmd.arg_bytes(2).unwrap_or_default();
             if !valid_client_name(&name) {
@@ -204,11 +219,15 @@ proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_
 
 /// The payload of a bulk string reply.
 pub fn bulk_text(reply: &[u8]) -> Option<&[u8]> {
-    bulk_body(reply)
+    match reply.first() {
+        // A RESP3 node answers INFO with a verbatim string: `=len\r\ntxt:...`.
+        Some(b'=') => bulk_body(reply.get(1..)?)?.get(4..),
+        _ => bulk_body(reply.strip_prefix(b"$")?),
+    }
 }
 
-fn bulk_body(reply: &[u8]) -> Option<&[u8]> {
-    let rest = reply.strip_prefix(b"$")?;
+/// The payload of a bulk string given without its type byte.
+fn bulk_body(rest: &[u8]) -> Option<&[u8]> {
     let line_end = rest.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
     rest.get(line_end + 2..line_end + 2 + len)

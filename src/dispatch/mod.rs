@@ -24,7 +24,7 @@ use crate::client::pubsub::Kind;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::command::{CommandError, CommandSpec, CommandTable};
-use crate::resp::Command;
+use crate::resp::{Command, Protocol};
 use crate::worker::Worker;
 use cluster_wide::Merge;
 use route::{execute, Resend, Started, Target};
@@ -66,7 +66,11 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
     if !spec.check_arity(cmd.argc()) {
         return Dispatched::untimed(wrong_arity(spec));
     }
-    if client.subs.as_ref().is_some_and(|s| s.active()) && !allowed_when_subscribed(&spec.name) {
+    // RESP3 clients get messages as push frames between replies, so any command may follow.
+    if client.protocol == Protocol::Resp2
+        && client.subs.as_ref().is_some_and(|s| s.active())
+        && !allowed_when_subscribed(&spec.name)
+    {
         let message = format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             spec.name
@@ -107,7 +111,10 @@ fn plan(
 ) -> Reply {
     let name = spec.name.as_str();
     match name {
-        "ping" if client.subs.as_ref().is_some_and(|s| s.active()) => {
+        "ping"
+            if client.protocol == Protocol::Resp2
+                && client.subs.as_ref().is_some_and(|s| s.active()) =>
+        {
             local::subscribed_ping(&cmd).into()
         }
         "ping" => local::ping(&cmd).into(),
@@ -123,6 +130,7 @@ fn plan(
         "reset" => {
             client.name = None;
             client.subs = None;
+            client.protocol = Protocol::Resp2;
             transaction::reset(&mut client.tx);
             Bytes::from_static(b"+RESET\r\n").into()
         }
@@ -211,10 +219,12 @@ fn plan(
         "unwatch" => transaction::unwatch(&mut client.tx).into(),
         "subscribe" | "psubscribe" | "ssubscribe" => {
             let subs = client.subs.get_or_insert_with(Box::default);
+            subs.protocol = client.protocol;
             subs.subscribe(worker, pubsub_kind(name), &cmd).into()
         }
         "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
             let subs = client.subs.get_or_insert_with(Box::default);
+            subs.protocol = client.protocol;
             subs.unsubscribe(worker, pubsub_kind(name), &cmd).into()
         }
         "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
