@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::pubsub::Subscriptions;
 use crate::dispatch::transaction::TxState;
+use crate::dispatch::wait::Writes;
 use crate::resp::Protocol;
 
 pub struct ClientState {
@@ -20,6 +21,8 @@ pub struct ClientState {
     pub closing: bool,
     /// MULTI queue and WATCH connection.
     pub tx: TxState,
+    /// Which connections carried the client's writes, for WAIT.
+    pub writes: Writes,
     /// Pub/Sub subscriptions, once the client subscribed to anything.
     pub subs: Option<Box<Subscriptions>>,
 }
@@ -35,6 +38,7 @@ impl ClientState {
             protocol: Protocol::Resp2,
             closing: false,
             tx: TxState::default(),
+            writes: Writes::default(),
             subs: None,
         }
     }
