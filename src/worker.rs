@@ -14,6 +14,7 @@ const READ_SCRATCH: usize = 64 * 1024;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
@@ -33,6 +34,10 @@ pub struct Worker {
     pub retry_deadline: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
+    /// Close a client idle this long (`client_idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Close a client whose unwritten replies pass this many bytes; 0 = no limit.
+    pub output_limit: usize,
     pub read_from: ReadFrom,
     /// The protocol of this worker's backend connections.
     pub protocol: Protocol,
@@ -84,6 +89,8 @@ impl Worker {
             retry_deadline: config.retry_deadline(),
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
+            idle_timeout: config.client_idle_timeout(),
+            output_limit: config.client_output_buffer_limit,
             read_from: config.read_from,
             protocol,
             command_metrics: RefCell::new(Vec::new()),
@@ -144,14 +151,16 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
+        let grace = Duration::from_secs(shared.config.shutdown_grace);
         let worker = Worker::new(shared);
+        let sessions = TaskTracker::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::task::spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone()));
+                        sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone()));
                     }
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -160,6 +169,17 @@ pub fn run(
                     }
                 },
             }
+        }
+        // Stop accepting, then let every session write the replies it owes (each closes once
+        // its commands are answered; idle ones at once), within the grace period.
+        drop(listener);
+        sessions.close();
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!(
+                clients = sessions.len(),
+                grace_secs = grace.as_secs(),
+                "shutdown grace period over: closing the clients still waiting for replies"
+            );
         }
         Ok(())
     })

@@ -15,6 +15,8 @@ pub struct ClientState {
     pub name: Option<Bytes>,
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
+    /// False until the client authenticates, when the proxy requires it.
+    pub authenticated: bool,
     /// RESP3 after `HELLO 3`.
     pub protocol: Protocol,
     /// Set by QUIT: close once the replies queued so far are written.
@@ -28,8 +30,9 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    pub fn new(id: u64, peer: SocketAddr) -> ClientState {
+    pub fn new(id: u64, peer: SocketAddr, authenticated: bool) -> ClientState {
         ClientState {
+            authenticated,
             id,
             peer,
             name: None,

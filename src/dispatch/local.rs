@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::reply;
+use crate::auth::{AuthResult, Users};
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::resp::{encode, Command, Protocol};
@@ -44,19 +45,47 @@ pub fn select(cmd: &Command) -> Bytes {
     }
 }
 
-pub fn auth(cmd: &Command) -> Bytes {
-    if cmd.argc() == 2 {
-        return reply::error(
+/// `AUTH [user] password`, against the proxy's own users (see `auth.rs`), never the nodes'.
+pub fn auth(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
+    let (user, password) = match cmd.argc() {
+        2 => (None, cmd.arg(1).unwrap_or_default()),
+        _ => (cmd.arg(1), cmd.arg(2).unwrap_or_default()),
+    };
+    authenticate(client, users, user, password).unwrap_or_else(reply::ok)
+}
+
+/// Checks credentials; `None` on success (the client is then authenticated), else the reply.
+fn authenticate(
+    client: &mut ClientState,
+    users: &Users,
+    user: Option<&[u8]>,
+    password: &[u8],
+) -> Option<Bytes> {
+    match users.check(user, password) {
+        AuthResult::Ok => {
+            client.authenticated = true;
+            None
+        }
+        AuthResult::WrongPass => {
+            metrics::counter!("slotproxy_errors_total", "kind" => "client_auth").increment(1);
+            Some(reply::error(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
+        AuthResult::NoPasswordConfigured if user.is_some() => {
+            // `AUTH default x` with a nopass default user: Redis accepts it.
+            client.authenticated = true;
+            None
+        }
+        AuthResult::NoPasswordConfigured => Some(reply::error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        );
+        )),
     }
-    // `AUTH user pass` with no users configured: the default user accepts any password.
-    reply::ok()
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client to RESP2 or RESP3
 /// (the switch takes effect with this reply, which is a map in RESP3) and names it.
-pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
+pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
     let mut i = 1;
     let mut protocol = client.protocol;
     if let Some(version) = cmd.arg(1) {
@@ -74,8 +103,13 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
         i = 2;
     }
     let mut name = None;
+    let mut credentials = None;
     while let Some(option) = cmd.arg(i) {
         if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < cmd.argc() {
+            credentials = Some((
+                cmd.arg(i + 1).unwrap_or_default(),
+                cmd.arg(i + 2).unwrap_or_default(),
+            ));
             i += 3;
         } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < cmd.argc() {
             name = cmd.arg_bytes(i + 1);
@@ -86,6 +120,17 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
                 String::from_utf8_lossy(option)
             ));
         }
+    }
+    match credentials {
+        Some((user, password)) => {
+            if let Some(refused) = authenticate(client, users, Some(user), password) {
+                return refused;
+            }
+        }
+        None if !client.authenticated => {
+            return reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        None => {}
     }
     if let Some(name) = name {
         if !valid_client_name(&name) {

@@ -68,6 +68,9 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
     if !spec.check_arity(cmd.argc()) {
         return Dispatched::untimed(wrong_arity(spec));
     }
+    if !client.authenticated && !matches!(spec.name.as_str(), "auth" | "hello" | "quit") {
+        return Dispatched::untimed(reply::error("NOAUTH Authentication required."));
+    }
     // RESP3 clients get messages as push frames between replies, so any command may follow.
     if client.protocol == Protocol::Resp2
         && client.subs.as_ref().is_some_and(|s| s.active())
@@ -120,10 +123,11 @@ fn plan(worker: &Rc<Worker>, client: &mut ClientState, spec: &CommandSpec, cmd: 
             reply::ok().into()
         }
         "select" => local::select(&cmd).into(),
-        "auth" => local::auth(&cmd).into(),
-        "hello" => local::hello(&cmd, client).into(),
+        "auth" => local::auth(&cmd, client, &worker.shared.users.load()).into(),
+        "hello" => local::hello(&cmd, client, &worker.shared.users.load()).into(),
         "readonly" | "readwrite" => reply::ok().into(),
         "reset" => {
+            client.authenticated = !worker.shared.users.load().required();
             client.name = None;
             client.subs = None;
             client.protocol = Protocol::Resp2;
