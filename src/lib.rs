@@ -251,7 +251,7 @@ impl Reloader {
             report.applied.push("requirepass/users_file");
             self.shared.users.store(Arc::new(users));
         }
-        let fixed: [(&'static str, bool); 19] = [
+        let fixed: [(&'static str, bool); 20] = [
             ("listen", running.listen != new.listen),
             ("upstreams", running.upstreams != new.upstreams),
             ("admin_listen", running.admin_listen != new.admin_listen),
@@ -304,6 +304,7 @@ impl Reloader {
                 "admin_commands",
                 running.admin_commands != new.admin_commands,
             ),
+            ("log_format", running.log_format != new.log_format),
         ];
         report.not_reloaded = fixed
             .iter()

@@ -120,7 +120,7 @@ async fn respond(
     let response = if method == "GET" || method == "HEAD" {
         route(path, shared, metrics, shutting_down)
     } else {
-        Response::text(405, "only GET is supported\n")
+        Response::text(405, "only GET and HEAD are supported\n")
     };
     write(&mut stream, &response, with_body).await
 }

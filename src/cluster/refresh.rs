@@ -128,6 +128,9 @@ pub struct Topology {
     started: Instant,
     /// Refreshes attempted (periodic, requested and at start-up).
     refreshes: AtomicU64,
+    /// Refreshes in a row that published nothing: failures are logged when they start and
+    /// when they end (with this count), not on every attempt.
+    failed_in_a_row: AtomicU64,
     /// Written by the refresher at the end of each refresh, read by the admin listener; a
     /// plain mutex is enough (never held across an await, never on the request path).
     status: Mutex<BackendStatus>,
@@ -145,6 +148,7 @@ impl Topology {
             refreshed_at_ms: AtomicU64::new(0),
             started: Instant::now(),
             refreshes: AtomicU64::new(0),
+            failed_in_a_row: AtomicU64::new(0),
             status: Mutex::new(BackendStatus::default()),
         }
     }
@@ -271,11 +275,18 @@ impl Topology {
                 }
                 _ => {
                     metrics::counter!("slotproxy_topology_refresh_failures_total").increment(1);
-                    // An authentication failure is logged (once) as such when recorded.
-                    if round.auth_failure.is_none() {
+                    let first = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) == 0;
+                    // An authentication failure is logged as such when recorded.
+                    if first && round.auth_failure.is_none() {
                         tracing::warn!("topology refresh failed: no node answered");
                     }
                 }
+            }
+        }
+        if published {
+            let failed = self.failed_in_a_row.swap(0, Ordering::Relaxed);
+            if failed > 0 {
+                tracing::info!(failed, "topology refresh works again");
             }
         }
         if published {
