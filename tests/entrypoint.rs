@@ -1,6 +1,7 @@
 //! The binary as the container runs it: configured only through environment variables
 //! (`SLOTPROXY_LISTEN=0.0.0.0:...`, `SLOTPROXY_ADMIN_LISTEN`, `SLOTPROXY_UPSTREAM`, no flags),
-//! serving RESP and `/healthz`, stopping cleanly on SIGTERM; and its JSON log format.
+//! serving RESP and `/healthz`, passing the Dockerfile's own HEALTHCHECK command, stopping
+//! cleanly on SIGTERM; and its JSON log format.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::raw::{RawClient, Reply};
-use common::{shared, spawn, wait_until, CLUSTER_DEADLINE};
+use common::{run_with_timeout, shared, spawn, wait_until, CLUSTER_DEADLINE};
 
 /// A port free on every interface right now (the binary binds 0.0.0.0).
 fn free_port() -> u16 {
@@ -107,6 +108,31 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
+/// The `HEALTHCHECK ... CMD [...]` of the Dockerfile, as its exec-form argument list.
+fn dockerfile_healthcheck() -> Vec<String> {
+    let dockerfile = include_str!("../Dockerfile");
+    let mut lines = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"));
+    let cmd = lines
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("the Dockerfile has a HEALTHCHECK ... CMD [...]");
+    serde_json::from_str(cmd)
+        .unwrap_or_else(|e| panic!("HEALTHCHECK CMD is not exec form ({e}): {cmd}"))
+}
+
+/// Runs the Dockerfile's health check with the image's admin address; true when it passes.
+fn healthcheck_passes(admin_port: u16) -> bool {
+    let argv = dockerfile_healthcheck();
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env("SLOTPROXY_ADMIN_LISTEN", format!("0.0.0.0:{admin_port}"));
+    run_with_timeout(command, Duration::from_secs(10))
+        .status
+        .success()
+}
+
 #[test]
 fn the_container_entrypoint_is_configured_by_environment_alone() {
     let cluster = shared();
@@ -134,6 +160,10 @@ fn the_container_entrypoint_is_configured_by_environment_alone() {
             other => Err(format!("{other:?}")),
         },
     );
+    assert!(
+        healthcheck_passes(admin_port),
+        "the Dockerfile's HEALTHCHECK fails against a healthy proxy"
+    );
 
     let mut client = RawClient::connect(([127, 0, 0, 1], port).into());
     assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
@@ -146,6 +176,10 @@ fn the_container_entrypoint_is_configured_by_environment_alone() {
     assert!(
         status.success(),
         "slotproxy exited with {status} on SIGTERM"
+    );
+    assert!(
+        !healthcheck_passes(admin_port),
+        "the Dockerfile's HEALTHCHECK passes with no proxy running"
     );
 }
 
