@@ -236,3 +236,51 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(listening["level"], "INFO", "{listening}");
     assert!(listening.get("local_addr").is_some(), "{listening}");
 }
+
+/// The example deployment files set only environment variables the binary reads (a typo there
+/// would be silently ignored by the container).
+#[test]
+fn example_deployments_use_only_known_environment_variables() {
+    let output = run_with_timeout(bare_binary_with(&["--help"]), Duration::from_secs(10));
+    assert!(output.status.success(), "slotproxy --help failed");
+    let help = String::from_utf8_lossy(&output.stdout);
+    let known = slotproxy_variables(&help);
+    assert!(known.contains("SLOTPROXY_UPSTREAM"), "{help}");
+    for (name, text) in [
+        ("Dockerfile", include_str!("../Dockerfile")),
+        (
+            "config/kubernetes-sidecar.yaml",
+            include_str!("../config/kubernetes-sidecar.yaml"),
+        ),
+        (
+            "config/docker-compose.yml",
+            include_str!("../config/docker-compose.yml"),
+        ),
+    ] {
+        let used = slotproxy_variables(text);
+        assert!(!used.is_empty(), "{name} sets no SLOTPROXY_ variable");
+        let unknown: Vec<&String> = used.difference(&known).collect();
+        assert!(
+            unknown.is_empty(),
+            "{name} uses unknown variables {unknown:?}"
+        );
+    }
+}
+
+fn bare_binary_with(args: &[&str]) -> Command {
+    let mut command = bare_binary();
+    command.args(args);
+    command
+}
+
+/// Every `SLOTPROXY_...` name in `text`.
+fn slotproxy_variables(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("SLOTPROXY_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
