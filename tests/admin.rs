@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{
     pick_node_port, proxy_client, query, shared, spawn, start_proxy, start_proxy_configured,
-    try_query, unique_prefix, wait_until,
+    try_query, unique_prefix, wait_until, Cluster,
 };
 use serde_json::Value as Json;
 
@@ -398,4 +398,63 @@ fn readyz_answers_503_once_shutdown_starts() {
     wait_not_ready(&proxy, "shutting down");
     // Still alive while it stops: only readiness changes.
     assert_eq!(admin_get(&proxy, "/healthz").0, 200);
+}
+
+#[test]
+fn readyz_reports_a_dead_primary_until_its_replica_takes_over() {
+    let cluster = Cluster::start(3, 1);
+    let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
+        c.refresh_interval_ms = 300;
+    });
+    wait_until(
+        "/readyz 200",
+        common::CLUSTER_DEADLINE,
+        || match admin_json(&proxy, "/readyz") {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    );
+    // The refresher asks primaries in address order, so it asks this one first and sees it go.
+    let victim = cluster
+        .primaries()
+        .into_iter()
+        .min_by_key(|p| format!("127.0.0.1:{p}"))
+        .expect("a primary");
+    let victim_addr = format!("127.0.0.1:{victim}");
+    let replica = cluster.replicas_of(victim)[0];
+    cluster.wait_replicated(victim);
+    cluster.kill(victim);
+
+    let down = wait_not_ready(&proxy, "primary unreachable");
+    let listed: Vec<&str> = down["unreachable_primaries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{down}"))
+        .iter()
+        .filter_map(|f| f["node"].as_str())
+        .collect();
+    assert_eq!(listed, [victim_addr.as_str()], "{down}");
+
+    cluster.wait_promoted(replica);
+    wait_until(
+        "/readyz 200 after the promotion",
+        common::CLUSTER_DEADLINE,
+        || match admin_json(&proxy, "/readyz") {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    );
+    let (_, nodes) = admin_json(&proxy, "/cluster/nodes");
+    let nodes = nodes["nodes"].as_array().unwrap();
+    let dead = nodes
+        .iter()
+        .find(|n| n["address"] == victim_addr.as_str())
+        .unwrap_or_else(|| panic!("{victim_addr} not listed: {nodes:?}"));
+    assert_eq!(dead["reachable"], false, "{dead}");
+    assert!(dead["slots"].as_array().unwrap().is_empty(), "{dead}");
+    let promoted = nodes
+        .iter()
+        .find(|n| n["address"] == format!("127.0.0.1:{replica}").as_str())
+        .unwrap_or_else(|| panic!("promoted replica not listed: {nodes:?}"));
+    assert_eq!(promoted["role"], "primary", "{promoted}");
+    assert_eq!(promoted["reachable"], true, "{promoted}");
 }

@@ -81,6 +81,8 @@ fn unreachable_primaries(snap: &Snapshot<'_>) -> Vec<Failure> {
         .collect()
 }
 
+/// Whether the proxy can serve every key now, and if not, the first reason why (probes and
+/// load balancers act on the status code; people read the reason).
 pub fn readiness(snap: &Snapshot<'_>) -> Readiness {
     let covered = snap.map.covered_slots();
     let mut view = Readiness {
@@ -135,6 +137,7 @@ pub struct ClusterInfo {
     pub unreachable_nodes: Vec<Failure>,
 }
 
+/// The summary of `/cluster/info`.
 pub fn cluster_info(snap: &Snapshot<'_>) -> ClusterInfo {
     let covered = snap.map.covered_slots();
     let nodes = nodes(snap);
@@ -262,6 +265,7 @@ fn nodes(snap: &Snapshot<'_>) -> Vec<NodeView> {
         .collect()
 }
 
+/// The node list of `/cluster/nodes`.
 pub fn cluster_nodes(snap: &Snapshot<'_>) -> NodesView {
     NodesView { nodes: nodes(snap) }
 }
@@ -286,6 +290,7 @@ pub struct SlotsView {
     pub uncovered_ranges: Vec<[u16; 2]>,
 }
 
+/// The slot ranges of `/cluster/slots`, in slot order.
 pub fn cluster_slots(snap: &Snapshot<'_>) -> SlotsView {
     let map = snap.map;
     let covered = map.covered_slots();

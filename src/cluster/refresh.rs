@@ -46,6 +46,7 @@ pub struct BackendStatus {
 }
 
 impl BackendStatus {
+    /// The error of `node`'s last failed query, if it is marked unreachable.
     pub fn unreachable_error(&self, node: &str) -> Option<&str> {
         self.unreachable
             .iter()
@@ -290,32 +291,38 @@ impl Topology {
             }
         }
         if published {
-            self.recheck_unreachable_primaries(&mut round).await;
+            self.recheck_unreachable(&mut round).await;
         }
         self.record(round);
         published
     }
 
-    /// PINGs the primaries of the current map that an earlier refresh found unreachable and
-    /// this one did not ask: the refresh stops at the first node that answers, so without this
-    /// a primary that came back would stay marked unreachable.
-    async fn recheck_unreachable_primaries(&self, round: &mut Round) {
-        let marked: Vec<NodeAddr> = self
-            .lock_status()
-            .unreachable
-            .iter()
-            .map(|f| f.node.clone())
-            .collect();
+    /// Every node worth tracking: candidates, and nodes the cluster lists but routing leaves
+    /// out (a failed node, until the cluster forgets it).
+    fn known_nodes(&self) -> Vec<NodeAddr> {
+        let mut nodes = self.candidates();
+        for info in self.map.load().node_info() {
+            if !nodes.contains(&info.addr) {
+                nodes.push(info.addr.clone());
+            }
+        }
+        nodes
+    }
+
+    /// PINGs the known nodes that an earlier refresh found unreachable and this one did not
+    /// ask: a refresh stops at the first node that answers, so without this a node that came
+    /// back would stay marked unreachable. Usually there are none, so this costs nothing.
+    async fn recheck_unreachable(&self, round: &mut Round) {
+        let known = self.known_nodes();
         let asked = |node: &NodeAddr| {
             round.answered.contains(node) || round.unreachable.iter().any(|f| f.node == *node)
         };
         let recheck: Vec<NodeAddr> = self
-            .map
-            .load()
-            .shards()
+            .lock_status()
+            .unreachable
             .iter()
-            .map(|s| s.primary.clone())
-            .filter(|p| marked.contains(p) && !asked(p))
+            .map(|f| f.node.clone())
+            .filter(|n| known.contains(n) && !asked(n))
             .collect();
         let pings = recheck.iter().map(|node| async move {
             let outcome = query(node, &self.credentials, self.timeout, &[b"PING"]).await;
@@ -335,7 +342,7 @@ impl Topology {
 
     /// Applies what a refresh learned, logging changes (not every failed attempt).
     fn record(&self, round: Round) {
-        let known = self.candidates();
+        let known = self.known_nodes();
         let mut status = self.lock_status();
         status.unreachable.retain(|f| {
             let back = round.answered.contains(&f.node);

@@ -34,6 +34,7 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub addr: NodeAddr,
+    /// The cluster's node id (`CLUSTER MYID`); none for a standalone Redis.
     pub id: Option<String>,
     pub role: Role,
     /// The primary a replica follows.
