@@ -56,6 +56,9 @@ pub struct Config {
     pub max_blocking_connections: usize,
     /// Where read-only commands go: `primary`, `prefer-replica`, `replica` or `any`.
     pub read_from: ReadFrom,
+    /// A replica more than this many bytes of replication stream behind its primary serves no
+    /// reads until it catches up; 0 = no limit.
+    pub max_replica_lag: u64,
     /// Allow commands that change every node's server configuration (CONFIG SET/RESETSTAT,
     /// keyless DEBUG, ACL SETUSER/DELUSER); they then run on all nodes.
     pub admin_commands: bool,
@@ -165,6 +168,7 @@ impl Default for Config {
             reconnect_backoff_ms: 200,
             max_blocking_connections: 1000,
             read_from: ReadFrom::Primary,
+            max_replica_lag: 16 * 1024 * 1024,
             admin_commands: false,
             requirepass: None,
             users_file: None,

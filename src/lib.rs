@@ -112,6 +112,7 @@ impl Proxy {
             config.credentials(),
             config.connect_timeout(),
         ));
+        topology.set_max_replica_lag(config.max_replica_lag);
         let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
         let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
         let shared = Arc::new(Shared::new(config, topology.clone(), workers, users));
@@ -246,6 +247,12 @@ impl Reloader {
         if **self.shared.client_limits.load() != limits {
             report.applied.push("client limits");
             self.shared.client_limits.store(Arc::new(limits));
+        }
+        if self.shared.topology.max_replica_lag() != new.max_replica_lag {
+            report.applied.push("max_replica_lag");
+            self.shared
+                .topology
+                .set_max_replica_lag(new.max_replica_lag);
         }
         if **self.shared.users.load() != users {
             report.applied.push("requirepass/users_file");

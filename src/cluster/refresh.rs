@@ -135,6 +135,7 @@ pub struct Topology {
     /// Written by the refresher at the end of each refresh, read by the admin listener; a
     /// plain mutex is enough (never held across an await, never on the request path).
     status: Mutex<BackendStatus>,
+    max_replica_lag: AtomicU64,
 }
 
 impl Topology {
@@ -151,7 +152,18 @@ impl Topology {
             refreshes: AtomicU64::new(0),
             failed_in_a_row: AtomicU64::new(0),
             status: Mutex::new(BackendStatus::default()),
+            max_replica_lag: AtomicU64::new(0),
         }
+    }
+
+    /// Replicas further behind their primary than this many bytes serve no reads (0: no
+    /// limit); see `parse_shards`.
+    pub fn set_max_replica_lag(&self, bytes: u64) {
+        self.max_replica_lag.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_replica_lag(&self) -> u64 {
+        self.max_replica_lag.load(Ordering::Relaxed)
     }
 
     /// Refreshes attempted so far.
@@ -397,7 +409,10 @@ impl Topology {
                 return Err(AskError::Auth(String::from_utf8_lossy(&e).into_owned()))
             }
             Value::Error(_) => {}
-            reply => return parse_shards(&reply, node).map_err(|e| AskError::Other(e.to_string())),
+            reply => {
+                return parse_shards(&reply, node, self.max_replica_lag.load(Ordering::Relaxed))
+                    .map_err(|e| AskError::Other(e.to_string()))
+            }
         }
         match query(
             node,

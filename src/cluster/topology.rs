@@ -47,7 +47,16 @@ fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
 /// Parses a `CLUSTER SHARDS` reply. Nodes reported as `failed` are left out of the replica
 /// lists; a shard whose primary is failed keeps its slots (they are still its until a
 /// failover), so requests for them fail fast instead of being sent elsewhere.
-pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
+///
+/// A replica whose replication offset is more than `max_replica_lag` bytes behind its
+/// primary's is left out of the replica lists too (0: no limit), so replica reads don't serve
+/// data that far behind; it is back once it catches up, at a later refresh. The offsets are
+/// the answering node's view (its own exact, the others' from gossip, about a second old).
+pub fn parse_shards(
+    reply: &Value,
+    asked: &str,
+    max_replica_lag: u64,
+) -> Result<SlotMap, TopologyError> {
     let bad = |detail| TopologyError::BadReply {
         command: "CLUSTER SHARDS",
         node: asked.to_string(),
@@ -85,6 +94,7 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
                 .and_then(Value::as_str)
                 .unwrap_or("online");
             let id = node.field("id").and_then(Value::as_str).map(str::to_string);
+            let offset = node.field("replication-offset").and_then(Value::as_int);
             node_info.push(NodeInfo {
                 addr: addr.clone(),
                 id: id.clone(),
@@ -102,17 +112,27 @@ pub fn parse_shards(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError
                 let healthy = health == "online";
                 if primary
                     .as_ref()
-                    .is_none_or(|(_, _, was_healthy)| healthy && !was_healthy)
+                    .is_none_or(|(_, _, was_healthy, _)| healthy && !was_healthy)
                 {
-                    primary = Some((addr, id, healthy));
+                    primary = Some((addr, id, healthy, offset));
                 }
             } else if health == "online" {
-                replicas.push(addr);
+                replicas.push((addr, offset));
             }
         }
-        let Some((primary, primary_id, _)) = primary else {
+        let Some((primary, primary_id, _, primary_offset)) = primary else {
             continue;
         };
+        let replicas = replicas
+            .into_iter()
+            .filter(|(_, offset)| match (primary_offset, offset) {
+                (Some(p), Some(r)) if max_replica_lag > 0 => {
+                    u64::try_from(p.saturating_sub(*r)).unwrap_or(0) <= max_replica_lag
+                }
+                _ => true,
+            })
+            .map(|(addr, _)| addr)
+            .collect();
         for info in node_info.iter_mut().skip(listed) {
             if info.role == Role::Replica {
                 info.primary = Some(primary.clone());
@@ -226,7 +246,7 @@ mod tests {
         let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n\
 *12\r\n$2\r\nid\r\n$3\r\nabc\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n\
 *12\r\n$2\r\nid\r\n$3\r\ndef\r\n$4\r\nport\r\n:7001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
-        let map = parse_shards(&parse(raw), "10.0.0.1:7000").unwrap();
+        let map = parse_shards(&parse(raw), "10.0.0.1:7000", 0).unwrap();
         assert!(map.is_complete());
         assert_eq!(
             &**map.primary(Slot::new(100).unwrap()).unwrap(),
@@ -243,6 +263,37 @@ mod tests {
         assert_eq!(info[1].id.as_deref(), Some("def"));
         assert_eq!(info[1].primary.as_deref(), Some("127.0.0.1:7000"));
         assert_eq!(info[1].health.as_deref(), Some("online"));
+    }
+
+    #[test]
+    fn lagging_replicas_serve_no_reads() {
+        let node = |id: &str, port: u16, role: &str, offset: i64| {
+            format!(
+                "*12\r\n$2\r\nid\r\n${}\r\n{id}\r\n$4\r\nport\r\n:{port}\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n${}\r\n{role}\r\n$18\r\nreplication-offset\r\n:{offset}\r\n$6\r\nhealth\r\n$6\r\nonline\r\n",
+                id.len(),
+                role.len()
+            )
+        };
+        let raw = format!(
+            "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*3\r\n{}{}{}",
+            node("p", 7000, "master", 50_000_000),
+            node("near", 7001, "replica", 49_999_000),
+            node("far", 7002, "replica", 10_000_000),
+        );
+        let reply = parse(raw.as_bytes());
+        let replicas = |lag| {
+            parse_shards(&reply, "127.0.0.1:7000", lag)
+                .unwrap()
+                .shards()[0]
+                .replicas
+                .clone()
+        };
+        assert_eq!(
+            replicas(1_000_000),
+            vec![Arc::<str>::from("127.0.0.1:7001")]
+        );
+        assert_eq!(replicas(0).len(), 2, "0 means no lag limit");
+        assert_eq!(replicas(40_000_000).len(), 2);
     }
 
     #[test]
