@@ -50,6 +50,8 @@ Options:
                       WorkerThreads 1 and a ClusterServerPool of the 6 nodes) and
                       redis-cluster-proxy (--threads 1 --enable-cross-slot). The kind is taken
                       from NAME or from the binary's file name
+  --metrics-off       also run a second slotproxy with `metrics = false` (no recorder) the same
+                      way, as target `slotproxy-nometrics`: what recording metrics costs
   --workers-scaling   extra workload `scaling`: GET -P 16, 100 clients, through slotproxy with
                       --workers 1 (pinned) and with --workers 2 (unpinned); reports the ratio
   --workloads LIST    comma-separated subset of the workloads above (default: all)
@@ -75,6 +77,7 @@ QUICK=0
 PROXY_BIN=""
 PEERS=()
 WORKERS_SCALING=0
+METRICS_OFF=0
 WORKLOADS_OPT=""
 MARKDOWN_FILE=""
 RAW_FILE=""
@@ -101,6 +104,7 @@ while [ $# -gt 0 ]; do
         --peer) need_arg "$@"; PEERS+=("$2"); shift 2 ;;
         --peer=*) PEERS+=("${1#*=}"); shift ;;
         --workers-scaling) WORKERS_SCALING=1; shift ;;
+        --metrics-off) METRICS_OFF=1; shift ;;
         --workloads) need_arg "$@"; WORKLOADS_OPT=$2; shift 2 ;;
         --workloads=*) WORKLOADS_OPT=${1#*=}; shift ;;
         --markdown) need_arg "$@"; MARKDOWN_FILE=$2; shift 2 ;;
@@ -160,7 +164,7 @@ for spec in "${PEERS[@]+"${PEERS[@]}"}"; do
     name=${spec%%=*}
     path=$(abs_path "${spec#*=}")
     [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die_usage "peer name '$name': use letters, digits, _ . -"
-    case "$name" in direct | slotproxy | slotproxy-2w) die_usage "peer name '$name' is reserved" ;; esac
+    case "$name" in direct | slotproxy | slotproxy-2w | slotproxy-nometrics) die_usage "peer name '$name' is reserved" ;; esac
     [ -z "${PEER_PATH[$name]:-}" ] || die_usage "peer '$name' given twice"
     [ -x "$path" ] || die_usage "peer '$name': '$path' is not an executable file"
     kind=""
@@ -342,6 +346,12 @@ if [ "$WORKERS_SCALING" = 1 ]; then
     pick_port; PROXY2_PORT=$PICKED
     pick_port; PROXY2_ADMIN_PORT=$PICKED
 fi
+PROXY_NM_PORT=""
+PROXY_NM_ADMIN_PORT=""
+if [ "$METRICS_OFF" = 1 ]; then
+    pick_port; PROXY_NM_PORT=$PICKED
+    pick_port; PROXY_NM_ADMIN_PORT=$PICKED
+fi
 declare -A PEER_PORT=() PEER_PID=()
 for name in "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}"; do
     pick_port
@@ -515,10 +525,11 @@ wait_proxy_ready() { # port pid log name
     [ "$got" = "$want" ] || die "$name: MGET of the 10 benchmark keys returned a wrong reply: $(head -c 300 <<<"$got")"
 }
 
-start_slotproxy() { # port admin_port workers pin(yes|no) name -> sets STARTED_PID
+start_slotproxy() { # port admin_port workers pin(yes|no) name [config file] -> sets STARTED_PID
     local port=$1 admin=$2 workers=$3 pin=$4 name=$5 logf="$TMP/$5.log"
     local cmd=("$PROXY_BIN" --listen "127.0.0.1:$port" --upstream "redis://127.0.0.1:$SEED"
         --admin-listen "127.0.0.1:$admin" --workers "$workers")
+    [ -z "${6:-}" ] || cmd+=(--config "$6")
     # NO_COLOR: plain log lines in the log file.
     if [ "$pin" = yes ]; then
         log "starting $name on 127.0.0.1:$port (--workers $workers, pinned to CPU $PROXY_CPU)"
@@ -545,6 +556,12 @@ PROXY_PID=$STARTED_PID
 if [ "$WORKERS_SCALING" = 1 ]; then
     start_slotproxy "$PROXY2_PORT" "$PROXY2_ADMIN_PORT" 2 no slotproxy-2w
     PROXY2_PID=$STARTED_PID
+fi
+PROXY_NM_PID=""
+if [ "$METRICS_OFF" = 1 ]; then
+    printf 'metrics = false\n' >"$TMP/nometrics.toml"
+    start_slotproxy "$PROXY_NM_PORT" "$PROXY_NM_ADMIN_PORT" 1 yes slotproxy-nometrics "$TMP/nometrics.toml"
+    PROXY_NM_PID=$STARTED_PID
 fi
 
 start_peer() { # name
@@ -620,6 +637,7 @@ workload_targets() { # workload -> TARGETS
         TARGETS=(slotproxy slotproxy-2w)
     else
         TARGETS=(direct slotproxy "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}")
+        [ "$METRICS_OFF" = 0 ] || TARGETS+=(slotproxy-nometrics)
     fi
 }
 
@@ -628,6 +646,7 @@ target_port() {
         direct) echo "$DIRECT_PORT" ;;
         slotproxy) echo "$PROXY_PORT" ;;
         slotproxy-2w) echo "$PROXY2_PORT" ;;
+        slotproxy-nometrics) echo "$PROXY_NM_PORT" ;;
         *) echo "${PEER_PORT[$1]}" ;;
     esac
 }
@@ -636,6 +655,7 @@ target_pid() {
         direct) echo "" ;;
         slotproxy) echo "$PROXY_PID" ;;
         slotproxy-2w) echo "$PROXY2_PID" ;;
+        slotproxy-nometrics) echo "$PROXY_NM_PID" ;;
         *) echo "${PEER_PID[$1]}" ;;
     esac
 }
@@ -764,6 +784,7 @@ run_one() { # round workload target
             rcp) printf 'peer\t%s\tredis-cluster-proxy (--threads 1 --enable-cross-slot)\n' "$name" ;;
         esac
     done
+    [ "$METRICS_OFF" = 0 ] || printf 'peer\tslotproxy-nometrics\tslotproxy with metrics = false (no recorder)\n'
 } >"$META"
 
 total_runs=0

@@ -62,6 +62,9 @@ pub struct Config {
     /// Allow commands that change every node's server configuration (CONFIG SET/RESETSTAT,
     /// keyless DEBUG, ACL SETUSER/DELUSER); they then run on all nodes.
     pub admin_commands: bool,
+    /// Record Prometheus metrics (served on `/metrics`). Off: no recorder, every recording
+    /// site is a no-op (for measuring what recording costs).
+    pub metrics: bool,
     /// Password of the `default` user: clients must `AUTH` before anything else.
     pub requirepass: Option<Secret>,
     /// ACL-style users file (`user alice on >password`), see `src/auth.rs`.
@@ -170,6 +173,7 @@ impl Default for Config {
             read_from: ReadFrom::Primary,
             max_replica_lag: 16 * 1024 * 1024,
             admin_commands: false,
+            metrics: true,
             requirepass: None,
             users_file: None,
             max_clients: 10_000,

@@ -105,7 +105,11 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let metrics = metrics::install();
+        let metrics = if config.metrics {
+            metrics::install()
+        } else {
+            None
+        };
 
         let topology = Arc::new(Topology::new(
             seeds,
@@ -258,7 +262,7 @@ impl Reloader {
             report.applied.push("requirepass/users_file");
             self.shared.users.store(Arc::new(users));
         }
-        let fixed: [(&'static str, bool); 20] = [
+        let fixed = [
             ("listen", running.listen != new.listen),
             ("upstreams", running.upstreams != new.upstreams),
             ("admin_listen", running.admin_listen != new.admin_listen),

@@ -142,7 +142,10 @@ fn route(
                     body: handle.render(),
                 }
             }
-            None => Response::text(503, "metrics recorder not installed\n"),
+            None => Response::text(
+                503,
+                "no metrics: `metrics = false` in the configuration, or another metrics recorder was installed first\n",
+            ),
         },
         "/readyz" | "/cluster/info" | "/cluster/nodes" | "/cluster/slots" => {
             let topology = &shared.topology;
