@@ -18,7 +18,7 @@ struct Args {
     /// Client listener address [default: 127.0.0.1:6380]
     #[arg(long, env = "SLOTPROXY_LISTEN")]
     listen: Option<String>,
-    /// Seed node URL, redis://[user[:password]@]host:port; repeat or comma-separate
+    /// Seed node URL, redis://[user[:password]@]host:port (rediss:// for TLS); repeat or comma-separate
     #[arg(long = "upstream", env = "SLOTPROXY_UPSTREAM", value_delimiter = ',')]
     upstreams: Vec<String>,
     /// Admin HTTP listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9180]
@@ -33,6 +33,27 @@ struct Args {
     /// Run CONFIG SET, CONFIG RESETSTAT, keyless DEBUG, ACL SETUSER/DELUSER on every node
     #[arg(long, env = "SLOTPROXY_ADMIN_COMMANDS")]
     admin_commands: bool,
+    /// CA bundle (PEM) for the nodes' certificates [default: the system's trust store]
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_CA")]
+    upstream_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for nodes that require one (mTLS)
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_CERT")]
+    upstream_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --upstream-tls-cert
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_KEY")]
+    upstream_tls_key: Option<std::path::PathBuf>,
+    /// Accept any node certificate (tests and emergencies only: no protection on the path)
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_INSECURE")]
+    upstream_tls_insecure: bool,
+    /// Certificate (PEM) of the client listener, which then accepts TLS clients only
+    #[arg(long, env = "SLOTPROXY_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "SLOTPROXY_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// CA bundle (PEM): clients must present a certificate it signed (mTLS)
+    #[arg(long, env = "SLOTPROXY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// TOML configuration file (flags override it)
     #[arg(long, env = "SLOTPROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -90,7 +111,21 @@ fn main() -> ExitCode {
     if let Some(read_from) = args.read_from {
         config.read_from = read_from;
     }
-    if let Err(problems) = config.validate() {
+    let backend_tls = &mut config.backend.tls;
+    backend_tls.ca_file = args.upstream_tls_ca.or(backend_tls.ca_file.take());
+    backend_tls.cert_file = args.upstream_tls_cert.or(backend_tls.cert_file.take());
+    backend_tls.key_file = args.upstream_tls_key.or(backend_tls.key_file.take());
+    if args.upstream_tls_insecure {
+        backend_tls.insecure_skip_verify = true;
+    }
+    let client_tls = &mut config.client.tls;
+    client_tls.cert_file = args.tls_cert.or(client_tls.cert_file.take());
+    client_tls.key_file = args.tls_key.or(client_tls.key_file.take());
+    client_tls.client_ca_file = args.tls_client_ca.or(client_tls.client_ca_file.take());
+    if let Err(problems) = config
+        .validate()
+        .and_then(|()| slotproxy::tls::check(&config))
+    {
         eprintln!("slotproxy: invalid configuration:");
         for p in problems {
             eprintln!("  {p}");

@@ -27,6 +27,8 @@ pub struct Shared {
     pub blocking_permits: Arc<tokio::sync::Semaphore>,
     /// Script bodies seen, to repair NOSCRIPT after a failover.
     pub scripts: ScriptCache,
+    /// TLS on the client listener: every accepted connection does the handshake first.
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 #[derive(Default)]
@@ -62,6 +64,7 @@ impl Shared {
             counters: Counters::default(),
             blocking_permits,
             scripts: ScriptCache::default(),
+            client_tls: None,
         }
     }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
-use crate::client::session;
+use crate::client::{self, session};
 use crate::config::ReadFrom;
 use crate::resp::RequestLimits;
 use crate::shared::Shared;
@@ -54,7 +54,8 @@ impl Worker {
     pub fn new(shared: Arc<Shared>) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
-            credentials: config.credentials(),
+            // The topology's copy carries the TLS set-up built at start-up.
+            credentials: shared.topology.credentials().clone(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
             readonly: config.read_from != ReadFrom::Primary,
@@ -124,7 +125,10 @@ pub fn run(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::task::spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone()));
+                        match &worker.shared.client_tls {
+                            None => tokio::task::spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
+                            Some(tls) => tokio::task::spawn_local(client::tls::serve(tls.clone(), worker.clone(), stream, peer, shutdown.clone())),
+                        };
                     }
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.

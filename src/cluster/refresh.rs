@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::slot_map::{NodeAddr, SlotMap};
-use super::topology::{parse_shards, parse_slots};
+use super::topology::{announced_hostnames, parse_shards, parse_slots};
 use super::Slot;
 use crate::backend::connect::query;
 use crate::config::Credentials;
@@ -163,7 +163,16 @@ impl Topology {
         .await;
         match shards {
             Ok(Value::Error(_)) => {}
-            Ok(reply) => return parse_shards(&reply, node).map_err(|e| e.to_string()),
+            Ok(reply) => {
+                let tls = self.credentials.tls.as_ref();
+                let map = parse_shards(&reply, node, tls.is_some()).map_err(|e| e.to_string())?;
+                if let Some(tls) = tls {
+                    if map.is_complete() {
+                        tls.learn_hostnames(announced_hostnames(&reply, node, true));
+                    }
+                }
+                return Ok(map);
+            }
             Err(e) => return Err(e.to_string()),
         }
         match query(
