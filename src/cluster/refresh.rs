@@ -118,6 +118,9 @@ impl Topology {
     pub async fn refresh(&self) -> bool {
         metrics::counter!("slotproxy_topology_refreshes_total").increment(1);
         let mut best: Option<SlotMap> = None;
+        // The last failure is logged when no node answers: it is the one clue an operator
+        // needs (an untrusted certificate, a refused password, a wrong port).
+        let mut last_error = None;
         for node in self.candidates() {
             match self.ask(&node).await {
                 Ok(map) if map.is_complete() => {
@@ -133,7 +136,10 @@ impl Topology {
                         best = Some(map);
                     }
                 }
-                Err(reason) => tracing::debug!(%node, %reason, "topology query failed"),
+                Err(reason) => {
+                    tracing::debug!(%node, %reason, "topology query failed");
+                    last_error = Some(reason);
+                }
             }
         }
         match best {
@@ -147,7 +153,10 @@ impl Topology {
             }
             _ => {
                 metrics::counter!("slotproxy_topology_refresh_failures_total").increment(1);
-                tracing::warn!("topology refresh failed: no node answered");
+                tracing::warn!(
+                    last_error = last_error.as_deref().unwrap_or("no node to ask"),
+                    "topology refresh failed: no node answered"
+                );
                 false
             }
         }

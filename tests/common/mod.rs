@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod tls;
 pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
