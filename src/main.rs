@@ -122,10 +122,13 @@ fn main() -> ExitCode {
     client_tls.cert_file = args.tls_cert.or(client_tls.cert_file.take());
     client_tls.key_file = args.tls_key.or(client_tls.key_file.take());
     client_tls.client_ca_file = args.tls_client_ca.or(client_tls.client_ca_file.take());
-    if let Err(problems) = config
-        .validate()
-        .and_then(|()| slotproxy::tls::check(&config))
-    {
+    // Settings and TLS files together, so one run lists every problem.
+    let problems: Vec<String> = [config.validate(), slotproxy::tls::check(&config)]
+        .into_iter()
+        .filter_map(Result::err)
+        .flatten()
+        .collect();
+    if !problems.is_empty() {
         eprintln!("slotproxy: invalid configuration:");
         for p in problems {
             eprintln!("  {p}");
