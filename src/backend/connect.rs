@@ -75,7 +75,10 @@ async fn round_trip(
     addr: &str,
     request: &[u8],
 ) -> Result<Value, BackendError> {
-    let lost = |e: std::io::Error| BackendError::Protocol {
+    // Only connection set-up (AUTH, READONLY) and one-off queries come here, so a failed
+    // read or write is a failed connection: with TLS 1.3 that is also where a node refusing
+    // the proxy's client certificate shows (its alert arrives after the handshake).
+    let lost = |e: std::io::Error| BackendError::Connect {
         addr: addr.to_string(),
         reason: e.to_string(),
     };
