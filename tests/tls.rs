@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::raw::{RawClient, Reply};
-use common::tls::{try_tls_cli, TlsClient, TlsCluster};
+use common::raw::{encode, RawClient, Reply};
+use common::tls::{try_tls_cli, TlsClient, TlsCluster, TlsNodes};
 use common::{spawn, start_proxy_configured, tag_for_slot, unique_prefix};
 
 /// One 3-primary, 1-replica-each TLS cluster (client certificates optional) per test binary.
@@ -147,6 +147,40 @@ fn client_certificate_lets_the_proxy_into_an_mtls_cluster() {
 }
 
 #[test]
+fn node_certificates_are_checked_against_announced_hostnames() {
+    // Each node's certificate names only its announced hostname; the seed is reached as
+    // localhost. Connecting by IP, or checking every node against the seed's name, fails.
+    let options = TlsNodes {
+        named: true,
+        ..TlsNodes::default()
+    };
+    let cluster = TlsCluster::start_with(3, 0, options);
+    let seed = format!("rediss://localhost:{}", cluster.seed_port());
+    let proxy = start_proxy_configured(vec![seed], |config| {
+        config.backend.tls.ca_file = Some(cluster.files.ca.clone());
+    });
+    let mut client = RawClient::connect(proxy.local_addr());
+    set_get_mget(
+        &mut |args| client.call(args),
+        "node_certificates_are_checked_against_announced_hostnames",
+    );
+    // Reached by IP, a node whose certificate names a host is refused.
+    let log = proxy_binary_log(
+        &[
+            "--upstream",
+            &cluster.seed_url(),
+            "--upstream-tls-ca",
+            &cluster.files.ca.display().to_string(),
+        ],
+        |line| line.contains("topology refresh failed"),
+    );
+    assert!(
+        log.contains("certificate not valid for name"),
+        "a node reached by IP must not pass with a certificate naming a host: {log}"
+    );
+}
+
+#[test]
 fn wrong_ca_is_reported_and_insecure_skip_verify_connects_anyway() {
     let cluster = shared();
     let log = proxy_binary_log(
@@ -243,13 +277,24 @@ fn tls_listener_serves_redis_cli_and_rustls_clients() {
     );
     // A pipeline of many commands in one TLS write comes back whole and in order.
     let keys = keys_on_every_shard("tls-pipeline");
-    for i in 0..200 {
-        let key = &keys[i % 3];
-        assert_eq!(
-            client.call(&["SET", key, &i.to_string()]),
-            Reply::Simple("OK".into())
-        );
+    let mut pipeline = Vec::new();
+    for i in 0..2000 {
+        let value = i.to_string();
+        pipeline.extend(encode(&[b"SET", keys[i % 3].as_bytes(), value.as_bytes()]));
+        pipeline.extend(encode(&[b"GET", keys[i % 3].as_bytes()]));
     }
+    client.send_raw(&pipeline).unwrap();
+    for i in 0..2000 {
+        assert_eq!(client.read_reply().unwrap(), Reply::Simple("OK".into()));
+        assert_eq!(client.read_reply().unwrap(), bulk(&i.to_string()));
+    }
+    // Values larger than any TLS record or copy buffer, both ways, through both TLS legs.
+    let big = "x".repeat(3 * 1024 * 1024 + 7);
+    assert_eq!(
+        client.call(&["SET", &keys[0], &big]),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(client.call(&["GET", &keys[0]]), bulk(&big));
     // QUIT closes the TLS connection cleanly.
     assert_eq!(client.call(&["QUIT"]), Reply::Simple("OK".into()));
     assert!(client.try_call(&["PING"]).is_err());

@@ -37,6 +37,14 @@ pub struct TlsFiles {
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub other_ca: PathBuf,
+    /// Per-node certificate and key whose only name is [`node_hostname`] (the first node's
+    /// also names `localhost`, so a seed can be reached by name); empty unless asked for.
+    pub node_certs: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The hostname the `i`-th node of a cluster with named nodes announces.
+pub fn node_hostname(i: usize) -> String {
+    format!("node{i}.slotproxy.test")
 }
 
 fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
@@ -71,8 +79,8 @@ fn leaf(
 }
 
 impl TlsFiles {
-    /// Generates fresh certificates into `dir`.
-    pub fn generate(dir: &Path) -> TlsFiles {
+    /// Generates fresh certificates into `dir`, with `named_nodes` per-node certificates.
+    pub fn generate(dir: &Path, named_nodes: usize) -> TlsFiles {
         std::fs::create_dir_all(dir).expect("create the certificate dir");
         let authority = ca("slotproxy test CA");
         let other = ca("slotproxy untrusted CA");
@@ -99,6 +107,14 @@ impl TlsFiles {
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
             other_ca: dir.join("other-ca.pem"),
+            node_certs: (0..named_nodes)
+                .map(|i| {
+                    (
+                        dir.join(format!("node{i}.pem")),
+                        dir.join(format!("node{i}.key")),
+                    )
+                })
+                .collect(),
         };
         let write = |path: &Path, text: &str| {
             std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
@@ -109,6 +125,25 @@ impl TlsFiles {
         write(&files.server_key, &server_key);
         write(&files.client_cert, &client_cert);
         write(&files.client_key, &client_key);
+        for (i, (cert_path, key_path)) in files.node_certs.iter().enumerate() {
+            let name = node_hostname(i);
+            let sans: Vec<&str> = if i == 0 {
+                vec![&name, "localhost"]
+            } else {
+                vec![&name]
+            };
+            let (cert, key) = leaf(
+                &name,
+                &sans,
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                &authority,
+            );
+            write(cert_path, &cert);
+            write(key_path, &key);
+        }
         files
     }
 
@@ -163,7 +198,24 @@ pub struct TlsCluster {
     nodes: Mutex<Vec<Node>>,
 }
 
-fn tls_node_config(port: u16, dir: &Path, files: &TlsFiles, require_client_cert: bool) -> String {
+/// How the nodes of a [`TlsCluster`] are set up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsNodes {
+    /// `tls-auth-clients yes`: clients need a certificate from the test CA.
+    pub require_client_cert: bool,
+    /// Each node has a certificate of its own naming only [`node_hostname`], and announces
+    /// that hostname (`cluster-announce-hostname`); the first also answers to `localhost`.
+    pub named: bool,
+}
+
+fn tls_node_config(
+    port: u16,
+    dir: &Path,
+    (cert, key): (&Path, &Path),
+    ca: &Path,
+    require_client_cert: bool,
+    hostname: Option<&str>,
+) -> String {
     let plain = node_config(port, dir, 2000);
     let rest = plain
         .split_once('\n')
@@ -178,15 +230,19 @@ fn tls_node_config(port: u16, dir: &Path, files: &TlsFiles, require_client_cert:
          tls-auth-clients {}\n\
          tls-cluster yes\n\
          tls-replication yes\n\
+         {}\
          {rest}",
-        files.server_cert.display(),
-        files.server_key.display(),
-        files.ca.display(),
+        cert.display(),
+        key.display(),
+        ca.display(),
         if require_client_cert {
             "yes"
         } else {
             "optional"
         },
+        hostname.map_or(String::new(), |h| format!(
+            "cluster-announce-hostname {h}\n"
+        )),
     )
 }
 
@@ -199,6 +255,22 @@ impl TlsCluster {
         replicas_per_primary: usize,
         require_client_cert: bool,
     ) -> TlsCluster {
+        TlsCluster::start_with(
+            primaries,
+            replicas_per_primary,
+            TlsNodes {
+                require_client_cert,
+                named: false,
+            },
+        )
+    }
+
+    /// [`TlsCluster::start`] with every node option.
+    pub fn start_with(
+        primaries: usize,
+        replicas_per_primary: usize,
+        options: TlsNodes,
+    ) -> TlsCluster {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         remove_stale_dirs();
         let root = tests_root().join(format!(
@@ -207,15 +279,15 @@ impl TlsCluster {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&root);
-        let files = TlsFiles::generate(&root.join("certs"));
         let total = primaries * (1 + replicas_per_primary);
+        let files = TlsFiles::generate(&root.join("certs"), if options.named { total } else { 0 });
         let cluster = TlsCluster {
             root,
             files,
             nodes: Mutex::new(Vec::with_capacity(total)),
         };
-        for _ in 0..total {
-            let node = cluster.start_node(require_client_cert);
+        for i in 0..total {
+            let node = cluster.start_node(i, options);
             cluster.lock_nodes().push(node);
         }
         let mut command = Command::new("redis-cli");
@@ -249,7 +321,15 @@ impl TlsCluster {
     }
 
     /// Starts one node, retrying on another port if the chosen one was taken meanwhile.
-    fn start_node(&self, require_client_cert: bool) -> Node {
+    fn start_node(&self, index: usize, options: TlsNodes) -> Node {
+        let (cert, key) = match self.files.node_certs.get(index) {
+            Some((cert, key)) => (cert.as_path(), key.as_path()),
+            None => (
+                self.files.server_cert.as_path(),
+                self.files.server_key.as_path(),
+            ),
+        };
+        let hostname = options.named.then(|| node_hostname(index));
         let mut last_failure = String::new();
         for _ in 0..5 {
             let port = pick_node_port();
@@ -258,7 +338,14 @@ impl TlsCluster {
             let conf = dir.join("redis.conf");
             std::fs::write(
                 &conf,
-                tls_node_config(port, &dir, &self.files, require_client_cert),
+                tls_node_config(
+                    port,
+                    &dir,
+                    (cert, key),
+                    &self.files.ca,
+                    options.require_client_cert,
+                    hostname.as_deref(),
+                ),
             )
             .expect("write redis.conf");
             let stdout = std::fs::File::create(dir.join("stdout.log")).expect("stdout.log");
@@ -457,14 +544,19 @@ impl TlsClient {
         })
     }
 
+    /// Writes bytes as they are (a whole pipeline in one go, for instance).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let stream = self.stream.get_mut();
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .map_err(|e| format!("write: {e}"))
+    }
+
     /// Sends one command and reads its reply, or says why not.
     pub fn try_call(&mut self, args: &[&str]) -> Result<Reply, String> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let stream = self.stream.get_mut();
-        stream
-            .write_all(&encode(&args))
-            .and_then(|()| stream.flush())
-            .map_err(|e| format!("write: {e}"))?;
+        self.send_raw(&encode(&args))?;
         self.read_reply()
     }
 
@@ -474,7 +566,8 @@ impl TlsClient {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
-    fn read_reply(&mut self) -> Result<Reply, String> {
+    /// Reads one reply, or says why none could be read.
+    pub fn read_reply(&mut self) -> Result<Reply, String> {
         let mut line = String::new();
         let n = self
             .stream
