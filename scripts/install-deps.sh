@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the integration tests and scripts/dev-cluster.sh need: redis-server and
-# redis-cli (>= 7.0), and redis-py for the client-compatibility test. Idempotent: does
+# redis-cli (>= 7.0), and redis-py and ioredis for the client-compatibility test. Idempotent: does
 # nothing when they are already installed.
 # Debian/Ubuntu only (apt-get); elsewhere it says what to install.
 set -euo pipefail
@@ -61,3 +61,23 @@ if ! python3 -c 'import redis' >/dev/null 2>&1; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'redis>=5,<6'
 fi
 echo "install-deps: redis-py $(python3 -c 'import redis; print(redis.__version__)')"
+
+# ioredis (Node.js), the third client library of the compatibility test, from npm, into
+# tests/compat/node_modules at the versions of tests/compat/package-lock.json.
+if ! have node || ! have npm; then
+    if have apt-get && [ "$(id -u)" -eq 0 ]; then
+        echo "+ apt-get install nodejs npm"
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm \
+            || { env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+                && env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm; }
+    else
+        echo "install-deps: node and npm are missing (needed by the ioredis compatibility test); install them with your package manager" >&2
+        exit 1
+    fi
+fi
+COMPAT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/compat" && pwd)"
+if [ ! -f "$COMPAT_DIR/node_modules/ioredis/package.json" ]; then
+    echo "install-deps: installing ioredis from npm" >&2
+    npm ci --prefix "$COMPAT_DIR" --no-audit --no-fund --loglevel=error
+fi
+echo "install-deps: node $(node --version), ioredis $(node -p "require('$COMPAT_DIR/node_modules/ioredis/package.json').version")"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::Users;
 use crate::resp::RequestLimits;
 
 /// Everything the proxy needs to run. Flags (in `main.rs`) override the file, the file
@@ -56,6 +57,19 @@ pub struct Config {
     /// Allow commands that change every node's server configuration (CONFIG SET/RESETSTAT,
     /// keyless DEBUG, ACL SETUSER/DELUSER); they then run on all nodes.
     pub admin_commands: bool,
+    /// Password of the `default` user: clients must `AUTH` before anything else.
+    pub requirepass: Option<Secret>,
+    /// ACL-style users file (`user alice on >password`), see `src/auth.rs`.
+    pub users_file: Option<String>,
+    /// Client connections served at once; one more gets `-ERR max number of clients reached`.
+    pub max_clients: usize,
+    /// Seconds a client may stay idle (no command in flight) before it is closed; 0 = never.
+    pub client_idle_timeout: u64,
+    /// Bytes of replies waiting for a client that does not read; past it, the client is
+    /// disconnected. 0 = no limit.
+    pub client_output_buffer_limit: usize,
+    /// Seconds a shutdown (SIGTERM/SIGINT) waits for replies owed to clients to be written.
+    pub shutdown_grace: u64,
     /// Backend settings kept in a section of their own (`[backend.tls]`).
     pub backend: BackendConfig,
     /// Client-side settings kept in a section of their own (`[client.tls]`).
@@ -116,6 +130,18 @@ impl ClientTlsConfig {
     }
 }
 
+/// A secret from the configuration (a password): `Debug` never shows it, so it can't reach
+/// a log line or a panic message.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// Read-from-replica policy. Writes always go to primaries; a read sent to a replica that is
 /// unreachable or loading falls back to the primary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -171,6 +197,12 @@ impl Default for Config {
             max_blocking_connections: 1000,
             read_from: ReadFrom::Primary,
             admin_commands: false,
+            requirepass: None,
+            users_file: None,
+            max_clients: 10_000,
+            client_idle_timeout: 0,
+            client_output_buffer_limit: 64 * 1024 * 1024,
+            shutdown_grace: 10,
             backend: BackendConfig::default(),
             client: ClientConfig::default(),
         }
@@ -236,6 +268,25 @@ impl Config {
 
     pub fn command_timeout(&self) -> Option<Duration> {
         (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+
+    /// The users clients authenticate as, from `requirepass` and `users_file`.
+    pub fn users(&self) -> Result<Users, Vec<String>> {
+        let file = match &self.users_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(e) => return Err(vec![format!("users_file: cannot read {path}: {e}")]),
+            },
+            None => None,
+        };
+        Users::new(
+            self.requirepass.as_ref().map(|s| s.0.as_str()),
+            file.as_deref(),
+        )
+    }
+
+    pub fn client_idle_timeout(&self) -> Option<Duration> {
+        (self.client_idle_timeout > 0).then(|| Duration::from_secs(self.client_idle_timeout))
     }
 
     pub fn retry_deadline(&self) -> Duration {
@@ -318,6 +369,12 @@ impl Config {
         }
         if self.workers > 1024 {
             problems.push(format!("workers: {} is more than 1024", self.workers));
+        }
+        if self.max_clients == 0 {
+            problems.push("max_clients: must be greater than 0".into());
+        }
+        if let Err(mut users) = self.users() {
+            problems.append(&mut users);
         }
         if problems.is_empty() {
             Ok(())

@@ -7,6 +7,7 @@
 //! [`Proxy::start`] runs a whole proxy in-process (the binary and the tests both use it).
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod cluster;
@@ -58,8 +59,14 @@ const STARTUP_TOPOLOGY_WAIT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// Cancelled to stop: workers stop accepting and finish the replies they owe.
     shutdown: CancellationToken,
-    threads: Vec<JoinHandle<()>>,
+    /// Cancelled once the workers are done: the control thread (topology, admin HTTP) keeps
+    /// serving until then, so `/readyz` reports the shutdown and in-flight commands can still
+    /// follow the topology.
+    stopped: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -68,6 +75,7 @@ impl Proxy {
     /// returns once the proxy serves clients.
     pub fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let users = config.users().map_err(StartError::Config)?;
         let seeds: Vec<String> = config
             .seeds()
             .map_err(|e| StartError::Config(vec![e]))?
@@ -121,17 +129,18 @@ impl Proxy {
         let topology = Arc::new(Topology::new(seeds, credentials, config.connect_timeout()));
         let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
         let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
-        let mut shared = Shared::new(config, topology.clone(), workers);
+        let mut shared = Shared::new(config, topology.clone(), workers, users);
         shared.client_tls = client_tls;
         let shared = Arc::new(shared);
-        let shutdown = CancellationToken::new();
-        let mut threads = Vec::new();
+        let shutdown = shared.shutdown.clone();
+        let stopped = CancellationToken::new();
+        let mut workers_threads = Vec::new();
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        {
+        let control_thread = {
             let shared = shared.clone();
-            let shutdown = shutdown.clone();
-            let thread = std::thread::Builder::new()
+            let stopped = stopped.clone();
+            std::thread::Builder::new()
                 .name("slotproxy-control".into())
                 .spawn(move || {
                     control(
@@ -140,13 +149,12 @@ impl Proxy {
                         metrics,
                         refresh_interval,
                         refresh_min_interval,
-                        shutdown,
+                        stopped,
                         ready_tx,
                     )
                 })
-                .map_err(StartError::Thread)?;
-            threads.push(thread);
-        }
+                .map_err(StartError::Thread)?
+        };
         // Wait for the control thread's first topology (or its give-up).
         let _ = ready_rx.recv_timeout(STARTUP_TOPOLOGY_WAIT + Duration::from_secs(5));
 
@@ -161,7 +169,7 @@ impl Proxy {
                     }
                 })
                 .map_err(StartError::Thread)?;
-            threads.push(thread);
+            workers_threads.push(thread);
         }
         tracing::info!(
             %local_addr,
@@ -174,7 +182,9 @@ impl Proxy {
             local_addr,
             admin_addr,
             shutdown,
-            threads,
+            stopped,
+            workers: workers_threads,
+            control: Some(control_thread),
             shared,
         })
     }
@@ -194,8 +204,18 @@ impl Proxy {
 
     /// Blocks until the proxy stops (for the binary).
     pub fn wait(mut self) {
-        for thread in self.threads.drain(..) {
+        self.join();
+    }
+
+    /// Waits for the workers (they end after a shutdown, once their clients are served or
+    /// the grace period is over), then stops the control thread.
+    fn join(&mut self) {
+        for thread in self.workers.drain(..) {
             let _ = thread.join();
+        }
+        self.stopped.cancel();
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
         }
     }
 
@@ -212,9 +232,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.join();
     }
 }
 

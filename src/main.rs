@@ -63,6 +63,57 @@ struct Args {
     /// Log filter, e.g. info or slotproxy=debug (RUST_LOG also works)
     #[arg(long, env = "SLOTPROXY_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Password clients must AUTH with (the default user's); prefer the environment variable
+    #[arg(long, env = "SLOTPROXY_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// ACL-style users file: `user alice on >password` per line
+    #[arg(long, env = "SLOTPROXY_USERS_FILE")]
+    users_file: Option<String>,
+    /// Most client connections at once [default: 10000]
+    #[arg(long, env = "SLOTPROXY_MAX_CLIENTS")]
+    max_clients: Option<usize>,
+    /// Close clients idle for this many seconds; 0 = never [default: 0]
+    #[arg(long, env = "SLOTPROXY_CLIENT_IDLE_TIMEOUT", value_name = "SECS")]
+    client_idle_timeout: Option<u64>,
+    /// Disconnect a client whose unread replies pass this many bytes; 0 = no limit [default: 67108864]
+    #[arg(
+        long,
+        env = "SLOTPROXY_CLIENT_OUTPUT_BUFFER_LIMIT",
+        value_name = "BYTES"
+    )]
+    client_output_buffer_limit: Option<usize>,
+    /// Seconds a shutdown waits for owed replies to be written [default: 10]
+    #[arg(long, env = "SLOTPROXY_SHUTDOWN_GRACE", value_name = "SECS")]
+    shutdown_grace: Option<u64>,
+}
+
+/// The upstream from an application's usual settings (`REDIS_HOST`, `REDIS_PORT`,
+/// `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_SSL`), used when no upstream is configured, so an
+/// app's existing environment drives its sidecar.
+fn upstream_from_app_env() -> Option<String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let host = var("REDIS_HOST")?;
+    let port = var("REDIS_PORT").unwrap_or_else(|| "6379".to_string());
+    let scheme = match var("REDIS_SSL")
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("true" | "1" | "yes") => "rediss",
+        _ => "redis",
+    };
+    let userinfo = match (var("REDIS_USERNAME"), var("REDIS_PASSWORD")) {
+        (Some(user), Some(pass)) => format!("{user}:{pass}@"),
+        (None, Some(pass)) => format!(":{pass}@"),
+        (Some(user), None) => format!("{user}@"),
+        (None, None) => String::new(),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]") // an IPv6 address
+    } else {
+        host
+    };
+    Some(format!("{scheme}://{userinfo}{host}:{port}"))
 }
 
 fn main() -> ExitCode {
@@ -110,6 +161,27 @@ fn main() -> ExitCode {
     }
     if let Some(read_from) = args.read_from {
         config.read_from = read_from;
+    }
+    if let Some(password) = args.requirepass {
+        config.requirepass = Some(slotproxy::config::Secret(password));
+    }
+    if let Some(path) = args.users_file {
+        config.users_file = Some(path);
+    }
+    if let Some(n) = args.max_clients {
+        config.max_clients = n;
+    }
+    if let Some(secs) = args.client_idle_timeout {
+        config.client_idle_timeout = secs;
+    }
+    if let Some(bytes) = args.client_output_buffer_limit {
+        config.client_output_buffer_limit = bytes;
+    }
+    if let Some(secs) = args.shutdown_grace {
+        config.shutdown_grace = secs;
+    }
+    if config.upstreams.is_empty() {
+        config.upstreams.extend(upstream_from_app_env());
     }
     let backend_tls = &mut config.backend.tls;
     backend_tls.ca_file = args.upstream_tls_ca.or(backend_tls.ca_file.take());

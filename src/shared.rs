@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::Users;
 use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
@@ -27,6 +29,10 @@ pub struct Shared {
     pub blocking_permits: Arc<tokio::sync::Semaphore>,
     /// Script bodies seen, to repair NOSCRIPT after a failover.
     pub scripts: ScriptCache,
+    /// Who may connect (`requirepass`, `users_file`); swapped whole on a reload.
+    pub users: ArcSwap<Users>,
+    /// Cancelled when the proxy starts shutting down (SIGTERM, `Proxy` dropped).
+    pub shutdown: CancellationToken,
     /// TLS on the client listener: every accepted connection does the handshake first.
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -50,7 +56,7 @@ impl Counters {
 }
 
 impl Shared {
-    pub fn new(config: Config, topology: Arc<Topology>, workers: usize) -> Shared {
+    pub fn new(config: Config, topology: Arc<Topology>, workers: usize, users: Users) -> Shared {
         let blocking_permits =
             Arc::new(tokio::sync::Semaphore::new(config.max_blocking_connections));
         Shared {
@@ -64,6 +70,8 @@ impl Shared {
             counters: Counters::default(),
             blocking_permits,
             scripts: ScriptCache::default(),
+            users: ArcSwap::from_pointee(users),
+            shutdown: CancellationToken::new(),
             client_tls: None,
         }
     }

@@ -14,13 +14,14 @@ const READ_SCRATCH: usize = 64 * 1024;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
 use crate::client::{self, session};
 use crate::config::ReadFrom;
-use crate::resp::RequestLimits;
+use crate::resp::{Protocol, RequestLimits};
 use crate::shared::Shared;
 
 /// What a session needs from its worker.
@@ -33,7 +34,16 @@ pub struct Worker {
     pub retry_deadline: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
+    /// Close a client idle this long (`client_idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Close a client whose unwritten replies pass this many bytes; 0 = no limit.
+    pub output_limit: usize,
     pub read_from: ReadFrom,
+    /// The protocol of this worker's backend connections.
+    pub protocol: Protocol,
+    /// The same worker with RESP3 backend connections, for clients that sent `HELLO 3`: their
+    /// replies then pass through raw instead of being converted (set on the RESP2 worker).
+    resp3: Option<Rc<Worker>>,
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
@@ -51,7 +61,14 @@ pub struct CommandMetrics {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>) -> Worker {
+    /// The worker of one thread: RESP2 backend connections, plus a RESP3 twin opened lazily
+    /// (its pools connect on first use) for RESP3 clients.
+    pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
+        let resp3 = Rc::new(Worker::speaking(shared.clone(), Protocol::Resp3, None));
+        Rc::new(Worker::speaking(shared, Protocol::Resp2, Some(resp3)))
+    }
+
+    fn speaking(shared: Arc<Shared>, protocol: Protocol, resp3: Option<Rc<Worker>>) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
             // The topology's copy carries the TLS set-up built at start-up.
@@ -59,6 +76,7 @@ impl Worker {
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
             readonly: config.read_from != ReadFrom::Primary,
+            protocol,
         });
         let topology = shared.topology.clone();
         let dedicated = DedicatedPool::new(settings.clone());
@@ -72,9 +90,17 @@ impl Worker {
             retry_deadline: config.retry_deadline(),
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
+            idle_timeout: config.client_idle_timeout(),
+            output_limit: config.client_output_buffer_limit,
             read_from: config.read_from,
+            protocol,
             command_metrics: RefCell::new(Vec::new()),
-            read_scratch: RefCell::new(BytesMut::with_capacity(READ_SCRATCH)),
+            // Sessions read through the RESP2 worker's buffer whatever their protocol.
+            read_scratch: RefCell::new(match resp3 {
+                Some(_) => BytesMut::with_capacity(READ_SCRATCH),
+                None => BytesMut::new(),
+            }),
+            resp3,
             pool,
             dedicated,
             shared,
@@ -83,6 +109,14 @@ impl Worker {
 }
 
 impl Worker {
+    /// The worker whose backend connections speak `protocol`.
+    pub fn speaking_to(self: &Rc<Self>, protocol: Protocol) -> &Rc<Worker> {
+        match (protocol, &self.resp3) {
+            (Protocol::Resp3, Some(resp3)) => resp3,
+            _ => self,
+        }
+    }
+
     /// The metric handles for the command `name` with table id `id`.
     pub fn command_metrics(&self, id: u16, name: &str) -> CommandMetrics {
         let mut all = self.command_metrics.borrow_mut();
@@ -118,7 +152,9 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
-        let worker = Rc::new(Worker::new(shared));
+        let grace = Duration::from_secs(shared.config.shutdown_grace);
+        let worker = Worker::new(shared);
+        let sessions = TaskTracker::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -126,8 +162,8 @@ pub fn run(
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         match &worker.shared.client_tls {
-                            None => tokio::task::spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
-                            Some(tls) => tokio::task::spawn_local(client::tls::serve(tls.clone(), worker.clone(), stream, peer, shutdown.clone())),
+                            None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
+                            Some(tls) => sessions.spawn_local(client::tls::serve(tls.clone(), worker.clone(), stream, peer, shutdown.clone())),
                         };
                     }
                     Err(error) => {
@@ -137,6 +173,17 @@ pub fn run(
                     }
                 },
             }
+        }
+        // Stop accepting, then let every session write the replies it owes (each closes once
+        // its commands are answered; idle ones at once), within the grace period.
+        drop(listener);
+        sessions.close();
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!(
+                clients = sessions.len(),
+                grace_secs = grace.as_secs(),
+                "shutdown grace period over: closing the clients still waiting for replies"
+            );
         }
         Ok(())
     })

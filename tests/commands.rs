@@ -237,8 +237,8 @@ fn proxy_answers_ping_echo_select_and_client_name_itself() {
     };
     assert_eq!(hello.len(), 14, "HELLO 2 reply: {hello:?}");
     assert_eq!(raw.call(&["CLIENT", "GETNAME"]).text(), "renamed");
-    let err = proxy_error(&mut raw, &["HELLO", "3"]);
-    assert!(err.starts_with("NOPROTO"), "HELLO 3: {err}");
+    let err = proxy_error(&mut raw, &["HELLO", "4"]);
+    assert!(err.starts_with("NOPROTO"), "HELLO 4: {err}");
 }
 
 #[test]

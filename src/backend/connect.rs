@@ -10,19 +10,33 @@ use tokio::net::TcpStream;
 use super::stream::BackendStream;
 use super::BackendError;
 use crate::config::Credentials;
-use crate::resp::{Command, Value};
+use crate::resp::{Command, Protocol, Value};
+
+const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
 
 /// Connects to `addr`, sets TCP_NODELAY, runs the TLS handshake when `creds` carry TLS, and
-/// authenticates (then sends READONLY when asked, so a replica serves reads), all within
-/// `timeout`.
+/// authenticates (then sends READONLY when asked, so a replica serves reads, and `HELLO 3` for
+/// the connections of RESP3 clients, so their replies pass through raw), all within `timeout`.
 pub async fn connect(
     addr: &str,
     creds: &Credentials,
     timeout: Duration,
     readonly: bool,
+    protocol: Protocol,
 ) -> Result<BackendStream, BackendError> {
     let work = async {
         let mut stream = connect_inner(addr, creds).await?;
+        if protocol == Protocol::Resp3 {
+            if let Value::Error(e) = round_trip(&mut stream, addr, HELLO3).await? {
+                return Err(BackendError::Protocol {
+                    addr: addr.to_string(),
+                    reason: format!(
+                        "the node refused RESP3 (HELLO 3): {}",
+                        String::from_utf8_lossy(&e)
+                    ),
+                });
+            }
+        }
         if readonly {
             // The answer does not matter: a standalone Redis refuses READONLY, and serves
             // reads anyway.

@@ -88,6 +88,7 @@ impl DedicatedPool {
             &self.settings.credentials,
             self.settings.connect_timeout,
             false,
+            self.settings.protocol,
         )
         .await
     }

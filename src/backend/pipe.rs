@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connect::connect;
 use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 use crate::config::Credentials;
-use crate::resp::ReplyScanner;
+use crate::resp::{Protocol, ReplyScanner};
 
 /// The reply to one request: the raw reply bytes, or why there is none.
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -35,6 +35,8 @@ pub struct PipeSettings {
     pub credentials: Credentials,
     /// Send READONLY on every new connection, so replicas serve reads (replica-read policies).
     pub readonly: bool,
+    /// The protocol of the clients this connection serves (`HELLO 3` on connect for RESP3).
+    pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub command_timeout: Option<Duration>,
 }
@@ -42,14 +44,25 @@ pub struct PipeSettings {
 pub struct Request {
     payload: Bytes,
     asking: bool,
+    /// Exempt from the command timeout (`WAIT`: it takes as long as its own timeout says).
+    untimed: bool,
     reply: oneshot::Sender<ReplyResult>,
 }
 
 struct Waiting {
     /// Replies to drop before this request's own (the `ASKING` acknowledgement).
     skip: u8,
-    sent_at: Instant,
+    /// When it was written; `None` for a request the command timeout does not apply to.
+    sent_at: Option<Instant>,
     reply: oneshot::Sender<ReplyResult>,
+}
+
+/// Lets the writer, once every handle is gone, wait for the replies still owed before the
+/// connection closes: a retired pipe (see `Pool::retire_for_wait`) must finish its work.
+#[derive(Default)]
+struct Drain {
+    closing: Cell<bool>,
+    done: Notify,
 }
 
 /// Handle to a pipe; the connection task ends when every handle is gone.
@@ -101,10 +114,20 @@ impl Pipe {
 
     /// Queues a request. `asking` sends `ASKING` right before it on the same connection.
     pub fn send(&self, payload: Bytes, asking: bool) -> oneshot::Receiver<ReplyResult> {
+        self.queue(payload, asking, false)
+    }
+
+    /// Queues a request that may take longer than the command timeout (`WAIT`).
+    pub fn send_untimed(&self, payload: Bytes) -> oneshot::Receiver<ReplyResult> {
+        self.queue(payload, false, true)
+    }
+
+    fn queue(&self, payload: Bytes, asking: bool, untimed: bool) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(request)) = self.tx.send(Request {
             payload,
             asking,
+            untimed,
             reply,
         }) {
             // The task is gone: nothing was written, so the caller may resend elsewhere.
@@ -127,6 +150,7 @@ async fn run(
         &settings.credentials,
         settings.connect_timeout,
         settings.readonly,
+        settings.protocol,
     )
     .await
     {
@@ -150,9 +174,10 @@ async fn run(
     connections.increment(1.0);
     let (reader, writer) = stream.into_split();
     let waiting = RefCell::new(VecDeque::<Waiting>::new());
+    let drain = Drain::default();
     let outcome = tokio::select! {
-        r = write_loop(writer, &mut rx, &waiting) => r,
-        r = read_loop(reader, &addr, &waiting, settings.command_timeout) => r,
+        r = write_loop(writer, &mut rx, &waiting, &drain) => r,
+        r = read_loop(reader, &addr, &waiting, &drain, settings.command_timeout) => r,
     };
     state.closed.set(true);
     connections.decrement(1.0);
@@ -195,11 +220,17 @@ async fn write_loop(
     mut writer: BackendWriter,
     rx: &mut mpsc::UnboundedReceiver<Request>,
     waiting: &RefCell<VecDeque<Waiting>>,
+    drain: &Drain,
 ) -> Result<(), BackendError> {
     let mut batch = Vec::with_capacity(64);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            // Every handle is gone: deliver the replies still owed, then close.
+            drain.closing.set(true);
+            while !waiting.borrow().is_empty() {
+                drain.done.notified().await;
+            }
             return Ok(());
         }
         let now = Instant::now();
@@ -215,7 +246,7 @@ async fn write_loop(
                 out.extend_from_slice(&request.payload);
                 waiting.push_back(Waiting {
                     skip: u8::from(request.asking),
-                    sent_at: now,
+                    sent_at: (!request.untimed).then_some(now),
                     reply: request.reply,
                 });
             }
@@ -241,6 +272,7 @@ async fn read_loop(
     mut reader: BackendReader,
     addr: &str,
     waiting: &RefCell<VecDeque<Waiting>>,
+    drain: &Drain,
     command_timeout: Option<Duration>,
 ) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -265,6 +297,9 @@ async fn read_loop(
             if let Some(w) = queue.pop_front() {
                 let _ = w.reply.send(Ok(reply));
             }
+            if drain.closing.get() && queue.is_empty() {
+                drain.done.notify_one();
+            }
         }
         if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
             buf = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a large reply
@@ -280,7 +315,8 @@ async fn read_loop(
                     let stuck = waiting
                         .borrow()
                         .front()
-                        .is_some_and(|w| w.sent_at.elapsed() >= limit);
+                        .and_then(|w| w.sent_at)
+                        .is_some_and(|at| at.elapsed() >= limit);
                     if stuck {
                         return Err(BackendError::Timeout {
                             addr: addr.to_string(),

@@ -2,9 +2,9 @@
 //! replaced when it breaks, with a short backoff after a failed connect so that requests for a
 //! dead node fail fast instead of each waiting for a connect of its own.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +15,12 @@ use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 
 pub struct Pool {
-    pipes: RefCell<HashMap<NodeAddr, Pipe>>,
+    pipes: RefCell<HashMap<NodeAddr, Rc<Pipe>>>,
+    /// How many pipes `retire_for_wait` has retired so far: a client notes this number with
+    /// each write, so its `WAIT` later finds the pipe that carried the write.
+    retirements: Cell<u64>,
+    /// Pipes retired for a `WAIT`, by node and retirement number, while something holds them.
+    retired: RefCell<Vec<(NodeAddr, u64, Weak<Pipe>)>>,
     settings: Rc<PipeSettings>,
     backoff: Duration,
     /// Called when a connection closes or fails to open (the topology may have changed).
@@ -26,6 +31,8 @@ impl Pool {
     pub fn new(settings: Rc<PipeSettings>, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
         Pool {
             pipes: RefCell::new(HashMap::new()),
+            retirements: Cell::new(0),
+            retired: RefCell::new(Vec::new()),
             settings,
             backoff,
             on_trouble,
@@ -56,8 +63,41 @@ impl Pool {
         let on_trouble = self.on_trouble.clone();
         let pipe = Pipe::open(addr.clone(), self.settings.clone(), move |_| on_trouble());
         let rx = pipe.send(payload, asking);
-        pipes.insert(addr.clone(), pipe);
+        pipes.insert(addr.clone(), Rc::new(pipe));
         Ok(rx)
+    }
+
+    /// The number to note with a write sent now (see [`Pool::retire_for_wait`]).
+    pub fn retirements(&self) -> u64 {
+        self.retirements.get()
+    }
+
+    /// The pipe that carried the writes sent to `addr` when [`Pool::retirements`] was
+    /// `noted`, taken out of service: Redis's `WAIT` waits for the writes of the connection
+    /// it runs on, and blocks that connection meanwhile, so it must run on the very
+    /// connection of the client's writes, and nothing else may queue behind it. Later
+    /// commands get a new pipe; the retired one closes once its replies are delivered.
+    /// `None` when that pipe is gone (its connection broke).
+    pub fn retire_for_wait(&self, addr: &NodeAddr, noted: u64) -> Option<Rc<Pipe>> {
+        let mut retired = self.retired.borrow_mut();
+        retired.retain(|(_, _, pipe)| pipe.strong_count() > 0);
+        // Retired since the write: the first pipe retired after `noted` carried it.
+        if let Some(pipe) = retired
+            .iter()
+            .filter(|(a, n, _)| a == addr && *n > noted)
+            .min_by_key(|(_, n, _)| *n)
+            .and_then(|(_, _, pipe)| pipe.upgrade())
+        {
+            return Some(pipe);
+        }
+        let pipe = self.pipes.borrow_mut().remove(addr)?;
+        if pipe.state().is_closed() {
+            return None;
+        }
+        let number = self.retirements.get() + 1;
+        self.retirements.set(number);
+        retired.push((addr.clone(), number, Rc::downgrade(&pipe)));
+        Some(pipe)
     }
 
     /// Drops pipes to nodes that are no longer part of the cluster.

@@ -19,7 +19,7 @@ use crate::backend::connect::connect;
 use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
 use crate::config::Credentials;
-use crate::resp::{encode, Command, ReplyScanner, Value};
+use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
 use crate::worker::Worker;
 
 /// The three kinds of subscription.
@@ -77,6 +77,8 @@ pub struct Subscriptions {
     events: mpsc::UnboundedReceiver<Event>,
     /// Messages that arrived while replies to earlier commands were still owed.
     held: Vec<Bytes>,
+    /// The client's protocol: RESP3 clients get confirmations and messages as push frames.
+    pub protocol: Protocol,
 }
 
 impl Subscriptions {
@@ -90,6 +92,7 @@ impl Subscriptions {
             events_tx,
             events,
             held: Vec::new(),
+            protocol: Protocol::Resp2,
         }
     }
 
@@ -122,7 +125,13 @@ impl Subscriptions {
             if self.set(kind).insert(name.clone()) {
                 self.send(worker, kind, &[kind.subscribe(), &name]);
             }
-            confirmation(&mut out, kind.subscribe(), Some(&name), self.count(kind));
+            confirmation(
+                &mut out,
+                self.protocol,
+                kind.subscribe(),
+                Some(&name),
+                self.count(kind),
+            );
         }
         out.freeze()
     }
@@ -136,13 +145,25 @@ impl Subscriptions {
         };
         let mut out = BytesMut::new();
         if names.is_empty() {
-            confirmation(&mut out, kind.unsubscribe(), None, self.count(kind));
+            confirmation(
+                &mut out,
+                self.protocol,
+                kind.unsubscribe(),
+                None,
+                self.count(kind),
+            );
         }
         for name in names {
             if self.set(kind).remove(&name) {
                 self.send(worker, kind, &[kind.unsubscribe(), &name]);
             }
-            confirmation(&mut out, kind.unsubscribe(), Some(&name), self.count(kind));
+            confirmation(
+                &mut out,
+                self.protocol,
+                kind.unsubscribe(),
+                Some(&name),
+                self.count(kind),
+            );
         }
         out.freeze()
     }
@@ -252,11 +273,11 @@ impl Subscriptions {
     /// Moves the messages received so far into `out`.
     pub fn flush(&mut self, out: &mut BytesMut) {
         for m in self.held.drain(..) {
-            out.extend_from_slice(&m);
+            forward(out, &m, self.protocol);
         }
         while let Ok(event) = self.events.try_recv() {
             match event {
-                Event::Message(m) => out.extend_from_slice(&m),
+                Event::Message(m) => forward(out, &m, self.protocol),
                 other => {
                     // Handled by `next_event`; put it back by re-sending to ourselves.
                     let _ = self.events_tx.send(other);
@@ -273,14 +294,35 @@ impl Default for Subscriptions {
     }
 }
 
+/// Appends a message from a node's (RESP2) subscription connection: as it is for a RESP2
+/// client, as a push frame (the same frame with `>` for `*`) for a RESP3 client.
+fn forward(out: &mut BytesMut, message: &[u8], protocol: Protocol) {
+    match (protocol, message.split_first()) {
+        (Protocol::Resp3, Some((b'*', rest))) => {
+            out.extend_from_slice(b">");
+            out.extend_from_slice(rest);
+        }
+        _ => out.extend_from_slice(message),
+    }
+}
+
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
 
-fn confirmation(out: &mut BytesMut, kind: &[u8], name: Option<&[u8]>, count: usize) {
-    encode::array_header(out, 3);
+fn confirmation(
+    out: &mut BytesMut,
+    protocol: Protocol,
+    kind: &[u8],
+    name: Option<&[u8]>,
+    count: usize,
+) {
+    match protocol {
+        Protocol::Resp2 => encode::array_header(out, 3),
+        Protocol::Resp3 => encode::push_header(out, 3),
+    }
     encode::bulk(out, kind);
     match name {
         Some(name) => encode::bulk(out, name),
-        None => encode::nil_bulk(out),
+        None => encode::null(out, protocol),
     }
     encode::integer(out, count as i64);
 }
@@ -294,7 +336,7 @@ async fn run_connection(
     mut commands: mpsc::UnboundedReceiver<Bytes>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let stream = match connect(&addr, &credentials, timeout, false).await {
+    let stream = match connect(&addr, &credentials, timeout, false, Protocol::Resp2).await {
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(node = %addr, %error, "subscription connection failed");

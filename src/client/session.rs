@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
@@ -32,8 +33,17 @@ pub async fn serve<S: ClientStream>(
 ) {
     let shared = worker.shared.clone();
     shared.client_connected();
+    if shared.connected_clients() > shared.config.max_clients {
+        metrics::counter!("slotproxy_errors_total", "kind" => "max_clients").increment(1);
+        tracing::debug!(%peer, "refused a client: max_clients reached");
+        if stream.writable().await.is_ok() {
+            let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+        }
+        shared.client_disconnected();
+        return;
+    }
     let id = shared.next_client_id();
-    let mut client = ClientState::new(id, peer);
+    let mut client = ClientState::new(id, peer, !shared.users.load().required());
     tracing::debug!(client = id, %peer, "client connected");
     if let Err(error) = run(&worker, stream, &mut client, shutdown).await {
         tracing::debug!(client = id, %error, "client connection error");
@@ -58,12 +68,20 @@ async fn run<S: ClientStream>(
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
     let mut input_done = false;
+    // Idle timeout: one timer, moved on only when it fires (not on every read).
+    let mut last_active = Instant::now();
+    let idle = tokio::time::sleep(worker.idle_timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(idle);
     loop {
         // Decode and dispatch everything complete, as long as the pipeline has room.
         while !input_done && pending.len() < worker.max_pipeline_depth {
             match decoder.decode(&mut input) {
                 Ok(Some(command)) => {
-                    pending.push(dispatch(worker, client, command));
+                    pending.push(dispatch(
+                        worker.speaking_to(client.protocol),
+                        client,
+                        command,
+                    ));
                     if client.closing {
                         input_done = true;
                     }
@@ -80,6 +98,17 @@ async fn run<S: ClientStream>(
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
+        if worker.output_limit > 0 && output.len() > worker.output_limit {
+            metrics::counter!("slotproxy_errors_total", "kind" => "client_output_buffer")
+                .increment(1);
+            tracing::info!(
+                client = client.id,
+                peer = %client.peer,
+                bytes = output.len(),
+                "closing a client that does not read its replies (client_output_buffer_limit)"
+            );
+            return Ok(());
+        }
         if pending.is_empty() {
             // Messages go out only once every earlier command has its reply.
             if let Some(subs) = client.subs.as_mut() {
@@ -121,12 +150,33 @@ async fn run<S: ClientStream>(
                     // may never come (Redis too frees a blocked client that disconnects).
                     Ok(0) if pending.has_parked() => return Ok(()),
                     Ok(0) => input_done = true,
-                    Ok(n) => bytes_in.increment(n as u64),
+                    Ok(n) => {
+                        bytes_in.increment(n as u64);
+                        if worker.idle_timeout.is_some() {
+                            last_active = Instant::now();
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
             _ = shutdown.cancelled(), if !input_done => input_done = true,
+            () = &mut idle, if worker.idle_timeout.is_some() => {
+                let limit = worker.idle_timeout.unwrap_or_default();
+                // As in Redis: clients waiting on a blocking command, subscribed, or in a
+                // transaction are not idle.
+                let busy = !pending.is_empty()
+                    || !output.is_empty()
+                    || client.subs.is_some()
+                    || client.tx.in_multi();
+                if busy {
+                    last_active = Instant::now();
+                } else if last_active.elapsed() >= limit {
+                    tracing::debug!(client = client.id, "closing an idle client (client_idle_timeout)");
+                    return Ok(());
+                }
+                idle.as_mut().reset((last_active + limit).into());
+            }
         }
     }
 }

@@ -6,6 +6,8 @@ use bytes::Bytes;
 
 use super::pubsub::Subscriptions;
 use crate::dispatch::transaction::TxState;
+use crate::dispatch::wait::Writes;
+use crate::resp::Protocol;
 
 pub struct ClientState {
     pub id: u64,
@@ -13,24 +15,33 @@ pub struct ClientState {
     pub name: Option<Bytes>,
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
+    /// False until the client authenticates, when the proxy requires it.
+    pub authenticated: bool,
+    /// RESP3 after `HELLO 3`.
+    pub protocol: Protocol,
     /// Set by QUIT: close once the replies queued so far are written.
     pub closing: bool,
     /// MULTI queue and WATCH connection.
     pub tx: TxState,
+    /// Which connections carried the client's writes, for WAIT.
+    pub writes: Writes,
     /// Pub/Sub subscriptions, once the client subscribed to anything.
     pub subs: Option<Box<Subscriptions>>,
 }
 
 impl ClientState {
-    pub fn new(id: u64, peer: SocketAddr) -> ClientState {
+    pub fn new(id: u64, peer: SocketAddr, authenticated: bool) -> ClientState {
         ClientState {
+            authenticated,
             id,
             peer,
             name: None,
             lib_name: None,
             lib_ver: None,
+            protocol: Protocol::Resp2,
             closing: false,
             tx: TxState::default(),
+            writes: Writes::default(),
             subs: None,
         }
     }

@@ -106,11 +106,11 @@ pub async fn random_key(worker: Rc<Worker>, cmd: Command) -> Bytes {
     targets.rotate_left(start);
     for target in targets {
         let answer = execute(worker.clone(), cmd.raw().clone(), target, Resend::Safe).await;
-        if answer.as_ref() != b"$-1\r\n" {
+        if !reply::is_nil(&answer) {
             return answer;
         }
     }
-    reply::nil()
+    reply::nil(worker.protocol)
 }
 
 /// Bits of the proxy's SCAN cursor that hold the shard index: up to 1024 shards, leaving 54

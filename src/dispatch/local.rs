@@ -3,9 +3,10 @@
 use bytes::{Bytes, BytesMut};
 
 use super::reply;
+use crate::auth::{AuthResult, Users};
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
-use crate::resp::{encode, Command};
+use crate::resp::{encode, Command, Protocol};
 use crate::shared::Counters;
 use crate::worker::Worker;
 
@@ -44,36 +45,71 @@ pub fn select(cmd: &Command) -> Bytes {
     }
 }
 
-pub fn auth(cmd: &Command) -> Bytes {
-    if cmd.argc() == 2 {
-        return reply::error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        );
-    }
-    // `AUTH user pass` with no users configured: the default user accepts any password.
-    reply::ok()
+/// `AUTH [user] password`, against the proxy's own users (see `auth.rs`), never the nodes'.
+pub fn auth(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
+    let (user, password) = match cmd.argc() {
+        2 => (None, cmd.arg(1).unwrap_or_default()),
+        _ => (cmd.arg(1), cmd.arg(2).unwrap_or_default()),
+    };
+    authenticate(client, users, user, password).unwrap_or_else(reply::ok)
 }
 
-/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. RESP3 is not served yet: `-NOPROTO`
-/// makes clients such as Lettuce and redis-py fall back to RESP2.
-pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
+/// Checks credentials; `None` on success (the client is then authenticated), else the reply.
+fn authenticate(
+    client: &mut ClientState,
+    users: &Users,
+    user: Option<&[u8]>,
+    password: &[u8],
+) -> Option<Bytes> {
+    match users.check(user, password) {
+        AuthResult::Ok => {
+            client.authenticated = true;
+            None
+        }
+        AuthResult::WrongPass => {
+            metrics::counter!("slotproxy_errors_total", "kind" => "client_auth").increment(1);
+            Some(reply::error(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
+        AuthResult::NoPasswordConfigured if user.is_some() => {
+            // `AUTH default x` with a nopass default user: Redis accepts it.
+            client.authenticated = true;
+            None
+        }
+        AuthResult::NoPasswordConfigured => Some(reply::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        )),
+    }
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client to RESP2 or RESP3
+/// (the switch takes effect with this reply, which is a map in RESP3) and names it.
+pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
     let mut i = 1;
+    let mut protocol = client.protocol;
     if let Some(version) = cmd.arg(1) {
-        match std::str::from_utf8(version)
+        protocol = match std::str::from_utf8(version)
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
         {
-            Some(2) => {}
-            Some(3) => {
-                return reply::error("NOPROTO sorry, this protocol version is not supported")
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => {
+                return reply::error("NOPROTO unsupported protocol version");
             }
-            _ => return reply::error("ERR Protocol version is not an integer or out of range"),
-        }
+            None => return reply::error("ERR Protocol version is not an integer or out of range"),
+        };
         i = 2;
     }
     let mut name = None;
+    let mut credentials = None;
     while let Some(option) = cmd.arg(i) {
         if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < cmd.argc() {
+            credentials = Some((
+                cmd.arg(i + 1).unwrap_or_default(),
+                cmd.arg(i + 2).unwrap_or_default(),
+            ));
             i += 3;
         } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < cmd.argc() {
             name = cmd.arg_bytes(i + 1);
@@ -85,6 +121,17 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
             ));
         }
     }
+    match credentials {
+        Some((user, password)) => {
+            if let Some(refused) = authenticate(client, users, Some(user), password) {
+                return refused;
+            }
+        }
+        None if !client.authenticated => {
+            return reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        None => {}
+    }
     if let Some(name) = name {
         if !valid_client_name(&name) {
             return reply::error(
@@ -93,8 +140,12 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
         }
         client.name = (!name.is_empty()).then_some(name);
     }
+    client.protocol = protocol;
     let mut out = BytesMut::with_capacity(256);
-    encode::array_header(&mut out, 14);
+    match protocol {
+        Protocol::Resp2 => encode::array_header(&mut out, 14),
+        Protocol::Resp3 => encode::map_header(&mut out, 7),
+    }
     for (key, value) in [
         ("server", "slotproxy"),
         ("version", env!("CARGO_PKG_VERSION")),
@@ -103,7 +154,13 @@ pub fn hello(cmd: &Command, client: &mut ClientState) -> Bytes {
         encode::bulk(&mut out, value.as_bytes());
     }
     encode::bulk(&mut out, b"proto");
-    encode::integer(&mut out, 2);
+    encode::integer(
+        &mut out,
+        match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        },
+    );
     encode::bulk(&mut out, b"id");
     encode::integer(&mut out, client.id as i64);
     for (key, value) in [("mode", "standalone"), ("role", "master")] {
@@ -134,7 +191,10 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
     }
     match sub {
         "client|id" => reply::integer(client.id as i64),
-        "client|getname" => client.name.as_deref().map_or_else(reply::nil, reply::bulk),
+        "client|getname" => client
+            .name
+            .as_deref()
+            .map_or_else(|| reply::nil(client.protocol), reply::bulk),
         "client|setname" => {
             let name = cmd.arg_bytes(2).unwrap_or_default();
             if !valid_client_name(&name) {
@@ -204,11 +264,15 @@ proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_
 
 /// The payload of a bulk string reply.
 pub fn bulk_text(reply: &[u8]) -> Option<&[u8]> {
-    bulk_body(reply)
+    match reply.first() {
+        // A RESP3 node answers INFO with a verbatim string: `=len\r\ntxt:...`.
+        Some(b'=') => bulk_body(reply.get(1..)?)?.get(4..),
+        _ => bulk_body(reply.strip_prefix(b"$")?),
+    }
 }
 
-fn bulk_body(reply: &[u8]) -> Option<&[u8]> {
-    let rest = reply.strip_prefix(b"$")?;
+/// The payload of a bulk string given without its type byte.
+fn bulk_body(rest: &[u8]) -> Option<&[u8]> {
     let line_end = rest.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
     rest.get(line_end + 2..line_end + 2 + len)

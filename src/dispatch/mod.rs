@@ -10,6 +10,7 @@ pub mod route;
 pub mod scripts;
 pub mod split;
 pub mod transaction;
+pub mod wait;
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -23,12 +24,13 @@ pub use reply::Reply;
 use crate::client::pubsub::Kind;
 use crate::client::state::ClientState;
 use crate::cluster::Slot;
-use crate::command::{CommandError, CommandSpec, CommandTable};
-use crate::resp::Command;
+use crate::command::{CommandError, CommandSpec};
+use crate::resp::{Command, Protocol};
 use crate::worker::Worker;
 use cluster_wide::Merge;
 use route::{execute, Resend, Started, Target};
 use split::split_by_slot;
+use wait::Writes;
 
 /// How a multi-key command's keys are laid out and its parts merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +68,14 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
     if !spec.check_arity(cmd.argc()) {
         return Dispatched::untimed(wrong_arity(spec));
     }
-    if client.subs.as_ref().is_some_and(|s| s.active()) && !allowed_when_subscribed(&spec.name) {
+    if !client.authenticated && !matches!(spec.name.as_str(), "auth" | "hello" | "quit") {
+        return Dispatched::untimed(reply::error("NOAUTH Authentication required."));
+    }
+    // RESP3 clients get messages as push frames between replies, so any command may follow.
+    if client.protocol == Protocol::Resp2
+        && client.subs.as_ref().is_some_and(|s| s.active())
+        && !allowed_when_subscribed(&spec.name)
+    {
         let message = format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             spec.name
@@ -77,7 +86,7 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
     metrics.count.increment(1);
     let started = Instant::now();
     Dispatched {
-        reply: plan(worker, client, &table, spec, cmd),
+        reply: plan(worker, client, spec, cmd),
         latency: Some((started, metrics.duration)),
     }
 }
@@ -98,16 +107,13 @@ impl Dispatched {
     }
 }
 
-fn plan(
-    worker: &Rc<Worker>,
-    client: &mut ClientState,
-    table: &CommandTable,
-    spec: &CommandSpec,
-    cmd: Command,
-) -> Reply {
+fn plan(worker: &Rc<Worker>, client: &mut ClientState, spec: &CommandSpec, cmd: Command) -> Reply {
     let name = spec.name.as_str();
     match name {
-        "ping" if client.subs.as_ref().is_some_and(|s| s.active()) => {
+        "ping"
+            if client.protocol == Protocol::Resp2
+                && client.subs.as_ref().is_some_and(|s| s.active()) =>
+        {
             local::subscribed_ping(&cmd).into()
         }
         "ping" => local::ping(&cmd).into(),
@@ -117,12 +123,14 @@ fn plan(
             reply::ok().into()
         }
         "select" => local::select(&cmd).into(),
-        "auth" => local::auth(&cmd).into(),
-        "hello" => local::hello(&cmd, client).into(),
+        "auth" => local::auth(&cmd, client, &worker.shared.users.load()).into(),
+        "hello" => local::hello(&cmd, client, &worker.shared.users.load()).into(),
         "readonly" | "readwrite" => reply::ok().into(),
         "reset" => {
+            client.authenticated = !worker.shared.users.load().required();
             client.name = None;
             client.subs = None;
+            client.protocol = Protocol::Resp2;
             transaction::reset(&mut client.tx);
             Bytes::from_static(b"+RESET\r\n").into()
         }
@@ -161,9 +169,6 @@ fn plan(
         | "command|getkeys"
         | "command|getkeysandflags"
         | "command|help" => any_node(worker, cmd),
-        "mget" => split(worker, spec, cmd, Split::Values),
-        "mset" => split(worker, spec, cmd, Split::Pairs),
-        "del" | "unlink" | "exists" | "touch" => split(worker, spec, cmd, Split::Count),
         "keys" => Reply::later(cluster_wide::keys(worker.clone(), cmd)),
         "scan" => Reply::later(cluster_wide::scan(worker.clone(), cmd)),
         "randomkey" => Reply::later(cluster_wide::random_key(worker.clone(), cmd)),
@@ -187,13 +192,14 @@ fn plan(
             if let Some(body) = cmd.arg(1) {
                 worker.shared.scripts.remember(body);
             }
-            keyed(worker, table, spec, cmd)
+            keyed(worker, &mut client.writes, spec, cmd)
         }
         "evalsha" | "evalsha_ro" => match target_of(worker, spec, &cmd) {
             Ok(target) => {
                 let resend = if spec.is_readonly() {
                     Resend::Safe
                 } else {
+                    note_write(worker, &mut client.writes, target.clone());
                     Resend::Never
                 };
                 Reply::later(scripts::evalsha(worker.clone(), cmd, target, resend))
@@ -205,19 +211,25 @@ fn plan(
         "function|load" | "function|restore" => broadcast(worker, cmd, Merge::Same, Resend::Never),
         "function|delete" | "function|flush" => broadcast(worker, cmd, Merge::AllOk, Resend::Never),
         "multi" => transaction::multi(&mut client.tx).into(),
-        "exec" => transaction::exec(worker, &mut client.tx),
+        "exec" => {
+            client.writes.note_elsewhere();
+            transaction::exec(worker, &mut client.tx)
+        }
         "discard" => transaction::discard(&mut client.tx).into(),
         "watch" => transaction::watch(worker, &mut client.tx, spec, cmd),
         "unwatch" => transaction::unwatch(&mut client.tx).into(),
         "subscribe" | "psubscribe" | "ssubscribe" => {
             let subs = client.subs.get_or_insert_with(Box::default);
+            subs.protocol = client.protocol;
             subs.subscribe(worker, pubsub_kind(name), &cmd).into()
         }
         "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
             let subs = client.subs.get_or_insert_with(Box::default);
+            subs.protocol = client.protocol;
             subs.unsubscribe(worker, pubsub_kind(name), &cmd).into()
         }
-        "wait" | "waitaof" => refuse(name, "it needs the connection of the client's last write"),
+        "wait" => wait::wait(worker, &mut client.writes, cmd),
+        "waitaof" => refuse(name, "it needs the connection of the client's last write"),
         "debug"
             if cmd
                 .arg(1)
@@ -261,21 +273,26 @@ fn plan(
         | "save" | "bgsave" | "bgrewriteaof" | "swapdb" | "move" => {
             refuse(name, "it acts on one node of the cluster")
         }
-        "xread" | "xreadgroup" if has_block_option(&cmd) => blocking(worker, spec, cmd),
+        "xread" | "xreadgroup" if has_block_option(&cmd) => blocking(worker, client, spec, cmd),
         _ if spec.is_blocking() && !matches!(name, "xread" | "xreadgroup") => {
-            blocking(worker, spec, cmd)
+            blocking(worker, client, spec, cmd)
         }
         "config|get" | "time" | "lastsave" | "role" | "lolwut" | "memory|stats"
         | "latency|doctor" | "latency|graph" | "latency|histogram" | "slowlog|help"
         | "latency|help" | "memory|doctor" | "function|list" | "function|dump"
         | "function|stats" => any_node(worker, cmd),
         _ if spec.is_admin() => refuse(name, "it is an administrative command for one node"),
-        _ => keyed(worker, table, spec, cmd),
+        "mget" => split(worker, &mut client.writes, spec, cmd, Split::Values),
+        "mset" => split(worker, &mut client.writes, spec, cmd, Split::Pairs),
+        "del" | "unlink" | "exists" | "touch" => {
+            split(worker, &mut client.writes, spec, cmd, Split::Count)
+        }
+        _ => keyed(worker, &mut client.writes, spec, cmd),
     }
 }
 
 /// The command goes to the owner of its keys' slot (any primary when it has no keys).
-fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Command) -> Reply {
+fn keyed(worker: &Rc<Worker>, writes: &mut Writes, spec: &CommandSpec, cmd: Command) -> Reply {
     let target = match target_of(worker, spec, &cmd) {
         Ok(target) => target,
         Err(crossslot) => return crossslot.into(),
@@ -283,14 +300,31 @@ fn keyed(worker: &Rc<Worker>, _table: &CommandTable, spec: &CommandSpec, cmd: Co
     let resend = if spec.is_readonly() {
         Resend::Safe
     } else {
+        // Noted before sending: the write goes on the pipe current at this number.
+        note_write(worker, writes, target.clone());
         Resend::Never
     };
     send(worker, cmd, target, resend)
 }
 
+/// Notes a write for WAIT (see [`wait`]).
+fn note_write(worker: &Worker, writes: &mut Writes, target: Target) {
+    if let Target::Slot(slot) = target {
+        writes.note(worker, slot);
+    }
+}
+
 /// A command that parks its connection until data arrives or its timeout passes: it gets a
 /// backend connection of its own, so it blocks only its own client, as on a single Redis.
-fn blocking(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command) -> Reply {
+fn blocking(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    spec: &CommandSpec,
+    cmd: Command,
+) -> Reply {
+    if !spec.is_readonly() {
+        client.writes.note_elsewhere();
+    }
     match target_of(worker, spec, &cmd) {
         Ok(target) => Reply::Parked(Box::pin(route::execute_blocking(
             worker.clone(),
@@ -393,7 +427,13 @@ fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
 }
 
 /// Splits a multi-key command into one command per slot, runs them concurrently and merges.
-fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> Reply {
+fn split(
+    worker: &Rc<Worker>,
+    writes: &mut Writes,
+    spec: &CommandSpec,
+    cmd: Command,
+    kind: Split,
+) -> Reply {
     let step = if kind == Split::Pairs { 2 } else { 1 };
     let resend = if spec.is_readonly() {
         Resend::Safe
@@ -401,9 +441,17 @@ fn split(worker: &Rc<Worker>, spec: &CommandSpec, cmd: Command, kind: Split) -> 
         Resend::Never
     };
     if worker.shared.topology.map().is_standalone() {
+        if resend == Resend::Never {
+            note_write(worker, writes, Target::Slot(Slot::of(b"")));
+        }
         return send(worker, cmd, Target::Any, resend);
     }
     let mut parts = split_by_slot(&cmd, step);
+    if resend == Resend::Never {
+        for part in &parts {
+            note_write(worker, writes, Target::Slot(part.slot));
+        }
+    }
     if parts.len() <= 1 {
         let target = parts.pop().map_or(Target::Any, |p| Target::Slot(p.slot));
         return send(worker, cmd, target, resend);

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 
 use super::route::InFlight;
-use crate::resp::encode;
+use crate::resp::{encode, Protocol};
 
 /// How the reply to one command will come: ready now, from a request already sent (the fast
 /// path: the session reads the backend's reply straight from its channel), or from a future
@@ -55,8 +55,17 @@ pub fn bulk(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-pub fn nil() -> Bytes {
-    Bytes::from_static(b"$-1\r\n")
+/// The null reply of `protocol`.
+pub fn nil(protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Resp2 => Bytes::from_static(b"$-1\r\n"),
+        Protocol::Resp3 => Bytes::from_static(b"_\r\n"),
+    }
+}
+
+/// A null reply in either protocol (a backend's answer on a RESP2 or a RESP3 connection).
+pub fn is_nil(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
 }
 
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";

@@ -46,6 +46,28 @@ pub fn array_header(out: &mut BytesMut, n: usize) {
     out.put_slice(b"\r\n");
 }
 
+/// Appends a RESP3 push header `>{n}\r\n` (Pub/Sub messages and confirmations in RESP3).
+pub fn push_header(out: &mut BytesMut, n: usize) {
+    out.put_u8(b'>');
+    put_len(out, n);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends a RESP3 map header `%{n}\r\n`; the caller then appends `n` key/value pairs.
+pub fn map_header(out: &mut BytesMut, n: usize) {
+    out.put_u8(b'%');
+    put_len(out, n);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends the null of `protocol`: RESP2's null bulk string, or RESP3's `_`.
+pub fn null(out: &mut BytesMut, protocol: super::Protocol) {
+    match protocol {
+        super::Protocol::Resp2 => nil_bulk(out),
+        super::Protocol::Resp3 => out.put_slice(b"_\r\n"),
+    }
+}
+
 /// Appends the RESP2 null array `*-1\r\n`.
 pub fn nil_array(out: &mut BytesMut) {
     out.put_slice(b"*-1\r\n");

@@ -22,3 +22,12 @@ pub use decode::{decode_command, parse_integer, RequestDecoder, RequestLimits};
 pub use error::{OffendingByte, ProtocolError};
 pub use scan::{is_error_reply, ReplyScanner};
 pub use value::{Value, MAX_VALUE_DEPTH};
+
+/// The protocol a client (and the backend connections serving it) speaks: RESP2 until the
+/// client sends `HELLO 3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}

@@ -9,6 +9,7 @@
 //! and panics with what it was waiting for and the last thing it saw.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod raw;
 pub mod tls;
 pub mod traffic;

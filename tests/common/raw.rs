@@ -1,11 +1,11 @@
-//! A minimal RESP2 client over a raw TCP socket, for byte-exact checks (error texts, inline
+//! A minimal RESP2/RESP3 client over a raw TCP socket, for byte-exact checks (error texts, inline
 //! commands, malformed input) that the `redis` crate would hide or refuse to send.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// One RESP2 reply, exactly as received.
+/// One reply, exactly as received (the RESP3 types after `HELLO 3`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Simple(String),
@@ -13,6 +13,20 @@ pub enum Reply {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Option<Vec<Reply>>),
+    /// RESP3 `_`.
+    Null,
+    /// RESP3 `%`: key/value pairs in the order sent.
+    Map(Vec<(Reply, Reply)>),
+    /// RESP3 `~`.
+    Set(Vec<Reply>),
+    /// RESP3 `>`: out-of-band data such as Pub/Sub messages.
+    Push(Vec<Reply>),
+    /// RESP3 `,`, as its text.
+    Double(String),
+    /// RESP3 `#`.
+    Bool(bool),
+    /// RESP3 `=`: the format (e.g. `txt`) and the text.
+    Verbatim(String, Vec<u8>),
 }
 
 impl Reply {
@@ -93,7 +107,7 @@ impl RawClient {
                 .parse()
                 .map(Reply::Int)
                 .map_err(|e| format!("bad integer {rest:?}: {e}")),
-            "$" => {
+            "$" | "=" => {
                 let len: i64 = rest
                     .parse()
                     .map_err(|e| format!("bad length {rest:?}: {e}"))?;
@@ -105,20 +119,45 @@ impl RawClient {
                     .read_exact(&mut buf)
                     .map_err(|e| format!("reading a bulk string: {e}"))?;
                 buf.truncate(len as usize);
+                if kind == "=" {
+                    let text = buf.split_off(4.min(buf.len()));
+                    let format = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(':')
+                        .to_string();
+                    return Ok(Reply::Verbatim(format, text));
+                }
                 Ok(Reply::Bulk(Some(buf)))
             }
-            "*" => {
+            "*" | "~" | ">" => {
                 let len: i64 = rest
                     .parse()
                     .map_err(|e| format!("bad length {rest:?}: {e}"))?;
                 if len < 0 {
                     return Ok(Reply::Array(None));
                 }
-                let items = (0..len)
+                let items: Vec<Reply> = (0..len)
                     .map(|_| self.try_read_reply())
                     .collect::<Result<_, _>>()?;
-                Ok(Reply::Array(Some(items)))
+                Ok(match kind {
+                    "~" => Reply::Set(items),
+                    ">" => Reply::Push(items),
+                    _ => Reply::Array(Some(items)),
+                })
             }
+            "%" => {
+                let len: usize = rest
+                    .parse()
+                    .map_err(|e| format!("bad length {rest:?}: {e}"))?;
+                let mut pairs = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let key = self.try_read_reply()?;
+                    pairs.push((key, self.try_read_reply()?));
+                }
+                Ok(Reply::Map(pairs))
+            }
+            "_" => Ok(Reply::Null),
+            "," => Ok(Reply::Double(rest.to_string())),
+            "#" => Ok(Reply::Bool(rest == "t")),
             _ => Err(format!("unexpected reply line {line:?}")),
         }
     }
