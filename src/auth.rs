@@ -27,7 +27,7 @@ fn digest(password: &[u8]) -> PasswordDigest {
 }
 
 /// One user: enabled or not, and the passwords it accepts (any, with `nopass`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct User {
     enabled: bool,
     nopass: bool,
@@ -56,7 +56,7 @@ fn constant_time_eq(a: &PasswordDigest, b: &PasswordDigest) -> bool {
 
 /// Who may connect. Without a password and a users file, every client is authenticated from
 /// the start, as on a Redis without `requirepass`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Users {
     users: HashMap<String, User>,
 }

@@ -84,7 +84,7 @@ pub struct BackendConfig {
 }
 
 /// TLS to the cluster (`[backend.tls]`; on as well when the seeds are `rediss://` URLs).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendTlsConfig {
     /// Speak TLS to every node, as `rediss://` seeds do.
@@ -113,7 +113,7 @@ pub struct ClientConfig {
 
 /// TLS on the client listener (`[client.tls]`): on when a certificate and key are given; the
 /// listener then accepts TLS clients only.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientTlsConfig {
     /// The proxy's certificate chain (PEM).

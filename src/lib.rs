@@ -33,7 +33,7 @@ use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 pub use crate::config::Config;
 use crate::resp::Value;
-use crate::shared::Shared;
+use crate::shared::{ClientLimits, Shared};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +219,13 @@ impl Proxy {
         }
     }
 
+    /// A handle that applies a new configuration to the running proxy (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// A token that stops the proxy when cancelled (signal handlers use it).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -233,6 +240,103 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.join();
+    }
+}
+
+/// Applies what can change safely while the proxy runs: client passwords and users, and
+/// client limits (every client, connected or not, follows them from then on).
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Settings that changed and now apply.
+    pub applied: Vec<&'static str>,
+    /// Settings that changed but need a restart; the proxy keeps the old values.
+    pub not_reloaded: Vec<&'static str>,
+}
+
+impl Reloader {
+    /// Checks `new` as a whole (nothing is applied if any problem is found), then applies it.
+    pub fn reload(&self, new: &Config) -> Result<ReloadReport, Vec<String>> {
+        new.validate()?;
+        let users = new.users()?;
+        let running = &self.shared.config;
+        let mut report = ReloadReport::default();
+        let limits = ClientLimits::of(new);
+        if **self.shared.client_limits.load() != limits {
+            report.applied.push("client limits");
+            self.shared.client_limits.store(Arc::new(limits));
+        }
+        if **self.shared.users.load() != users {
+            report.applied.push("requirepass/users_file");
+            self.shared.users.store(Arc::new(users));
+        }
+        let fixed: [(&'static str, bool); 21] = [
+            ("listen", running.listen != new.listen),
+            ("upstreams", running.upstreams != new.upstreams),
+            ("admin_listen", running.admin_listen != new.admin_listen),
+            ("workers", running.workers != new.workers),
+            ("max_bulk_len", running.max_bulk_len != new.max_bulk_len),
+            ("max_array_len", running.max_array_len != new.max_array_len),
+            (
+                "max_query_buffer",
+                running.max_query_buffer != new.max_query_buffer,
+            ),
+            (
+                "max_inline_len",
+                running.max_inline_len != new.max_inline_len,
+            ),
+            (
+                "max_pipeline_depth",
+                running.max_pipeline_depth != new.max_pipeline_depth,
+            ),
+            (
+                "connect_timeout_ms",
+                running.connect_timeout_ms != new.connect_timeout_ms,
+            ),
+            (
+                "command_timeout_ms",
+                running.command_timeout_ms != new.command_timeout_ms,
+            ),
+            (
+                "retry_deadline_ms",
+                running.retry_deadline_ms != new.retry_deadline_ms,
+            ),
+            ("max_redirects", running.max_redirects != new.max_redirects),
+            (
+                "refresh_interval_ms",
+                running.refresh_interval_ms != new.refresh_interval_ms,
+            ),
+            (
+                "refresh_min_interval_ms",
+                running.refresh_min_interval_ms != new.refresh_min_interval_ms,
+            ),
+            (
+                "reconnect_backoff_ms",
+                running.reconnect_backoff_ms != new.reconnect_backoff_ms,
+            ),
+            (
+                "max_blocking_connections",
+                running.max_blocking_connections != new.max_blocking_connections,
+            ),
+            ("read_from", running.read_from != new.read_from),
+            (
+                "admin_commands",
+                running.admin_commands != new.admin_commands,
+            ),
+            // TLS material is loaded once at start-up.
+            ("backend.tls", running.backend.tls != new.backend.tls),
+            ("client.tls", running.client.tls != new.client.tls),
+        ];
+        report.not_reloaded = fixed
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| *name)
+            .collect();
+        Ok(report)
     }
 }
 

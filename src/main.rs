@@ -87,6 +87,112 @@ struct Args {
     shutdown_grace: Option<u64>,
 }
 
+/// The configuration: defaults, then the file (`--config`), then flags and their `SLOTPROXY_*`
+/// variables. Run again on SIGHUP, so a reload sees exactly what a restart would.
+fn build_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Config::from_toml(&t))
+        {
+            Ok(config) => config,
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen.clone() {
+        config.listen = listen;
+    }
+    if !args.upstreams.is_empty() {
+        config.upstreams = args.upstreams.clone();
+    }
+    if let Some(admin) = args.admin_listen.clone() {
+        config.admin_listen = Some(admin);
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    if args.admin_commands {
+        config.admin_commands = true;
+    }
+    if let Some(read_from) = args.read_from {
+        config.read_from = read_from;
+    }
+    if let Some(password) = args.requirepass.clone() {
+        config.requirepass = Some(slotproxy::config::Secret(password));
+    }
+    if let Some(path) = args.users_file.clone() {
+        config.users_file = Some(path);
+    }
+    if let Some(n) = args.max_clients {
+        config.max_clients = n;
+    }
+    if let Some(secs) = args.client_idle_timeout {
+        config.client_idle_timeout = secs;
+    }
+    if let Some(bytes) = args.client_output_buffer_limit {
+        config.client_output_buffer_limit = bytes;
+    }
+    if let Some(secs) = args.shutdown_grace {
+        config.shutdown_grace = secs;
+    }
+    if config.upstreams.is_empty() {
+        config.upstreams.extend(upstream_from_app_env());
+    }
+    let backend_tls = &mut config.backend.tls;
+    if let Some(path) = &args.upstream_tls_ca {
+        backend_tls.ca_file = Some(path.clone());
+    }
+    if let Some(path) = &args.upstream_tls_cert {
+        backend_tls.cert_file = Some(path.clone());
+    }
+    if let Some(path) = &args.upstream_tls_key {
+        backend_tls.key_file = Some(path.clone());
+    }
+    if args.upstream_tls_insecure {
+        backend_tls.insecure_skip_verify = true;
+    }
+    let client_tls = &mut config.client.tls;
+    if let Some(path) = &args.tls_cert {
+        client_tls.cert_file = Some(path.clone());
+    }
+    if let Some(path) = &args.tls_key {
+        client_tls.key_file = Some(path.clone());
+    }
+    if let Some(path) = &args.tls_client_ca {
+        client_tls.client_ca_file = Some(path.clone());
+    }
+    Ok(config)
+}
+
+/// SIGHUP: reads the configuration again and applies what can change while running; names
+/// what can't (it keeps its old value until a restart).
+fn reload(args: &Args, reloader: &slotproxy::Reloader) {
+    let config = match build_config(args) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "reload failed; the running configuration stays");
+            return;
+        }
+    };
+    match reloader.reload(&config) {
+        Ok(report) => {
+            tracing::info!(applied = ?report.applied, "configuration reloaded");
+            if !report.not_reloaded.is_empty() {
+                tracing::warn!(
+                    settings = ?report.not_reloaded,
+                    "changed settings that are not reloaded (restart to apply them)"
+                );
+            }
+        }
+        Err(problems) => {
+            for problem in problems {
+                tracing::warn!(%problem, "reload refused: invalid configuration");
+            }
+        }
+    }
+}
+
 /// The upstream from an application's usual settings (`REDIS_HOST`, `REDIS_PORT`,
 /// `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_SSL`), used when no upstream is configured, so an
 /// app's existing environment drives its sidecar.
@@ -131,69 +237,13 @@ fn main() -> ExitCode {
         )
         .init();
 
-    let mut config = match &args.config {
-        Some(path) => match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Config::from_toml(&t))
-        {
-            Ok(config) => config,
-            Err(error) => {
-                eprintln!("slotproxy: cannot read {}: {error}", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let config = match build_config(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("slotproxy: {error}");
+            return ExitCode::from(2);
+        }
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if !args.upstreams.is_empty() {
-        config.upstreams = args.upstreams;
-    }
-    if let Some(admin) = args.admin_listen {
-        config.admin_listen = Some(admin);
-    }
-    if let Some(workers) = args.workers {
-        config.workers = workers;
-    }
-    if args.admin_commands {
-        config.admin_commands = true;
-    }
-    if let Some(read_from) = args.read_from {
-        config.read_from = read_from;
-    }
-    if let Some(password) = args.requirepass {
-        config.requirepass = Some(slotproxy::config::Secret(password));
-    }
-    if let Some(path) = args.users_file {
-        config.users_file = Some(path);
-    }
-    if let Some(n) = args.max_clients {
-        config.max_clients = n;
-    }
-    if let Some(secs) = args.client_idle_timeout {
-        config.client_idle_timeout = secs;
-    }
-    if let Some(bytes) = args.client_output_buffer_limit {
-        config.client_output_buffer_limit = bytes;
-    }
-    if let Some(secs) = args.shutdown_grace {
-        config.shutdown_grace = secs;
-    }
-    if config.upstreams.is_empty() {
-        config.upstreams.extend(upstream_from_app_env());
-    }
-    let backend_tls = &mut config.backend.tls;
-    backend_tls.ca_file = args.upstream_tls_ca.or(backend_tls.ca_file.take());
-    backend_tls.cert_file = args.upstream_tls_cert.or(backend_tls.cert_file.take());
-    backend_tls.key_file = args.upstream_tls_key.or(backend_tls.key_file.take());
-    if args.upstream_tls_insecure {
-        backend_tls.insecure_skip_verify = true;
-    }
-    let client_tls = &mut config.client.tls;
-    client_tls.cert_file = args.tls_cert.or(client_tls.cert_file.take());
-    client_tls.key_file = args.tls_key.or(client_tls.key_file.take());
-    client_tls.client_ca_file = args.tls_client_ca.or(client_tls.client_ca_file.take());
     // Settings and TLS files together, so one run lists every problem.
     let problems: Vec<String> = [config.validate(), slotproxy::tls::check(&config)]
         .into_iter()
@@ -219,6 +269,7 @@ fn main() -> ExitCode {
         }
     };
     let token = proxy.shutdown_token();
+    let reloader = proxy.reloader();
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -227,16 +278,24 @@ fn main() -> ExitCode {
             return;
         };
         runtime.block_on(async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install the signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => reload(&args, &reloader),
+                }
             }
-            tracing::info!("shutting down");
+            tracing::info!(
+                "shutting down: no new clients; answering the commands already received"
+            );
             token.cancel();
         });
     });

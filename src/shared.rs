@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,31 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// TLS on the client listener: every accepted connection does the handshake first.
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Client limits; swapped whole on a reload (SIGHUP) and read by sessions as they go.
+    pub client_limits: ArcSwap<ClientLimits>,
+}
+
+/// The client limits of the configuration, which a reload may change for every client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_clients: usize,
+    /// Close a client idle this long (`client_idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Close a client whose unwritten replies pass this many bytes; 0 = no limit.
+    pub output_limit: usize,
+    /// How long a shutdown waits for owed replies.
+    pub shutdown_grace: Duration,
+}
+
+impl ClientLimits {
+    pub fn of(config: &Config) -> ClientLimits {
+        ClientLimits {
+            max_clients: config.max_clients,
+            idle_timeout: config.client_idle_timeout(),
+            output_limit: config.client_output_buffer_limit,
+            shutdown_grace: Duration::from_secs(config.shutdown_grace),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,7 +85,6 @@ impl Shared {
         let blocking_permits =
             Arc::new(tokio::sync::Semaphore::new(config.max_blocking_connections));
         Shared {
-            config,
             topology,
             commands: ArcSwap::from_pointee(CommandTable::builtin().clone()),
             next_client_id: AtomicU64::new(1),
@@ -73,6 +97,8 @@ impl Shared {
             users: ArcSwap::from_pointee(users),
             shutdown: CancellationToken::new(),
             client_tls: None,
+            client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
+            config,
         }
     }
 

@@ -34,10 +34,6 @@ pub struct Worker {
     pub retry_deadline: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
-    /// Close a client idle this long (`client_idle_timeout`).
-    pub idle_timeout: Option<Duration>,
-    /// Close a client whose unwritten replies pass this many bytes; 0 = no limit.
-    pub output_limit: usize,
     pub read_from: ReadFrom,
     /// The protocol of this worker's backend connections.
     pub protocol: Protocol,
@@ -90,8 +86,6 @@ impl Worker {
             retry_deadline: config.retry_deadline(),
             max_redirects: config.max_redirects,
             max_pipeline_depth: config.max_pipeline_depth,
-            idle_timeout: config.client_idle_timeout(),
-            output_limit: config.client_output_buffer_limit,
             read_from: config.read_from,
             protocol,
             command_metrics: RefCell::new(Vec::new()),
@@ -152,8 +146,7 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
-        let grace = Duration::from_secs(shared.config.shutdown_grace);
-        let worker = Worker::new(shared);
+        let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
         loop {
             tokio::select! {
@@ -178,6 +171,7 @@ pub fn run(
         // its commands are answered; idle ones at once), within the grace period.
         drop(listener);
         sessions.close();
+        let grace = shared.client_limits.load().shutdown_grace;
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
             tracing::warn!(
                 clients = sessions.len(),

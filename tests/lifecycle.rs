@@ -34,11 +34,14 @@ fn free_port() -> u16 {
 struct Binary {
     child: Child,
     addr: SocketAddr,
+    /// Where its log (stderr) goes.
+    log: std::path::PathBuf,
 }
 
 impl Binary {
     fn start(args: &[&str], env: &[(&str, String)]) -> Binary {
         let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_prefix("slotproxy-bin")));
         let mut command = Command::new(env!("CARGO_BIN_EXE_slotproxy"));
         command
             .args(args)
@@ -50,10 +53,10 @@ impl Binary {
             )
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut binary = Binary { child, addr };
+        let mut binary = Binary { child, addr, log };
         wait_until("the proxy binary serves", Duration::from_secs(30), || {
             if let Ok(Some(status)) = binary.child.try_wait() {
                 panic!("slotproxy exited early: {status}");
@@ -65,7 +68,9 @@ impl Binary {
             let mut buf = [0u8; 64];
             let n = std::io::Read::read(&mut c, &mut buf).map_err(|e| e.to_string())?;
             match &buf[..n] {
+                // Ready: a value, or (with a password set) the demand for one.
                 b"$-1\r\n" => Ok(()),
+                other if other.starts_with(b"-NOAUTH") => Ok(()),
                 other => Err(String::from_utf8_lossy(other).into_owned()),
             }
         });
@@ -87,6 +92,9 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -267,4 +275,76 @@ fn the_binary_follows_an_apps_redis_environment() {
     let mut c = RawClient::connect(proxy.addr);
     assert_eq!(c.call(&["SET", &key, "1"]), Reply::Simple("OK".into()));
     assert_eq!(c.call(&["GET", &key]), Reply::Bulk(Some(b"1".to_vec())));
+}
+
+#[test]
+fn sighup_reloads_passwords_and_limits_and_names_what_it_cannot() {
+    let _serial = serial();
+    let cluster = shared();
+    let dir = std::env::temp_dir().join(unique_prefix("reload"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("slotproxy.toml");
+    let write_config = |password: &str, workers: usize, max_clients: usize| {
+        std::fs::write(
+            &file,
+            format!(
+                "upstreams = [\"{}\"]\nrequirepass = \"{password}\"\nworkers = {workers}\nmax_clients = {max_clients}\n",
+                cluster.seed_url()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("first-pw", 2, 100);
+    let proxy = Binary::start(&["--config", &file.to_string_lossy()], &[]);
+    let mut old = RawClient::connect(proxy.addr);
+    assert_eq!(old.call(&["AUTH", "first-pw"]), Reply::Simple("OK".into()));
+
+    write_config("second-pw", 3, 2);
+    proxy.signal("-HUP");
+    wait_until("the reload is logged", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+        if log.contains("configuration reloaded") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        log.contains("not reloaded") && log.contains("workers"),
+        "the log must name what was not reloaded:\n{log}"
+    );
+    assert!(
+        !log.contains("second-pw") && !log.contains("first-pw"),
+        "{log}"
+    );
+    // The connected client stays connected and authenticated.
+    assert_eq!(old.call(&["PING"]), Reply::Simple("PONG".into()));
+    // New clients need the new password.
+    let mut new = RawClient::connect(proxy.addr);
+    assert_eq!(
+        new.call(&["AUTH", "first-pw"]).error(),
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(new.call(&["AUTH", "second-pw"]), Reply::Simple("OK".into()));
+    // max_clients went down to 2: a third client is refused.
+    let mut third = RawClient::connect(proxy.addr);
+    assert_eq!(
+        third.read_reply().error(),
+        "ERR max number of clients reached"
+    );
+
+    // An invalid file is refused whole; the running configuration stays.
+    std::fs::write(&file, "max_clients = 0\nlisten = \"nope\"\n").unwrap();
+    proxy.signal("-HUP");
+    wait_until("the refusal is logged", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+        if log.contains("reload refused") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    assert_eq!(new.call(&["PING"]), Reply::Simple("PONG".into()));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,6 +22,8 @@ use crate::resp::RequestDecoder;
 use crate::worker::Worker;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// The idle timer's delay while `client_idle_timeout` is off (it is then never polled).
+const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 
@@ -33,7 +35,7 @@ pub async fn serve<S: ClientStream>(
 ) {
     let shared = worker.shared.clone();
     shared.client_connected();
-    if shared.connected_clients() > shared.config.max_clients {
+    if shared.connected_clients() > shared.client_limits.load().max_clients {
         metrics::counter!("slotproxy_errors_total", "kind" => "max_clients").increment(1);
         tracing::debug!(%peer, "refused a client: max_clients reached");
         if stream.writable().await.is_ok() {
@@ -70,9 +72,23 @@ async fn run<S: ClientStream>(
     let mut input_done = false;
     // Idle timeout: one timer, moved on only when it fires (not on every read).
     let mut last_active = Instant::now();
-    let idle = tokio::time::sleep(worker.idle_timeout.unwrap_or(Duration::MAX / 4));
+    let idle = tokio::time::sleep(IDLE_TIMER_OFF);
     tokio::pin!(idle);
+    let mut idle_timeout = None;
     loop {
+        // The limits may change with a reload (SIGHUP): read them as the client goes.
+        let (output_limit, limits_idle_timeout) = {
+            let limits = worker.shared.client_limits.load();
+            (limits.output_limit, limits.idle_timeout)
+        };
+        if limits_idle_timeout != idle_timeout {
+            idle_timeout = limits_idle_timeout;
+            let deadline = match idle_timeout {
+                Some(limit) => last_active + limit,
+                None => Instant::now() + IDLE_TIMER_OFF,
+            };
+            idle.as_mut().reset(deadline.into());
+        }
         // Decode and dispatch everything complete, as long as the pipeline has room.
         while !input_done && pending.len() < worker.max_pipeline_depth {
             match decoder.decode(&mut input) {
@@ -98,7 +114,7 @@ async fn run<S: ClientStream>(
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
-        if worker.output_limit > 0 && output.len() > worker.output_limit {
+        if output_limit > 0 && output.len() > output_limit {
             metrics::counter!("slotproxy_errors_total", "kind" => "client_output_buffer")
                 .increment(1);
             tracing::info!(
@@ -152,7 +168,7 @@ async fn run<S: ClientStream>(
                     Ok(0) => input_done = true,
                     Ok(n) => {
                         bytes_in.increment(n as u64);
-                        if worker.idle_timeout.is_some() {
+                        if idle_timeout.is_some() {
                             last_active = Instant::now();
                         }
                     }
@@ -161,8 +177,8 @@ async fn run<S: ClientStream>(
                 }
             }
             _ = shutdown.cancelled(), if !input_done => input_done = true,
-            () = &mut idle, if worker.idle_timeout.is_some() => {
-                let limit = worker.idle_timeout.unwrap_or_default();
+            () = &mut idle, if idle_timeout.is_some() => {
+                let limit = idle_timeout.unwrap_or_default();
                 // As in Redis: clients waiting on a blocking command, subscribed, or in a
                 // transaction are not idle.
                 let busy = !pending.is_empty()
