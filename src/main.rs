@@ -261,6 +261,29 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
+    // Signal handlers first: a SIGHUP or SIGTERM that arrives while the proxy starts must not
+    // kill it with the default action.
+    let Ok(signal_runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("slotproxy: cannot start the signal runtime");
+        return ExitCode::FAILURE;
+    };
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = signal_runtime.enter();
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hup)) => (term, hup),
+            _ => {
+                eprintln!("slotproxy: cannot install the signal handlers");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let proxy = match Proxy::start(config) {
         Ok(proxy) => proxy,
         Err(error) => {
@@ -271,21 +294,8 @@ fn main() -> ExitCode {
     let token = proxy.shutdown_token();
     let reloader = proxy.reloader();
     std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) else {
-                tracing::error!("cannot install the signal handlers");
-                return;
-            };
+        let (mut term, mut hup) = signals;
+        signal_runtime.block_on(async {
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
