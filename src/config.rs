@@ -80,6 +80,7 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
+    /// `[backend.tls]`.
     pub tls: BackendTlsConfig,
 }
 
@@ -108,6 +109,7 @@ pub struct BackendTlsConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
+    /// `[client.tls]`.
     pub tls: ClientTlsConfig,
 }
 
@@ -125,6 +127,8 @@ pub struct ClientTlsConfig {
 }
 
 impl ClientTlsConfig {
+    /// Either file set means TLS was asked for (a missing other half is a config problem,
+    /// never a silent plain-text listener).
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() || self.key_file.is_some()
     }
