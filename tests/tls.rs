@@ -118,6 +118,57 @@ fn rediss_seed_with_ca_serves_every_kind_of_backend_connection() {
 }
 
 #[test]
+fn killed_primary_is_replaced_by_its_tls_replica() {
+    let cluster = TlsCluster::start(3, 1, false);
+    let proxy = tls_proxy(&cluster, &cluster.files.ca, |_| {});
+    let mut client = RawClient::connect(proxy.local_addr());
+    let key = format!(
+        "{{{}}}:failover",
+        tag_for_slot(6000, &unique_prefix("tls-failover"))
+    );
+    assert_eq!(
+        client.call(&["SET", &key, "before"]),
+        Reply::Simple("OK".into())
+    );
+    let primary = cluster.primary_for_slot(6000);
+    // The replica must have the key before its primary dies (replication runs over TLS too).
+    common::wait_until(
+        "the key to reach the replica",
+        common::CLUSTER_DEADLINE,
+        || {
+            let replicas: Vec<u16> = cluster
+                .ports()
+                .into_iter()
+                .filter(|&p| p != primary)
+                .collect();
+            for port in replicas {
+                let info = cluster.cli(port, &["INFO", "replication"]);
+                if common::info_field(&info, "master_port").as_deref() == Some(&primary.to_string())
+                {
+                    let keys = cluster.cli(port, &["DBSIZE"]);
+                    return match keys.trim().parse::<u64>() {
+                        Ok(n) if n >= 1 => Ok(()),
+                        _ => Err(format!("replica {port} has {keys:?} keys")),
+                    };
+                }
+            }
+            Err("no replica of the primary yet".into())
+        },
+    );
+    cluster.kill(primary);
+    // The proxy loses its TLS connection, refreshes over TLS, and finds the promoted replica.
+    common::wait_until(
+        "the proxy to write to the promoted replica",
+        common::CLUSTER_DEADLINE,
+        || match client.call(&["SET", &key, "after"]) {
+            Reply::Simple(ok) if ok == "OK" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(client.call(&["GET", &key]), bulk("after"));
+}
+
+#[test]
 fn client_certificate_lets_the_proxy_into_an_mtls_cluster() {
     let cluster = TlsCluster::start(3, 0, true);
     let files = cluster.files.clone();

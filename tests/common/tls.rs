@@ -456,6 +456,33 @@ impl TlsCluster {
         format!("rediss://127.0.0.1:{}", self.seed_port())
     }
 
+    /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
+    pub fn kill(&self, port: u16) {
+        let mut nodes = self.lock_nodes();
+        let node = nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {port} was already killed"));
+        child.kill().expect("SIGKILL a redis-server");
+        child.wait().expect("reap a killed redis-server");
+    }
+
+    /// Port of the primary owning `slot` (`CLUSTER NODES` of the seed node).
+    pub fn primary_for_slot(&self, slot: u16) -> u16 {
+        let text = self.cli(self.seed_port(), &["CLUSTER", "NODES"]);
+        let nodes = super::parse_cluster_nodes(&text).unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .iter()
+            .filter(|n| n.is_primary())
+            .find(|n| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .map(|n| n.port)
+            .unwrap_or_else(|| panic!("no primary owns slot {slot}: {text}"))
+    }
+
     /// Runs a command on one node over TLS (with the client certificate).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         try_tls_cli(&self.files.cli_args(), port, args).unwrap_or_else(|e| panic!("{e}"))
