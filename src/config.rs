@@ -23,6 +23,8 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// Worker threads, each with its own listener and backend connections; 0 = available cores.
     pub workers: usize,
+    /// Log line format on stderr: `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
     /// Largest bulk string a client may send (Redis: proto-max-bulk-len).
     pub max_bulk_len: usize,
     /// Most arguments in one command.
@@ -146,6 +148,29 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("'{other}': expected text or json")),
+        }
+    }
+}
+
 /// Read-from-replica policy. Writes always go to primaries; a read sent to a replica that is
 /// unreachable or loading falls back to the primary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -186,6 +211,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             admin_listen: Some("127.0.0.1:9180".to_string()),
             workers: 0,
+            log_format: LogFormat::Text,
             max_bulk_len: limits.max_bulk_len,
             max_array_len: limits.max_array_len,
             max_query_buffer: limits.max_query_buffer,

@@ -274,7 +274,7 @@ impl Reloader {
             report.applied.push("requirepass/users_file");
             self.shared.users.store(Arc::new(users));
         }
-        let fixed: [(&'static str, bool); 21] = [
+        let fixed: [(&'static str, bool); 22] = [
             ("listen", running.listen != new.listen),
             ("upstreams", running.upstreams != new.upstreams),
             ("admin_listen", running.admin_listen != new.admin_listen),
@@ -327,6 +327,7 @@ impl Reloader {
                 "admin_commands",
                 running.admin_commands != new.admin_commands,
             ),
+            ("log_format", running.log_format != new.log_format),
             // TLS material is loaded once at start-up.
             ("backend.tls", running.backend.tls != new.backend.tls),
             ("client.tls", running.client.tls != new.client.tls),
@@ -367,6 +368,11 @@ fn control(
             if topology.refresh().await {
                 break;
             }
+            // Wrong credentials will not fix themselves: say so (the refresher logged the
+            // node's error) and serve at once, /readyz reporting it, instead of waiting.
+            if topology.status().auth_failure.is_some() {
+                break;
+            }
             if started.elapsed() > STARTUP_TOPOLOGY_WAIT || shutdown.is_cancelled() {
                 tracing::warn!(
                     "no cluster node answered yet; serving anyway and retrying in the background"
@@ -378,15 +384,22 @@ fn control(
         load_command_table(&shared).await;
         let _ = ready.send(());
         if let Some(handle) = metrics.clone() {
-            tokio::spawn(metrics::run_upkeep(handle, shutdown.clone()));
+            tokio::spawn(metrics::run_upkeep(
+                handle,
+                shared.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = admin_listener {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
+                    // `shutdown` here is the proxy's `stopped`: the listener outlives the
+                    // workers' drain, during which `shared.shutdown` makes /readyz fail.
                     tokio::spawn(admin::serve(
                         listener,
                         shared.clone(),
                         metrics,
+                        shared.shutdown.clone(),
                         shutdown.clone(),
                     ));
                 }

@@ -1,9 +1,16 @@
 //! The Prometheus recorder, installed once per process and shared by every proxy in it (tests
 //! run several proxies in one process).
+//!
+//! The names in DESIGN.md are a contract, so every fixed-label series is registered at
+//! install time: a scraper sees `slotproxy_redirects_total{kind="ask"} 0` before the first
+//! ASK instead of a missing series. Series labelled by command or node appear with their first
+//! use. Recording sites live with the code that observes the event.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::shared::Shared;
 
 /// Command latency buckets, in seconds: 50 µs (a pipelined GET) to 5 s (a retry deadline).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,12 +35,46 @@ pub fn install() -> Option<PrometheusHandle> {
             match metrics::set_global_recorder(recorder) {
                 Ok(()) => {
                     describe();
+                    register_fixed_series();
                     Some(handle)
                 }
                 Err(_) => None,
             }
         })
         .clone()
+}
+
+/// `slotproxy_errors_total` kinds: `BackendError::kind()` values, and `client_protocol`.
+const ERROR_KINDS: &[&str] = &[
+    "connect",
+    "unreachable",
+    "auth",
+    "not_sent",
+    "lost",
+    "timeout",
+    "protocol",
+    "client_protocol",
+];
+
+/// Registers every series whose labels are known in advance, at zero.
+fn register_fixed_series() {
+    use metrics::{counter, gauge};
+    for kind in ["moved", "ask"] {
+        counter!("slotproxy_redirects_total", "kind" => kind).increment(0);
+    }
+    for kind in ["tryagain", "clusterdown", "loading"] {
+        counter!("slotproxy_retries_total", "kind" => kind).increment(0);
+    }
+    for &kind in ERROR_KINDS {
+        counter!("slotproxy_errors_total", "kind" => kind).increment(0);
+    }
+    for direction in ["in", "out"] {
+        counter!("slotproxy_bytes_total", "direction" => direction).increment(0);
+    }
+    gauge!("slotproxy_client_connections").increment(0.0);
+    counter!("slotproxy_topology_refreshes_total").increment(0);
+    counter!("slotproxy_topology_refresh_failures_total").increment(0);
+    counter!("slotproxy_slot_map_patches_total").increment(0);
 }
 
 fn describe() {
@@ -81,15 +122,43 @@ fn describe() {
         Unit::Bytes,
         "Bytes exchanged with clients, by direction"
     );
+    describe_gauge!(
+        "slotproxy_slot_map_age_seconds",
+        Unit::Seconds,
+        "Time since the slot map was last refreshed from the cluster (since start-up while no refresh has succeeded)"
+    );
+    describe_gauge!(
+        "slotproxy_slots_covered",
+        "Slots (of 16384) that have a known primary"
+    );
+}
+
+/// Sets the gauges that describe the slot map. Called by the upkeep and before each scrape,
+/// so a scrape sees the age at scrape time. With several proxies in one process (tests) the
+/// last one to call it wins.
+pub fn record_topology(shared: &Shared) {
+    let age = shared
+        .topology
+        .age()
+        .unwrap_or_else(|| shared.started.elapsed());
+    metrics::gauge!("slotproxy_slot_map_age_seconds").set(age.as_secs_f64());
+    let covered = shared.topology.map().covered_slots();
+    metrics::gauge!("slotproxy_slots_covered").set(covered as f64);
 }
 
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Folds histogram samples into buckets periodically. The recorder queues every sample until
-/// then, so without this an unscraped proxy's memory would grow with every command.
-pub async fn run_upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+/// Folds histogram samples into buckets periodically (the recorder queues every sample until
+/// then, so without this an unscraped proxy's memory would grow with every command), and keeps
+/// the slot-map gauges current.
+pub async fn run_upkeep(
+    handle: PrometheusHandle,
+    shared: Arc<Shared>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
+        record_topology(&shared);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),

@@ -189,7 +189,7 @@ fn client_certificate_lets_the_proxy_into_an_mtls_cluster() {
             "--upstream-tls-ca",
             &files.ca.display().to_string(),
         ],
-        |line| line.contains("topology refresh failed"),
+        |line| line.contains("node unreachable"),
     );
     assert!(
         log.to_ascii_lowercase().contains("certificate"),
@@ -223,7 +223,7 @@ fn node_certificates_are_checked_against_announced_hostnames() {
             "--upstream-tls-ca",
             &cluster.files.ca.display().to_string(),
         ],
-        |line| line.contains("topology refresh failed"),
+        |line| line.contains("node unreachable"),
     );
     assert!(
         log.contains("certificate not valid for name"),
@@ -241,7 +241,7 @@ fn wrong_ca_is_reported_and_insecure_skip_verify_connects_anyway() {
             "--upstream-tls-ca",
             &cluster.files.other_ca.display().to_string(),
         ],
-        |line| line.contains("topology refresh failed"),
+        |line| line.contains("node unreachable"),
     );
     assert!(
         log.contains("certificate") && log.contains("UnknownIssuer"),

@@ -4,9 +4,14 @@
 //! connection). Asks coalesce into one refresh (single flight) and refreshes are spaced by a
 //! minimum interval (debounce), so a burst of MOVED replies costs one round of queries.
 //! Every known node is a candidate, not only the seeds, so losing the seed node is survived.
+//!
+//! Along the way it records what it learned about reaching nodes ([`BackendStatus`]): which
+//! nodes failed to answer and whether authentication was refused, so that `/readyz` can say
+//! why the proxy is not ready. It does not probe nodes on its own beyond that, except to
+//! recheck a primary it found unreachable before (so the mark is lifted once it is back).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,8 +22,99 @@ use super::slot_map::{NodeAddr, SlotMap};
 use super::topology::{announced_hostnames, parse_shards, parse_slots};
 use super::Slot;
 use crate::backend::connect::query;
+use crate::backend::BackendError;
 use crate::config::Credentials;
 use crate::resp::Value;
+
+/// A node the refresher could not use, and the error it got (a Redis error text or a
+/// connection error; never a password, which Redis does not echo).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFailure {
+    pub node: NodeAddr,
+    pub error: String,
+}
+
+/// What the refresher knows about reaching the nodes, as of its last refresh.
+#[derive(Clone, Debug, Default)]
+pub struct BackendStatus {
+    /// Set when a node refused the proxy's credentials (`WRONGPASS`, `NOAUTH`, ...) in the
+    /// last refresh; cleared once a node accepts them.
+    pub auth_failure: Option<NodeFailure>,
+    /// Nodes whose last query failed at the connection level (refused, timed out, lost);
+    /// a node leaves the list when it answers again or leaves the topology.
+    pub unreachable: Vec<NodeFailure>,
+}
+
+impl BackendStatus {
+    /// The error of `node`'s last failed query, if it is marked unreachable.
+    pub fn unreachable_error(&self, node: &str) -> Option<&str> {
+        self.unreachable
+            .iter()
+            .find(|f| &*f.node == node)
+            .map(|f| f.error.as_str())
+    }
+}
+
+/// Why one node gave no topology.
+enum AskError {
+    /// The node refused the credentials: no other node will accept them either, most likely.
+    Auth(String),
+    /// The node could not be reached or did not answer in time.
+    Unreachable(String),
+    /// It answered, but not with a usable topology.
+    Other(String),
+}
+
+impl From<BackendError> for AskError {
+    fn from(error: BackendError) -> AskError {
+        match error {
+            BackendError::Auth { reason, .. } => AskError::Auth(reason),
+            BackendError::Protocol { .. } => AskError::Other(error.to_string()),
+            other => AskError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// A Redis error reply that means "who are you?": the credentials are wrong or missing.
+fn is_auth_error(text: &[u8]) -> bool {
+    text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS")
+}
+
+/// What one refresh learned, applied to [`BackendStatus`] at its end.
+#[derive(Default)]
+struct Round {
+    answered: Vec<NodeAddr>,
+    unreachable: Vec<NodeFailure>,
+    auth_failure: Option<NodeFailure>,
+}
+
+impl Round {
+    fn note(&mut self, node: &NodeAddr, error: AskError) {
+        match error {
+            AskError::Auth(error) => {
+                tracing::debug!(%node, %error, "authentication refused");
+                if self.auth_failure.is_none() {
+                    self.auth_failure = Some(NodeFailure {
+                        node: node.clone(),
+                        error,
+                    });
+                }
+            }
+            AskError::Unreachable(error) => {
+                tracing::debug!(%node, %error, "topology query failed");
+                self.unreachable.push(NodeFailure {
+                    node: node.clone(),
+                    error,
+                });
+            }
+            AskError::Other(error) => {
+                // It answered: reachable, and the credentials (if any) were accepted.
+                tracing::debug!(%node, %error, "topology query failed");
+                self.answered.push(node.clone());
+            }
+        }
+    }
+}
 
 pub struct Topology {
     map: ArcSwap<SlotMap>,
@@ -31,6 +127,14 @@ pub struct Topology {
     /// Milliseconds since `started` at the last successful refresh (0 = never).
     refreshed_at_ms: AtomicU64,
     started: Instant,
+    /// Refreshes attempted (periodic, requested and at start-up).
+    refreshes: AtomicU64,
+    /// Refreshes in a row that published nothing: failures are logged when they start and
+    /// when they end (with this count), not on every attempt.
+    failed_in_a_row: AtomicU64,
+    /// Written by the refresher at the end of each refresh, read by the admin listener; a
+    /// plain mutex is enough (never held across an await, never on the request path).
+    status: Mutex<BackendStatus>,
 }
 
 impl Topology {
@@ -44,7 +148,26 @@ impl Topology {
             generation: AtomicU64::new(0),
             refreshed_at_ms: AtomicU64::new(0),
             started: Instant::now(),
+            refreshes: AtomicU64::new(0),
+            failed_in_a_row: AtomicU64::new(0),
+            status: Mutex::new(BackendStatus::default()),
         }
+    }
+
+    /// Refreshes attempted so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// What the last refreshes learned about reaching the nodes.
+    pub fn status(&self) -> BackendStatus {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, BackendStatus> {
+        // The status is replaced field by field with plain values: a panic elsewhere cannot
+        // leave it half-written in a way that matters, so a poisoned lock is still usable.
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current map; cheap, never blocks.
@@ -117,17 +240,19 @@ impl Topology {
     /// seen. Returns whether a map was published.
     pub async fn refresh(&self) -> bool {
         metrics::counter!("slotproxy_topology_refreshes_total").increment(1);
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let mut round = Round::default();
         let mut best: Option<SlotMap> = None;
-        // The last failure is logged when no node answers: it is the one clue an operator
-        // needs (an untrusted certificate, a refused password, a wrong port).
-        let mut last_error = None;
+        let mut published = false;
         for node in self.candidates() {
             match self.ask(&node).await {
-                Ok(map) if map.is_complete() => {
-                    self.publish(map);
-                    return true;
-                }
                 Ok(map) => {
+                    round.answered.push(node.clone());
+                    if map.is_complete() {
+                        self.publish(map);
+                        published = true;
+                        break;
+                    }
                     tracing::debug!(%node, covered = map.covered_slots(), "partial topology");
                     if best
                         .as_ref()
@@ -136,45 +261,146 @@ impl Topology {
                         best = Some(map);
                     }
                 }
-                Err(reason) => {
-                    tracing::debug!(%node, %reason, "topology query failed");
-                    last_error = Some(reason);
+                Err(error) => round.note(&node, error),
+            }
+        }
+        if !published {
+            match best {
+                Some(map) if map.covered_slots() > 0 => {
+                    tracing::warn!(
+                        covered = map.covered_slots(),
+                        "no node reports full slot coverage"
+                    );
+                    self.publish(map);
+                    published = true;
+                }
+                _ => {
+                    metrics::counter!("slotproxy_topology_refresh_failures_total").increment(1);
+                    let first = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) == 0;
+                    // An authentication failure is logged as such when recorded.
+                    if first && round.auth_failure.is_none() {
+                        tracing::warn!("topology refresh failed: no node answered");
+                    }
                 }
             }
         }
-        match best {
-            Some(map) if map.covered_slots() > 0 => {
-                tracing::warn!(
-                    covered = map.covered_slots(),
-                    "no node reports full slot coverage"
-                );
-                self.publish(map);
-                true
+        if published {
+            let failed = self.failed_in_a_row.swap(0, Ordering::Relaxed);
+            if failed > 0 {
+                tracing::info!(failed, "topology refresh works again");
             }
-            _ => {
-                metrics::counter!("slotproxy_topology_refresh_failures_total").increment(1);
-                tracing::warn!(
-                    last_error = last_error.as_deref().unwrap_or("no node to ask"),
-                    "topology refresh failed: no node answered"
-                );
-                false
+        }
+        if published {
+            self.recheck_unreachable(&mut round).await;
+        }
+        self.record(round);
+        published
+    }
+
+    /// Every node worth tracking: candidates, and nodes the cluster lists but routing leaves
+    /// out (a failed node, until the cluster forgets it).
+    fn known_nodes(&self) -> Vec<NodeAddr> {
+        let mut nodes = self.candidates();
+        for info in self.map.load().node_info() {
+            if !nodes.contains(&info.addr) {
+                nodes.push(info.addr.clone());
+            }
+        }
+        nodes
+    }
+
+    /// PINGs the known nodes that an earlier refresh found unreachable and this one did not
+    /// ask: a refresh stops at the first node that answers, so without this a node that came
+    /// back would stay marked unreachable. Usually there are none, so this costs nothing.
+    async fn recheck_unreachable(&self, round: &mut Round) {
+        let known = self.known_nodes();
+        let asked = |node: &NodeAddr| {
+            round.answered.contains(node) || round.unreachable.iter().any(|f| f.node == *node)
+        };
+        let recheck: Vec<NodeAddr> = self
+            .lock_status()
+            .unreachable
+            .iter()
+            .map(|f| f.node.clone())
+            .filter(|n| known.contains(n) && !asked(n))
+            .collect();
+        let pings = recheck.iter().map(|node| async move {
+            let outcome = query(node, &self.credentials, self.timeout, &[b"PING"]).await;
+            (node, outcome)
+        });
+        for (node, outcome) in futures_util::future::join_all(pings).await {
+            match outcome {
+                Ok(Value::Error(e)) if is_auth_error(&e) => round.note(
+                    node,
+                    AskError::Auth(String::from_utf8_lossy(&e).into_owned()),
+                ),
+                Ok(_) => round.answered.push(node.clone()),
+                Err(error) => round.note(node, error.into()),
             }
         }
     }
 
-    async fn ask(&self, node: &NodeAddr) -> Result<SlotMap, String> {
+    /// Applies what a refresh learned, logging changes (not every failed attempt).
+    fn record(&self, round: Round) {
+        let known = self.known_nodes();
+        let mut status = self.lock_status();
+        status.unreachable.retain(|f| {
+            let back = round.answered.contains(&f.node);
+            if back {
+                tracing::info!(node = %f.node, "node reachable again");
+            }
+            !back && known.contains(&f.node)
+        });
+        for failure in round.unreachable {
+            match status
+                .unreachable
+                .iter_mut()
+                .find(|f| f.node == failure.node)
+            {
+                Some(known) => known.error = failure.error,
+                None => {
+                    tracing::warn!(node = %failure.node, error = %failure.error, "node unreachable");
+                    status.unreachable.push(failure);
+                }
+            }
+        }
+        match round.auth_failure {
+            Some(failure) => {
+                if status.auth_failure.as_ref() != Some(&failure) {
+                    tracing::error!(
+                        node = %failure.node,
+                        error = %failure.error,
+                        "backend authentication failed: check the user and password of the upstream URL"
+                    );
+                }
+                status.auth_failure = Some(failure);
+            }
+            None if !round.answered.is_empty() => {
+                if let Some(previous) = status.auth_failure.take() {
+                    tracing::info!(node = %previous.node, "backend authentication works again");
+                }
+            }
+            None => {} // nobody answered: nothing learned about the credentials
+        }
+    }
+
+    async fn ask(&self, node: &NodeAddr) -> Result<SlotMap, AskError> {
         let shards = query(
             node,
             &self.credentials,
             self.timeout,
             &[b"CLUSTER", b"SHARDS"],
         )
-        .await;
+        .await?;
         match shards {
-            Ok(Value::Error(_)) => {}
-            Ok(reply) => {
+            Value::Error(e) if is_auth_error(&e) => {
+                return Err(AskError::Auth(String::from_utf8_lossy(&e).into_owned()))
+            }
+            Value::Error(_) => {}
+            reply => {
                 let tls = self.credentials.tls.as_ref();
-                let map = parse_shards(&reply, node, tls.is_some()).map_err(|e| e.to_string())?;
+                let map = parse_shards(&reply, node, tls.is_some())
+                    .map_err(|e| AskError::Other(e.to_string()))?;
                 if let Some(tls) = tls {
                     if map.is_complete() {
                         tls.learn_hostnames(announced_hostnames(&reply, node, true));
@@ -182,7 +408,6 @@ impl Topology {
                 }
                 return Ok(map);
             }
-            Err(e) => return Err(e.to_string()),
         }
         match query(
             node,
@@ -190,17 +415,16 @@ impl Topology {
             self.timeout,
             &[b"CLUSTER", b"SLOTS"],
         )
-        .await
+        .await?
         {
-            Ok(Value::Error(e)) => {
+            Value::Error(e) => {
                 let error = String::from_utf8_lossy(&e).into_owned();
                 if self.is_standalone(node).await {
                     return Ok(SlotMap::standalone(node.clone()));
                 }
-                Err(error)
+                Err(AskError::Other(error))
             }
-            Ok(reply) => parse_slots(&reply, node).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            reply => parse_slots(&reply, node).map_err(|e| AskError::Other(e.to_string())),
         }
     }
 

@@ -21,6 +21,29 @@ pub struct Shard {
     pub replicas: Vec<NodeAddr>,
 }
 
+/// A node's role as the cluster reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// What the cluster said about one node. Routing never reads it (it uses [`Shard`]); it is
+/// kept for the admin views, which must also show nodes that routing leaves out (a failed
+/// replica, a primary without slots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub addr: NodeAddr,
+    /// The cluster's node id (`CLUSTER MYID`); none for a standalone Redis.
+    pub id: Option<String>,
+    pub role: Role,
+    /// The primary a replica follows.
+    pub primary: Option<NodeAddr>,
+    /// As the cluster reports it (`online`, `failed`, `loading`); `None` when the reply does
+    /// not say (`CLUSTER SLOTS`, a standalone Redis).
+    pub health: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct SlotMap {
     /// Index into `shards` per slot, or `UNASSIGNED`.
@@ -29,6 +52,8 @@ pub struct SlotMap {
     /// A plain (non-cluster) Redis behind the proxy: one node has every key, so nothing is
     /// split and no CROSSSLOT applies.
     standalone: bool,
+    /// Every node the topology reply listed, for the admin views.
+    node_info: Vec<NodeInfo>,
 }
 
 impl SlotMap {
@@ -38,6 +63,7 @@ impl SlotMap {
             owners: vec![UNASSIGNED; SLOT_COUNT].into_boxed_slice(),
             shards: Vec::new(),
             standalone: false,
+            node_info: Vec::new(),
         };
         for (first, last, shard) in ranges {
             let index = map.shard_index(shard);
@@ -57,14 +83,33 @@ impl SlotMap {
 
     /// The map of a standalone Redis: every slot on `node`.
     pub fn standalone(node: NodeAddr) -> SlotMap {
+        let info = NodeInfo {
+            addr: node.clone(),
+            id: None,
+            role: Role::Primary,
+            primary: None,
+            health: None,
+        };
         let shard = Shard {
             primary: node,
             primary_id: None,
             replicas: Vec::new(),
         };
-        let mut map = SlotMap::from_ranges(vec![(0, (SLOT_COUNT - 1) as u16, shard)]);
+        let mut map = SlotMap::from_ranges(vec![(0, (SLOT_COUNT - 1) as u16, shard)])
+            .with_node_info(vec![info]);
         map.standalone = true;
         map
+    }
+
+    /// The same map, describing its nodes with what the cluster reported about them.
+    pub fn with_node_info(mut self, node_info: Vec<NodeInfo>) -> SlotMap {
+        self.node_info = node_info;
+        self
+    }
+
+    /// What the cluster reported about each node, in the order of its reply.
+    pub fn node_info(&self) -> &[NodeInfo] {
+        &self.node_info
     }
 
     pub fn is_standalone(&self) -> bool {
@@ -180,6 +225,21 @@ impl SlotMap {
         next
     }
 
+    /// Ranges of slots without an owner, as `(first, last)`.
+    pub fn uncovered_ranges(&self) -> Vec<(u16, u16)> {
+        let mut out: Vec<(u16, u16)> = Vec::new();
+        for (slot, &owner) in self.owners.iter().enumerate() {
+            if owner != UNASSIGNED {
+                continue;
+            }
+            match out.last_mut() {
+                Some((_, last)) if usize::from(*last) + 1 == slot => *last = slot as u16,
+                _ => out.push((slot as u16, slot as u16)),
+            }
+        }
+        out
+    }
+
     /// Slot ranges per shard, for reports: `(first, last, shard index)`.
     pub fn ranges(&self) -> Vec<(u16, u16, usize)> {
         let mut out: Vec<(u16, u16, usize)> = Vec::new();
@@ -239,8 +299,10 @@ mod tests {
 
     #[test]
     fn gaps_are_unassigned() {
-        let map = SlotMap::from_ranges(vec![(0, 99, shard("a:1"))]);
-        assert_eq!(map.covered_slots(), 100);
+        let map = SlotMap::from_ranges(vec![(0, 99, shard("a:1")), (200, 16382, shard("b:2"))]);
+        assert_eq!(map.covered_slots(), 16283);
         assert!(map.primary(Slot::new(100).unwrap()).is_none());
+        assert_eq!(map.uncovered_ranges(), vec![(100, 199), (16383, 16383)]);
+        assert!(SlotMap::empty().uncovered_ranges() == vec![(0, 16383)]);
     }
 }

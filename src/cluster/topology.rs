@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::slot_map::{NodeAddr, Shard, SlotMap};
+use super::slot_map::{NodeAddr, NodeInfo, Role, Shard, SlotMap};
 use super::SLOT_COUNT;
 use crate::resp::Value;
 
@@ -94,6 +94,7 @@ pub fn parse_shards(reply: &Value, asked: &str, tls: bool) -> Result<SlotMap, To
     let asked_host = host_of(asked);
     let shards = reply.as_array().ok_or_else(|| bad("not an array"))?;
     let mut ranges = Vec::new();
+    let mut node_info = Vec::new();
     for shard in shards {
         let slots = shard
             .field("slots")
@@ -105,6 +106,7 @@ pub fn parse_shards(reply: &Value, asked: &str, tls: bool) -> Result<SlotMap, To
             .ok_or_else(|| bad("shard without nodes"))?;
         let mut primary = None;
         let mut replicas = Vec::new();
+        let listed = node_info.len();
         for node in nodes {
             let Some(addr) = shard_node_addr(node, asked_host, tls) else {
                 continue;
@@ -115,6 +117,17 @@ pub fn parse_shards(reply: &Value, asked: &str, tls: bool) -> Result<SlotMap, To
                 .and_then(Value::as_str)
                 .unwrap_or("online");
             let id = node.field("id").and_then(Value::as_str).map(str::to_string);
+            node_info.push(NodeInfo {
+                addr: addr.clone(),
+                id: id.clone(),
+                role: if role == "master" {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
+                primary: None,
+                health: Some(health.to_string()),
+            });
             if role == "master" {
                 // A failed former primary may still be listed as a master after its replica
                 // took over: the healthy one wins.
@@ -132,6 +145,11 @@ pub fn parse_shards(reply: &Value, asked: &str, tls: bool) -> Result<SlotMap, To
         let Some((primary, primary_id, _)) = primary else {
             continue;
         };
+        for info in node_info.iter_mut().skip(listed) {
+            if info.role == Role::Replica {
+                info.primary = Some(primary.clone());
+            }
+        }
         let shard = Shard {
             primary,
             primary_id,
@@ -142,7 +160,7 @@ pub fn parse_shards(reply: &Value, asked: &str, tls: bool) -> Result<SlotMap, To
             ranges.push((first, last, shard.clone()));
         }
     }
-    Ok(SlotMap::from_ranges(ranges))
+    Ok(SlotMap::from_ranges(ranges).with_node_info(node_info))
 }
 
 /// The `first, last` slot bounds at the start of `items`, if both are valid slots in order.
@@ -167,6 +185,7 @@ pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError>
     let asked_host = host_of(asked);
     let entries = reply.as_array().ok_or_else(|| bad("not an array"))?;
     let mut ranges = Vec::new();
+    let mut node_info: Vec<NodeInfo> = Vec::new();
     for entry in entries {
         let items = entry
             .as_array()
@@ -182,7 +201,13 @@ pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError>
         let Some((primary, primary_id)) = nodes.next() else {
             continue;
         };
-        let replicas = nodes.map(|(a, _)| a).collect();
+        describe(&mut node_info, &primary, primary_id.clone(), None);
+        let replicas: Vec<NodeAddr> = nodes
+            .map(|(addr, id)| {
+                describe(&mut node_info, &addr, id, Some(&primary));
+                addr
+            })
+            .collect();
         ranges.push((
             first,
             last,
@@ -193,7 +218,30 @@ pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError>
             },
         ));
     }
-    Ok(SlotMap::from_ranges(ranges))
+    Ok(SlotMap::from_ranges(ranges).with_node_info(node_info))
+}
+
+/// Adds a node seen in `CLUSTER SLOTS` once (a primary appears once per slot range).
+fn describe(
+    node_info: &mut Vec<NodeInfo>,
+    addr: &NodeAddr,
+    id: Option<String>,
+    primary: Option<&NodeAddr>,
+) {
+    if node_info.iter().any(|n| n.addr == *addr) {
+        return;
+    }
+    node_info.push(NodeInfo {
+        addr: addr.clone(),
+        id,
+        role: if primary.is_some() {
+            Role::Replica
+        } else {
+            Role::Primary
+        },
+        primary: primary.cloned(),
+        health: None,
+    });
 }
 
 #[cfg(test)]
@@ -221,6 +269,12 @@ mod tests {
             vec![Arc::<str>::from("10.0.0.1:7001")]
         );
         assert_eq!(map.shards()[0].primary_id.as_deref(), Some("abc"));
+        let info = map.node_info();
+        assert_eq!(info.len(), 2);
+        assert_eq!(info[1].role, Role::Replica);
+        assert_eq!(info[1].id.as_deref(), Some("def"));
+        assert_eq!(info[1].primary.as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(info[1].health.as_deref(), Some("online"));
     }
 
     #[test]
@@ -251,6 +305,15 @@ mod tests {
             "127.0.0.2:7001"
         );
         assert_eq!(map.shards().len(), 2);
+        let roles: Vec<(&str, Role)> = map.node_info().iter().map(|n| (&*n.addr, n.role)).collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("127.0.0.1:7000", Role::Primary),
+                ("127.0.0.1:7003", Role::Replica),
+                ("127.0.0.2:7001", Role::Primary)
+            ]
+        );
     }
 
     #[test]
