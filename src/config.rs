@@ -24,6 +24,9 @@ pub struct Config {
     /// Worker threads, each with its own listener and backend connections; 0 = available cores.
     pub workers: usize,
     /// Log line format on stderr: `text` for people, `json` for log collectors.
+    /// Log filter (`info`, `debug`, `slotproxy=debug,warn`); unset: `RUST_LOG`, else `info`.
+    /// A reload (SIGHUP) applies a new level at once.
+    pub log_level: Option<String>,
     pub log_format: LogFormat,
     /// Largest bulk string a client may send (Redis: proto-max-bulk-len).
     pub max_bulk_len: usize,
@@ -211,6 +214,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             admin_listen: Some("127.0.0.1:9180".to_string()),
             workers: 0,
+            log_level: None,
             log_format: LogFormat::Text,
             max_bulk_len: limits.max_bulk_len,
             max_array_len: limits.max_array_len,

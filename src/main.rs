@@ -166,19 +166,31 @@ fn build_config(args: &Args) -> Result<Config, String> {
     if let Some(path) = &args.tls_client_ca {
         client_tls.client_ca_file = Some(path.clone());
     }
+    if let Some(level) = args.log_level.clone() {
+        config.log_level = Some(level);
+    }
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
     Ok(config)
 }
 
-/// Installs the stderr logger. JSON puts one object per line (fields flattened, the current
-/// span included) so collectors such as Fluent Bit or Loki parse it without a custom pattern.
-fn init_logging(level: Option<&str>, format: LogFormat) {
-    let filter = level
+/// Changes the log filter of the running logger (SIGHUP).
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// The filter to log with: the configured level, else `RUST_LOG`, else `info`.
+fn log_filter(level: Option<&str>) -> String {
+    level
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
+        .unwrap_or_else(|| "info".to_string())
+}
+
+/// Installs the stderr logger. JSON puts one object per line (fields flattened, the current
+/// span included) so collectors such as Fluent Bit or Loki parse it without a custom pattern.
+/// Returns how to change its level later.
+fn init_logging(level: Option<&str>, format: LogFormat) -> SetLogLevel {
+    let filter = log_filter(level);
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
         eprintln!("slotproxy: ignoring the log filter '{filter}' ({error}); using info");
         "info".into()
@@ -186,22 +198,35 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
+    let parse = |filter: &str| {
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("'{filter}': {e}"))
+    };
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Text => {
+            let builder = builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |filter| handle.reload(parse(filter)?).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |filter| handle.reload(parse(filter)?).map_err(|e| e.to_string()))
+        }
     }
 }
 
 /// SIGHUP: reads the configuration again and applies what can change while running; names
 /// what can't (it keeps its old value until a restart).
-fn reload(args: &Args, reloader: &slotproxy::Reloader) {
+fn reload(args: &Args, reloader: &slotproxy::Reloader, set_log_level: &SetLogLevel) {
     let config = match build_config(args) {
         Ok(config) => config,
         Err(error) => {
@@ -209,6 +234,9 @@ fn reload(args: &Args, reloader: &slotproxy::Reloader) {
             return;
         }
     };
+    if let Err(error) = set_log_level(&log_filter(config.log_level.as_deref())) {
+        tracing::warn!(%error, "reload: the log level stays");
+    }
     match reloader.reload(&config) {
         Ok(report) => {
             tracing::info!(applied = ?report.applied, "configuration reloaded");
@@ -267,7 +295,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(args.log_level.as_deref(), config.log_format);
+    let set_log_level = init_logging(config.log_level.as_deref(), config.log_format);
     // Settings and TLS files together, so one run lists every problem.
     let problems: Vec<String> = [config.validate(), slotproxy::tls::check(&config)]
         .into_iter()
@@ -324,7 +352,7 @@ fn main() -> ExitCode {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
-                    _ = hup.recv() => reload(&args, &reloader),
+                    _ = hup.recv() => reload(&args, &reloader, &set_log_level),
                 }
             }
             tracing::info!(

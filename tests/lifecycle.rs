@@ -284,22 +284,27 @@ fn sighup_reloads_passwords_and_limits_and_names_what_it_cannot() {
     let dir = std::env::temp_dir().join(unique_prefix("reload"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("slotproxy.toml");
-    let write_config = |password: &str, workers: usize, max_clients: usize| {
+    let write_config = |password: &str, workers: usize, max_clients: usize, level: &str| {
         std::fs::write(
             &file,
             format!(
-                "upstreams = [\"{}\"]\nrequirepass = \"{password}\"\nworkers = {workers}\nmax_clients = {max_clients}\n",
+                "upstreams = [\"{}\"]\nrequirepass = \"{password}\"\nworkers = {workers}\nmax_clients = {max_clients}\nlog_level = \"{level}\"\n",
                 cluster.seed_url()
             ),
         )
         .unwrap();
     };
-    write_config("first-pw", 2, 100);
+    write_config("first-pw", 2, 100, "info");
     let proxy = Binary::start(&["--config", &file.to_string_lossy()], &[]);
     let mut old = RawClient::connect(proxy.addr);
     assert_eq!(old.call(&["AUTH", "first-pw"]), Reply::Simple("OK".into()));
 
-    write_config("second-pw", 3, 2);
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        !log.contains("client connected"),
+        "no debug lines at info:\n{log}"
+    );
+    write_config("second-pw", 3, 2, "debug");
     proxy.signal("-HUP");
     wait_until("the reload is logged", Duration::from_secs(10), || {
         let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
@@ -327,6 +332,12 @@ fn sighup_reloads_passwords_and_limits_and_names_what_it_cannot() {
         "WRONGPASS invalid username-password pair or user is disabled."
     );
     assert_eq!(new.call(&["AUTH", "second-pw"]), Reply::Simple("OK".into()));
+    // The new level applies at once: a client's connection is logged at debug.
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        log.contains("client connected"),
+        "debug lines after the reload:\n{log}"
+    );
     // max_clients went down to 2: a third client is refused.
     let mut third = RawClient::connect(proxy.addr);
     assert_eq!(
