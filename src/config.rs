@@ -1,5 +1,7 @@
 //! Proxy configuration: defaults, the TOML file, and validation that reports every problem at once.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,7 +16,8 @@ use crate::resp::RequestLimits;
 pub struct Config {
     /// Client listener address.
     pub listen: String,
-    /// Seed nodes: `redis://[user[:password]@]host:port`. Any reachable node is enough.
+    /// Seed nodes: `redis://[user[:password]@]host:port` (`rediss://` for TLS). Any reachable
+    /// node is enough.
     pub upstreams: Vec<String>,
     /// Admin HTTP listener (`/healthz`, `/metrics`); `None` turns it off.
     pub admin_listen: Option<String>,
@@ -78,6 +81,68 @@ pub struct Config {
     pub client_output_buffer_limit: usize,
     /// Seconds a shutdown (SIGTERM/SIGINT) waits for replies owed to clients to be written.
     pub shutdown_grace: u64,
+    /// Backend settings kept in a section of their own (`[backend.tls]`).
+    pub backend: BackendConfig,
+    /// Client-side settings kept in a section of their own (`[client.tls]`).
+    pub client: ClientConfig,
+}
+
+/// The `[backend]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `[backend.tls]`.
+    pub tls: BackendTlsConfig,
+}
+
+/// TLS to the cluster (`[backend.tls]`; on as well when the seeds are `rediss://` URLs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// Speak TLS to every node, as `rediss://` seeds do.
+    pub enabled: bool,
+    /// CA bundle (PEM) that signed the nodes' certificates; none = the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for clusters that require one (mTLS); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. Only for tests and emergencies: anyone on the path can
+    /// then read and change the traffic, so start-up says so at warn level.
+    pub insecure_skip_verify: bool,
+    /// Name every node's certificate is checked against, when one certificate names the
+    /// cluster rather than each node; none = each node's announced hostname, else the seed's
+    /// DNS name, else the node's IP address.
+    pub server_name: Option<String>,
+}
+
+/// The `[client]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `[client.tls]`.
+    pub tls: ClientTlsConfig,
+}
+
+/// TLS on the client listener (`[client.tls]`): on when a certificate and key are given; the
+/// listener then accepts TLS clients only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// The proxy's certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM): when set, clients must present a certificate it signed (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ClientTlsConfig {
+    /// Either file set means TLS was asked for (a missing other half is a config problem,
+    /// never a silent plain-text listener).
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 /// A secret from the configuration (a password): `Debug` never shows it, so it can't reach
@@ -180,23 +245,41 @@ impl Default for Config {
             client_idle_timeout: 0,
             client_output_buffer_limit: 64 * 1024 * 1024,
             shutdown_grace: 10,
+            backend: BackendConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 }
 
-/// A seed node parsed from a `redis://` URL.
+/// A seed node parsed from a `redis://` or `rediss://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     pub addr: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `rediss://`: TLS to the cluster.
+    pub tls: bool,
 }
 
-/// Credentials sent on every new backend connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What every new backend connection needs to be let in: the password or ACL user sent with
+/// `AUTH`, and the TLS client set-up (CA, client certificate) when the cluster speaks TLS.
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Built once at start-up (`Proxy::start`); `None` = plain TCP.
+    pub tls: Option<Arc<crate::backend::tls::BackendTls>>,
+}
+
+/// Written by hand so that a stray `{:?}` can never print the password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Config {
@@ -272,8 +355,14 @@ impl Config {
             .map(|s| Credentials {
                 username: s.username,
                 password: s.password,
+                tls: None,
             })
             .unwrap_or_default()
+    }
+
+    /// Whether backend connections use TLS: `rediss://` seeds or `[backend.tls] enabled`.
+    pub fn backend_tls_enabled(&self) -> bool {
+        self.backend.tls.enabled || self.seeds().unwrap_or_default().iter().any(|s| s.tls)
     }
 
     /// Checks the whole configuration and returns every problem found, not just the first.
@@ -296,9 +385,16 @@ impl Config {
             Ok(seeds) if seeds.is_empty() => problems.push(
                 "upstreams: at least one seed node is needed (--upstream redis://host:port)".into(),
             ),
-            Ok(_) => {}
+            Ok(seeds) => {
+                if seeds.iter().any(|s| s.tls) && seeds.iter().any(|s| !s.tls) {
+                    problems.push(
+                        "upstreams: mix redis:// and rediss:// seeds; the cluster speaks TLS or it does not".into(),
+                    );
+                }
+            }
             Err(e) => problems.push(format!("upstreams: {e}")),
         }
+        self.validate_tls(&mut problems);
         let positive = [
             ("max_bulk_len", self.max_bulk_len as u64),
             ("max_array_len", self.max_array_len as u64),
@@ -330,18 +426,67 @@ impl Config {
     }
 }
 
-/// Parses `redis://[user[:password]@]host:port` (a bare `host:port` is accepted too).
+impl Config {
+    /// TLS settings that contradict each other or do nothing; the files themselves are read
+    /// by `tls::check` and at start-up.
+    fn validate_tls(&self, problems: &mut Vec<String>) {
+        let backend = &self.backend.tls;
+        if !self.backend_tls_enabled() {
+            let set = [
+                ("ca_file", backend.ca_file.is_some()),
+                ("cert_file", backend.cert_file.is_some()),
+                ("key_file", backend.key_file.is_some()),
+                ("insecure_skip_verify", backend.insecure_skip_verify),
+                ("server_name", backend.server_name.is_some()),
+            ];
+            for (name, _) in set.iter().filter(|(_, set)| *set) {
+                problems.push(format!(
+                    "backend.tls.{name}: TLS to the cluster is off; use rediss:// seeds or backend.tls.enabled = true"
+                ));
+            }
+        }
+        if backend.cert_file.is_some() != backend.key_file.is_some() {
+            problems.push(
+                "backend.tls: cert_file and key_file go together (the client certificate and its key)".into(),
+            );
+        }
+        if let Some(name) = &backend.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push(format!(
+                    "backend.tls.server_name: '{name}' is not a DNS name or IP address"
+                ));
+            }
+        }
+        let client = &self.client.tls;
+        if client.cert_file.is_some() != client.key_file.is_some() {
+            problems.push(
+                "client.tls: cert_file and key_file go together (the listener's certificate and its key)".into(),
+            );
+        }
+        if client.client_ca_file.is_some() && !client.enabled() {
+            problems.push(
+                "client.tls.client_ca_file: needs cert_file and key_file (TLS on the listener)"
+                    .into(),
+            );
+        }
+    }
+}
+
+/// Parses `redis://[user[:password]@]host:port` or `rediss://...` (TLS); a bare `host:port`
+/// is accepted too.
 pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
-    let rest = if let Some(rest) = url.strip_prefix("redis://") {
-        rest
-    } else if url.starts_with("rediss://") {
-        return Err(format!(
-            "'{url}': TLS upstreams (rediss://) are not supported yet"
-        ));
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("redis://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("rediss://") {
+        (rest, true)
     } else if url.contains("://") {
-        return Err(format!("'{url}': the scheme must be redis://"));
+        // Everything after the scheme may hold a password: name the scheme only.
+        let scheme = url.split("://").next().unwrap_or_default();
+        return Err(format!(
+            "'{scheme}://...': the scheme must be redis:// or rediss://"
+        ));
     } else {
-        url
+        (url, false)
     };
     let rest = rest.trim_end_matches('/');
     let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -359,17 +504,19 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
         },
     };
     let Some((host, port)) = hostport.rsplit_once(':') else {
-        return Err(format!("'{url}': expected host:port"));
+        // Named by host and port only: the rest of the URL may hold a password.
+        return Err(format!("'{hostport}': expected host:port"));
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(format!(
-            "'{url}': expected host:port with a port from 1 to 65535"
+            "'{hostport}': expected host:port with a port from 1 to 65535"
         ));
     }
     Ok(Upstream {
         addr: hostport.to_string(),
         username,
         password,
+        tls,
     })
 }
 
@@ -410,6 +557,52 @@ mod tests {
         };
         let problems = bad.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn tls_seeds_and_settings() {
+        let u = parse_upstream("rediss://alice:pw@cache.example:6380").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr, "cache.example:6380");
+        let tls = Config {
+            upstreams: vec!["rediss://a:1".into()],
+            ..Config::default()
+        };
+        assert!(tls.backend_tls_enabled());
+        assert!(tls.validate().is_ok());
+        let mixed = Config {
+            upstreams: vec!["rediss://a:1,redis://b:2".into()],
+            ..Config::default()
+        };
+        assert_eq!(mixed.validate().unwrap_err().len(), 1);
+        let mut loose = Config {
+            upstreams: vec!["redis://a:1".into()],
+            ..Config::default()
+        };
+        loose.backend.tls.ca_file = Some("ca.pem".into());
+        loose.backend.tls.cert_file = Some("c.pem".into());
+        loose.client.tls.client_ca_file = Some("ca.pem".into());
+        // ca_file and cert_file without TLS, cert without key, client CA without a listener cert.
+        assert_eq!(loose.validate().unwrap_err().len(), 4);
+        let parsed = Config::from_toml(
+            "[backend.tls]\nenabled = true\nca_file = \"ca.pem\"\n[client.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n",
+        )
+        .unwrap();
+        assert!(parsed.backend_tls_enabled() && parsed.client.tls.enabled());
+        assert!(Config::from_toml("[backend.tls]\nca = \"x\"").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_errors_and_debug() {
+        let error = parse_upstream("redis://:s3cret@host").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        let error = parse_upstream("http://:s3cret@host:1").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        let config = Config {
+            upstreams: vec!["redis://:s3cret@host:1".into()],
+            ..Config::default()
+        };
+        assert!(!format!("{:?}", config.credentials()).contains("s3cret"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod resp;
 pub mod server;
 pub mod shared;
+pub mod tls;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub enum StartError {
     },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("bad TLS material: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// How long `start` waits for a first topology before serving anyway (clients then get
@@ -111,15 +114,29 @@ impl Proxy {
             None
         };
 
-        let topology = Arc::new(Topology::new(
-            seeds,
-            config.credentials(),
-            config.connect_timeout(),
-        ));
+        let mut credentials = config.credentials();
+        if config.backend_tls_enabled() {
+            let all_seeds = config.seeds().map_err(|e| StartError::Config(vec![e]))?;
+            let backend_tls = backend::tls::BackendTls::new(&config.backend.tls, &all_seeds)
+                .inspect_err(|error| tracing::error!(%error, "cannot set up TLS to the cluster"))?;
+            if config.backend.tls.insecure_skip_verify {
+                tracing::warn!(
+                    "TLS to the cluster accepts ANY certificate (insecure_skip_verify, --upstream-tls-insecure): \
+                     the traffic can be read and changed by anyone on the path"
+                );
+            }
+            credentials.tls = Some(Arc::new(backend_tls));
+        }
+        let client_tls = client::tls::acceptor(&config.client.tls).inspect_err(
+            |error| tracing::error!(%error, "cannot set up TLS on the client listener"),
+        )?;
+        let topology = Arc::new(Topology::new(seeds, credentials, config.connect_timeout()));
         topology.set_max_replica_lag(config.max_replica_lag);
         let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
         let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
-        let shared = Arc::new(Shared::new(config, topology.clone(), workers, users));
+        let mut shared = Shared::new(config, topology.clone(), workers, users);
+        shared.client_tls = client_tls;
+        let shared = Arc::new(shared);
         let shutdown = shared.shutdown.clone();
         let stopped = CancellationToken::new();
         let mut workers_threads = Vec::new();
@@ -159,7 +176,13 @@ impl Proxy {
                 .map_err(StartError::Thread)?;
             workers_threads.push(thread);
         }
-        tracing::info!(%local_addr, workers, "slotproxy listening");
+        tracing::info!(
+            %local_addr,
+            workers,
+            tls = shared.client_tls.is_some(),
+            backend_tls = shared.topology.credentials().tls.is_some(),
+            "slotproxy listening"
+        );
         Ok(Proxy {
             local_addr,
             admin_addr,
@@ -316,6 +339,10 @@ impl Reloader {
                 running.admin_commands != new.admin_commands,
             ),
             ("log_format", running.log_format != new.log_format),
+            ("metrics", running.metrics != new.metrics),
+            // TLS material is loaded once at start-up.
+            ("backend.tls", running.backend.tls != new.backend.tls),
+            ("client.tls", running.client.tls != new.client.tls),
         ];
         report.not_reloaded = fixed
             .iter()

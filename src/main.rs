@@ -19,7 +19,7 @@ struct Args {
     /// Client listener address [default: 127.0.0.1:6380]
     #[arg(long, env = "SLOTPROXY_LISTEN")]
     listen: Option<String>,
-    /// Seed node URL, redis://[user[:password]@]host:port; repeat or comma-separate
+    /// Seed node URL, redis://[user[:password]@]host:port (rediss:// for TLS); repeat or comma-separate
     #[arg(long = "upstream", env = "SLOTPROXY_UPSTREAM", value_delimiter = ',')]
     upstreams: Vec<String>,
     /// Admin HTTP listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9180]
@@ -34,6 +34,27 @@ struct Args {
     /// Run CONFIG SET, CONFIG RESETSTAT, keyless DEBUG, ACL SETUSER/DELUSER on every node
     #[arg(long, env = "SLOTPROXY_ADMIN_COMMANDS")]
     admin_commands: bool,
+    /// CA bundle (PEM) for the nodes' certificates [default: the system's trust store]
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_CA")]
+    upstream_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for nodes that require one (mTLS)
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_CERT")]
+    upstream_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --upstream-tls-cert
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_KEY")]
+    upstream_tls_key: Option<std::path::PathBuf>,
+    /// Accept any node certificate (tests and emergencies only: no protection on the path)
+    #[arg(long, env = "SLOTPROXY_UPSTREAM_TLS_INSECURE")]
+    upstream_tls_insecure: bool,
+    /// Certificate (PEM) of the client listener, which then accepts TLS clients only
+    #[arg(long, env = "SLOTPROXY_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "SLOTPROXY_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// CA bundle (PEM): clients must present a certificate it signed (mTLS)
+    #[arg(long, env = "SLOTPROXY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// TOML configuration file (flags override it)
     #[arg(long, env = "SLOTPROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -121,6 +142,29 @@ fn build_config(args: &Args) -> Result<Config, String> {
     }
     if config.upstreams.is_empty() {
         config.upstreams.extend(upstream_from_app_env());
+    }
+    let backend_tls = &mut config.backend.tls;
+    if let Some(path) = &args.upstream_tls_ca {
+        backend_tls.ca_file = Some(path.clone());
+    }
+    if let Some(path) = &args.upstream_tls_cert {
+        backend_tls.cert_file = Some(path.clone());
+    }
+    if let Some(path) = &args.upstream_tls_key {
+        backend_tls.key_file = Some(path.clone());
+    }
+    if args.upstream_tls_insecure {
+        backend_tls.insecure_skip_verify = true;
+    }
+    let client_tls = &mut config.client.tls;
+    if let Some(path) = &args.tls_cert {
+        client_tls.cert_file = Some(path.clone());
+    }
+    if let Some(path) = &args.tls_key {
+        client_tls.key_file = Some(path.clone());
+    }
+    if let Some(path) = &args.tls_client_ca {
+        client_tls.client_ca_file = Some(path.clone());
     }
     if let Some(level) = args.log_level.clone() {
         config.log_level = Some(level);
@@ -252,7 +296,13 @@ fn main() -> ExitCode {
         }
     };
     let set_log_level = init_logging(config.log_level.as_deref(), config.log_format);
-    if let Err(problems) = config.validate() {
+    // Settings and TLS files together, so one run lists every problem.
+    let problems: Vec<String> = [config.validate(), slotproxy::tls::check(&config)]
+        .into_iter()
+        .filter_map(Result::err)
+        .flatten()
+        .collect();
+    if !problems.is_empty() {
         eprintln!("slotproxy: invalid configuration:");
         for p in problems {
             eprintln!("  {p}");

@@ -33,6 +33,8 @@ pub struct Shared {
     pub users: ArcSwap<Users>,
     /// Cancelled when the proxy starts shutting down (SIGTERM, `Proxy` dropped).
     pub shutdown: CancellationToken,
+    /// TLS on the client listener: every accepted connection does the handshake first.
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Client limits; swapped whole on a reload (SIGHUP) and read by sessions as they go.
     pub client_limits: ArcSwap<ClientLimits>,
 }
@@ -94,6 +96,7 @@ impl Shared {
             scripts: ScriptCache::default(),
             users: ArcSwap::from_pointee(users),
             shutdown: CancellationToken::new(),
+            client_tls: None,
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
             config,
         }

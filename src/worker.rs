@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
-use crate::client::session;
+use crate::client::{self, session};
 use crate::config::ReadFrom;
 use crate::resp::{Protocol, RequestLimits};
 use crate::shared::Shared;
@@ -67,7 +67,8 @@ impl Worker {
     fn speaking(shared: Arc<Shared>, protocol: Protocol, resp3: Option<Rc<Worker>>) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
-            credentials: config.credentials(),
+            // The topology's copy carries the TLS set-up built at start-up.
+            credentials: shared.topology.credentials().clone(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
             readonly: config.read_from != ReadFrom::Primary,
@@ -153,7 +154,10 @@ pub fn run(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone()));
+                        match &worker.shared.client_tls {
+                            None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
+                            Some(tls) => sessions.spawn_local(client::tls::serve(tls.clone(), worker.clone(), stream, peer, shutdown.clone())),
+                        };
                     }
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.

@@ -1,4 +1,5 @@
-//! Opening an authenticated connection to a node, and one-off queries for the control path.
+//! Opening an authenticated connection to a node (TCP, then TLS when the cluster speaks it,
+//! then AUTH), and one-off queries for the control path.
 
 use std::time::Duration;
 
@@ -6,22 +7,23 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stream::BackendStream;
 use super::BackendError;
 use crate::config::Credentials;
 use crate::resp::{Command, Protocol, Value};
 
 const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
 
-/// Connects to `addr`, sets TCP_NODELAY and authenticates (then sends READONLY when asked, so
-/// a replica serves reads, and `HELLO 3` for the connections of RESP3 clients, so their
-/// replies pass through raw), all within `timeout`.
+/// Connects to `addr`, sets TCP_NODELAY, runs the TLS handshake when `creds` carry TLS, and
+/// authenticates (then sends READONLY when asked, so a replica serves reads, and `HELLO 3` for
+/// the connections of RESP3 clients, so their replies pass through raw), all within `timeout`.
 pub async fn connect(
     addr: &str,
     creds: &Credentials,
     timeout: Duration,
     readonly: bool,
     protocol: Protocol,
-) -> Result<TcpStream, BackendError> {
+) -> Result<BackendStream, BackendError> {
     let work = async {
         let mut stream = connect_inner(addr, creds).await?;
         if protocol == Protocol::Resp3 {
@@ -51,14 +53,18 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(addr: &str, creds: &Credentials) -> Result<TcpStream, BackendError> {
-    let mut stream = TcpStream::connect(addr)
+async fn connect_inner(addr: &str, creds: &Credentials) -> Result<BackendStream, BackendError> {
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| BackendError::Connect {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &creds.tls {
+        None => BackendStream::Plain(tcp),
+        Some(tls) => tls.handshake(tcp, addr).await?,
+    };
     if let Some(password) = &creds.password {
         let auth = match &creds.username {
             Some(user) => {
@@ -79,15 +85,20 @@ async fn connect_inner(addr: &str, creds: &Credentials) -> Result<TcpStream, Bac
 
 /// Writes one request and reads one whole reply.
 async fn round_trip(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     addr: &str,
     request: &[u8],
 ) -> Result<Value, BackendError> {
-    let lost = |e: std::io::Error| BackendError::Protocol {
+    // Only connection set-up (AUTH, READONLY) and one-off queries come here, so a failed
+    // read or write is a failed connection: with TLS 1.3 that is also where a node refusing
+    // the proxy's client certificate shows (its alert arrives after the handshake).
+    let lost = |e: std::io::Error| BackendError::Connect {
         addr: addr.to_string(),
         reason: e.to_string(),
     };
     stream.write_all(request).await.map_err(lost)?;
+    // TLS keeps what the socket did not take yet; plain TCP returns at once.
+    stream.flush().await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         match Value::parse(&buf) {

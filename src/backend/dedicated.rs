@@ -11,10 +11,10 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::connect::connect;
 use super::pipe::PipeSettings;
+use super::stream::BackendStream;
 use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 use crate::resp::ReplyScanner;
@@ -25,7 +25,7 @@ const MAX_IDLE_PER_NODE: usize = 8;
 const READ_CHUNK: usize = 4 * 1024;
 
 pub struct DedicatedPool {
-    idle: RefCell<HashMap<NodeAddr, Vec<TcpStream>>>,
+    idle: RefCell<HashMap<NodeAddr, Vec<BackendStream>>>,
     settings: Rc<PipeSettings>,
 }
 
@@ -74,7 +74,7 @@ impl DedicatedPool {
 
     /// A connection to `addr` for the caller to hold (a WATCH, a transaction): an idle one,
     /// or a new one.
-    pub async fn checkout(&self, addr: &NodeAddr) -> Result<TcpStream, BackendError> {
+    pub async fn checkout(&self, addr: &NodeAddr) -> Result<BackendStream, BackendError> {
         let reused = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
         match reused {
             Some(stream) => Ok(stream),
@@ -82,7 +82,7 @@ impl DedicatedPool {
         }
     }
 
-    async fn open(&self, addr: &NodeAddr) -> Result<TcpStream, BackendError> {
+    async fn open(&self, addr: &NodeAddr) -> Result<BackendStream, BackendError> {
         connect(
             addr,
             &self.settings.credentials,
@@ -94,11 +94,11 @@ impl DedicatedPool {
     }
 
     /// Gives back a connection whose last exchange completed (no reply left unread).
-    pub fn checkin(&self, addr: &NodeAddr, stream: TcpStream) {
+    pub fn checkin(&self, addr: &NodeAddr, stream: BackendStream) {
         self.keep(addr, stream);
     }
 
-    fn keep(&self, addr: &NodeAddr, stream: TcpStream) {
+    fn keep(&self, addr: &NodeAddr, stream: BackendStream) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr.clone()).or_default();
         if list.len() < MAX_IDLE_PER_NODE {
@@ -108,7 +108,7 @@ impl DedicatedPool {
 }
 
 async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     addr: &str,
     payload: &[u8],
     asking: bool,
@@ -130,7 +130,7 @@ async fn exchange(
 /// # Cancel safety
 /// Not cancel safe: replies left unread make the connection unusable; drop it.
 pub async fn exchange_many(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     addr: &str,
     payload: &[u8],
     count: usize,
@@ -139,6 +139,8 @@ pub async fn exchange_many(
         addr: addr.to_string(),
     };
     stream.write_all(payload).await.map_err(lost)?;
+    // TLS keeps what the socket did not take yet; plain TCP returns at once.
+    stream.flush().await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
     let mut replies = Vec::with_capacity(count);

@@ -5,6 +5,8 @@ pub mod dedicated;
 pub mod error;
 pub mod pipe;
 pub mod pool;
+pub mod stream;
+pub mod tls;
 
 pub use error::BackendError;
 pub use pool::Pool;

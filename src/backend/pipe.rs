@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connect::connect;
+use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 use crate::config::Credentials;
@@ -217,7 +217,7 @@ fn fail_queued(rx: &mut mpsc::UnboundedReceiver<Request>, error: &BackendError) 
 
 /// Cancel safety: dropped by `select!` only when the connection is over.
 async fn write_loop(
-    mut writer: OwnedWriteHalf,
+    mut writer: BackendWriter,
     rx: &mut mpsc::UnboundedReceiver<Request>,
     waiting: &RefCell<VecDeque<Waiting>>,
     drain: &Drain,
@@ -254,12 +254,12 @@ async fn write_loop(
         if out.is_empty() {
             continue;
         }
-        writer
-            .write_all(&out)
-            .await
-            .map_err(|_| BackendError::Lost {
-                addr: String::new(),
-            })?;
+        let lost = |_| BackendError::Lost {
+            addr: String::new(),
+        };
+        writer.write_all(&out).await.map_err(lost)?;
+        // TLS keeps what the socket did not take yet; for plain TCP this returns at once.
+        writer.flush().await.map_err(lost)?;
         out.clear();
         if out.capacity() > KEEP_BUFFER {
             out = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a burst
@@ -269,7 +269,7 @@ async fn write_loop(
 
 /// Cancel safety: dropped by `select!` only when the connection is over.
 async fn read_loop(
-    mut reader: OwnedReadHalf,
+    mut reader: BackendReader,
     addr: &str,
     waiting: &RefCell<VecDeque<Waiting>>,
     drain: &Drain,

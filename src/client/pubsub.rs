@@ -347,7 +347,8 @@ async fn run_connection(
     let (mut reader, mut writer) = stream.into_split();
     let writing = async {
         while let Some(bytes) = commands.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            // flush: TLS keeps what the socket did not take yet (a no-op for plain TCP).
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::io::ClientStream;
 use super::pubsub::Subscriptions;
 use super::replies::ReplyQueue;
 use super::state::ClientState;
@@ -27,9 +27,9 @@ const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-pub async fn serve(
+pub async fn serve<S: ClientStream>(
     worker: Rc<Worker>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
@@ -54,9 +54,9 @@ pub async fn serve(
     shared.client_disconnected();
 }
 
-async fn run(
+async fn run<S: ClientStream>(
     worker: &Rc<Worker>,
-    stream: TcpStream,
+    stream: S,
     client: &mut ClientState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -206,8 +206,8 @@ async fn run(
 /// at once: the next wait goes to epoll instead of costing a `recv` that returns EAGAIN
 /// (tokio's `poll_read` does the same; `try_read` does not). With edge-triggered epoll, data
 /// arriving later raises a new event, so nothing is missed.
-fn read_draining(
-    stream: &TcpStream,
+fn read_draining<S: ClientStream>(
+    stream: &S,
     scratch: &mut BytesMut,
     input: &mut BytesMut,
 ) -> std::io::Result<usize> {

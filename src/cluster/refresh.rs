@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::slot_map::{NodeAddr, SlotMap};
-use super::topology::{parse_shards, parse_slots};
+use super::topology::{announced_hostnames, parse_shards, parse_slots};
 use super::Slot;
 use crate::backend::connect::query;
 use crate::backend::BackendError;
@@ -410,8 +410,20 @@ impl Topology {
             }
             Value::Error(_) => {}
             reply => {
-                return parse_shards(&reply, node, self.max_replica_lag.load(Ordering::Relaxed))
-                    .map_err(|e| AskError::Other(e.to_string()))
+                let tls = self.credentials.tls.as_ref();
+                let map = parse_shards(
+                    &reply,
+                    node,
+                    tls.is_some(),
+                    self.max_replica_lag.load(Ordering::Relaxed),
+                )
+                .map_err(|e| AskError::Other(e.to_string()))?;
+                if let Some(tls) = tls {
+                    if map.is_complete() {
+                        tls.learn_hostnames(announced_hostnames(&reply, node, true));
+                    }
+                }
+                return Ok(map);
             }
         }
         match query(

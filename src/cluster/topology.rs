@@ -1,5 +1,6 @@
 //! Turning `CLUSTER SHARDS` (Redis 7) or `CLUSTER SLOTS` replies into a [`SlotMap`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::slot_map::{NodeAddr, NodeInfo, Role, Shard, SlotMap};
@@ -44,9 +45,46 @@ fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
     }
 }
 
-/// Parses a `CLUSTER SHARDS` reply. Nodes reported as `failed` are left out of the replica
-/// lists; a shard whose primary is failed keeps its slots (they are still its until a
-/// failover), so requests for them fail fast instead of being sent elsewhere.
+/// The address to reach a `CLUSTER SHARDS` node entry at. A node may announce a plain `port`
+/// and a `tls-port`; `tls` picks the one the proxy speaks, falling back to the other (a
+/// cluster with `--port 0` lists only `tls-port`).
+fn shard_node_addr(node: &Value, asked_host: &str, tls: bool) -> Option<NodeAddr> {
+    let (first, second) = if tls {
+        ("tls-port", "port")
+    } else {
+        ("port", "tls-port")
+    };
+    let port = node
+        .field(first)
+        .and_then(Value::as_int)
+        .or_else(|| node.field(second).and_then(Value::as_int))?;
+    let host = endpoint(node.field("endpoint"), asked_host)?;
+    Some(node_addr(&host, port))
+}
+
+/// Node address → the hostname it announces (`cluster-announce-hostname`), from a
+/// `CLUSTER SHARDS` reply: the name its TLS certificate is checked against.
+pub fn announced_hostnames(reply: &Value, asked: &str, tls: bool) -> HashMap<String, String> {
+    let asked_host = host_of(asked);
+    let nodes = reply
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|shard| shard.field("nodes").and_then(Value::as_array))
+        .flatten();
+    nodes
+        .filter_map(|node| {
+            let hostname = node.field("hostname").and_then(Value::as_str)?;
+            let addr = shard_node_addr(node, asked_host, tls)?;
+            (!hostname.is_empty()).then(|| (addr.to_string(), hostname.to_string()))
+        })
+        .collect()
+}
+
+/// Parses a `CLUSTER SHARDS` reply (`tls`: the proxy reaches nodes on their `tls-port`).
+/// Nodes reported as `failed` are left out of the replica lists; a shard whose primary is
+/// failed keeps its slots (they are still its until a failover), so requests for them fail
+/// fast instead of being sent elsewhere.
 ///
 /// A replica whose replication offset is more than `max_replica_lag` bytes behind its
 /// primary's is left out of the replica lists too (0: no limit), so replica reads don't serve
@@ -55,6 +93,7 @@ fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
 pub fn parse_shards(
     reply: &Value,
     asked: &str,
+    tls: bool,
     max_replica_lag: u64,
 ) -> Result<SlotMap, TopologyError> {
     let bad = |detail| TopologyError::BadReply {
@@ -79,15 +118,9 @@ pub fn parse_shards(
         let mut replicas = Vec::new();
         let listed = node_info.len();
         for node in nodes {
-            let port = node
-                .field("port")
-                .and_then(Value::as_int)
-                .or_else(|| node.field("tls-port").and_then(Value::as_int));
-            let Some(port) = port else { continue };
-            let Some(host) = endpoint(node.field("endpoint"), asked_host) else {
+            let Some(addr) = shard_node_addr(node, asked_host, tls) else {
                 continue;
             };
-            let addr = node_addr(&host, port);
             let role = node.field("role").and_then(Value::as_str).unwrap_or("");
             let health = node
                 .field("health")
@@ -246,7 +279,7 @@ mod tests {
         let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n\
 *12\r\n$2\r\nid\r\n$3\r\nabc\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n\
 *12\r\n$2\r\nid\r\n$3\r\ndef\r\n$4\r\nport\r\n:7001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
-        let map = parse_shards(&parse(raw), "10.0.0.1:7000", 0).unwrap();
+        let map = parse_shards(&parse(raw), "10.0.0.1:7000", false, 0).unwrap();
         assert!(map.is_complete());
         assert_eq!(
             &**map.primary(Slot::new(100).unwrap()).unwrap(),
@@ -282,7 +315,7 @@ mod tests {
         );
         let reply = parse(raw.as_bytes());
         let replicas = |lag| {
-            parse_shards(&reply, "127.0.0.1:7000", lag)
+            parse_shards(&reply, "127.0.0.1:7000", false, lag)
                 .unwrap()
                 .shards()[0]
                 .replicas
@@ -294,6 +327,23 @@ mod tests {
         );
         assert_eq!(replicas(0).len(), 2, "0 means no lag limit");
         assert_eq!(replicas(40_000_000).len(), 2);
+    }
+
+    #[test]
+    fn tls_port_and_hostname() {
+        let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
+*12\r\n$4\r\nport\r\n:6379\r\n$8\r\ntls-port\r\n:6380\r\n$8\r\nendpoint\r\n$8\r\n10.0.0.1\r\n$8\r\nhostname\r\n$6\r\nnode-a\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
+        let reply = parse(raw);
+        let slot = Slot::new(0).unwrap();
+        let plain = parse_shards(&reply, "10.0.0.1:6379", false, 0).unwrap();
+        assert_eq!(&**plain.primary(slot).unwrap(), "10.0.0.1:6379");
+        let tls = parse_shards(&reply, "10.0.0.1:6380", true, 0).unwrap();
+        assert_eq!(&**tls.primary(slot).unwrap(), "10.0.0.1:6380");
+        let names = announced_hostnames(&reply, "10.0.0.1:6380", true);
+        assert_eq!(
+            names.get("10.0.0.1:6380").map(String::as_str),
+            Some("node-a")
+        );
     }
 
     #[test]

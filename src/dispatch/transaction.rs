@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::reply::{self, Reply};
 use super::route::Target;
 use super::target_of;
 use crate::backend::dedicated::exchange_many;
+use crate::backend::stream::BackendStream;
 use crate::cluster::redirect::{classify, Redirect};
 use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
@@ -59,7 +59,7 @@ struct Queued {
 /// EXEC locks it, so an EXEC pipelined right behind its WATCH waits for the WATCH to land.
 struct Watch {
     slot: Slot,
-    conn: Arc<Mutex<Option<(NodeAddr, TcpStream)>>>,
+    conn: Arc<Mutex<Option<(NodeAddr, BackendStream)>>>,
 }
 
 /// Commands that a client inside MULTI runs at once rather than queues (as in Redis).
@@ -281,7 +281,7 @@ pub fn watch(worker: &Rc<Worker>, state: &mut TxState, spec: &CommandSpec, cmd: 
 /// Opens the watch connection to the slot's owner (following MOVED) and sends the WATCH.
 async fn first_watch(
     worker: &Worker,
-    held: &mut Option<(NodeAddr, TcpStream)>,
+    held: &mut Option<(NodeAddr, BackendStream)>,
     cmd: &Command,
     slot: Slot,
 ) -> Bytes {

@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod raw;
+pub mod tls;
 pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,0 +1,63 @@
+//! What a session needs from its client socket: readiness waits and non-blocking reads and
+//! writes, so one session loop serves plain TCP clients directly and TLS clients through the
+//! socket pair that `client::tls` bridges (a TLS stream cannot be read by readiness).
+//!
+//! Static dispatch: each socket type gets its own copy of the session loop, so the plain TCP
+//! path compiles to exactly the calls it made before.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BufMut;
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A readiness-based client socket (tokio's `TcpStream` and `UnixStream` methods of the same
+/// names).
+pub trait ClientStream {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl Future<Output = io::Result<()>>;
+    /// Waits until the socket may be writable.
+    fn writable(&self) -> impl Future<Output = io::Result<()>>;
+    /// Writes what the socket takes now, or `WouldBlock`.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Reads what the socket has now into `buf`, or `WouldBlock`.
+    fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize>;
+    /// Runs `f`, clearing the readiness for `interest` if it returns `WouldBlock`.
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+/// Forwards every method to the inherent method of the same name.
+macro_rules! client_stream {
+    ($ty:ty) => {
+        impl ClientStream for $ty {
+            #[inline]
+            fn readable(&self) -> impl Future<Output = io::Result<()>> {
+                <$ty>::readable(self)
+            }
+            #[inline]
+            fn writable(&self) -> impl Future<Output = io::Result<()>> {
+                <$ty>::writable(self)
+            }
+            #[inline]
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$ty>::try_write(self, buf)
+            }
+            #[inline]
+            fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
+                <$ty>::try_read_buf(self, buf)
+            }
+            #[inline]
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$ty>::try_io(self, interest, f)
+            }
+        }
+    };
+}
+
+client_stream!(TcpStream);
+client_stream!(UnixStream);

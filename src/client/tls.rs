@@ -1,0 +1,135 @@
+//! TLS on the client listener: the handshake, then a small bridge between the TLS stream and
+//! the session.
+//!
+//! The session reads by readiness into its worker's scratch buffer and writes with
+//! `try_write`, which a TLS stream cannot do (decryption needs a buffer of its own). So each
+//! TLS client gets a socket pair: this task decrypts into one end and encrypts what comes out
+//! of it, and the ordinary session serves the other end, unchanged. Plain TCP clients never
+//! pass through here. A failed handshake, a plain-text client on the TLS port, or a client
+//! without the required certificate only ends its own task.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::session;
+use crate::config::ClientTlsConfig;
+use crate::tls::{load_certs, load_key, load_roots, provider, TlsError};
+use crate::worker::Worker;
+
+/// A client that has not finished its handshake by then is dropped: it holds a socket and a
+/// task, and a slow or silent peer must not pin them.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listener's TLS set-up, or `None` when no certificate is configured (plain listener).
+///
+/// # Errors
+/// A certificate, key or CA file that cannot be read or used.
+pub fn acceptor(config: &ClientTlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        return Ok(None);
+    };
+    let chain = load_certs("client.tls.cert_file (--tls-cert)", cert)?;
+    let key = load_key("client.tls.key_file (--tls-key)", key)?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setting {
+            setting: "client.tls",
+            reason: e.to_string(),
+        })?;
+    let builder = match &config.client_ca_file {
+        Some(ca) => {
+            let setting = "client.tls.client_ca_file (--tls-client-ca)";
+            let roots = load_roots(setting, ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Setting {
+                    setting,
+                    reason: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server_config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Setting {
+            setting: "client.tls.key_file (--tls-key)",
+            reason: format!("does not fit the certificate: {e}"),
+        })?;
+    Ok(Some(TlsAcceptor::from(Arc::new(server_config))))
+}
+
+/// Serves one TLS client: handshake, then the session on a socket pair bridged to it.
+pub async fn serve(
+    acceptor: TlsAcceptor,
+    worker: Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                metrics::counter!("slotproxy_errors_total", "kind" => "client_tls_handshake").increment(1);
+                tracing::debug!(%peer, %error, "client TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("slotproxy_errors_total", "kind" => "client_tls_handshake").increment(1);
+                tracing::debug!(%peer, "client TLS handshake timed out");
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    let (ours, theirs) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(%peer, %error, "cannot create a socket pair for a TLS client");
+            return;
+        }
+    };
+    tokio::task::spawn_local(session::serve(worker, theirs, peer, shutdown));
+    bridge(tls, ours).await;
+}
+
+/// Copies plaintext both ways until the session is done.
+///
+/// When the client stops sending, the session's end is shut for writing, so the session
+/// answers what it already read and closes, as it does for a TCP client that half-closes.
+/// When the session closes (QUIT, a protocol error, shutdown), the client gets a TLS
+/// close_notify and the bridge ends.
+async fn bridge(tls: tokio_rustls::server::TlsStream<TcpStream>, mut session: UnixStream) {
+    let (mut tls_read, mut tls_write) = tokio::io::split(tls);
+    let (mut session_read, mut session_write) = session.split();
+    // tokio::io::copy flushes whenever its reader has nothing more, so TLS records never wait
+    // in rustls's buffer for a later write.
+    let to_session = async {
+        let _ = tokio::io::copy(&mut tls_read, &mut session_write).await;
+        let _ = session_write.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut session_read, &mut tls_write).await;
+        let _ = tls_write.shutdown().await;
+    };
+    tokio::pin!(to_session, to_client);
+    let mut client_done = false;
+    loop {
+        tokio::select! {
+            () = &mut to_client => return,
+            () = &mut to_session, if !client_done => client_done = true,
+        }
+    }
+}
