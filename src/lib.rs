@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod dispatch;
+pub mod latency;
 pub mod metrics;
 pub mod resp;
 pub mod server;

@@ -8,15 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::shared::Shared;
-
-/// Command latency buckets, in seconds: 50 µs (a pipelined GET) to 5 s (a retry deadline).
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
-];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -25,12 +19,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new().set_buckets_for_metric(
-                Matcher::Full("slotproxy_command_duration_seconds".into()),
-                LATENCY_BUCKETS,
-            );
-            let Ok(builder) = builder else { return None };
-            let recorder = builder.build_recorder();
+            // `slotproxy_command_duration_seconds` is not the recorder's: see `latency.rs`.
+            let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             match metrics::set_global_recorder(recorder) {
                 Ok(()) => {
@@ -78,15 +68,10 @@ fn register_fixed_series() {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!(
         "slotproxy_commands_total",
         "Commands received, by command name"
-    );
-    describe_histogram!(
-        "slotproxy_command_duration_seconds",
-        Unit::Seconds,
-        "Time from a command's arrival to its reply"
     );
     describe_counter!(
         "slotproxy_errors_total",

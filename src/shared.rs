@@ -12,6 +12,7 @@ use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::dispatch::scripts::ScriptCache;
+use crate::latency::LatencyTotals;
 
 pub struct Shared {
     pub config: Config,
@@ -37,6 +38,8 @@ pub struct Shared {
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Client limits; swapped whole on a reload (SIGHUP) and read by sessions as they go.
     pub client_limits: ArcSwap<ClientLimits>,
+    /// Command latency histograms, folded in by the workers every second.
+    pub latency: LatencyTotals,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -98,6 +101,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             client_tls: None,
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
+            latency: LatencyTotals::default(),
             config,
         }
     }

@@ -1,13 +1,16 @@
 //! One worker: a single-threaded runtime with its own listener socket and backend pipes, so a
 //! request is served without locks or cross-thread hand-offs.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use metrics::{Counter, Histogram};
+use metrics::Counter;
+
+/// How often a worker moves its command latencies into the shared histograms.
+const LATENCY_FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Size of a worker's client read buffer: one read takes at most this much.
 const READ_SCRATCH: usize = 64 * 1024;
@@ -21,6 +24,7 @@ use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
 use crate::client::{self, session};
 use crate::config::ReadFrom;
+use crate::latency::LocalLatency;
 use crate::resp::{Protocol, RequestLimits};
 use crate::shared::Shared;
 
@@ -42,18 +46,28 @@ pub struct Worker {
     resp3: Option<Rc<Worker>>,
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
-    command_metrics: RefCell<Vec<Option<CommandMetrics>>>,
+    command_metrics: RefCell<Vec<Option<Rc<CommandMetrics>>>>,
     /// Every client read of this worker lands here first (sessions run one at a time on the
     /// worker's thread), so idle and waiting clients hold no read buffer of their own.
     pub read_scratch: RefCell<BytesMut>,
 }
 
-/// Metric handles of one command.
-#[derive(Clone)]
+/// Metrics of one command on this worker, counted in plain cells (no atomic operation per
+/// command) and folded into the shared metrics every second.
 pub struct CommandMetrics {
     name: String,
-    pub count: Counter,
-    pub duration: Histogram,
+    /// Commands received since the last fold, for `slotproxy_commands_total`.
+    pub received: Cell<u64>,
+    count: Counter,
+    /// For `slotproxy_command_duration_seconds` (`Shared::latency`).
+    pub latency: LocalLatency,
+}
+
+impl CommandMetrics {
+    fn fold(&self, shared: &Shared) {
+        self.count.increment(self.received.take());
+        shared.latency.fold(&self.name, &self.latency);
+    }
 }
 
 impl Worker {
@@ -111,8 +125,8 @@ impl Worker {
         }
     }
 
-    /// The metric handles for the command `name` with table id `id`.
-    pub fn command_metrics(&self, id: u16, name: &str) -> CommandMetrics {
+    /// The metrics of the command `name` with table id `id`.
+    pub fn command_metrics(&self, id: u16, name: &str) -> Rc<CommandMetrics> {
         let mut all = self.command_metrics.borrow_mut();
         let index = usize::from(id);
         if all.len() <= index {
@@ -120,16 +134,32 @@ impl Worker {
         }
         match &all[index] {
             Some(m) if m.name == name => m.clone(),
-            _ => {
+            previous => {
+                // A new table may give the id another command: fold what the old one has.
+                if let Some(old) = previous {
+                    old.fold(&self.shared);
+                }
                 let label = name.to_string();
-                let m = CommandMetrics {
+                let m = Rc::new(CommandMetrics {
                     name: label.clone(),
-                    count: metrics::counter!("slotproxy_commands_total", "command" => label.clone()),
-                    duration: metrics::histogram!("slotproxy_command_duration_seconds", "command" => label),
-                };
+                    received: Cell::new(0),
+                    count: metrics::counter!("slotproxy_commands_total", "command" => label),
+                    latency: LocalLatency::default(),
+                });
                 all[index] = Some(m.clone());
                 m
             }
+        }
+    }
+
+    /// Moves this worker's (and its RESP3 twin's) command counts and latencies into the
+    /// shared metrics.
+    fn fold_latencies(&self) {
+        for m in self.command_metrics.borrow().iter().flatten() {
+            m.fold(&self.shared);
+        }
+        if let Some(resp3) = &self.resp3 {
+            resp3.fold_latencies();
         }
     }
 }
@@ -148,6 +178,15 @@ pub fn run(
         let listener = TcpListener::from_std(listener)?;
         let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
+        let folding = {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::time::sleep(LATENCY_FOLD_INTERVAL).await;
+                    worker.fold_latencies();
+                }
+            })
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -179,6 +218,8 @@ pub fn run(
                 "shutdown grace period over: closing the clients still waiting for replies"
             );
         }
+        folding.abort();
+        worker.fold_latencies();
         Ok(())
     })
 }

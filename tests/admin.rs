@@ -76,8 +76,24 @@ fn health_readiness_and_metrics_endpoints_answer() {
     let got: String = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
     assert_eq!(got, "v");
 
-    let (status, metrics) = admin_get(&proxy, "/metrics");
-    assert_eq!(status, 200);
+    // Workers fold their command latencies into the histograms once a second.
+    let mut metrics = String::new();
+    common::wait_until(
+        "the GET latency on /metrics",
+        Duration::from_secs(10),
+        || {
+            let (status, body) = admin_get(&proxy, "/metrics");
+            metrics = body;
+            match status {
+                200 if metrics
+                    .contains("slotproxy_command_duration_seconds_count{command=\"get\"} ") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{status}")),
+            }
+        },
+    );
     // Every name of DESIGN.md's contract (with the labels it names), plus the slot-map age.
     for series in [
         "slotproxy_commands_total{command=\"set\"}",

@@ -136,10 +136,12 @@ fn route(
         "/metrics" => match metrics {
             Some(handle) => {
                 crate::metrics::record_topology(shared);
+                let mut body = handle.render();
+                shared.latency.render(&mut body);
                 Response {
                     status: 200,
                     content_type: "text/plain; version=0.0.4",
-                    body: handle.render(),
+                    body,
                 }
             }
             None => Response::text(

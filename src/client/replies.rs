@@ -7,24 +7,24 @@
 //! trip (splits, broadcasts, redirect and retry handling) run as futures the queue drives
 //! concurrently; their results wait in their slot until it reaches the head.
 
+use quanta::Instant;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use metrics::Histogram;
+
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::backend::pipe::ReplyResult;
 use crate::backend::BackendError;
 use crate::dispatch::route::{final_reply, finish, InFlight};
 use crate::dispatch::{Dispatched, Reply};
-use crate::worker::Worker;
+use crate::worker::{CommandMetrics, Worker};
 
 enum State {
     Ready(Bytes),
@@ -35,7 +35,7 @@ enum State {
 
 struct Entry {
     state: State,
-    latency: Option<(Instant, Histogram)>,
+    latency: Option<(Instant, Rc<CommandMetrics>)>,
     parked: bool,
 }
 
@@ -113,9 +113,11 @@ impl ReplyQueue {
         while let Some(Some((seq, bytes))) = self.driven.next().now_or_never() {
             self.fill(seq, bytes);
         }
+        // One clock read for every reply of this batch (they go out in the same write).
+        let mut now = None;
         while let Some(front) = self.entries.front_mut() {
             match &mut front.state {
-                State::Ready(_) => self.pop_into(out),
+                State::Ready(_) => self.pop_into(out, &mut now),
                 State::InFlight(in_flight) => match in_flight.reply.try_recv() {
                     Ok(outcome) => self.settle(0, outcome),
                     Err(TryRecvError::Empty) => break,
@@ -154,12 +156,15 @@ impl ReplyQueue {
         .await
     }
 
-    fn pop_into(&mut self, out: &mut BytesMut) {
+    fn pop_into(&mut self, out: &mut BytesMut, now: &mut Option<Instant>) {
         if let Some(entry) = self.entries.pop_front() {
             self.head_seq += 1;
             self.parked -= usize::from(entry.parked);
-            if let Some((started, histogram)) = entry.latency {
-                histogram.record(started.elapsed().as_secs_f64());
+            if let Some((started, metrics)) = entry.latency {
+                let now = *now.get_or_insert_with(Instant::now);
+                metrics
+                    .latency
+                    .record(now.saturating_duration_since(started));
             }
             if let State::Ready(bytes) = entry.state {
                 out.extend_from_slice(&bytes);

@@ -90,6 +90,7 @@ async fn run<S: ClientStream>(
             idle.as_mut().reset(deadline.into());
         }
         // Decode and dispatch everything complete, as long as the pipeline has room.
+        let mut arrived = None;
         while !input_done && pending.len() < worker.max_pipeline_depth {
             match decoder.decode(&mut input) {
                 Ok(Some(command)) => {
@@ -97,6 +98,7 @@ async fn run<S: ClientStream>(
                         worker.speaking_to(client.protocol),
                         client,
                         command,
+                        &mut arrived,
                     ));
                     if client.closing {
                         input_done = true;

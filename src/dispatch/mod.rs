@@ -12,10 +12,8 @@ pub mod split;
 pub mod transaction;
 pub mod wait;
 
+use quanta::Instant;
 use std::rc::Rc;
-use std::time::Instant;
-
-use metrics::Histogram;
 
 use bytes::Bytes;
 
@@ -26,7 +24,7 @@ use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::command::{CommandError, CommandSpec};
 use crate::resp::{Command, Protocol};
-use crate::worker::Worker;
+use crate::worker::{CommandMetrics, Worker};
 use cluster_wide::Merge;
 use route::{execute, Resend, Started, Target};
 use split::split_by_slot;
@@ -45,7 +43,13 @@ enum Split {
 
 /// Produces the reply for one command. Called in arrival order; the returned reply is queued
 /// so replies go back in the order the client sent its commands.
-pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> Dispatched {
+/// `arrived`: when the read that brought the command completed (one clock read per batch).
+pub fn dispatch(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    cmd: Command,
+    arrived: &mut Option<Instant>,
+) -> Dispatched {
     let table = worker.shared.commands.load();
     if client.tx.in_multi() && !transaction::runs_in_multi(cmd.name()) {
         let spec = table.lookup(&cmd);
@@ -82,12 +86,18 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
         );
         return Dispatched::untimed(reply::error(&message));
     }
+    if !worker.shared.config.metrics {
+        return Dispatched {
+            reply: plan(worker, client, spec, cmd),
+            latency: None,
+        };
+    }
     let metrics = worker.command_metrics(spec.id, &spec.name);
-    metrics.count.increment(1);
-    let started = Instant::now();
+    metrics.received.set(metrics.received.get() + 1);
+    let started = *arrived.get_or_insert_with(Instant::now);
     Dispatched {
         reply: plan(worker, client, spec, cmd),
-        latency: Some((started, metrics.duration)),
+        latency: Some((started, metrics)),
     }
 }
 
@@ -95,7 +105,7 @@ pub fn dispatch(worker: &Rc<Worker>, client: &mut ClientState, cmd: Command) -> 
 /// once the reply is complete.
 pub struct Dispatched {
     pub reply: Reply,
-    pub latency: Option<(Instant, Histogram)>,
+    pub latency: Option<(Instant, Rc<CommandMetrics>)>,
 }
 
 impl Dispatched {
