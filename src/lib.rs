@@ -136,7 +136,7 @@ impl Proxy {
         let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
         let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
         let mut shared = Shared::new(config, topology.clone(), workers, users);
-        shared.client_tls = client_tls;
+        shared.client_tls = arc_swap::ArcSwapOption::new(client_tls.map(Arc::new));
         let shared = Arc::new(shared);
         let shutdown = shared.shutdown.clone();
         let stopped = CancellationToken::new();
@@ -180,7 +180,7 @@ impl Proxy {
         tracing::info!(
             %local_addr,
             workers,
-            tls = shared.client_tls.is_some(),
+            tls = shared.client_tls.load().is_some(),
             backend_tls = shared.topology.credentials().tls.is_some(),
             "slotproxy listening"
         );
@@ -271,6 +271,48 @@ impl Reloader {
         let users = new.users()?;
         let running = &self.shared.config;
         let mut report = ReloadReport::default();
+        // TLS files are read again even when their paths are the same: certificates are
+        // rotated in place. Both are loaded before anything is applied.
+        let running_backend_tls = self.shared.topology.credentials().tls.clone();
+        let backend_tls = match (&running_backend_tls, new.backend_tls_enabled()) {
+            (Some(_), true) => {
+                let seeds = new.seeds().map_err(|e| vec![e])?;
+                Some(
+                    backend::tls::BackendTls::new(&new.backend.tls, &seeds)
+                        .map_err(|e| vec![e.to_string()])?,
+                )
+            }
+            _ => None,
+        };
+        let running_client_tls = self.shared.client_tls.load().is_some();
+        let client_tls = match running_client_tls {
+            true => client::tls::acceptor(&new.client.tls).map_err(|e| vec![e.to_string()])?,
+            false => None,
+        };
+        if running_backend_tls.is_some() != new.backend_tls_enabled() {
+            report
+                .not_reloaded
+                .push("backend.tls (turning TLS on or off)");
+        }
+        if let (Some(running), Some(fresh)) = (&running_backend_tls, backend_tls) {
+            if running.same_names(&fresh) {
+                running.reload_certificates(fresh);
+                report.applied.push("backend TLS certificates");
+            } else {
+                report.not_reloaded.push("backend.tls.server_name");
+            }
+        }
+        match (running_client_tls, client_tls) {
+            (true, Some(acceptor)) => {
+                self.shared.client_tls.store(Some(Arc::new(acceptor)));
+                report.applied.push("client TLS certificates");
+            }
+            (true, None) => report.not_reloaded.push("client.tls (turning TLS off)"),
+            (false, _) if new.client.tls.cert_file.is_some() => {
+                report.not_reloaded.push("client.tls (turning TLS on)");
+            }
+            (false, _) => {}
+        }
         let limits = ClientLimits::of(new);
         if **self.shared.client_limits.load() != limits {
             report.applied.push("client limits");
@@ -341,15 +383,13 @@ impl Reloader {
             ),
             ("log_format", running.log_format != new.log_format),
             ("metrics", running.metrics != new.metrics),
-            // TLS material is loaded once at start-up.
-            ("backend.tls", running.backend.tls != new.backend.tls),
-            ("client.tls", running.client.tls != new.client.tls),
         ];
-        report.not_reloaded = fixed
-            .iter()
-            .filter(|(_, changed)| *changed)
-            .map(|(name, _)| *name)
-            .collect();
+        report.not_reloaded.extend(
+            fixed
+                .iter()
+                .filter(|(_, changed)| *changed)
+                .map(|(name, _)| *name),
+        );
         Ok(report)
     }
 }

@@ -35,7 +35,7 @@ pub struct Shared {
     /// Cancelled when the proxy starts shutting down (SIGTERM, `Proxy` dropped).
     pub shutdown: CancellationToken,
     /// TLS on the client listener: every accepted connection does the handshake first.
-    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub client_tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// Client limits; swapped whole on a reload (SIGHUP) and read by sessions as they go.
     pub client_limits: ArcSwap<ClientLimits>,
     /// Command latency histograms, folded in by the workers every second.
@@ -99,7 +99,7 @@ impl Shared {
             scripts: ScriptCache::default(),
             users: ArcSwap::from_pointee(users),
             shutdown: CancellationToken::new(),
-            client_tls: None,
+            client_tls: arc_swap::ArcSwapOption::empty(),
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
             latency: LatencyTotals::default(),
             config,

@@ -193,9 +193,9 @@ pub fn run(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        match &worker.shared.client_tls {
+                        match worker.shared.client_tls.load_full() {
                             None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
-                            Some(tls) => sessions.spawn_local(client::tls::serve(tls.clone(), worker.clone(), stream, peer, shutdown.clone())),
+                            Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
                         };
                     }
                     Err(error) => {

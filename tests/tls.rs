@@ -466,3 +466,65 @@ fn proxy_binary_log(args: &[&str], until: impl Fn(&str) -> bool + Send + 'static
     let _ = child.wait();
     log
 }
+
+#[test]
+fn a_reload_rotates_listener_and_backend_certificates_in_place() {
+    let cluster = shared();
+    let files = cluster.files.clone();
+    let dir = std::env::temp_dir().join(unique_prefix("tls-reload"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listener_cert, listener_key, backend_ca) = (
+        dir.join("listener.pem"),
+        dir.join("listener.key"),
+        dir.join("backend-ca.pem"),
+    );
+    std::fs::copy(&files.server_cert, &listener_cert).unwrap();
+    std::fs::copy(&files.server_key, &listener_key).unwrap();
+    std::fs::copy(&files.ca, &backend_ca).unwrap();
+    // The same settings for start and reload: only the files' contents change.
+    let settings = |config: &mut slotproxy::Config| {
+        config.backend.tls.ca_file = Some(backend_ca.clone());
+        config.client.tls.cert_file = Some(listener_cert.clone());
+        config.client.tls.key_file = Some(listener_key.clone());
+    };
+    let proxy = start_proxy_configured(vec![cluster.seed_url()], settings);
+    let mut config = slotproxy::Config {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![cluster.seed_url()],
+        admin_listen: Some("127.0.0.1:0".into()),
+        workers: 2,
+        ..slotproxy::Config::default()
+    };
+    settings(&mut config);
+    let addr = proxy.local_addr();
+    let key = format!("{{{}}}:k", tag_for_slot(6000, &unique_prefix("tls-reload")));
+    let mut old = TlsClient::try_connect(addr, &files.ca, None).unwrap();
+    assert_eq!(old.call(&["SET", &key, "v"]), Reply::Simple("OK".into()));
+
+    // The listener's certificate is replaced in place by one from another CA, then reloaded.
+    let rotated = common::tls::TlsFiles::generate(&dir.join("rotated"), 0);
+    std::fs::copy(&rotated.server_cert, &listener_cert).unwrap();
+    std::fs::copy(&rotated.server_key, &listener_key).unwrap();
+    let report = proxy.reloader().reload(&config).unwrap();
+    assert!(
+        report.applied.contains(&"client TLS certificates")
+            && report.applied.contains(&"backend TLS certificates"),
+        "{report:?}"
+    );
+    assert!(report.not_reloaded.is_empty(), "{report:?}");
+
+    // New clients get the new certificate; the old CA no longer verifies it.
+    let mut new = TlsClient::try_connect(addr, &rotated.ca, None).unwrap();
+    assert_eq!(new.call(&["GET", &key]), bulk("v"));
+    assert!(TlsClient::try_connect(addr, &files.ca, None).is_err());
+    // The connection made before the reload goes on.
+    assert_eq!(old.call(&["GET", &key]), bulk("v"));
+
+    // An unusable file refuses the whole reload: the running certificates stay.
+    std::fs::write(&listener_key, "not a key").unwrap();
+    let problems = proxy.reloader().reload(&config).unwrap_err();
+    assert!(problems.iter().any(|p| p.contains("key")), "{problems:?}");
+    let mut after = TlsClient::try_connect(addr, &rotated.ca, None).unwrap();
+    assert_eq!(after.call(&["GET", &key]), bulk("v"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

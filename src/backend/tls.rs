@@ -28,7 +28,8 @@ use crate::tls::{load_certs, load_key, load_roots, provider, system_roots, TlsEr
 
 /// The TLS side of every backend connection.
 pub struct BackendTls {
-    connector: TlsConnector,
+    /// Replaced whole by a reload (SIGHUP): new connections use the new CA and certificate.
+    connector: ArcSwap<TlsConnector>,
     /// `server_name` from the configuration: overrides every other choice.
     fixed_name: Option<ServerName<'static>>,
     /// The first seed's host, when it is a DNS name.
@@ -101,11 +102,23 @@ impl BackendTls {
             .find(|host| host.parse::<std::net::IpAddr>().is_err())
             .and_then(|host| ServerName::try_from(host.to_string()).ok());
         Ok(BackendTls {
-            connector: TlsConnector::from(Arc::new(client_config)),
+            connector: ArcSwap::from_pointee(TlsConnector::from(Arc::new(client_config))),
             fixed_name,
             seed_name,
             announced: ArcSwap::from_pointee(HashMap::new()),
         })
+    }
+
+    /// Takes the CA and certificates of `fresh` (loaded again from their files by a reload)
+    /// for the connections opened from now on; open ones keep theirs.
+    pub fn reload_certificates(&self, fresh: BackendTls) {
+        self.connector.store(fresh.connector.load_full());
+    }
+
+    /// Whether `fresh` verifies node names the same way (a changed `server_name` needs a
+    /// restart).
+    pub fn same_names(&self, fresh: &BackendTls) -> bool {
+        self.fixed_name == fresh.fixed_name
     }
 
     /// Replaces the announced hostnames (from a `CLUSTER SHARDS` reply).
@@ -152,7 +165,8 @@ impl BackendTls {
                 addr: addr.to_string(),
                 reason,
             })?;
-        match self.connector.connect(name, tcp).await {
+        let connector = self.connector.load_full();
+        match connector.connect(name, tcp).await {
             Ok(tls) => Ok(BackendStream::Tls(Box::new(tls))),
             Err(error) => Err(BackendError::Connect {
                 addr: addr.to_string(),
