@@ -91,17 +91,20 @@ impl PipeState {
 
 impl Pipe {
     /// Opens a pipe to `addr`; connecting happens in the background and requests sent
-    /// meanwhile wait for it. `on_close` runs once when the connection is gone.
+    /// meanwhile wait for it. `on_close` runs once when the connection is gone. `retrying`:
+    /// the previous pipe to `addr` could not connect (its failure was logged; repeats are
+    /// logged at debug, so a dead node doesn't flood the log).
     pub fn open(
         addr: NodeAddr,
         settings: Rc<PipeSettings>,
+        retrying: bool,
         on_close: impl FnOnce(&PipeState) + 'static,
     ) -> Pipe {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Rc::new(PipeState::default());
         let task_state = state.clone();
         tokio::task::spawn_local(async move {
-            run(addr, settings, rx, &task_state).await;
+            run(addr, settings, retrying, rx, &task_state).await;
             task_state.closed.set(true);
             on_close(&task_state);
         });
@@ -142,6 +145,7 @@ impl Pipe {
 async fn run(
     addr: NodeAddr,
     settings: Rc<PipeSettings>,
+    retrying: bool,
     mut rx: mpsc::UnboundedReceiver<Request>,
     state: &PipeState,
 ) {
@@ -154,9 +158,18 @@ async fn run(
     )
     .await
     {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            if retrying {
+                tracing::info!(node = %addr, "backend connected again");
+            }
+            stream
+        }
         Err(error) => {
-            tracing::warn!(node = %addr, %error, "backend connect failed");
+            if retrying {
+                tracing::debug!(node = %addr, %error, "backend connect failed again");
+            } else {
+                tracing::warn!(node = %addr, %error, "backend connect failed");
+            }
             let reason = match &error {
                 BackendError::Connect { reason, .. } | BackendError::Auth { reason, .. } => {
                     reason.clone()

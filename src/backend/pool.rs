@@ -47,6 +47,7 @@ impl Pool {
         asking: bool,
     ) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
         let mut pipes = self.pipes.borrow_mut();
+        let mut retrying = false;
         if let Some(pipe) = pipes.get(addr) {
             if !pipe.state().is_closed() {
                 return Ok(pipe.send(payload, asking));
@@ -58,10 +59,13 @@ impl Pool {
                         reason,
                     });
                 }
+                retrying = true;
             }
         }
         let on_trouble = self.on_trouble.clone();
-        let pipe = Pipe::open(addr.clone(), self.settings.clone(), move |_| on_trouble());
+        let pipe = Pipe::open(addr.clone(), self.settings.clone(), retrying, move |_| {
+            on_trouble()
+        });
         let rx = pipe.send(payload, asking);
         pipes.insert(addr.clone(), Rc::new(pipe));
         Ok(rx)
