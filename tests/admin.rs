@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,28 +17,7 @@ use serde_json::Value as Json;
 /// `METHOD path` on the admin listener; returns (status code, body).
 fn admin_request(proxy: &slotproxy::Proxy, method: &str, path: &str) -> (u16, String) {
     let addr = proxy.admin_addr().expect("admin listener is on");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect to admin {addr}: {e}"));
-    stream.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .unwrap_or_else(|e| panic!("reading {method} {path}: {e}"));
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad response {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::http::request(addr, method, path)
 }
 
 fn admin_get(proxy: &slotproxy::Proxy, path: &str) -> (u16, String) {

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::raw::{RawClient, Reply};
-use common::{local_keyslot, shared, start_proxy_configured, unique_prefix, wait_until, Cluster};
+use common::{local_keyslot, shared, start_proxy_configured, unique_prefix, wait_until};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -98,15 +98,6 @@ impl Drop for Binary {
     }
 }
 
-fn signal_node(cluster: &Cluster, port: u16, sig: &str) {
-    let status = Command::new("kill")
-        .arg(sig)
-        .arg(cluster.pid(port).to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} node {port}");
-}
-
 #[test]
 fn sigterm_answers_every_command_already_received() {
     let _serial = serial();
@@ -121,7 +112,7 @@ fn sigterm_answers_every_command_already_received() {
     assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
 
     // 1,000 commands in flight: their node is stopped, so none can be answered yet.
-    signal_node(cluster, primary, "-STOP");
+    cluster.signal(primary, "-STOP");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut batch = Vec::new();
         for _ in 0..1000 {
@@ -136,7 +127,7 @@ fn sigterm_answers_every_command_already_received() {
             "the proxy still accepts clients after SIGTERM"
         );
     }));
-    signal_node(cluster, primary, "-CONT");
+    cluster.signal(primary, "-CONT");
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

@@ -22,24 +22,13 @@ fn confirmation(kind: &str, name: &str, count: i64) -> Reply {
     array(vec![bulk(kind), bulk(name), Reply::Int(count)])
 }
 
-/// Shard channels whose slots are owned by different primaries.
-fn channels_on_two_nodes(cluster: &Cluster, prefix: &str) -> (String, String) {
-    let a = format!("{prefix}:a");
-    let owner_a = cluster.primary_for_slot(local_keyslot(a.as_bytes()));
-    let b = (0..)
-        .map(|i| format!("{prefix}:b{i}"))
-        .find(|b| cluster.primary_for_slot(local_keyslot(b.as_bytes())) != owner_a)
-        .unwrap();
-    (a, b)
-}
-
 #[test]
 fn subscribers_get_messages_from_every_kind_of_subscription() {
     let cluster = shared();
     let proxy = start_proxy(cluster);
     let p = unique_prefix("pubsub");
     let (chan, pat) = (format!("{p}:news"), format!("{p}:n*"));
-    let (shard_a, shard_b) = channels_on_two_nodes(cluster, &p);
+    let (shard_a, shard_b) = cluster.names_on_two_primaries(&p);
     let mut sub = RawClient::connect(proxy.local_addr());
     let mut publisher = RawClient::connect(proxy.local_addr());
 

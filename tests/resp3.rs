@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw::{RawClient, Reply};
-use common::{local_keyslot, shared, start_proxy, unique_prefix, Cluster};
+use common::{shared, start_proxy, unique_prefix};
 
 fn bulk(s: &str) -> Reply {
     Reply::Bulk(Some(s.as_bytes().to_vec()))
@@ -29,23 +29,12 @@ fn map_field<'a>(reply: &'a Reply, key: &str) -> &'a Reply {
     }
 }
 
-/// Keys of `prefix` whose slots are owned by different primaries.
-fn keys_on_two_nodes(cluster: &Cluster, prefix: &str) -> (String, String) {
-    let a = format!("{prefix}:a");
-    let owner_a = cluster.primary_for_slot(local_keyslot(a.as_bytes()));
-    let b = (0..)
-        .map(|i| format!("{prefix}:b{i}"))
-        .find(|b| cluster.primary_for_slot(local_keyslot(b.as_bytes())) != owner_a)
-        .unwrap();
-    (a, b)
-}
-
 #[test]
 fn hello_3_switches_one_client_to_resp3_replies() {
     let cluster = shared();
     let proxy = start_proxy(cluster);
     let p = unique_prefix("resp3");
-    let (a, b) = keys_on_two_nodes(cluster, &p);
+    let (a, b) = cluster.names_on_two_primaries(&p);
     let mut c = RawClient::connect(proxy.local_addr());
     let mut other = RawClient::connect(proxy.local_addr());
 
@@ -150,7 +139,7 @@ fn resp3_subscribers_get_push_messages_and_keep_sending_commands() {
     let proxy = start_proxy(cluster);
     let p = unique_prefix("resp3-pubsub");
     let chan = format!("{p}:news");
-    let (shard_a, shard_b) = keys_on_two_nodes(cluster, &format!("{p}:shard"));
+    let (shard_a, shard_b) = cluster.names_on_two_primaries(&format!("{p}:shard"));
     let key = format!("{p}:k");
     let mut sub = RawClient::connect(proxy.local_addr());
     let mut publisher = RawClient::connect(proxy.local_addr());

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,16 +34,6 @@ fn key_per_primary(cluster: &Cluster, prefix: &str) -> Vec<String> {
         }
     }
     keys.into_iter().map(|(_, k)| k).collect()
-}
-
-/// Sends SIGSTOP/SIGCONT to a node this test harness started.
-fn signal(cluster: &Cluster, port: u16, sig: &str) {
-    let status = Command::new("kill")
-        .arg(sig)
-        .arg(cluster.pid(port).to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} node {port}");
 }
 
 #[test]
@@ -125,7 +114,7 @@ fn a_wait_that_times_out_does_not_stall_other_clients() {
     assert_eq!(waiter.call(&["SET", &key, "1"]), Reply::Simple("OK".into()));
     assert_eq!(waiter.call(&["WAIT", "1", "2000"]), Reply::Int(1));
 
-    signal(cluster, replica, "-STOP");
+    cluster.signal(replica, "-STOP");
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert_eq!(waiter.call(&["SET", &key, "2"]), Reply::Simple("OK".into()));
         let started = Instant::now();
@@ -144,7 +133,7 @@ fn a_wait_that_times_out_does_not_stall_other_clients() {
         assert_eq!(waiter.read_reply(), Reply::Int(0));
         assert!(started.elapsed() >= Duration::from_millis(1400));
     }));
-    signal(cluster, replica, "-CONT");
+    cluster.signal(replica, "-CONT");
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }

@@ -513,13 +513,29 @@ fn log_tail(dir: &Path, lines: usize) -> String {
 /// Starts one `redis-server` in `root/<port>/`, retrying on another port if the chosen one was
 /// taken between the check and the bind (other test processes pick ports too).
 fn start_node(root: &Path) -> Node {
+    start_node_with(
+        root,
+        |port, dir| node_config(port, dir, 2000),
+        |port| try_query::<String>(port, &["INFO", "server"]),
+    )
+}
+
+/// Starts one `redis-server` in `root/<port>/` with the configuration `config(port, dir)`,
+/// and waits until `info(port)` (its `INFO server`, over whatever connection the node takes)
+/// shows the child's own pid; retries on another port if the chosen one was taken between the
+/// check and the bind.
+fn start_node_with(
+    root: &Path,
+    config: impl Fn(u16, &Path) -> String,
+    info: impl Fn(u16) -> Result<String, String>,
+) -> Node {
     let mut last_failure = String::new();
     for _ in 0..5 {
         let port = pick_node_port();
         let dir = root.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("create node dir");
         let conf = dir.join("redis.conf");
-        std::fs::write(&conf, node_config(port, &dir, 2000)).expect("write redis.conf");
+        std::fs::write(&conf, config(port, &dir)).expect("write redis.conf");
         let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
         let stderr = stdout.try_clone().expect("clone stdout.log handle");
         let mut command = Command::new("redis-server");
@@ -542,7 +558,7 @@ fn start_node(root: &Path) -> Node {
                 ));
             }
             // Make sure the server answering is ours, not another process's on the same port.
-            let info = try_query::<String>(port, &["INFO", "server"]);
+            let info = info(port);
             if let Ok(info) = &info {
                 if info_field(info, "process_id").as_deref() == Some(&pid.to_string()) {
                     break Ok(());
@@ -788,6 +804,27 @@ impl Cluster {
     /// Node id (`CLUSTER MYID`) of the node on `port`.
     pub fn node_id(&self, port: u16) -> String {
         query(port, &["CLUSTER", "MYID"])
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to the node on `port`, by PID.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid(port).to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} node {port}");
+    }
+
+    /// Names (keys or shard channels) under `prefix` whose slots have different primaries.
+    pub fn names_on_two_primaries(&self, prefix: &str) -> (String, String) {
+        let a = format!("{prefix}:a");
+        let owner_a = self.primary_for_slot(local_keyslot(a.as_bytes()));
+        let b = (0..)
+            .map(|i| format!("{prefix}:b{i}"))
+            .find(|b| self.primary_for_slot(local_keyslot(b.as_bytes())) != owner_a)
+            .expect("the cluster has two primaries");
+        (a, b)
     }
 
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.

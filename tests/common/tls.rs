@@ -8,10 +8,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -20,7 +20,7 @@ use rcgen::{
 
 use super::raw::{encode, Reply};
 use super::{
-    info_field, log_tail, node_config, pick_node_port, remove_stale_dirs, run_with_timeout, spawn,
+    info_field, log_tail, node_config, remove_stale_dirs, run_with_timeout, start_node_with,
     tests_root, wait_until, Node, CLUSTER_DEADLINE, IO_TIMEOUT, SLOTS,
 };
 
@@ -330,78 +330,21 @@ impl TlsCluster {
             ),
         };
         let hostname = options.named.then(|| node_hostname(index));
-        let mut last_failure = String::new();
-        for _ in 0..5 {
-            let port = pick_node_port();
-            let dir = self.root.join(port.to_string());
-            std::fs::create_dir_all(&dir).expect("create node dir");
-            let conf = dir.join("redis.conf");
-            std::fs::write(
-                &conf,
+        // A redis-server built without TLS exits at once; start_node_with shows its log.
+        start_node_with(
+            &self.root,
+            |port, dir| {
                 tls_node_config(
                     port,
-                    &dir,
+                    dir,
                     (cert, key),
                     &self.files.ca,
                     options.require_client_cert,
                     hostname.as_deref(),
-                ),
-            )
-            .expect("write redis.conf");
-            let stdout = std::fs::File::create(dir.join("stdout.log")).expect("stdout.log");
-            let stderr = stdout.try_clone().expect("clone stdout.log handle");
-            let mut command = Command::new("redis-server");
-            command
-                .arg(&conf)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr);
-            let mut child = spawn(command).unwrap_or_else(|e| {
-                panic!("cannot start redis-server: {e}; run scripts/test.sh, which installs it")
-            });
-            let pid = child.id();
-            let start = Instant::now();
-            let outcome = loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    break Err(format!(
-                        "redis-server --tls-port {port} exited ({status}) (is it built with TLS?):\n{}",
-                        log_tail(&dir, 20)
-                    ));
-                }
-                // The server answering must be ours, not another process's on the same port.
-                let info = try_tls_cli(&self.files.cli_args(), port, &["INFO", "server"]);
-                if let Ok(info) = &info {
-                    if info_field(info, "process_id").as_deref() == Some(&pid.to_string()) {
-                        break Ok(());
-                    }
-                }
-                if start.elapsed() > CLUSTER_DEADLINE {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!(
-                        "redis-server --tls-port {port} did not answer within {CLUSTER_DEADLINE:?} (last: {info:?}):\n{}",
-                        log_tail(&dir, 20)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            match outcome {
-                Ok(()) => {
-                    return Node {
-                        port,
-                        dir,
-                        child: Some(child),
-                        pid,
-                    }
-                }
-                Err(failure) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    last_failure = failure;
-                }
-            }
-        }
-        panic!("could not start a TLS redis-server after 5 attempts; last failure: {last_failure}");
+                )
+            },
+            |port| try_tls_cli(&self.files.cli_args(), port, &["INFO", "server"]),
+        )
     }
 
     /// Every node ok, knowing all nodes and all slots; replicas linked; `redis-cli --cluster
