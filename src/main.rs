@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, env = "SLOTPROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
     /// Validate the configuration and exit
-    #[arg(long)]
+    #[arg(long, env = "SLOTPROXY_CHECK_CONFIG")]
     check_config: bool,
     /// Log filter, e.g. info or slotproxy=debug (RUST_LOG also works)
     #[arg(long, env = "SLOTPROXY_LOG_LEVEL")]
