@@ -443,6 +443,75 @@ struct Node {
     pid: u32,
 }
 
+/// The `redis-server` processes of one test cluster (plain or TLS), in their directory
+/// `root`. Dropped, it kills them by PID and removes the directory; when a test failed, it
+/// keeps the directory and prints each node's last log lines instead.
+struct Nodes {
+    root: PathBuf,
+    list: Mutex<Vec<Node>>,
+}
+
+impl Nodes {
+    fn new(root: PathBuf, capacity: usize) -> Nodes {
+        Nodes {
+            root,
+            list: Mutex::new(Vec::with_capacity(capacity)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Node>> {
+        // A panic while holding the lock (a failed assertion in a helper) must not stop Drop
+        // from killing the nodes.
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.lock().iter().map(|n| n.port).collect()
+    }
+
+    /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
+    fn kill(&self, port: u16) {
+        let mut nodes = self.lock();
+        let node = nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {port} was already killed"));
+        child.kill().expect("SIGKILL a redis-server");
+        child.wait().expect("reap a killed redis-server");
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        let mut nodes = self.lock();
+        for node in nodes.iter_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if failing {
+            // Keep the directory for a post-mortem (the next run's stale-dir sweep removes it)
+            // and show what the nodes said last.
+            for node in nodes.iter() {
+                eprintln!(
+                    "--- redis-server {} (log in {}) ---\n{}",
+                    node.port,
+                    node.dir.display(),
+                    log_tail(&node.dir, 15)
+                );
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
 /// A slot half-way through a manual migration (see [`Cluster::begin_migration`]).
 #[derive(Debug, Clone, Copy)]
 struct Migration {
@@ -452,8 +521,7 @@ struct Migration {
 
 /// A Redis Cluster of real `redis-server` processes on loopback ports.
 pub struct Cluster {
-    root: PathBuf,
-    nodes: Mutex<Vec<Node>>,
+    nodes: Nodes,
     migrations: Mutex<HashMap<u16, Migration>>,
 }
 
@@ -607,13 +675,12 @@ impl Cluster {
         std::fs::create_dir_all(&root).expect("create cluster temp dir");
         let total = primaries * (1 + replicas_per_primary);
         let cluster = Cluster {
-            root,
-            nodes: Mutex::new(Vec::with_capacity(total)),
+            nodes: Nodes::new(root, total),
             migrations: Mutex::new(HashMap::new()),
         };
         // Nodes are pushed one by one so that a panic half-way still kills those started.
         for _ in 0..total {
-            let node = start_node(&cluster.root);
+            let node = start_node(&cluster.nodes.root);
             cluster.lock_nodes().push(node);
         }
         let ports = cluster.ports();
@@ -639,9 +706,7 @@ impl Cluster {
     }
 
     fn lock_nodes(&self) -> MutexGuard<'_, Vec<Node>> {
-        // A panic while holding the lock (a failed assertion in a helper) must not stop Drop
-        // from killing the nodes.
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+        self.nodes.lock()
     }
 
     /// Start-up wait: every node ok and knowing all `total` nodes, replicas linked, and
@@ -688,7 +753,7 @@ impl Cluster {
 
     /// Every node's port (live or killed), in start order.
     pub fn ports(&self) -> Vec<u16> {
-        self.lock_nodes().iter().map(|n| n.port).collect()
+        self.nodes.ports()
     }
 
     /// Ports of nodes that have not been killed.
@@ -829,17 +894,7 @@ impl Cluster {
 
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
     pub fn kill(&self, port: u16) {
-        let mut nodes = self.lock_nodes();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was already killed"));
-        child.kill().expect("SIGKILL a redis-server");
-        child.wait().expect("reap a killed redis-server");
+        self.nodes.kill(port);
     }
 
     /// A plain connection to one node.
@@ -1230,33 +1285,6 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let failing = std::thread::panicking();
-        let mut nodes = self.lock_nodes();
-        for node in nodes.iter_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if failing {
-            // Keep the directory for a post-mortem (the next run's stale-dir sweep removes it)
-            // and show what the nodes said last.
-            for node in nodes.iter() {
-                eprintln!(
-                    "--- redis-server {} (log in {}) ---\n{}",
-                    node.port,
-                    node.dir.display(),
-                    log_tail(&node.dir, 15)
-                );
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
 }
 
 /// One 3-primary, 1-replica-each cluster per test binary, for tests that do not change the

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
@@ -20,8 +20,8 @@ use rcgen::{
 
 use super::raw::{encode, Reply};
 use super::{
-    info_field, log_tail, node_config, remove_stale_dirs, run_with_timeout, start_node_with,
-    tests_root, wait_until, Node, CLUSTER_DEADLINE, IO_TIMEOUT, SLOTS,
+    info_field, node_config, remove_stale_dirs, run_with_timeout, start_node_with, tests_root,
+    wait_until, Node, Nodes, CLUSTER_DEADLINE, IO_TIMEOUT, SLOTS,
 };
 
 // --- certificates --------------------------------------------------------------------------
@@ -193,9 +193,8 @@ pub fn try_tls_cli(tls_args: &[String], port: u16, args: &[&str]) -> Result<Stri
 
 /// A Redis Cluster whose nodes accept TLS only.
 pub struct TlsCluster {
-    root: PathBuf,
     pub files: TlsFiles,
-    nodes: Mutex<Vec<Node>>,
+    nodes: Nodes,
 }
 
 /// How the nodes of a [`TlsCluster`] are set up.
@@ -282,13 +281,12 @@ impl TlsCluster {
         let total = primaries * (1 + replicas_per_primary);
         let files = TlsFiles::generate(&root.join("certs"), if options.named { total } else { 0 });
         let cluster = TlsCluster {
-            root,
             files,
-            nodes: Mutex::new(Vec::with_capacity(total)),
+            nodes: Nodes::new(root, total),
         };
         for i in 0..total {
             let node = cluster.start_node(i, options);
-            cluster.lock_nodes().push(node);
+            cluster.nodes.lock().push(node);
         }
         let mut command = Command::new("redis-cli");
         command.args(cluster.files.cli_args());
@@ -316,10 +314,6 @@ impl TlsCluster {
         cluster
     }
 
-    fn lock_nodes(&self) -> MutexGuard<'_, Vec<Node>> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Starts one node, retrying on another port if the chosen one was taken meanwhile.
     fn start_node(&self, index: usize, options: TlsNodes) -> Node {
         let (cert, key) = match self.files.node_certs.get(index) {
@@ -332,7 +326,7 @@ impl TlsCluster {
         let hostname = options.named.then(|| node_hostname(index));
         // A redis-server built without TLS exits at once; start_node_with shows its log.
         start_node_with(
-            &self.root,
+            &self.nodes.root,
             |port, dir| {
                 tls_node_config(
                     port,
@@ -387,7 +381,7 @@ impl TlsCluster {
     }
 
     pub fn ports(&self) -> Vec<u16> {
-        self.lock_nodes().iter().map(|n| n.port).collect()
+        self.nodes.ports()
     }
 
     pub fn seed_port(&self) -> u16 {
@@ -401,17 +395,7 @@ impl TlsCluster {
 
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
     pub fn kill(&self, port: u16) {
-        let mut nodes = self.lock_nodes();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was already killed"));
-        child.kill().expect("SIGKILL a redis-server");
-        child.wait().expect("reap a killed redis-server");
+        self.nodes.kill(port);
     }
 
     /// Port of the primary owning `slot` (`CLUSTER NODES` of the seed node).
@@ -429,31 +413,6 @@ impl TlsCluster {
     /// Runs a command on one node over TLS (with the client certificate).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         try_tls_cli(&self.files.cli_args(), port, args).unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let failing = std::thread::panicking();
-        let mut nodes = self.lock_nodes();
-        for node in nodes.iter_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if failing {
-            for node in nodes.iter() {
-                eprintln!(
-                    "--- TLS redis-server {} (log in {}) ---\n{}",
-                    node.port,
-                    node.dir.display(),
-                    log_tail(&node.dir, 15)
-                );
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
     }
 }
 
