@@ -428,7 +428,7 @@ impl Config {
 
 impl Config {
     /// TLS settings that contradict each other or do nothing; the files themselves are read
-    /// by `tls::check` and at start-up.
+    /// by `check_tls` (lib.rs) and at start-up.
     fn validate_tls(&self, problems: &mut Vec<String>) {
         let backend = &self.backend.tls;
         if !self.backend_tls_enabled() {

@@ -20,7 +20,6 @@ pub mod resp;
 pub mod server;
 pub mod shared;
 pub mod tls;
-pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,7 +127,7 @@ impl Proxy {
             }
             credentials.tls = Some(Arc::new(backend_tls));
         }
-        let client_tls = client::tls::acceptor(&config.client.tls).inspect_err(
+        let client_tls = tls::acceptor(&config.client.tls).inspect_err(
             |error| tracing::error!(%error, "cannot set up TLS on the client listener"),
         )?;
         let topology = Arc::new(Topology::new(seeds, credentials, config.connect_timeout()));
@@ -170,7 +169,7 @@ impl Proxy {
             let thread = std::thread::Builder::new()
                 .name(format!("slotproxy-worker-{i}"))
                 .spawn(move || {
-                    if let Err(error) = worker::run(shared, listener, shutdown) {
+                    if let Err(error) = server::run_worker(shared, listener, shutdown) {
                         tracing::error!(%error, "worker failed");
                     }
                 })
@@ -286,7 +285,7 @@ impl Reloader {
         };
         let running_client_tls = self.shared.client_tls.load().is_some();
         let client_tls = match running_client_tls {
-            true => client::tls::acceptor(&new.client.tls).map_err(|e| vec![e.to_string()])?,
+            true => tls::acceptor(&new.client.tls).map_err(|e| vec![e.to_string()])?,
             false => None,
         };
         if running_backend_tls.is_some() != new.backend_tls_enabled() {
@@ -391,6 +390,29 @@ impl Reloader {
                 .map(|(name, _)| *name),
         );
         Ok(report)
+    }
+}
+
+/// Loads every TLS file the configuration names and builds both sides' rustls configurations,
+/// as start-up would, so `--check-config` reports bad TLS material too.
+///
+/// # Errors
+/// Every problem found, one line each.
+pub fn check_tls(config: &Config) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    if config.backend_tls_enabled() {
+        let seeds = config.seeds().unwrap_or_default();
+        if let Err(e) = backend::tls::BackendTls::new(&config.backend.tls, &seeds) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Err(e) = tls::acceptor(&config.client.tls) {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
 

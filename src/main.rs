@@ -297,7 +297,7 @@ fn main() -> ExitCode {
     };
     let set_log_level = init_logging(config.log_level.as_deref(), config.log_format);
     // Settings and TLS files together, so one run lists every problem.
-    let problems: Vec<String> = [config.validate(), slotproxy::tls::check(&config)]
+    let problems: Vec<String> = [config.validate(), slotproxy::check_tls(&config)]
         .into_iter()
         .filter_map(Result::err)
         .flatten()

@@ -1,9 +1,23 @@
-//! Listener sockets: one per worker on the same address with SO_REUSEPORT, so the kernel
-//! spreads new connections across workers without a shared accept queue.
+//! Listener sockets and the accept loop: one listener per worker on the same address with
+//! SO_REUSEPORT, so the kernel spreads new connections across workers without a shared accept
+//! queue; each worker thread runs its own single-threaded runtime and serves the clients it
+//! accepts.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{self, session};
+use crate::dispatch::Worker;
+use crate::shared::Shared;
+
+/// How often a worker moves its command latencies into the shared histograms.
+const LATENCY_FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens `count` listeners on `addr`; with port 0, all share the port the first one got.
 pub fn bind_listeners(
@@ -29,4 +43,64 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Runs a worker's accept loop on the current thread until `shutdown`.
+pub fn run_worker(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let worker = Worker::new(shared.clone());
+        let sessions = TaskTracker::new();
+        let folding = {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::time::sleep(LATENCY_FOLD_INTERVAL).await;
+                    worker.fold_latencies();
+                }
+            })
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        match worker.shared.client_tls.load_full() {
+                            None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
+                            Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
+                        };
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        // Stop accepting, then let every session write the replies it owes (each closes once
+        // its commands are answered; idle ones at once), within the grace period.
+        drop(listener);
+        sessions.close();
+        let grace = shared.client_limits.load().shutdown_grace;
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!(
+                clients = sessions.len(),
+                grace_secs = grace.as_secs(),
+                "shutdown grace period over: closing the clients still waiting for replies"
+            );
+        }
+        folding.abort();
+        worker.fold_latencies();
+        Ok(())
+    })
 }

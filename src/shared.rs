@@ -1,17 +1,18 @@
 //! State shared by every worker thread: read-mostly, swapped whole, never locked on the hot path.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Users;
 use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
-use crate::dispatch::scripts::ScriptCache;
 use crate::latency::LatencyTotals;
 
 pub struct Shared {
@@ -122,5 +123,35 @@ impl Shared {
 
     pub fn connected_clients(&self) -> usize {
         self.connected_clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Bodies remembered at most; beyond it new scripts are simply not repaired (a client that
+/// generates scripts endlessly must not grow the proxy without bound).
+const MAX_SCRIPTS: usize = 10_000;
+
+/// SHA1 (lowercase hex, as Redis names scripts) → body.
+#[derive(Default)]
+pub struct ScriptCache {
+    bodies: Mutex<HashMap<String, Bytes>>,
+}
+
+impl ScriptCache {
+    /// Remembers `body`. Called for SCRIPT LOAD and EVAL only, never on the GET/SET path.
+    pub fn remember(&self, body: &[u8]) {
+        let sha = sha1_smol::Sha1::from(body).digest().to_string();
+        let Ok(mut bodies) = self.bodies.lock() else {
+            return;
+        };
+        if bodies.len() < MAX_SCRIPTS || bodies.contains_key(&sha) {
+            bodies
+                .entry(sha)
+                .or_insert_with(|| Bytes::copy_from_slice(body));
+        }
+    }
+
+    pub fn body(&self, sha: &[u8]) -> Option<Bytes> {
+        let sha = std::str::from_utf8(sha).ok()?.to_ascii_lowercase();
+        self.bodies.lock().ok()?.get(&sha).cloned()
     }
 }

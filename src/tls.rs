@@ -1,9 +1,10 @@
-//! TLS material shared by both sides: reading PEM certificates, private keys and CA bundles, and
-//! checking a configuration's TLS settings before anything listens.
+//! TLS material shared by both sides: reading PEM certificates, private keys and CA bundles,
+//! and the client listener's acceptor.
 //!
 //! Errors name the file and what was wrong with it, never its contents (a key file's bytes are
-//! a secret). The backend connector lives in `backend::tls`, the client listener's acceptor in
-//! `client::tls`; both build their rustls configurations once, at start-up.
+//! a secret). The backend connector lives in `backend::tls`; the client listener's acceptor is
+//! built here ([`acceptor`]) and used by `client::tls`. Both are built once, at start-up (and
+//! again on a reload).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,11 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::Config;
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ClientTlsConfig;
 
 /// A TLS setting that cannot be used. Every variant names the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -127,25 +132,42 @@ fn describe(error: &pem::Error) -> String {
     }
 }
 
-/// Loads every TLS file the configuration names and builds both sides' rustls configurations,
-/// as start-up would, so `--check-config` reports bad TLS material too.
+/// The listener's TLS set-up, or `None` when no certificate is configured (plain listener).
 ///
 /// # Errors
-/// Every problem found, one line each.
-pub fn check(config: &Config) -> Result<(), Vec<String>> {
-    let mut problems = Vec::new();
-    if config.backend_tls_enabled() {
-        let seeds = config.seeds().unwrap_or_default();
-        if let Err(e) = crate::backend::tls::BackendTls::new(&config.backend.tls, &seeds) {
-            problems.push(e.to_string());
+/// A certificate, key or CA file that cannot be read or used.
+pub fn acceptor(config: &ClientTlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        return Ok(None);
+    };
+    let chain = load_certs("client.tls.cert_file (--tls-cert)", cert)?;
+    let key = load_key("client.tls.key_file (--tls-key)", key)?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setting {
+            setting: "client.tls",
+            reason: e.to_string(),
+        })?;
+    let builder = match &config.client_ca_file {
+        Some(ca) => {
+            let setting = "client.tls.client_ca_file (--tls-client-ca)";
+            let roots = load_roots(setting, ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Setting {
+                    setting,
+                    reason: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
         }
-    }
-    if let Err(e) = crate::client::tls::acceptor(&config.client.tls) {
-        problems.push(e.to_string());
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+        None => builder.with_no_client_auth(),
+    };
+    let server_config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Setting {
+            setting: "client.tls.key_file (--tls-key)",
+            reason: format!("does not fit the certificate: {e}"),
+        })?;
+    Ok(Some(TlsAcceptor::from(Arc::new(server_config))))
 }

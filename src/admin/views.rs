@@ -318,25 +318,25 @@ pub fn cluster_slots(snap: &Snapshot<'_>) -> SlotsView {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use crate::backend::NodeAddr;
 
     use super::*;
     use crate::cluster::slot_map::Shard;
 
     fn shard(primary: &str, replica: &str) -> Shard {
         Shard {
-            primary: Arc::from(primary),
+            primary: NodeAddr::from(primary),
             primary_id: Some(format!("id-{primary}")),
-            replicas: vec![Arc::from(replica)],
+            replicas: vec![NodeAddr::from(replica)],
         }
     }
 
     fn info(addr: &str, role: Role, primary: Option<&str>, health: &str) -> NodeInfo {
         NodeInfo {
-            addr: Arc::from(addr),
+            addr: NodeAddr::from(addr),
             id: Some(format!("id-{addr}")),
             role,
-            primary: primary.map(Arc::from),
+            primary: primary.map(NodeAddr::from),
             health: Some(health.to_string()),
         }
     }
@@ -382,11 +382,11 @@ mod tests {
         let map = two_shards();
         let mut status = BackendStatus {
             auth_failure: Some(NodeFailure {
-                node: Arc::from("a:1"),
+                node: NodeAddr::from("a:1"),
                 error: "WRONGPASS invalid username-password pair".into(),
             }),
             unreachable: vec![NodeFailure {
-                node: Arc::from("b:2"),
+                node: NodeAddr::from("b:2"),
                 error: "connection refused".into(),
             }],
         };
@@ -428,7 +428,7 @@ mod tests {
         let status = BackendStatus {
             auth_failure: None,
             unreachable: vec![NodeFailure {
-                node: Arc::from("d:4"),
+                node: NodeAddr::from("d:4"),
                 error: "timed out".into(),
             }],
         };

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::addr::NodeAddr;
 use super::connect::connect;
 use super::pipe::PipeSettings;
 use super::stream::BackendStream;
 use super::BackendError;
-use crate::cluster::slot_map::NodeAddr;
 use crate::resp::ReplyScanner;
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";

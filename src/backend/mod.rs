@@ -1,5 +1,6 @@
 //! Connections to cluster nodes: opening them, and multiplexing many clients' requests over a few.
 
+pub mod addr;
 pub mod connect;
 pub mod dedicated;
 pub mod error;
@@ -8,5 +9,6 @@ pub mod pool;
 pub mod stream;
 pub mod tls;
 
+pub use addr::NodeAddr;
 pub use error::BackendError;
 pub use pool::Pool;

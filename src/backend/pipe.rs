@@ -13,10 +13,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::addr::NodeAddr;
 use super::connect::connect;
 use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
-use crate::cluster::slot_map::NodeAddr;
 use crate::config::Credentials;
 use crate::resp::{Protocol, ReplyScanner};
 

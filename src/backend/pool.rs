@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::addr::NodeAddr;
 use super::pipe::{Pipe, PipeSettings, ReplyResult};
 use super::BackendError;
-use crate::cluster::slot_map::NodeAddr;
 
 pub struct Pool {
     pipes: RefCell<HashMap<NodeAddr, Rc<Pipe>>>,

@@ -20,9 +20,9 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::addr::host_of;
 use super::stream::BackendStream;
 use super::BackendError;
-use crate::cluster::topology::host_of;
 use crate::config::{BackendTlsConfig, Upstream};
 use crate::tls::{load_certs, load_key, load_roots, provider, system_roots, TlsError};
 

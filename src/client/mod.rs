@@ -1,8 +1,6 @@
 //! Client connections: reading commands, keeping replies in order, writing them back in batches.
 
 pub mod io;
-pub mod pubsub;
 pub mod replies;
 pub mod session;
-pub mod state;
 pub mod tls;

@@ -23,8 +23,8 @@ use tokio::sync::oneshot::error::TryRecvError;
 use crate::backend::pipe::ReplyResult;
 use crate::backend::BackendError;
 use crate::dispatch::route::{final_reply, finish, InFlight};
+use crate::dispatch::{CommandMetrics, Worker};
 use crate::dispatch::{Dispatched, Reply};
-use crate::worker::{CommandMetrics, Worker};
 
 enum State {
     Ready(Bytes),

@@ -14,12 +14,11 @@ use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
 use super::io::ClientStream;
-use super::pubsub::Subscriptions;
 use super::replies::ReplyQueue;
-use super::state::ClientState;
-use crate::dispatch::{dispatch, reply, Dispatched};
+use crate::dispatch::pubsub::Subscriptions;
+use crate::dispatch::Worker;
+use crate::dispatch::{dispatch, reply, ClientState, Dispatched};
 use crate::resp::RequestDecoder;
-use crate::worker::Worker;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// The idle timer's delay while `client_idle_timeout` is off (it is then never polled).

@@ -10,64 +10,19 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::WebPkiClientVerifier;
-use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::session;
-use crate::config::ClientTlsConfig;
-use crate::tls::{load_certs, load_key, load_roots, provider, TlsError};
-use crate::worker::Worker;
+use crate::dispatch::Worker;
 
 /// A client that has not finished its handshake by then is dropped: it holds a socket and a
 /// task, and a slow or silent peer must not pin them.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The listener's TLS set-up, or `None` when no certificate is configured (plain listener).
-///
-/// # Errors
-/// A certificate, key or CA file that cannot be read or used.
-pub fn acceptor(config: &ClientTlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
-    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
-        return Ok(None);
-    };
-    let chain = load_certs("client.tls.cert_file (--tls-cert)", cert)?;
-    let key = load_key("client.tls.key_file (--tls-key)", key)?;
-    let provider = provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setting {
-            setting: "client.tls",
-            reason: e.to_string(),
-        })?;
-    let builder = match &config.client_ca_file {
-        Some(ca) => {
-            let setting = "client.tls.client_ca_file (--tls-client-ca)";
-            let roots = load_roots(setting, ca)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Setting {
-                    setting,
-                    reason: e.to_string(),
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let server_config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Setting {
-            setting: "client.tls.key_file (--tls-key)",
-            reason: format!("does not fit the certificate: {e}"),
-        })?;
-    Ok(Some(TlsAcceptor::from(Arc::new(server_config))))
-}
 
 /// Serves one TLS client: handshake, then the session on a socket pair bridged to it.
 pub async fn serve(

@@ -242,7 +242,7 @@ impl Topology {
         let mut nodes = self.map.load().nodes();
         for seed in &self.seeds {
             if !nodes.iter().any(|n| &**n == seed.as_str()) {
-                nodes.push(Arc::from(seed.as_str()));
+                nodes.push(NodeAddr::from(seed.as_str()));
             }
         }
         nodes

@@ -3,15 +3,12 @@
 //! A new snapshot replaces the old one whole (readers hold an `Arc` to the one they started
 //! with), so routing never sees a half-updated map.
 
-use std::sync::Arc;
-
 use super::{Slot, SLOT_COUNT};
 
 /// Marks a slot that no known primary serves.
 const UNASSIGNED: u16 = u16::MAX;
 
-/// A node address as the proxy dials it: `host:port` (IPv6 hosts in brackets).
-pub type NodeAddr = Arc<str>;
+pub use crate::backend::NodeAddr;
 
 /// One shard: a primary and its replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +208,7 @@ impl SlotMap {
             Some(i) => i as u16,
             None => {
                 next.shards.push(Shard {
-                    primary: Arc::from(addr),
+                    primary: NodeAddr::from(addr),
                     primary_id: None,
                     replicas: Vec::new(),
                 });
@@ -273,7 +270,7 @@ mod tests {
 
     fn shard(addr: &str) -> Shard {
         Shard {
-            primary: Arc::from(addr),
+            primary: NodeAddr::from(addr),
             primary_id: None,
             replicas: vec![],
         }

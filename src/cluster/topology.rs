@@ -1,10 +1,10 @@
 //! Turning `CLUSTER SHARDS` (Redis 7) or `CLUSTER SLOTS` replies into a [`SlotMap`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::slot_map::{NodeAddr, NodeInfo, Role, Shard, SlotMap};
 use super::SLOT_COUNT;
+use crate::backend::addr::host_of;
 use crate::resp::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +20,10 @@ pub enum TopologyError {
 /// Formats `host:port`, bracketing IPv6 literals.
 pub fn node_addr(host: &str, port: i64) -> NodeAddr {
     if host.contains(':') && !host.starts_with('[') {
-        Arc::from(format!("[{host}]:{port}"))
+        NodeAddr::from(format!("[{host}]:{port}"))
     } else {
-        Arc::from(format!("{host}:{port}"))
+        NodeAddr::from(format!("{host}:{port}"))
     }
-}
-
-/// The host part of a `host:port` address (without IPv6 brackets).
-pub fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Resolves an announced endpoint: NULL and `""` mean "the host you asked", `"?"` an unknown node.
@@ -287,7 +281,7 @@ mod tests {
         );
         assert_eq!(
             map.shards()[0].replicas,
-            vec![Arc::<str>::from("10.0.0.1:7001")]
+            vec![NodeAddr::from("10.0.0.1:7001")]
         );
         assert_eq!(map.shards()[0].primary_id.as_deref(), Some("abc"));
         let info = map.node_info();
@@ -321,10 +315,7 @@ mod tests {
                 .replicas
                 .clone()
         };
-        assert_eq!(
-            replicas(1_000_000),
-            vec![Arc::<str>::from("127.0.0.1:7001")]
-        );
+        assert_eq!(replicas(1_000_000), vec![NodeAddr::from("127.0.0.1:7001")]);
         assert_eq!(replicas(0).len(), 2, "0 means no lag limit");
         assert_eq!(replicas(40_000_000).len(), 2);
     }

@@ -9,9 +9,9 @@ use futures_util::future::join_all;
 use super::merge;
 use super::reply;
 use super::route::{execute, Resend, Target};
+use super::worker::Worker;
 use crate::cluster::slot::pattern_slot;
 use crate::resp::{encode, Command, ReplyScanner};
-use crate::worker::Worker;
 
 /// How the replies of every primary become one.
 #[derive(Clone, Copy, Debug)]

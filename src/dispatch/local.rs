@@ -3,12 +3,12 @@
 use bytes::{Bytes, BytesMut};
 
 use super::reply;
+use super::session::ClientState;
+use super::worker::Worker;
 use crate::auth::{AuthResult, Users};
-use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::resp::{encode, Command, Protocol};
 use crate::shared::Counters;
-use crate::worker::Worker;
 
 pub fn ping(cmd: &Command) -> Bytes {
     match cmd.arg(1) {

@@ -5,12 +5,15 @@ pub mod cluster_wide;
 pub mod info;
 pub mod local;
 pub mod merge;
+pub mod pubsub;
 pub mod reply;
 pub mod route;
 pub mod scripts;
+pub mod session;
 pub mod split;
 pub mod transaction;
 pub mod wait;
+pub mod worker;
 
 use quanta::Instant;
 use std::rc::Rc;
@@ -19,16 +22,16 @@ use bytes::Bytes;
 
 pub use reply::Reply;
 
-use crate::client::pubsub::Kind;
-use crate::client::state::ClientState;
 use crate::cluster::Slot;
 use crate::command::{CommandError, CommandSpec};
 use crate::resp::{Command, Protocol};
-use crate::worker::{CommandMetrics, Worker};
 use cluster_wide::Merge;
+use pubsub::Kind;
 use route::{execute, Resend, Started, Target};
+pub use session::ClientState;
 use split::split_by_slot;
 use wait::Writes;
+pub use worker::{CommandMetrics, Worker};
 
 /// How a multi-key command's keys are laid out and its parts merged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,14 +8,14 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::reply;
+use super::worker::Worker;
 use crate::backend::pipe::ReplyResult;
 use crate::backend::BackendError;
+use crate::backend::NodeAddr;
 use crate::cluster::redirect::{classify, Redirect};
-use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
 use crate::config::ReadFrom;
 use crate::shared::Counters;
-use crate::worker::Worker;
 
 /// Where a request goes.
 #[derive(Clone, Debug)]

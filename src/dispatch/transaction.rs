@@ -20,14 +20,14 @@ use tokio::sync::Mutex;
 use super::reply::{self, Reply};
 use super::route::Target;
 use super::target_of;
+use super::worker::Worker;
 use crate::backend::dedicated::exchange_many;
 use crate::backend::stream::BackendStream;
+use crate::backend::NodeAddr;
 use crate::cluster::redirect::{classify, Redirect};
-use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
 use crate::command::CommandSpec;
 use crate::resp::Command;
-use crate::worker::Worker;
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";

@@ -14,12 +14,12 @@ use futures_util::future::join_all;
 
 use super::reply;
 use super::route::{self, Target};
+use super::worker::Worker;
 use super::Reply;
 use crate::backend::pipe::Pipe;
-use crate::cluster::slot_map::NodeAddr;
+use crate::backend::NodeAddr;
 use crate::cluster::Slot;
 use crate::resp::{parse_integer, Command};
-use crate::worker::Worker;
 
 /// Where a client's writes went since it connected: one entry per node.
 #[derive(Default)]

@@ -1,12 +1,14 @@
-//! What the proxy remembers about one client connection.
+//! What the proxy remembers about one client connection: its protocol, authentication,
+//! transaction, subscriptions and where its writes went. Dispatch reads and writes it; the
+//! client layer only owns it.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 
 use super::pubsub::Subscriptions;
-use crate::dispatch::transaction::TxState;
-use crate::dispatch::wait::Writes;
+use super::transaction::TxState;
+use super::wait::Writes;
 use crate::resp::Protocol;
 
 pub struct ClientState {

@@ -15,12 +15,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::worker::Worker;
 use crate::backend::connect::connect;
-use crate::cluster::slot_map::NodeAddr;
+use crate::backend::NodeAddr;
 use crate::cluster::Slot;
 use crate::config::Credentials;
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
-use crate::worker::Worker;
 
 /// The three kinds of subscription.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
-//! One worker: a single-threaded runtime with its own listener socket and backend pipes, so a
-//! request is served without locks or cross-thread hand-offs.
+//! A worker's dispatch context: its backend pipes and connections, settings and per-command
+//! metrics. One per worker thread (see `server::run_worker`), so a request is served without
+//! locks or cross-thread hand-offs.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -9,20 +10,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use metrics::Counter;
 
-/// How often a worker moves its command latencies into the shared histograms.
-const LATENCY_FOLD_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Size of a worker's client read buffer: one read takes at most this much.
 const READ_SCRATCH: usize = 64 * 1024;
-
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
-use crate::client::{self, session};
 use crate::config::ReadFrom;
 use crate::latency::LocalLatency;
 use crate::resp::{Protocol, RequestLimits};
@@ -154,7 +147,7 @@ impl Worker {
 
     /// Moves this worker's (and its RESP3 twin's) command counts and latencies into the
     /// shared metrics.
-    fn fold_latencies(&self) {
+    pub fn fold_latencies(&self) {
         for m in self.command_metrics.borrow().iter().flatten() {
             m.fold(&self.shared);
         }
@@ -162,64 +155,4 @@ impl Worker {
             resp3.fold_latencies();
         }
     }
-}
-
-/// Runs a worker's accept loop on the current thread until `shutdown`.
-pub fn run(
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let listener = TcpListener::from_std(listener)?;
-        let worker = Worker::new(shared.clone());
-        let sessions = TaskTracker::new();
-        let folding = {
-            let worker = worker.clone();
-            tokio::task::spawn_local(async move {
-                loop {
-                    tokio::time::sleep(LATENCY_FOLD_INTERVAL).await;
-                    worker.fold_latencies();
-                }
-            })
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        match worker.shared.client_tls.load_full() {
-                            None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
-                            Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
-                        };
-                    }
-                    Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        // Stop accepting, then let every session write the replies it owes (each closes once
-        // its commands are answered; idle ones at once), within the grace period.
-        drop(listener);
-        sessions.close();
-        let grace = shared.client_limits.load().shutdown_grace;
-        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            tracing::warn!(
-                clients = sessions.len(),
-                grace_secs = grace.as_secs(),
-                "shutdown grace period over: closing the clients still waiting for replies"
-            );
-        }
-        folding.abort();
-        worker.fold_latencies();
-        Ok(())
-    })
 }
