@@ -18,13 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
-use tokio::sync::oneshot::error::TryRecvError;
-
-use crate::backend::pipe::ReplyResult;
-use crate::backend::BackendError;
-use crate::dispatch::route::{final_reply, finish, InFlight};
-use crate::dispatch::{CommandMetrics, Worker};
-use crate::dispatch::{Dispatched, Reply};
+use crate::dispatch::{CommandMetrics, Dispatched, InFlight, Reply, Settled, Worker};
 
 enum State {
     Ready(Bytes),
@@ -118,10 +112,9 @@ impl ReplyQueue {
         while let Some(front) = self.entries.front_mut() {
             match &mut front.state {
                 State::Ready(_) => self.pop_into(out, &mut now),
-                State::InFlight(in_flight) => match in_flight.reply.try_recv() {
-                    Ok(outcome) => self.settle(0, outcome),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Closed) => self.settle(0, Err(BackendError::closed())),
+                State::InFlight(in_flight) => match in_flight.try_settle(&self.worker) {
+                    Some(settled) => self.settle(0, settled),
+                    None => break,
                 },
                 State::Driven => break,
             }
@@ -137,8 +130,8 @@ impl ReplyQueue {
                 ..
             }) = self.entries.front_mut()
             {
-                if let Poll::Ready(outcome) = Pin::new(&mut in_flight.reply).poll(cx) {
-                    self.settle(0, outcome.unwrap_or_else(|_| Err(BackendError::closed())));
+                if let Poll::Ready(settled) = in_flight.poll_settle(cx, &self.worker) {
+                    self.settle(0, settled);
                     return Poll::Ready(());
                 }
             }
@@ -179,42 +172,42 @@ impl ReplyQueue {
         }
     }
 
-    /// Records the first outcome of the in-flight request at `index`: a final reply fills the
-    /// slot; a redirect or failure hands the request to the retry logic. After a hand-off the
-    /// rest of the queue is checked too, so a burst of redirects (a slot just moved) is
-    /// retried all at once rather than one per round trip as each reaches the head.
-    fn settle(&mut self, index: usize, outcome: ReplyResult) {
-        let handed_off = self.settle_one(index, outcome);
+    /// Records what the in-flight request at `index` came to: a final reply fills the slot;
+    /// a redirect or failure is driven on as a future. After a hand-off the rest of the queue
+    /// is checked too, so a burst of redirects (a slot just moved) is retried all at once
+    /// rather than one per round trip as each reaches the head.
+    fn settle(&mut self, index: usize, settled: Settled) {
+        let handed_off = self.settle_one(index, settled);
         if handed_off {
             for i in (index + 1)..self.entries.len() {
-                let outcome = match self.entries.get_mut(i).map(|e| &mut e.state) {
-                    Some(State::InFlight(in_flight)) => match in_flight.reply.try_recv() {
-                        Ok(outcome) => outcome,
-                        Err(TryRecvError::Empty) => continue,
-                        Err(TryRecvError::Closed) => Err(BackendError::closed()),
+                let settled = match self.entries.get_mut(i).map(|e| &mut e.state) {
+                    Some(State::InFlight(in_flight)) => match in_flight.try_settle(&self.worker) {
+                        Some(settled) => settled,
+                        None => continue,
                     },
                     _ => continue,
                 };
-                self.settle_one(i, outcome);
+                self.settle_one(i, settled);
             }
         }
     }
 
-    /// Returns whether the request went to the retry logic.
-    fn settle_one(&mut self, index: usize, outcome: ReplyResult) -> bool {
+    /// Returns whether the request was handed to the driver.
+    fn settle_one(&mut self, index: usize, settled: Settled) -> bool {
         let Some(entry) = self.entries.get_mut(index) else {
             return false;
         };
-        if let Some(bytes) = final_reply(&outcome) {
-            entry.state = State::Ready(bytes.clone());
-            return false;
+        match settled {
+            Settled::Final(bytes) => {
+                entry.state = State::Ready(bytes);
+                false
+            }
+            Settled::Retry(future) => {
+                entry.state = State::Driven;
+                let seq = self.head_seq + index as u64;
+                self.driven.push(Tagged { seq, future });
+                true
+            }
         }
-        let State::InFlight(in_flight) = std::mem::replace(&mut entry.state, State::Driven) else {
-            return false;
-        };
-        let seq = self.head_seq + index as u64;
-        let future = Box::pin(finish(self.worker.clone(), in_flight, outcome));
-        self.driven.push(Tagged { seq, future });
-        true
     }
 }

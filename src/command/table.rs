@@ -6,6 +6,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
+use super::route::Route;
 use crate::resp::{Command, Value};
 
 use super::keys;
@@ -259,6 +260,8 @@ pub struct CommandSpec {
     pub request_policy: Option<String>,
     /// The `response_policy:` tip (`agg_sum`, `all_succeeded`, `one_succeeded`, ...), if any.
     pub response_policy: Option<String>,
+    /// Where the proxy sends it: derived once from the tips, flags and the proxy's overrides.
+    pub route: Route,
     pub(crate) key_specs: Vec<KeySpec>,
     pub(crate) key_rule: KeyRule,
     /// Ids of this command's subcommands; empty for ordinary commands.
@@ -407,6 +410,10 @@ impl CommandTable {
                     parent.subcommands.push(sub_id);
                 }
             }
+        }
+        // Once per table: dispatch then reads a command's route by its spec, no name matching.
+        for spec in &mut table.specs {
+            spec.route = Route::of(spec);
         }
         Ok(table)
     }
@@ -558,6 +565,7 @@ fn parse_entry(entry: &Value) -> Result<CommandSpec, CommandError> {
         flags,
         request_policy,
         response_policy,
+        route: Route::Keyed,
         key_specs,
         key_rule,
         subcommands: Vec::new(),

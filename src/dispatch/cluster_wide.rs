@@ -13,17 +13,7 @@ use super::worker::Worker;
 use crate::cluster::slot::pattern_slot;
 use crate::resp::{encode, Command, ReplyScanner};
 
-/// How the replies of every primary become one.
-#[derive(Clone, Copy, Debug)]
-pub enum Merge {
-    Sum,
-    AllOk,
-    Same,
-    Concat,
-    LogicalAnd,
-    Union,
-    SumPairs,
-}
+pub use crate::command::route::Merge;
 
 /// Every primary of the current map, as targets.
 pub fn primaries(worker: &Worker) -> Vec<Target> {

@@ -18,17 +18,12 @@ use tokio::sync::mpsc;
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::NodeAddr;
-use crate::cluster::Slot;
+use crate::cluster::{Slot, SlotMap};
 use crate::config::Credentials;
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
 
-/// The three kinds of subscription.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Channel,
-    Pattern,
-    Shard,
-}
+/// The three kinds of subscription (a command-table type: the route of each command says it).
+pub use crate::command::route::Subscription as Kind;
 
 impl Kind {
     fn subscribe(self) -> &'static [u8] {
@@ -118,12 +113,18 @@ impl Subscriptions {
     }
 
     /// `(P|S)SUBSCRIBE name...`: one confirmation per name.
-    pub fn subscribe(&mut self, worker: &Worker, kind: Kind, cmd: &Command) -> Bytes {
+    pub fn subscribe(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        kind: Kind,
+        cmd: &Command,
+    ) -> Bytes {
         let mut out = BytesMut::new();
         for name in cmd.args().skip(1) {
             let name = Bytes::copy_from_slice(name);
             if self.set(kind).insert(name.clone()) {
-                self.send(worker, kind, &[kind.subscribe(), &name]);
+                self.send(worker, map, kind, &[kind.subscribe(), &name]);
             }
             confirmation(
                 &mut out,
@@ -137,7 +138,13 @@ impl Subscriptions {
     }
 
     /// `(P|S)UNSUBSCRIBE [name...]`: all of that kind when no name is given.
-    pub fn unsubscribe(&mut self, worker: &Worker, kind: Kind, cmd: &Command) -> Bytes {
+    pub fn unsubscribe(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        kind: Kind,
+        cmd: &Command,
+    ) -> Bytes {
         let names: Vec<Bytes> = if cmd.argc() > 1 {
             cmd.args().skip(1).map(Bytes::copy_from_slice).collect()
         } else {
@@ -155,7 +162,7 @@ impl Subscriptions {
         }
         for name in names {
             if self.set(kind).remove(&name) {
-                self.send(worker, kind, &[kind.unsubscribe(), &name]);
+                self.send(worker, map, kind, &[kind.unsubscribe(), &name]);
             }
             confirmation(
                 &mut out,
@@ -169,11 +176,11 @@ impl Subscriptions {
     }
 
     /// Sends a (un)subscribe to the connection that serves it, opening it if needed.
-    fn send(&mut self, worker: &Worker, kind: Kind, args: &[&[u8]]) {
+    fn send(&mut self, worker: &Worker, map: &SlotMap, kind: Kind, args: &[&[u8]]) {
         let key: ConnKey = match kind {
             Kind::Shard => {
                 let slot = Slot::of(args.get(1).copied().unwrap_or_default());
-                match worker.shared.topology.map().primary(slot) {
+                match map.primary(slot) {
                     Some(addr) => Some(addr.clone()),
                     None => return, // no owner yet: subscribed again once the map heals
                 }
@@ -189,7 +196,6 @@ impl Subscriptions {
         let addr = match &key {
             Some(addr) => addr.clone(),
             None => {
-                let map = worker.shared.topology.map();
                 let shards = map.shards();
                 match shards.get(fastrand::usize(..shards.len().max(1))) {
                     Some(shard) => shard.primary.clone(),
@@ -234,7 +240,8 @@ impl Subscriptions {
             }
             Event::Retry(Retry::Shard(channel)) => {
                 if self.shard_channels.contains(&channel) {
-                    self.send(worker, Kind::Shard, &[b"ssubscribe", &channel]);
+                    let map = worker.shared.topology.map();
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
                 }
             }
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
@@ -265,8 +272,9 @@ impl Subscriptions {
                 .map(|c| (Kind::Shard, c.clone()))
                 .unzip(),
         };
+        let map = worker.shared.topology.map();
         for (kind, name) in kind.into_iter().zip(names) {
-            self.send(worker, kind, &[kind.subscribe(), &name]);
+            self.send(worker, &map, kind, &[kind.subscribe(), &name]);
         }
     }
 

@@ -34,9 +34,7 @@ impl From<Bytes> for Reply {
 
 /// `-{message}\r\n`; `message` starts with its error code (`ERR`, `CROSSSLOT`, ...).
 pub fn error(message: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(message.len() + 3);
-    encode::error(&mut out, message);
-    out.freeze()
+    super::error::error_reply(message)
 }
 
 pub fn ok() -> Bytes {
@@ -67,5 +65,3 @@ pub fn nil(protocol: Protocol) -> Bytes {
 pub fn is_nil(reply: &[u8]) -> bool {
     matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
 }
-
-pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";

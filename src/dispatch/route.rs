@@ -1,26 +1,35 @@
-//! Sends one request to the node that should run it and deals with what comes back:
-//! redirects, retries and broken connections, so the client sees only a final reply.
+//! The request driver: sends one request to the node that should run it and carries out the
+//! decision ([`decide`]) after each reply or failure (follow MOVED, ASKING + resend, retry with
+//! backoff inside the deadline, resend only if provably unsent, fail), so the client sees only
+//! a final reply. Every path that talks to a node goes through [`drive`]: the shared pipes,
+//! dedicated connections (blocking commands), EXEC and WATCH, each as an [`Exchange`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::reply;
+use super::decision::{decide, Attempts, Next, Outcome, RetryKind, Rules};
+use super::error::ProxyError;
 use super::worker::Worker;
 use crate::backend::pipe::ReplyResult;
-use crate::backend::BackendError;
-use crate::backend::NodeAddr;
-use crate::cluster::redirect::{classify, Redirect};
-use crate::cluster::Slot;
+use crate::backend::{BackendError, NodeAddr};
+use crate::cluster::redirect::classify;
+use crate::cluster::{Slot, SlotMap};
 use crate::config::ReadFrom;
 use crate::shared::Counters;
 
+pub use super::decision::Resend;
+
 /// Where a request goes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The primary that owns this slot.
+    /// The primary that owns this slot (or one of its replicas, for a read under a replica
+    /// read policy).
     Slot(Slot),
     /// This node (broadcasts, SCAN).
     Node(NodeAddr),
@@ -28,32 +37,237 @@ pub enum Target {
     Any,
 }
 
-/// Whether a request may be sent again after its connection broke once it was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resend {
-    /// Reads: running them twice is harmless.
-    Safe,
-    /// Writes: never risk running them twice; answer an error instead.
-    Never,
-}
-
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-/// Reconnect attempts for a request whose node can't be reached: enough to pick up a fresh
-/// slot map after a failover, few enough that requests for a dead node fail fast.
-const MAX_CONNECT_RETRIES: u32 = 2;
+
+/// One kind of connection a request can travel on.
+pub(crate) trait Exchange {
+    /// Whether reads may go to replicas on this kind of connection.
+    const REPLICA_READS: bool;
+
+    /// Sends the request to `addr` (preceded by `ASKING` when `asking`) and returns the reply
+    /// the decision is about.
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult;
+}
+
+/// The worker's shared, pipelined connection to each node.
+struct ViaPipe<'a>(&'a Bytes);
+
+impl Exchange for ViaPipe<'_> {
+    const REPLICA_READS: bool = true;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
+        match worker.pool.send(addr, self.0.clone(), asking) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| {
+                Err(BackendError::Lost {
+                    addr: addr.to_string(),
+                })
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A connection of the request's own (commands that park their connection).
+struct ViaDedicated<'a>(&'a [u8]);
+
+impl Exchange for ViaDedicated<'_> {
+    const REPLICA_READS: bool = false;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
+        worker.dedicated.round_trip(addr, self.0, asking).await
+    }
+}
+
+/// The rules of a request on the shared pipes or a dedicated connection.
+pub(crate) fn rules(worker: &Worker, resend: Resend) -> Rules {
+    Rules {
+        max_redirects: worker.max_redirects,
+        resend,
+        follow: true,
+        can_ask: true,
+    }
+}
+
+/// Drives one request to its final reply or error. `first`: the outcome of an attempt already
+/// made (the fast path), and whether it went to a replica.
+pub(crate) async fn drive<E: Exchange>(
+    worker: &Worker,
+    exchange: &mut E,
+    target: &Target,
+    rules: Rules,
+    first: Option<(ReplyResult, bool)>,
+) -> Result<Bytes, ProxyError> {
+    let deadline = Instant::now() + worker.retry_deadline;
+    let topology = &worker.shared.topology;
+    let mut attempts = Attempts::default();
+    let mut backoff = FIRST_BACKOFF;
+    // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
+    let mut redirect_to: Option<(NodeAddr, bool)> = None;
+    // Reads may go to replicas until one fails or is loading: then the primary serves.
+    let mut replica_ok = E::REPLICA_READS && rules.resend == Resend::Safe;
+    let mut pending = first.map(|(outcome, on_replica)| {
+        attempts.on_replica = on_replica;
+        outcome
+    });
+    loop {
+        let outcome = match pending.take() {
+            Some(outcome) => outcome,
+            None => {
+                let (addr, asking) = match redirect_to.take() {
+                    Some(to) => {
+                        attempts.on_replica = false;
+                        to
+                    }
+                    None => match resolve(worker, &topology.map(), target, replica_ok) {
+                        Some((addr, on_replica)) => {
+                            attempts.on_replica = on_replica;
+                            (addr, false)
+                        }
+                        None => {
+                            topology.request_refresh();
+                            if !wait(&mut backoff, deadline).await {
+                                return Err(ProxyError::slot_not_served());
+                            }
+                            continue;
+                        }
+                    },
+                };
+                exchange.exchange(worker, &addr, asking).await
+            }
+        };
+        let next = match &outcome {
+            Ok(bytes) => decide(Outcome::Reply(bytes), &attempts, &rules),
+            Err(error) => {
+                // Whatever follows, the map may be stale and replicas are out for this request.
+                record_failure(worker, error);
+                topology.request_refresh();
+                replica_ok = false;
+                decide(Outcome::Failed(error), &attempts, &rules)
+            }
+        };
+        record(worker, &next);
+        match next {
+            Next::Final => return outcome.map_err(|e| ProxyError::backend(&e)),
+            Next::Moved { slot, to } => {
+                attempts.redirects += 1;
+                topology.apply_moved(slot, to);
+                topology.request_refresh();
+                redirect_to = Some((NodeAddr::from(to), false));
+            }
+            Next::Ask { to } => {
+                attempts.redirects += 1;
+                redirect_to = Some((NodeAddr::from(to), true));
+            }
+            // The primary serves it now, no need to wait.
+            Next::ToPrimary => replica_ok = false,
+            Next::Retry { kind, refresh } => {
+                if refresh {
+                    topology.request_refresh();
+                }
+                if kind == RetryKind::Reconnect {
+                    attempts.reconnects += 1;
+                }
+                if !wait(&mut backoff, deadline).await {
+                    // Out of time: the cluster's own answer (or the failure) is the clearest.
+                    return outcome.map_err(|e| ProxyError::backend(&e));
+                }
+            }
+            Next::Fail(error) => return Err(error),
+        }
+    }
+}
+
+/// Counts what the driver does, in the same way for every kind of request.
+fn record(worker: &Worker, next: &Next) {
+    let counters = &worker.shared.counters;
+    match next {
+        Next::Moved { .. } => {
+            Counters::bump(&counters.moved);
+            metrics::counter!("slotproxy_redirects_total", "kind" => "moved").increment(1);
+        }
+        Next::Ask { .. } => {
+            Counters::bump(&counters.ask);
+            metrics::counter!("slotproxy_redirects_total", "kind" => "ask").increment(1);
+        }
+        Next::ToPrimary => {
+            Counters::bump(&counters.retries);
+            metrics::counter!("slotproxy_retries_total", "kind" => RetryKind::Loading.label())
+                .increment(1);
+        }
+        Next::Retry { kind, .. } if *kind != RetryKind::Reconnect => {
+            Counters::bump(&counters.retries);
+            metrics::counter!("slotproxy_retries_total", "kind" => kind.label()).increment(1);
+        }
+        Next::Retry { .. } | Next::Final | Next::Fail(_) => {}
+    }
+}
+
+fn record_failure(worker: &Worker, error: &BackendError) {
+    Counters::bump(&worker.shared.counters.backend_errors);
+    metrics::counter!("slotproxy_errors_total", "kind" => error.kind()).increment(1);
+}
 
 /// A request already sent to the node the map named, waiting for its reply: the fast path.
-/// Most replies are final; only a redirect or a failure goes on to [`finish`].
+/// The session's reply queue polls it without a task or future of its own; most replies are
+/// final, only a redirect or a failure goes on to the driver.
 pub struct InFlight {
-    pub reply: oneshot::Receiver<ReplyResult>,
-    pub payload: Bytes,
-    pub target: Target,
-    pub resend: Resend,
+    reply: oneshot::Receiver<ReplyResult>,
+    payload: Bytes,
+    target: Target,
+    resend: Resend,
+    on_replica: bool,
+}
+
+/// What an in-flight request came to.
+pub enum Settled {
+    /// The reply for the client.
+    Final(Bytes),
+    /// Not final (a redirect, a failure): the driver takes it from here.
+    Retry(Pin<Box<dyn Future<Output = Bytes>>>),
+}
+
+impl InFlight {
+    /// Waits for the reply. Cancel safety: safe; the outcome is settled as soon as it is taken.
+    pub fn poll_settle(&mut self, cx: &mut Context<'_>, worker: &Rc<Worker>) -> Poll<Settled> {
+        Pin::new(&mut self.reply).poll(cx).map(|outcome| {
+            let outcome = outcome.unwrap_or_else(|_| Err(BackendError::closed()));
+            self.settle(outcome, worker)
+        })
+    }
+
+    /// The outcome if the reply has arrived, without waiting.
+    pub fn try_settle(&mut self, worker: &Rc<Worker>) -> Option<Settled> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let outcome = match self.reply.try_recv() {
+            Ok(outcome) => outcome,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Closed) => Err(BackendError::closed()),
+        };
+        Some(self.settle(outcome, worker))
+    }
+
+    fn settle(&mut self, outcome: ReplyResult, worker: &Rc<Worker>) -> Settled {
+        match outcome {
+            Ok(bytes) if classify(&bytes).is_none() => Settled::Final(bytes),
+            outcome => {
+                let worker = worker.clone();
+                let payload = std::mem::take(&mut self.payload);
+                let target = self.target.clone();
+                let rules = rules(&worker, self.resend);
+                let first = Some((outcome, self.on_replica));
+                Settled::Retry(Box::pin(async move {
+                    drive(&worker, &mut ViaPipe(&payload), &target, rules, first)
+                        .await
+                        .unwrap_or_else(|e| e.to_reply())
+                }))
+            }
+        }
+    }
 }
 
 /// A request started at once: normally in flight; deferred when there is no node to send it to
-/// right now (slot not covered, node backing off), for [`execute`] to deal with.
+/// right now (slot not covered, node backing off), for the driver to deal with.
 pub enum Started {
     InFlight(InFlight),
     Deferred {
@@ -63,16 +277,26 @@ pub enum Started {
     },
 }
 
-/// Sends `payload` to the node for `target` now, if there is one.
-pub fn start(worker: &Worker, payload: Bytes, target: Target, resend: Resend) -> Started {
-    let sent = resolve(worker, &target, resend == Resend::Safe)
-        .and_then(|addr| worker.pool.send(&addr, payload.clone(), false).ok());
+/// Sends `payload` to the node `map` names for `target` now, if there is one.
+pub fn start(
+    worker: &Worker,
+    map: &SlotMap,
+    payload: Bytes,
+    target: Target,
+    resend: Resend,
+) -> Started {
+    let sent =
+        resolve(worker, map, &target, resend == Resend::Safe).and_then(|(addr, on_replica)| {
+            let rx = worker.pool.send(&addr, payload.clone(), false).ok()?;
+            Some((rx, on_replica))
+        });
     match sent {
-        Some(reply) => Started::InFlight(InFlight {
+        Some((reply, on_replica)) => Started::InFlight(InFlight {
             reply,
             payload,
             target,
             resend,
+            on_replica,
         }),
         None => Started::Deferred {
             payload,
@@ -87,12 +311,10 @@ impl Started {
     pub async fn reply(self, worker: Rc<Worker>) -> Bytes {
         match self {
             Started::InFlight(mut in_flight) => {
-                let outcome = (&mut in_flight.reply)
-                    .await
-                    .unwrap_or_else(|_| Err(BackendError::closed()));
-                match final_reply(&outcome) {
-                    Some(bytes) => bytes.clone(),
-                    None => finish(worker, in_flight, outcome).await,
+                let settled = std::future::poll_fn(|cx| in_flight.poll_settle(cx, &worker)).await;
+                match settled {
+                    Settled::Final(bytes) => bytes,
+                    Settled::Retry(future) => future.await,
                 }
             }
             Started::Deferred {
@@ -104,186 +326,53 @@ impl Started {
     }
 }
 
-/// The final reply for a fast-path outcome, if it is final (no redirect, no failure).
-pub fn final_reply(outcome: &ReplyResult) -> Option<&Bytes> {
-    match outcome {
-        Ok(bytes) if classify(bytes).is_none() => Some(bytes),
-        _ => None,
-    }
-}
-
-/// Continues a fast-path request whose first outcome was not final.
-pub async fn finish(worker: Rc<Worker>, request: InFlight, first: ReplyResult) -> Bytes {
-    run(
-        worker,
-        request.payload,
-        request.target,
-        request.resend,
-        Some(first),
-        Via::Pipe,
-    )
-    .await
-}
-
-/// Runs `payload` on the node for `target` and returns the final raw reply.
+/// Runs `payload` on the node for `target` over the shared pipes and returns the final reply.
 pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
-    run(worker, payload, target, resend, None, Via::Pipe).await
-}
-
-/// Which connection a request travels on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    /// The worker's shared, pipelined connection to the node.
-    Pipe,
-    /// A connection of the request's own (commands that park their connection).
-    Dedicated,
+    let rules = rules(&worker, resend);
+    drive(&worker, &mut ViaPipe(&payload), &target, rules, None)
+        .await
+        .unwrap_or_else(|e| e.to_reply())
 }
 
 /// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated
 /// connection, within the `max_blocking_connections` budget.
 pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target) -> Bytes {
     let Ok(_permit) = worker.shared.blocking_permits.clone().try_acquire_owned() else {
-        return reply::error(&format!(
+        return ProxyError::limit(format!(
             "ERR max number of blocked clients reached (max_blocking_connections = {})",
             worker.shared.config.max_blocking_connections
-        ));
+        ))
+        .to_reply();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
-    run(worker, payload, target, Resend::Never, None, Via::Dedicated).await
+    let rules = rules(&worker, Resend::Never);
+    drive(&worker, &mut ViaDedicated(&payload), &target, rules, None)
+        .await
+        .unwrap_or_else(|e| e.to_reply())
 }
 
-async fn run(
-    worker: Rc<Worker>,
-    payload: Bytes,
-    target: Target,
-    resend: Resend,
-    mut first: Option<ReplyResult>,
-    via: Via,
-) -> Bytes {
-    let deadline = Instant::now() + worker.retry_deadline;
-    let topology = &worker.shared.topology;
-    let counters = &worker.shared.counters;
-    let mut redirects = 0u32;
-    let mut connect_retries = 0u32;
-    let mut backoff = FIRST_BACKOFF;
-    // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
-    let mut redirect_to: Option<(NodeAddr, bool)> = None;
-    // Reads may go to replicas until one fails or is loading: then the primary serves.
-    let mut replica_ok = resend == Resend::Safe && via == Via::Pipe;
-    loop {
-        let outcome = match first.take() {
-            Some(outcome) => outcome,
-            None => {
-                let (addr, asking) = match redirect_to.take() {
-                    Some(to) => to,
-                    None => match resolve(&worker, &target, replica_ok) {
-                        Some(addr) => (addr, false),
-                        None => {
-                            topology.request_refresh();
-                            if !wait(&mut backoff, deadline).await {
-                                return reply::error("CLUSTERDOWN Hash slot not served");
-                            }
-                            continue;
-                        }
-                    },
-                };
-                match via {
-                    Via::Pipe => match worker.pool.send(&addr, payload.clone(), asking) {
-                        Ok(rx) => rx.await.unwrap_or_else(|_| {
-                            Err(BackendError::Lost {
-                                addr: addr.to_string(),
-                            })
-                        }),
-                        Err(e) => Err(e),
-                    },
-                    Via::Dedicated => worker.dedicated.round_trip(&addr, &payload, asking).await,
-                }
-            }
-        };
-        let error = match outcome {
-            Ok(bytes) => {
-                let Some(redirect) = classify(&bytes) else {
-                    return bytes;
-                };
-                match redirect {
-                    Redirect::Moved { slot, addr: to } => {
-                        Counters::bump(&counters.moved);
-                        metrics::counter!("slotproxy_redirects_total", "kind" => "moved")
-                            .increment(1);
-                        redirects += 1;
-                        if redirects > worker.max_redirects {
-                            return too_many_redirects(&bytes);
-                        }
-                        topology.apply_moved(slot, to);
-                        topology.request_refresh();
-                        redirect_to = Some((NodeAddr::from(to), false));
-                    }
-                    Redirect::Ask { addr: to, .. } => {
-                        Counters::bump(&counters.ask);
-                        metrics::counter!("slotproxy_redirects_total", "kind" => "ask")
-                            .increment(1);
-                        redirects += 1;
-                        if redirects > worker.max_redirects {
-                            return too_many_redirects(&bytes);
-                        }
-                        redirect_to = Some((NodeAddr::from(to), true));
-                    }
-                    Redirect::TryAgain | Redirect::ClusterDown | Redirect::Loading => {
-                        let kind = match redirect {
-                            Redirect::TryAgain => "tryagain",
-                            Redirect::ClusterDown => "clusterdown",
-                            _ => "loading",
-                        };
-                        Counters::bump(&counters.retries);
-                        metrics::counter!("slotproxy_retries_total", "kind" => kind).increment(1);
-                        if redirect == Redirect::ClusterDown {
-                            topology.request_refresh();
-                        }
-                        if redirect == Redirect::Loading && replica_ok {
-                            replica_ok = false;
-                            continue; // the primary serves it now, no need to wait
-                        }
-                        if !wait(&mut backoff, deadline).await {
-                            return bytes; // out of time: the cluster's own answer is the clearest
-                        }
-                    }
-                }
-                continue;
-            }
-            Err(error) => error,
-        };
-        Counters::bump(&counters.backend_errors);
-        metrics::counter!("slotproxy_errors_total", "kind" => error.kind()).increment(1);
-        topology.request_refresh();
-        replica_ok = false;
-        let may_resend = error.certainly_not_sent() || resend == Resend::Safe;
-        if may_resend && connect_retries < MAX_CONNECT_RETRIES {
-            connect_retries += 1;
-            // Give the refresher a moment: after a failover the map will point elsewhere.
-            if wait(&mut backoff, deadline).await {
-                continue;
-            }
-        }
-        return reply::error(&format!("ERR {error}"));
-    }
-}
-
-/// The node for `target`. `replica_ok`: a read that the read-from policy may send to one of
-/// the slot's replicas.
-fn resolve(worker: &Worker, target: &Target, replica_ok: bool) -> Option<NodeAddr> {
-    let map = worker.shared.topology.map();
+/// The node for `target` in `map`, and whether it is a replica. `replica_ok`: a read that the
+/// read-from policy may send to one of the slot's replicas.
+fn resolve(
+    worker: &Worker,
+    map: &SlotMap,
+    target: &Target,
+    replica_ok: bool,
+) -> Option<(NodeAddr, bool)> {
     match target {
         Target::Slot(slot) if replica_ok && worker.read_from != ReadFrom::Primary => {
             let replicas = map.replicas(*slot);
-            let primary = map.primary(*slot);
             let pick = match worker.read_from {
                 ReadFrom::Any => fastrand::usize(..=replicas.len()),
                 _ => fastrand::usize(..replicas.len().max(1)),
             };
-            replicas.get(pick).or(primary).cloned()
+            match replicas.get(pick) {
+                Some(replica) => Some((replica.clone(), true)),
+                None => map.primary(*slot).map(|p| (p.clone(), false)),
+            }
         }
-        Target::Slot(slot) => map.primary(*slot).cloned(),
-        Target::Node(addr) => Some(addr.clone()),
+        Target::Slot(slot) => map.primary(*slot).map(|p| (p.clone(), false)),
+        Target::Node(addr) => Some((addr.clone(), false)),
         Target::Any => {
             let shards = map.shards();
             if shards.is_empty() {
@@ -291,7 +380,7 @@ fn resolve(worker: &Worker, target: &Target, replica_ok: bool) -> Option<NodeAdd
             }
             shards
                 .get(fastrand::usize(..shards.len()))
-                .map(|s| s.primary.clone())
+                .map(|s| (s.primary.clone(), false))
         }
     }
 }
@@ -304,12 +393,4 @@ async fn wait(backoff: &mut Duration, deadline: Instant) -> bool {
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     true
-}
-
-fn too_many_redirects(last: &[u8]) -> Bytes {
-    let text = String::from_utf8_lossy(last.get(1..).unwrap_or_default());
-    reply::error(&format!(
-        "ERR too many cluster redirects, last: {}",
-        text.trim_end()
-    ))
 }

@@ -12,27 +12,27 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex;
 
+use super::decision::{Resend, Rules};
+use super::error::ProxyError;
+use super::plan::target_of;
 use super::reply::{self, Reply};
-use super::route::Target;
-use super::target_of;
+use super::route::{drive, rules, Exchange, Target};
 use super::worker::Worker;
 use crate::backend::dedicated::exchange_many;
+use crate::backend::pipe::ReplyResult;
 use crate::backend::stream::BackendStream;
 use crate::backend::NodeAddr;
-use crate::cluster::redirect::{classify, Redirect};
-use crate::cluster::Slot;
+use crate::cluster::redirect::classify;
+use crate::cluster::{Slot, SlotMap};
 use crate::command::CommandSpec;
 use crate::resp::Command;
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
-const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// A client's transaction state.
 #[derive(Default)]
@@ -72,11 +72,11 @@ pub fn runs_in_multi(name: &[u8]) -> bool {
 /// Queues a command inside MULTI; the reply is `+QUEUED` or the error that aborts the
 /// transaction. `spec` is `None` for a command the cluster does not know.
 pub fn queue(
-    worker: &Worker,
+    map: &SlotMap,
     state: &mut TxState,
     spec: Option<&CommandSpec>,
     cmd: Command,
-    refusal: Option<Bytes>,
+    refusal: Option<ProxyError>,
 ) -> Bytes {
     let watch_slot = state.watch.as_ref().map(|w| w.slot);
     let Some(queued) = state.multi.as_mut() else {
@@ -84,15 +84,15 @@ pub fn queue(
     };
     let verdict = match (spec, refusal) {
         (_, Some(error)) => Err(error),
-        (None, None) => Err(reply::error("ERR unknown command")),
-        (Some(spec), None) if spec.is_no_multi() => {
-            Err(reply::error("ERR Command not allowed inside a transaction"))
-        }
-        (Some(spec), None) => match target_of(worker, spec, &cmd) {
+        (None, None) => Err(ProxyError::bad_request("ERR unknown command")),
+        (Some(spec), None) if spec.is_no_multi() => Err(ProxyError::bad_request(
+            "ERR Command not allowed inside a transaction",
+        )),
+        (Some(spec), None) => match target_of(spec, &cmd, map) {
             Err(crossslot) => Err(crossslot),
             Ok(Target::Slot(slot)) => match queued.slot.or(watch_slot) {
-                Some(pinned) if pinned != slot && !worker.shared.topology.map().is_standalone() => {
-                    Err(reply::error(reply::CROSSSLOT))
+                Some(pinned) if pinned != slot && !map.is_standalone() => {
+                    Err(ProxyError::cross_slot())
                 }
                 _ => {
                     queued.slot = Some(slot);
@@ -109,7 +109,7 @@ pub fn queue(
         }
         Err(error) => {
             queued.failed = true;
-            error
+            error.to_reply()
         }
     }
 }
@@ -145,7 +145,7 @@ pub fn exec(worker: &Rc<Worker>, state: &mut TxState) -> Reply {
     };
     let watch = state.watch.take();
     if queued.failed {
-        return reply::error(EXECABORT).into();
+        return ProxyError::exec_abort().to_reply().into();
     }
     let slot = queued.slot.or(watch.as_ref().map(|w| w.slot));
     let mut payload =
@@ -174,79 +174,85 @@ async fn run_exec(
             return match exchange_many(&mut conn, &addr, &payload, replies).await {
                 Ok(mut all) => {
                     worker.dedicated.checkin(&addr, conn);
-                    all.pop().unwrap_or_else(|| reply::error(EXECABORT))
+                    all.pop()
+                        .unwrap_or_else(|| ProxyError::exec_abort().to_reply())
                 }
-                Err(error) => reply::error(&format!("ERR {error}")),
+                Err(error) => ProxyError::backend(&error).to_reply(),
             };
         }
         // The WATCH itself failed (its error went to the client): run unwatched, as Redis
         // would after a WATCH that did not happen.
     }
-    let topology = &worker.shared.topology;
-    let deadline = Instant::now() + worker.retry_deadline;
-    let mut redirected: Option<NodeAddr> = None;
-    let mut redirects = 0;
-    loop {
-        let addr = match redirected.take() {
-            Some(addr) => addr,
-            None => {
-                let map = topology.map();
-                let found = match slot {
-                    Some(slot) => map.primary(slot).cloned(),
-                    None => map.shards().first().map(|s| s.primary.clone()),
-                };
-                match found {
-                    Some(addr) => addr,
-                    None => return reply::error("CLUSTERDOWN Hash slot not served"),
-                }
-            }
-        };
-        let mut conn = match worker.dedicated.checkout(&addr).await {
-            Ok(conn) => conn,
-            Err(error) => return reply::error(&format!("ERR {error}")),
-        };
-        let mut all = match exchange_many(&mut conn, &addr, &payload, replies).await {
-            Ok(all) => all,
-            // The EXEC may have run: never send it again.
-            Err(error) => return reply::error(&format!("ERR {error}")),
-        };
-        worker.dedicated.checkin(&addr, conn);
+    let target = slot.map_or(Target::Any, Target::Slot);
+    let mut exec = ExecExchange {
+        payload: &payload,
+        replies,
+        exec_reply: None,
+    };
+    // The EXEC may have run once it was written: never send it again. ASKING can't be queued
+    // inside MULTI, so a migrating slot is waited for instead.
+    let rules = Rules {
+        can_ask: false,
+        ..rules(&worker, Resend::Never)
+    };
+    match drive(&worker, &mut exec, &target, rules, None).await {
+        // Out of time while the slot moved: EXEC's own answer (nothing of it ran).
+        Ok(answer) if classify(&answer).is_some() => exec.exec_reply.unwrap_or(answer),
+        Ok(answer) => answer,
+        Err(error) => error.to_reply(),
+    }
+}
+
+/// MULTI, the queued commands and EXEC on a connection of their own. The reply the driver
+/// decides on is the first redirect among the queuing answers (the slot moved while the
+/// client queued: nothing ran, Redis refused every command), else EXEC's reply.
+struct ExecExchange<'a> {
+    payload: &'a Bytes,
+    replies: usize,
+    /// EXEC's reply when a queuing answer was a redirect (EXECABORT).
+    exec_reply: Option<Bytes>,
+}
+
+impl Exchange for ExecExchange<'_> {
+    const REPLICA_READS: bool = false;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, _asking: bool) -> ReplyResult {
+        let mut conn = worker.dedicated.checkout(addr).await?;
+        let mut all = exchange_many(&mut conn, addr, self.payload, self.replies).await?;
+        worker.dedicated.checkin(addr, conn);
+        let exec = all
+            .pop()
+            .unwrap_or_else(|| ProxyError::exec_abort().to_reply());
         // Queuing answers sit between MULTI's +OK and EXEC's reply.
-        let redirect = all
-            .iter()
-            .skip(1)
-            .take(replies.saturating_sub(2))
-            .find_map(|r| classify(r));
+        let redirect = all.iter().skip(1).find(|r| classify(r).is_some()).cloned();
         match redirect {
-            None => return all.pop().unwrap_or_else(|| reply::error(EXECABORT)),
-            Some(Redirect::Moved { slot, addr: to }) if redirects < worker.max_redirects => {
-                redirects += 1;
-                topology.apply_moved(slot, to);
-                topology.request_refresh();
-                redirected = Some(NodeAddr::from(to));
+            Some(redirect) => {
+                self.exec_reply = Some(exec);
+                Ok(redirect)
             }
-            Some(_) if Instant::now() + RETRY_PAUSE < deadline => {
-                // ASK, TRYAGAIN, CLUSTERDOWN: the slot is moving or down; ASKING cannot be
-                // queued inside MULTI, so wait for the move to finish.
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-            Some(_) => return all.pop().unwrap_or_else(|| reply::error(EXECABORT)),
+            None => Ok(exec),
         }
     }
 }
 
 /// `WATCH key...`: keys in one slot, held on a connection to that slot's owner.
-pub fn watch(worker: &Rc<Worker>, state: &mut TxState, spec: &CommandSpec, cmd: Command) -> Reply {
+pub fn watch(
+    worker: &Rc<Worker>,
+    map: &SlotMap,
+    state: &mut TxState,
+    spec: &CommandSpec,
+    cmd: Command,
+) -> Reply {
     if state.multi.is_some() {
         return reply::error("ERR WATCH inside MULTI is not allowed").into();
     }
-    let slot = match target_of(worker, spec, &cmd) {
+    let slot = match target_of(spec, &cmd, map) {
         Ok(Target::Slot(slot)) => slot,
         Ok(_) => return reply::error("ERR wrong number of arguments for 'watch' command").into(),
-        Err(crossslot) => return crossslot.into(),
+        Err(crossslot) => return crossslot.to_reply().into(),
     };
     match &state.watch {
-        Some(existing) if existing.slot != slot => reply::error(reply::CROSSSLOT).into(),
+        Some(existing) if existing.slot != slot => ProxyError::cross_slot().to_reply().into(),
         Some(existing) => {
             // Another WATCH on the same connection, once the first has landed.
             let conn = existing.conn.clone();
@@ -258,7 +264,7 @@ pub fn watch(worker: &Rc<Worker>, state: &mut TxState, spec: &CommandSpec, cmd: 
                         Ok(mut r) => r.pop().unwrap_or_else(reply::ok),
                         Err(error) => {
                             *held = None;
-                            reply::error(&format!("ERR {error}"))
+                            ProxyError::backend(&error).to_reply()
                         }
                     },
                     None => first_watch(&worker, &mut held, &cmd, slot).await,
@@ -278,38 +284,58 @@ pub fn watch(worker: &Rc<Worker>, state: &mut TxState, spec: &CommandSpec, cmd: 
     }
 }
 
-/// Opens the watch connection to the slot's owner (following MOVED) and sends the WATCH.
+/// Opens the watch connection to the slot's owner (following redirects like any request) and
+/// sends the WATCH; the connection is held when the node answered OK.
 async fn first_watch(
     worker: &Worker,
     held: &mut Option<(NodeAddr, BackendStream)>,
     cmd: &Command,
     slot: Slot,
 ) -> Bytes {
-    let topology = &worker.shared.topology;
-    let mut addr = match topology.map().primary(slot).cloned() {
-        Some(addr) => addr,
-        None => return reply::error("CLUSTERDOWN Hash slot not served"),
+    let mut watch = WatchExchange {
+        payload: cmd.raw(),
+        held: None,
     };
-    for _ in 0..=worker.max_redirects {
-        let mut conn = match worker.dedicated.checkout(&addr).await {
-            Ok(conn) => conn,
-            Err(error) => return reply::error(&format!("ERR {error}")),
-        };
-        let answer = match exchange_many(&mut conn, &addr, cmd.raw(), 1).await {
-            Ok(mut r) => r.pop().unwrap_or_else(reply::ok),
-            Err(error) => return reply::error(&format!("ERR {error}")),
-        };
-        if let Some(Redirect::Moved { slot, addr: to }) = classify(&answer) {
-            topology.apply_moved(slot, to);
-            topology.request_refresh();
-            worker.dedicated.checkin(&addr, conn);
-            addr = NodeAddr::from(to);
-            continue;
+    // A WATCH on the importing node of a migrating slot would watch the wrong node: wait for
+    // the migration instead of following ASK.
+    let rules = Rules {
+        can_ask: false,
+        ..rules(worker, Resend::Safe)
+    };
+    match drive(worker, &mut watch, &Target::Slot(slot), rules, None).await {
+        Ok(answer) => {
+            if answer.as_ref() == b"+OK\r\n" {
+                *held = watch.held.take();
+            }
+            answer
         }
-        if answer.as_ref() == b"+OK\r\n" {
-            *held = Some((addr, conn));
-        }
-        return answer;
+        Err(error) => error.to_reply(),
     }
-    reply::error("ERR too many cluster redirects for WATCH")
+}
+
+/// WATCH on a connection of its own, kept (in `held`) when the node said OK.
+struct WatchExchange<'a> {
+    payload: &'a [u8],
+    held: Option<(NodeAddr, BackendStream)>,
+}
+
+impl Exchange for WatchExchange<'_> {
+    const REPLICA_READS: bool = false;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, _asking: bool) -> ReplyResult {
+        if let Some((previous, conn)) = self.held.take() {
+            worker.dedicated.checkin(&previous, conn);
+        }
+        let mut conn = worker.dedicated.checkout(addr).await?;
+        let answer = exchange_many(&mut conn, addr, self.payload, 1)
+            .await?
+            .pop()
+            .unwrap_or_else(reply::ok);
+        if answer.as_ref() == b"+OK\r\n" {
+            self.held = Some((addr.clone(), conn));
+        } else {
+            worker.dedicated.checkin(addr, conn);
+        }
+        Ok(answer)
+    }
 }

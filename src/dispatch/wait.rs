@@ -18,7 +18,7 @@ use super::worker::Worker;
 use super::Reply;
 use crate::backend::pipe::Pipe;
 use crate::backend::NodeAddr;
-use crate::cluster::Slot;
+use crate::cluster::{Slot, SlotMap};
 use crate::resp::{parse_integer, Command};
 
 /// Where a client's writes went since it connected: one entry per node.
@@ -41,8 +41,7 @@ struct NodeWrites {
 
 impl Writes {
     /// Notes a write sent now to the owner of `slot` over the shared pipes.
-    pub fn note(&mut self, worker: &Worker, slot: Slot) {
-        let map = worker.shared.topology.map();
+    pub fn note(&mut self, worker: &Worker, map: &SlotMap, slot: Slot) {
         let Some(addr) = map.primary(slot) else {
             return;
         };

@@ -1,0 +1,395 @@
+//! What to do after each reply or failure of a request to a node: the one decision behind
+//! every path that talks to a node (shared pipes, dedicated connections, EXEC, WATCH). A pure
+//! function of the outcome and what happened so far, tested as a table; the driver
+//! (`route::drive`) carries it out, so redirects, backoff, deadlines and their metrics are the
+//! same everywhere.
+
+use bytes::Bytes;
+
+use super::error::ProxyError;
+use crate::backend::BackendError;
+use crate::cluster::redirect::{classify, Redirect};
+use crate::cluster::Slot;
+
+/// Reconnect attempts for a request whose node can't be reached: enough to pick up a fresh
+/// slot map after a failover, few enough that requests for a dead node fail fast.
+pub const MAX_RECONNECTS: u32 = 2;
+
+/// Whether a request may be sent again after its connection broke once it was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Reads: running them twice is harmless.
+    Safe,
+    /// Writes: never risk running them twice; answer an error instead.
+    Never,
+}
+
+/// The outcome of one attempt: the node's reply, or why there is none.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome<'a> {
+    Reply(&'a Bytes),
+    Failed(&'a BackendError),
+}
+
+/// What a kind of request allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub max_redirects: u32,
+    pub resend: Resend,
+    /// Follow MOVED/ASK and retry TRYAGAIN/CLUSTERDOWN/LOADING at all (false for an EXEC under
+    /// WATCH: only the node that watched can run it).
+    pub follow: bool,
+    /// `ASKING` can precede the request (not for MULTI...EXEC: ASKING applies to one command,
+    /// so a transaction waits for the migration to finish instead).
+    pub can_ask: bool,
+}
+
+/// What happened to the request so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attempts {
+    pub redirects: u32,
+    pub reconnects: u32,
+    /// The last attempt went to a replica (a read under a replica read policy).
+    pub on_replica: bool,
+}
+
+/// Why a request is retried after a pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryKind {
+    TryAgain,
+    ClusterDown,
+    Loading,
+    /// ASK inside a transaction: wait for the migration to finish.
+    Migrating,
+    /// The connection failed before the request could have run (or it is a read).
+    Reconnect,
+}
+
+impl RetryKind {
+    /// The `kind` label of `slotproxy_retries_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryKind::TryAgain => "tryagain",
+            RetryKind::ClusterDown => "clusterdown",
+            RetryKind::Loading => "loading",
+            RetryKind::Migrating => "migrating",
+            RetryKind::Reconnect => "reconnect",
+        }
+    }
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// The reply goes to the client as it is.
+    Final,
+    /// The slot moved for good: patch the map, refresh, send to `to`.
+    Moved { slot: Slot, to: &'a str },
+    /// Send this request to `to`, preceded by `ASKING`.
+    Ask { to: &'a str },
+    /// A replica is loading: the slot's primary serves the read at once.
+    ToPrimary,
+    /// Wait (backing off) and send again where the map then says; past the deadline the
+    /// outcome goes to the client as it is. `refresh`: the map is probably stale.
+    Retry { kind: RetryKind, refresh: bool },
+    /// Give up with this error.
+    Fail(ProxyError),
+}
+
+/// Decides what follows `outcome`.
+pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> Next<'a> {
+    match outcome {
+        Outcome::Reply(bytes) => {
+            let Some(redirect) = classify(bytes).filter(|_| rules.follow) else {
+                return Next::Final;
+            };
+            let out_of_redirects = attempts.redirects >= rules.max_redirects;
+            match redirect {
+                Redirect::Moved { .. } | Redirect::Ask { .. } if out_of_redirects => {
+                    Next::Fail(ProxyError::too_many_redirects(bytes))
+                }
+                Redirect::Moved { slot, addr } => Next::Moved { slot, to: addr },
+                Redirect::Ask { addr, .. } if rules.can_ask => Next::Ask { to: addr },
+                Redirect::Ask { .. } => Next::Retry {
+                    kind: RetryKind::Migrating,
+                    refresh: false,
+                },
+                Redirect::Loading if attempts.on_replica => Next::ToPrimary,
+                Redirect::Loading => Next::Retry {
+                    kind: RetryKind::Loading,
+                    refresh: false,
+                },
+                Redirect::TryAgain => Next::Retry {
+                    kind: RetryKind::TryAgain,
+                    refresh: false,
+                },
+                Redirect::ClusterDown => Next::Retry {
+                    kind: RetryKind::ClusterDown,
+                    refresh: true,
+                },
+            }
+        }
+        Outcome::Failed(error) => {
+            let may_resend = error.certainly_not_sent() || rules.resend == Resend::Safe;
+            if rules.follow && may_resend && attempts.reconnects < MAX_RECONNECTS {
+                Next::Retry {
+                    kind: RetryKind::Reconnect,
+                    refresh: true,
+                }
+            } else {
+                Next::Fail(ProxyError::backend(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPE_READ: Rules = Rules {
+        max_redirects: 5,
+        resend: Resend::Safe,
+        follow: true,
+        can_ask: true,
+    };
+    const PIPE_WRITE: Rules = Rules {
+        resend: Resend::Never,
+        ..PIPE_READ
+    };
+    const EXEC: Rules = Rules {
+        resend: Resend::Never,
+        can_ask: false,
+        ..PIPE_READ
+    };
+    const WATCHED_EXEC: Rules = Rules {
+        follow: false,
+        ..EXEC
+    };
+
+    fn slot(n: u64) -> Slot {
+        Slot::new(n).unwrap()
+    }
+
+    fn retry(kind: RetryKind, refresh: bool) -> Next<'static> {
+        Next::Retry { kind, refresh }
+    }
+
+    #[test]
+    fn replies() {
+        let fresh = Attempts::default();
+        let many = Attempts {
+            redirects: 5,
+            ..Attempts::default()
+        };
+        let replica = Attempts {
+            on_replica: true,
+            ..Attempts::default()
+        };
+        let cases: Vec<(&str, &[u8], Attempts, Rules, Next)> = vec![
+            ("a value", b"$1\r\nv\r\n", fresh, PIPE_READ, Next::Final),
+            (
+                "an ordinary error",
+                b"-ERR no\r\n",
+                fresh,
+                PIPE_READ,
+                Next::Final,
+            ),
+            (
+                "moved",
+                b"-MOVED 3999 127.0.0.1:7002\r\n",
+                fresh,
+                PIPE_WRITE,
+                Next::Moved {
+                    slot: slot(3999),
+                    to: "127.0.0.1:7002",
+                },
+            ),
+            (
+                "ask",
+                b"-ASK 3999 127.0.0.1:7002\r\n",
+                fresh,
+                PIPE_WRITE,
+                Next::Ask {
+                    to: "127.0.0.1:7002",
+                },
+            ),
+            (
+                "moved past max_redirects",
+                b"-MOVED 3999 127.0.0.1:7002\r\n",
+                many,
+                PIPE_READ,
+                Next::Fail(ProxyError::too_many_redirects(
+                    b"-MOVED 3999 127.0.0.1:7002\r\n",
+                )),
+            ),
+            (
+                "ask past max_redirects",
+                b"-ASK 1 127.0.0.1:7002\r\n",
+                many,
+                PIPE_READ,
+                Next::Fail(ProxyError::too_many_redirects(b"-ASK 1 127.0.0.1:7002\r\n")),
+            ),
+            (
+                "tryagain",
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                fresh,
+                PIPE_WRITE,
+                retry(RetryKind::TryAgain, false),
+            ),
+            (
+                "clusterdown refreshes",
+                b"-CLUSTERDOWN The cluster is down\r\n",
+                fresh,
+                PIPE_READ,
+                retry(RetryKind::ClusterDown, true),
+            ),
+            (
+                "loading primary: wait",
+                b"-LOADING Redis is loading the dataset in memory\r\n",
+                fresh,
+                PIPE_READ,
+                retry(RetryKind::Loading, false),
+            ),
+            (
+                "loading replica: the primary serves",
+                b"-LOADING Redis is loading the dataset in memory\r\n",
+                replica,
+                PIPE_READ,
+                Next::ToPrimary,
+            ),
+            (
+                "exec: moved is followed",
+                b"-MOVED 1 127.0.0.1:7001\r\n",
+                fresh,
+                EXEC,
+                Next::Moved {
+                    slot: slot(1),
+                    to: "127.0.0.1:7001",
+                },
+            ),
+            (
+                "exec: ask waits for the migration",
+                b"-ASK 1 127.0.0.1:7001\r\n",
+                fresh,
+                EXEC,
+                retry(RetryKind::Migrating, false),
+            ),
+            (
+                "watched exec: moved is the answer",
+                b"-MOVED 1 127.0.0.1:7001\r\n",
+                fresh,
+                WATCHED_EXEC,
+                Next::Final,
+            ),
+            (
+                "watched exec: tryagain is the answer",
+                b"-TRYAGAIN x\r\n",
+                fresh,
+                WATCHED_EXEC,
+                Next::Final,
+            ),
+        ];
+        for (name, reply, attempts, rules, expected) in cases {
+            let reply = Bytes::from_static(reply);
+            assert_eq!(
+                decide(Outcome::Reply(&reply), &attempts, &rules),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures() {
+        let addr = || "127.0.0.1:7000".to_string();
+        let not_sent = BackendError::NotSent { addr: addr() };
+        let unreachable = BackendError::Unreachable {
+            addr: addr(),
+            reason: "refused".into(),
+        };
+        let lost = BackendError::Lost { addr: addr() };
+        let timeout = BackendError::Timeout {
+            addr: addr(),
+            ms: 10,
+        };
+        let fresh = Attempts::default();
+        let spent = Attempts {
+            reconnects: MAX_RECONNECTS,
+            ..Attempts::default()
+        };
+        let reconnect = retry(RetryKind::Reconnect, true);
+        let cases: Vec<(&str, &BackendError, Attempts, Rules, Next)> = vec![
+            (
+                "unsent write",
+                &not_sent,
+                fresh,
+                PIPE_WRITE,
+                reconnect.clone(),
+            ),
+            (
+                "unreachable write",
+                &unreachable,
+                fresh,
+                PIPE_WRITE,
+                reconnect.clone(),
+            ),
+            (
+                "a write that may have run is never resent",
+                &lost,
+                fresh,
+                PIPE_WRITE,
+                Next::Fail(ProxyError::backend(&lost)),
+            ),
+            (
+                "a timed-out write is never resent",
+                &timeout,
+                fresh,
+                PIPE_WRITE,
+                Next::Fail(ProxyError::backend(&timeout)),
+            ),
+            (
+                "a lost read is resent",
+                &lost,
+                fresh,
+                PIPE_READ,
+                reconnect.clone(),
+            ),
+            (
+                "out of reconnects",
+                &not_sent,
+                spent,
+                PIPE_READ,
+                Next::Fail(ProxyError::backend(&not_sent)),
+            ),
+            (
+                "an exec that may have run",
+                &lost,
+                fresh,
+                EXEC,
+                Next::Fail(ProxyError::backend(&lost)),
+            ),
+            (
+                "an exec never sent",
+                &not_sent,
+                fresh,
+                EXEC,
+                reconnect.clone(),
+            ),
+            (
+                "a watched exec never moves",
+                &not_sent,
+                fresh,
+                WATCHED_EXEC,
+                Next::Fail(ProxyError::backend(&not_sent)),
+            ),
+        ];
+        for (name, error, attempts, rules, expected) in cases {
+            assert_eq!(
+                decide(Outcome::Failed(error), &attempts, &rules),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}

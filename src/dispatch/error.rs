@@ -1,0 +1,265 @@
+//! The proxy's own errors: what went wrong, whose fault it was, and the one place where an
+//! error becomes the bytes a client reads and the `slotproxy_errors_total{kind}` label.
+//!
+//! A Redis error *reply* from a node is not one of these: it is forwarded as it is. These are
+//! the errors the proxy answers itself, in Redis's words where Redis has them (so clients and
+//! their error handling see what one Redis would say).
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::backend::{BackendError, NodeAddr};
+use crate::resp::encode;
+
+/// Whose fault an error is: decides how it is counted and logged, and whether an operator
+/// needs to look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something one Redis would refuse too (CROSSSLOT, bad arguments).
+    Client,
+    /// The proxy's policy or limits (an unsupported command, a full budget).
+    Proxy,
+    /// A node failed (unreachable, connection lost, timed out, malformed reply).
+    Node,
+    /// The cluster as a whole can't serve the request (slot not served, redirect loop).
+    Cluster,
+}
+
+/// What went wrong; each kind has its Redis error code and metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Keys in more than one slot where one is needed.
+    CrossSlot,
+    /// A command or argument the proxy refuses as Redis would (wrong arity, bad value...).
+    BadRequest,
+    /// Not authenticated yet.
+    NoAuth,
+    /// A command the proxy does not support, or allows only with a flag.
+    Unsupported,
+    /// A proxy limit was reached (`max_blocking_connections`, ...).
+    Limit,
+    /// A transaction that can't run (EXECABORT).
+    ExecAbort,
+    /// No node serves the slot.
+    SlotNotServed,
+    /// MOVED/ASK followed more often than `max_redirects`.
+    TooManyRedirects,
+    /// A round trip to a node failed.
+    Backend(&'static str),
+}
+
+/// An error the proxy answers itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    /// The whole error line after `-`, starting with its code (`ERR ...`, `CROSSSLOT ...`).
+    message: Cow<'static, str>,
+    /// The node it concerns, if one.
+    pub node: Option<NodeAddr>,
+}
+
+/// Redis's own CROSSSLOT text.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+const SLOT_NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
+const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+impl ProxyError {
+    fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> ProxyError {
+        ProxyError {
+            kind,
+            message: message.into(),
+            node: None,
+        }
+    }
+
+    pub fn cross_slot() -> ProxyError {
+        ProxyError::new(ErrorKind::CrossSlot, CROSSSLOT)
+    }
+
+    /// A request one Redis would refuse too; `message` starts with its code.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> ProxyError {
+        ProxyError::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn no_auth() -> ProxyError {
+        ProxyError::new(ErrorKind::NoAuth, "NOAUTH Authentication required.")
+    }
+
+    /// A command the proxy refuses: `ERR <NAME> is not supported by slotproxy: <why>`.
+    pub fn unsupported(name: &str, why: &str) -> ProxyError {
+        ProxyError::new(
+            ErrorKind::Unsupported,
+            format!("ERR {} is not supported by slotproxy: {why}", shown(name)),
+        )
+    }
+
+    /// A command that changes every node, refused without `--admin-commands`.
+    pub fn admin_commands_off(name: &str) -> ProxyError {
+        ProxyError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "ERR {} would change every node of the cluster: start slotproxy with --admin-commands to allow it",
+                shown(name)
+            ),
+        )
+    }
+
+    /// Any other refusal of the proxy's policy; `message` starts with its code.
+    pub fn proxy_policy(message: impl Into<Cow<'static, str>>) -> ProxyError {
+        ProxyError::new(ErrorKind::Unsupported, message)
+    }
+
+    pub fn limit(message: impl Into<Cow<'static, str>>) -> ProxyError {
+        ProxyError::new(ErrorKind::Limit, message)
+    }
+
+    pub fn exec_abort() -> ProxyError {
+        ProxyError::new(ErrorKind::ExecAbort, EXECABORT)
+    }
+
+    pub fn slot_not_served() -> ProxyError {
+        ProxyError::new(ErrorKind::SlotNotServed, SLOT_NOT_SERVED)
+    }
+
+    /// Out of redirects; `last` is the node's last redirect reply (`-MOVED ...\r\n`).
+    pub fn too_many_redirects(last: &[u8]) -> ProxyError {
+        let text = String::from_utf8_lossy(last.get(1..).unwrap_or_default());
+        ProxyError::new(
+            ErrorKind::TooManyRedirects,
+            format!("ERR too many cluster redirects, last: {}", text.trim_end()),
+        )
+    }
+
+    /// A failed round trip to `node`.
+    pub fn backend(error: &BackendError) -> ProxyError {
+        ProxyError::new(ErrorKind::Backend(error.kind()), format!("ERR {error}"))
+    }
+
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        match self.kind {
+            ErrorKind::CrossSlot | ErrorKind::BadRequest | ErrorKind::NoAuth => Fault::Client,
+            ErrorKind::ExecAbort => Fault::Client,
+            ErrorKind::Unsupported | ErrorKind::Limit => Fault::Proxy,
+            ErrorKind::Backend(_) => Fault::Node,
+            ErrorKind::SlotNotServed | ErrorKind::TooManyRedirects => Fault::Cluster,
+        }
+    }
+
+    /// The `kind` label of `slotproxy_errors_total`.
+    pub fn metric_kind(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::CrossSlot => "crossslot",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NoAuth => "noauth",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Limit => "limit",
+            ErrorKind::ExecAbort => "execabort",
+            ErrorKind::SlotNotServed => "slot_not_served",
+            ErrorKind::TooManyRedirects => "too_many_redirects",
+            ErrorKind::Backend(kind) => kind,
+        }
+    }
+
+    /// The error line without `-` and CRLF.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The reply a client reads: `-<message>\r\n`.
+    pub fn to_reply(&self) -> Bytes {
+        error_reply(&self.message)
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// `-{message}\r\n`; `message` starts with its error code.
+pub(crate) fn error_reply(message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 3);
+    encode::error(&mut out, message);
+    out.freeze()
+}
+
+/// `config|set` → `CONFIG SET`, as error messages name commands.
+fn shown(name: &str) -> String {
+    name.replace('|', " ").to_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_codes_faults_and_labels() {
+        let lost = BackendError::Lost {
+            addr: "127.0.0.1:7000".into(),
+        };
+        let cases: Vec<(ProxyError, &str, Fault, &str)> = vec![
+            (
+                ProxyError::cross_slot(),
+                "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+                Fault::Client,
+                "crossslot",
+            ),
+            (
+                ProxyError::no_auth(),
+                "-NOAUTH Authentication required.\r\n",
+                Fault::Client,
+                "noauth",
+            ),
+            (
+                ProxyError::unsupported("cluster|failover", "it would change the cluster"),
+                "-ERR CLUSTER FAILOVER is not supported by slotproxy: it would change the cluster\r\n",
+                Fault::Proxy,
+                "unsupported",
+            ),
+            (
+                ProxyError::admin_commands_off("config|set"),
+                "-ERR CONFIG SET would change every node of the cluster: start slotproxy with --admin-commands to allow it\r\n",
+                Fault::Proxy,
+                "unsupported",
+            ),
+            (
+                ProxyError::slot_not_served(),
+                "-CLUSTERDOWN Hash slot not served\r\n",
+                Fault::Cluster,
+                "slot_not_served",
+            ),
+            (
+                ProxyError::too_many_redirects(b"-MOVED 1 127.0.0.1:7001\r\n"),
+                "-ERR too many cluster redirects, last: MOVED 1 127.0.0.1:7001\r\n",
+                Fault::Cluster,
+                "too_many_redirects",
+            ),
+            (
+                ProxyError::backend(&lost),
+                "-ERR connection to node 127.0.0.1:7000 was lost after the command was sent; it may or may not have run\r\n",
+                Fault::Node,
+                "lost",
+            ),
+            (
+                ProxyError::exec_abort(),
+                "-EXECABORT Transaction discarded because of previous errors.\r\n",
+                Fault::Client,
+                "execabort",
+            ),
+        ];
+        for (error, reply, fault, label) in cases {
+            assert_eq!(error.to_reply(), reply.as_bytes(), "{error:?}");
+            assert_eq!(error.fault(), fault, "{error:?}");
+            assert_eq!(error.metric_kind(), label, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_line_never_carries_a_line_break() {
+        let error = ProxyError::bad_request("ERR bad\r\nvalue");
+        assert_eq!(error.to_reply().iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+}

@@ -1,0 +1,275 @@
+//! Carries out a [`Plan`]: answers here, sends, splits, broadcasts, or hands the command to
+//! the session's own state (transactions, subscriptions, WAIT).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::cluster_wide;
+use super::local;
+use super::merge;
+use super::plan::{Plan, Send};
+use super::reply::{self, Reply};
+use super::route::{self, execute as run, Resend, Started, Target};
+use super::scripts;
+use super::session::ClientState;
+use super::transaction;
+use super::wait;
+use super::worker::Worker;
+use crate::cluster::SlotMap;
+use crate::command::route::{Local, Merge, SessionCommand, SplitKind};
+use crate::command::CommandSpec;
+use crate::resp::{Command, Protocol};
+
+/// The reply to `cmd` as `plan` says; `map` is the snapshot the plan was made with.
+pub fn execute(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    spec: &CommandSpec,
+    cmd: Command,
+    plan: Plan,
+) -> Reply {
+    match plan {
+        Plan::Local(command) => local(worker, client, command, &cmd),
+        Plan::Send(send) => send_one(worker, client, map, cmd, send),
+        Plan::Split {
+            kind,
+            parts,
+            resend,
+        } => split(worker, client, map, kind, parts, resend),
+        Plan::Broadcast { merge, resend } => broadcast(worker, cmd, merge, resend),
+        Plan::EveryNode => Reply::later(cluster_wide::broadcast_all_nodes(
+            worker.clone(),
+            cmd.into_raw(),
+            Merge::AllOk,
+            Resend::Never,
+        )),
+        Plan::Walk(walk) => {
+            use crate::command::route::Walk;
+            let worker = worker.clone();
+            match walk {
+                Walk::Keys => Reply::later(cluster_wide::keys(worker, cmd)),
+                Walk::Scan => Reply::later(cluster_wide::scan(worker, cmd)),
+                Walk::RandomKey => Reply::later(cluster_wide::random_key(worker, cmd)),
+            }
+        }
+        Plan::Info => info(worker, cmd),
+        Plan::Blocking { target, write } => {
+            if write {
+                client.writes.note_elsewhere();
+            }
+            Reply::Parked(Box::pin(route::execute_blocking(
+                worker.clone(),
+                cmd.into_raw(),
+                target,
+            )))
+        }
+        Plan::Session(command) => session(worker, client, map, spec, cmd, command),
+        Plan::ScriptLoad => {
+            if let Some(body) = cmd.arg(2) {
+                worker.shared.scripts.remember(body);
+            }
+            broadcast(worker, cmd, Merge::Same, Resend::Safe)
+        }
+        Plan::Eval(send) => {
+            if let Some(body) = cmd.arg(1) {
+                worker.shared.scripts.remember(body);
+            }
+            send_one(worker, client, map, cmd, send)
+        }
+        Plan::EvalSha(send) => {
+            note_write(worker, client, map, &send);
+            Reply::later(scripts::evalsha(
+                worker.clone(),
+                cmd,
+                send.target,
+                send.resend,
+            ))
+        }
+        Plan::Fail(error) => error.to_reply().into(),
+    }
+}
+
+fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Command) -> Reply {
+    let subscribed =
+        client.protocol == Protocol::Resp2 && client.subs.as_ref().is_some_and(|s| s.active());
+    match command {
+        Local::Ping if subscribed => local::subscribed_ping(cmd).into(),
+        Local::Ping => local::ping(cmd).into(),
+        Local::Echo => local::echo(cmd).into(),
+        Local::Quit => {
+            client.closing = true;
+            reply::ok().into()
+        }
+        Local::Select => local::select(cmd).into(),
+        Local::Auth => local::auth(cmd, client, &worker.shared.users.load()).into(),
+        Local::Hello => local::hello(cmd, client, &worker.shared.users.load()).into(),
+        Local::Ok => reply::ok().into(),
+        Local::Reset => {
+            client.authenticated = !worker.shared.users.load().required();
+            client.name = None;
+            client.subs = None;
+            client.protocol = Protocol::Resp2;
+            transaction::reset(&mut client.tx);
+            Bytes::from_static(b"+RESET\r\n").into()
+        }
+        Local::Client => {
+            // By argv[1], not by the table: the cluster may predate a subcommand the proxy
+            // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
+            let sub = format!(
+                "client|{}",
+                String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase()
+            );
+            local::client(&sub, cmd, client).into()
+        }
+        Local::KeySlot => local::keyslot(cmd).into(),
+    }
+}
+
+/// Notes a write sent over the shared pipes for WAIT (before sending: the write goes on the
+/// pipe current at this number).
+fn note_write(worker: &Worker, client: &mut ClientState, map: &SlotMap, send: &Send) {
+    if let Some(slot) = send.write_to {
+        client.writes.note(worker, map, slot);
+    }
+}
+
+fn send_one(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    cmd: Command,
+    send: Send,
+) -> Reply {
+    note_write(worker, client, map, &send);
+    match route::start(worker, map, cmd.into_raw(), send.target, send.resend) {
+        Started::InFlight(in_flight) => Reply::InFlight(in_flight),
+        Started::Deferred {
+            payload,
+            target,
+            resend,
+        } => Reply::later(run(worker.clone(), payload, target, resend)),
+    }
+}
+
+/// Every part is sent now, so the parts run in parallel on their nodes; the future only
+/// collects the replies (and retries a part whose first answer was a redirect).
+fn split(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    kind: SplitKind,
+    parts: Vec<super::split::SlotPart>,
+    resend: Resend,
+) -> Reply {
+    if resend == Resend::Never {
+        for part in &parts {
+            client.writes.note(worker, map, part.slot);
+        }
+    }
+    let total = parts.iter().map(|p| p.positions.len()).sum();
+    let mut positions = Vec::with_capacity(parts.len());
+    let mut started = Vec::with_capacity(parts.len());
+    for part in parts {
+        positions.push(part.positions);
+        started.push(route::start(
+            worker,
+            map,
+            part.payload,
+            Target::Slot(part.slot),
+            resend,
+        ));
+    }
+    let worker = worker.clone();
+    Reply::later(async move {
+        let mut replies = Vec::with_capacity(started.len());
+        for request in started {
+            replies.push(request.reply(worker.clone()).await);
+        }
+        match kind {
+            SplitKind::Values => {
+                merge::by_position(positions.into_iter().zip(replies).collect(), total)
+            }
+            SplitKind::Pairs => merge::all_ok(&replies),
+            SplitKind::Count => merge::sum(&replies),
+        }
+    })
+}
+
+fn broadcast(worker: &Rc<Worker>, cmd: Command, merge: Merge, resend: Resend) -> Reply {
+    Reply::later(cluster_wide::broadcast(
+        worker.clone(),
+        cmd.into_raw(),
+        merge,
+        resend,
+    ))
+}
+
+fn session(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    spec: &CommandSpec,
+    cmd: Command,
+    command: SessionCommand,
+) -> Reply {
+    match command {
+        SessionCommand::Multi => transaction::multi(&mut client.tx).into(),
+        SessionCommand::Exec => {
+            client.writes.note_elsewhere();
+            transaction::exec(worker, &mut client.tx)
+        }
+        SessionCommand::Discard => transaction::discard(&mut client.tx).into(),
+        SessionCommand::Watch => transaction::watch(worker, map, &mut client.tx, spec, cmd),
+        SessionCommand::Unwatch => transaction::unwatch(&mut client.tx).into(),
+        SessionCommand::Subscribe(kind) => subscriptions(client)
+            .subscribe(worker, map, kind, &cmd)
+            .into(),
+        SessionCommand::Unsubscribe(kind) => subscriptions(client)
+            .unsubscribe(worker, map, kind, &cmd)
+            .into(),
+        SessionCommand::Wait => wait::wait(worker, &mut client.writes, cmd),
+    }
+}
+
+/// The client's subscriptions, created on its first (un)subscribe, in its current protocol.
+fn subscriptions(client: &mut ClientState) -> &mut super::pubsub::Subscriptions {
+    let protocol = client.protocol;
+    let subs = client.subs.get_or_insert_with(Box::default);
+    subs.protocol = protocol;
+    subs
+}
+
+fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
+    if local::only_proxy_section(&cmd) {
+        return reply::bulk(local::proxy_info(worker).as_bytes()).into();
+    }
+    let wants_proxy = local::wants_proxy_section(&cmd);
+    let worker = worker.clone();
+    Reply::later(async move {
+        let targets = cluster_wide::primaries(&worker);
+        let answers = futures_util::future::join_all(
+            targets
+                .into_iter()
+                .map(|t| run(worker.clone(), cmd.raw().clone(), t, Resend::Safe)),
+        )
+        .await;
+        if let Some(error) = answers.iter().find(|a| a.starts_with(b"-")) {
+            return error.clone();
+        }
+        let texts: Vec<String> = answers
+            .iter()
+            .filter_map(|a| local::bulk_text(a))
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        let mut merged = super::info::merge(&texts);
+        if wants_proxy {
+            if !merged.is_empty() && !merged.ends_with("\r\n\r\n") {
+                merged.push_str("\r\n");
+            }
+            merged.push_str(&local::proxy_info(&worker));
+        }
+        reply::bulk(merged.as_bytes())
+    })
+}
