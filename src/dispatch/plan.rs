@@ -80,7 +80,13 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         Route::Split(kind) => split(spec, cmd, kind, map),
         Route::Broadcast(merge) => Plan::Broadcast {
             merge,
-            resend: resend_of(spec),
+            // Only a write must never run twice on a node (FLUSHALL, FUNCTION LOAD); the rest
+            // (SCRIPT EXISTS, PUBSUB NUMSUB, SLOWLOG) is harmless to ask again.
+            resend: if spec.is_write() {
+                Resend::Never
+            } else {
+                Resend::Safe
+            },
         },
         Route::EveryNode => every_node(name, allowed),
         Route::Debug if is_debug_object(cmd) => match cmd.arg(2) {
@@ -223,4 +229,358 @@ fn has_block_option(cmd: &Command) -> bool {
         .skip(1)
         .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
         .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::NodeAddr;
+    use crate::cluster::slot_map::Shard;
+    use crate::command::route::Subscription;
+    use crate::command::CommandTable;
+
+    /// Three primaries: 0-5460, 5461-10922, 10923-16383, as `redis-cli --cluster create`.
+    fn cluster() -> SlotMap {
+        let shard = |port: u16| Shard {
+            primary: NodeAddr::from(format!("127.0.0.1:{port}")),
+            primary_id: None,
+            replicas: vec![],
+        };
+        SlotMap::from_ranges(vec![
+            (0, 5460, shard(7000)),
+            (5461, 10922, shard(7001)),
+            (10923, 16383, shard(7002)),
+        ])
+    }
+
+    fn planned(args: &[&str], allowed: Allowed, map: &SlotMap) -> Plan {
+        let cmd = Command::from_args(args);
+        let table = CommandTable::builtin();
+        let spec = table.lookup(&cmd).expect("a command of the table");
+        plan(spec, &cmd, allowed, map)
+    }
+
+    const DEFAULT: Allowed = Allowed {
+        admin_commands: false,
+    };
+    const ADMIN: Allowed = Allowed {
+        admin_commands: true,
+    };
+
+    fn slot(key: &str) -> Slot {
+        Slot::of(key.as_bytes())
+    }
+
+    fn read_of(key: &str) -> Plan {
+        Plan::Send(read(Target::Slot(slot(key))))
+    }
+
+    fn write_of(key: &str) -> Plan {
+        Plan::Send(Send {
+            target: Target::Slot(slot(key)),
+            resend: Resend::Never,
+            write_to: Some(slot(key)),
+        })
+    }
+
+    fn fail(message: &str) -> Plan {
+        Plan::Fail(ProxyError::bad_request(message.to_string()))
+    }
+
+    /// Every command family with its plan on a three-shard cluster.
+    #[test]
+    fn plans_by_family() {
+        let map = cluster();
+        let keyless_read = || Plan::Send(read(Target::Any));
+        let cases: Vec<(&[&str], Plan)> = vec![
+            // Answered by the proxy.
+            (&["PING"], Plan::Local(Local::Ping)),
+            (&["ping", "hi"], Plan::Local(Local::Ping)),
+            (&["ECHO", "x"], Plan::Local(Local::Echo)),
+            (&["QUIT"], Plan::Local(Local::Quit)),
+            (&["SELECT", "0"], Plan::Local(Local::Select)),
+            (&["AUTH", "pw"], Plan::Local(Local::Auth)),
+            (&["HELLO", "3"], Plan::Local(Local::Hello)),
+            (&["READONLY"], Plan::Local(Local::Ok)),
+            (&["RESET"], Plan::Local(Local::Reset)),
+            (&["CLIENT", "SETNAME", "a"], Plan::Local(Local::Client)),
+            (&["CLIENT", "ID"], Plan::Local(Local::Client)),
+            (&["CLUSTER", "KEYSLOT", "k"], Plan::Local(Local::KeySlot)),
+            // One key, one slot: reads may be resent, writes never (and are noted for WAIT).
+            (&["GET", "foo"], read_of("foo")),
+            (&["SET", "foo", "v"], write_of("foo")),
+            (&["HGETALL", "{u}.h"], read_of("{u}.h")),
+            (&["LPUSH", "list", "a", "b"], write_of("list")),
+            (&["ZUNIONSTORE", "{t}d", "2", "{t}a", "{t}b"], write_of("{t}d")),
+            (&["SORT", "k", "STORE", "other"], Plan::Fail(ProxyError::cross_slot())),
+            (&["SORT", "k", "STORE", "{k}x"], write_of("k")),
+            (
+                &["RENAME", "foo", "bar"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
+            (&["MSETNX", "{a}1", "x", "{a}2", "y"], write_of("{a}1")),
+            (
+                &["MSETNX", "a", "x", "b", "y"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
+            // Keyless, node-independent: any primary.
+            (&["COMMAND", "COUNT"], keyless_read()),
+            (&["TIME"], keyless_read()),
+            (&["CLUSTER", "INFO"], keyless_read()),
+            (&["CONFIG", "GET", "maxmemory"], keyless_read()),
+            (&["FUNCTION", "LIST"], keyless_read()),
+            (&["MEMORY", "STATS"], keyless_read()),
+            (
+                &["CLUSTER", "COUNTKEYSINSLOT", "42"],
+                Plan::Send(read(Target::Slot(Slot::new(42).unwrap()))),
+            ),
+            (
+                &["CLUSTER", "COUNTKEYSINSLOT", "16384"],
+                fail("ERR Invalid or out of range slot"),
+            ),
+            // Broadcast to every primary, merged.
+            (
+                &["DBSIZE"],
+                Plan::Broadcast {
+                    merge: Merge::Sum,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["FLUSHALL"],
+                Plan::Broadcast {
+                    merge: Merge::AllOk,
+                    resend: Resend::Never,
+                },
+            ),
+            (
+                &["SCRIPT", "EXISTS", "abc"],
+                Plan::Broadcast {
+                    merge: Merge::LogicalAnd,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["SCRIPT", "FLUSH"],
+                Plan::Broadcast {
+                    merge: Merge::AllOk,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["FUNCTION", "LOAD", "code"],
+                Plan::Broadcast {
+                    merge: Merge::Same,
+                    resend: Resend::Never,
+                },
+            ),
+            (
+                &["FUNCTION", "DELETE", "lib"],
+                Plan::Broadcast {
+                    merge: Merge::AllOk,
+                    resend: Resend::Never,
+                },
+            ),
+            (
+                &["PUBSUB", "NUMSUB", "c"],
+                Plan::Broadcast {
+                    merge: Merge::SumPairs,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["PUBSUB", "CHANNELS"],
+                Plan::Broadcast {
+                    merge: Merge::Union,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["SLOWLOG", "GET"],
+                Plan::Broadcast {
+                    merge: Merge::Concat,
+                    resend: Resend::Safe,
+                },
+            ),
+            (
+                &["SLOWLOG", "LEN"],
+                Plan::Broadcast {
+                    merge: Merge::Sum,
+                    resend: Resend::Safe,
+                },
+            ),
+            // The key space, shard by shard.
+            (&["KEYS", "*"], Plan::Walk(Walk::Keys)),
+            (&["SCAN", "0"], Plan::Walk(Walk::Scan)),
+            (&["RANDOMKEY"], Plan::Walk(Walk::RandomKey)),
+            (&["INFO"], Plan::Info),
+            // A connection of its own.
+            (
+                &["BLPOP", "q", "0"],
+                Plan::Blocking {
+                    target: Target::Slot(slot("q")),
+                    write: true,
+                },
+            ),
+            (
+                &["BLPOP", "q1", "q2", "0"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
+            (
+                &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+                Plan::Blocking {
+                    target: Target::Slot(slot("s")),
+                    write: false,
+                },
+            ),
+            (&["XREAD", "STREAMS", "s", "0"], read_of("s")),
+            // The session's own state.
+            (&["MULTI"], Plan::Session(SessionCommand::Multi)),
+            (&["EXEC"], Plan::Session(SessionCommand::Exec)),
+            (&["WATCH", "k"], Plan::Session(SessionCommand::Watch)),
+            (
+                &["SSUBSCRIBE", "c"],
+                Plan::Session(SessionCommand::Subscribe(Subscription::Shard)),
+            ),
+            (
+                &["PUNSUBSCRIBE"],
+                Plan::Session(SessionCommand::Unsubscribe(Subscription::Pattern)),
+            ),
+            (&["WAIT", "1", "0"], Plan::Session(SessionCommand::Wait)),
+            // Scripts.
+            (&["SCRIPT", "LOAD", "return 1"], Plan::ScriptLoad),
+            (
+                &["EVAL", "return 1", "1", "k"],
+                Plan::Eval(Send {
+                    target: Target::Slot(slot("k")),
+                    resend: Resend::Never,
+                    write_to: Some(slot("k")),
+                }),
+            ),
+            (
+                &["EVAL_RO", "return 1", "1", "k"],
+                Plan::Eval(read(Target::Slot(slot("k")))),
+            ),
+            (
+                &["EVALSHA", "abc", "0"],
+                Plan::EvalSha(Send {
+                    target: Target::Any,
+                    resend: Resend::Never,
+                    write_to: None,
+                }),
+            ),
+            (
+                &["EVAL", "return 1", "2", "a", "b"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
+            // Refused.
+            (
+                &["MOVE", "k", "1"],
+                Plan::Fail(ProxyError::unsupported(
+                    "move",
+                    "it acts on one node of the cluster",
+                )),
+            ),
+            (
+                &["CLUSTER", "FAILOVER"],
+                Plan::Fail(ProxyError::unsupported(
+                    "cluster|failover",
+                    "it would change the cluster behind the proxy",
+                )),
+            ),
+            (
+                &["BGREWRITEAOF"],
+                Plan::Fail(ProxyError::unsupported(
+                    "bgrewriteaof",
+                    "it acts on one node of the cluster",
+                )),
+            ),
+            (
+                &["DEBUG", "SLEEP", "0"],
+                Plan::Fail(ProxyError::admin_commands_off("debug")),
+            ),
+            (
+                &["CONFIG", "SET", "maxmemory", "0"],
+                Plan::Fail(ProxyError::admin_commands_off("config|set")),
+            ),
+            (&["DEBUG", "OBJECT", "k"], read_of("k")),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(planned(args, DEFAULT, &map), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn admin_commands_reach_every_node_only_when_allowed() {
+        let map = cluster();
+        for args in [
+            &["CONFIG", "SET", "maxmemory", "0"][..],
+            &["CONFIG", "RESETSTAT"],
+            &["ACL", "SETUSER", "u"],
+            &["DEBUG", "SLEEP", "0"],
+        ] {
+            assert_eq!(planned(args, ADMIN, &map), Plan::EveryNode, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn multi_key_commands_split_per_slot() {
+        let map = cluster();
+        let Plan::Split {
+            kind,
+            parts,
+            resend,
+        } = planned(&["MGET", "a", "b", "{a}c"], DEFAULT, &map)
+        else {
+            panic!("MGET over two slots is split");
+        };
+        assert_eq!((kind, resend), (SplitKind::Values, Resend::Safe));
+        let slots: Vec<(Slot, Vec<usize>)> =
+            parts.into_iter().map(|p| (p.slot, p.positions)).collect();
+        assert_eq!(slots, [(slot("a"), vec![0, 2]), (slot("b"), vec![1])]);
+        for (args, expected_kind, expected_resend) in [
+            (&["MSET", "a", "1", "b", "2"][..], SplitKind::Pairs, Resend::Never),
+            (&["DEL", "a", "b"], SplitKind::Count, Resend::Never),
+            (&["EXISTS", "a", "b"], SplitKind::Count, Resend::Safe),
+            (&["UNLINK", "a", "b"], SplitKind::Count, Resend::Never),
+            (&["TOUCH", "a", "b"], SplitKind::Count, Resend::Safe),
+        ] {
+            match planned(args, DEFAULT, &map) {
+                Plan::Split { kind, resend, .. } => {
+                    assert_eq!((kind, resend), (expected_kind, expected_resend), "{args:?}")
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        // One slot: no split, a plain keyed request.
+        assert_eq!(
+            planned(&["MGET", "{a}1", "{a}2"], DEFAULT, &map),
+            read_of("{a}1")
+        );
+        assert_eq!(
+            planned(&["DEL", "{a}1", "{a}2"], DEFAULT, &map),
+            write_of("{a}1")
+        );
+    }
+
+    #[test]
+    fn a_standalone_redis_takes_any_keys_together() {
+        let map = SlotMap::standalone(NodeAddr::from("127.0.0.1:6379"));
+        assert_eq!(
+            planned(&["MGET", "a", "b"], DEFAULT, &map),
+            Plan::Send(read(Target::Any))
+        );
+        assert_eq!(
+            planned(&["DEL", "a", "b"], DEFAULT, &map),
+            Plan::Send(Send {
+                target: Target::Any,
+                resend: Resend::Never,
+                write_to: Some(Slot::of(b"")),
+            })
+        );
+        assert_eq!(
+            planned(&["RENAME", "a", "b"], DEFAULT, &map),
+            write_of("a")
+        );
+    }
 }
