@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::connect::connect;
 use super::pipe::PipeSettings;
@@ -107,8 +107,8 @@ impl DedicatedPool {
     }
 }
 
-async fn exchange(
-    stream: &mut BackendStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     addr: &str,
     payload: &[u8],
     asking: bool,
@@ -125,12 +125,13 @@ async fn exchange(
     })
 }
 
-/// Writes `payload` (one or more commands) and reads `count` whole replies.
+/// Writes `payload` (one or more commands) and reads `count` whole replies. Generic so the
+/// unit tests can run it over an in-memory stream; callers pass a [`BackendStream`].
 ///
 /// # Cancel safety
 /// Not cancel safe: replies left unread make the connection unusable; drop it.
-pub async fn exchange_many(
-    stream: &mut BackendStream,
+pub async fn exchange_many<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     addr: &str,
     payload: &[u8],
     count: usize,

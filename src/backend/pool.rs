@@ -10,11 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::pipe::{Pipe, PipeSettings, ReplyResult};
+use super::pipe::{Connector, NodeConnector, Pipe, PipeSettings, ReplyResult};
 use super::BackendError;
 use crate::cluster::slot_map::NodeAddr;
 
-pub struct Pool {
+/// `C` opens the connections: real nodes in production, in-memory streams in the unit tests.
+pub struct Pool<C = NodeConnector> {
+    connector: C,
     pipes: RefCell<HashMap<NodeAddr, Rc<Pipe>>>,
     /// How many pipes `retire_for_wait` has retired so far: a client notes this number with
     /// each write, so its `WAIT` later finds the pipe that carried the write.
@@ -29,7 +31,20 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(settings: Rc<PipeSettings>, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
+        Pool::with_connector(NodeConnector, settings, backoff, on_trouble)
+    }
+}
+
+impl<C: Connector + Clone> Pool<C> {
+    /// [`Pool::new`] with pipes over the streams that `connector` opens.
+    pub fn with_connector(
+        connector: C,
+        settings: Rc<PipeSettings>,
+        backoff: Duration,
+        on_trouble: Rc<dyn Fn()>,
+    ) -> Pool<C> {
         Pool {
+            connector,
             pipes: RefCell::new(HashMap::new()),
             retirements: Cell::new(0),
             retired: RefCell::new(Vec::new()),
@@ -63,9 +78,13 @@ impl Pool {
             }
         }
         let on_trouble = self.on_trouble.clone();
-        let pipe = Pipe::open(addr.clone(), self.settings.clone(), retrying, move |_| {
-            on_trouble()
-        });
+        let pipe = Pipe::open_with(
+            self.connector.clone(),
+            addr.clone(),
+            self.settings.clone(),
+            retrying,
+            move |_| on_trouble(),
+        );
         let rx = pipe.send(payload, asking);
         pipes.insert(addr.clone(), Rc::new(pipe));
         Ok(rx)
