@@ -5,7 +5,7 @@
 //! to the oldest waiting request (Redis answers in order on a connection).
 //!
 //! The connection task is generic over its byte stream, opened by a [`Connector`]: production
-//! pipes use [`NodeConnector`] (TCP or TLS to a node), the unit tests at the bottom of this file
+//! pipes use [`NodeConnector`] (TCP or TLS to a node), the unit tests (`pipe/tests.rs`)
 //! an in-memory stream with a scripted node on the other end.
 
 use std::cell::{Cell, RefCell};
