@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::addr::NodeAddr;
 use super::connect::connect;
@@ -107,8 +107,8 @@ impl DedicatedPool {
     }
 }
 
-async fn exchange(
-    stream: &mut BackendStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     addr: &str,
     payload: &[u8],
     asking: bool,
@@ -125,12 +125,13 @@ async fn exchange(
     })
 }
 
-/// Writes `payload` (one or more commands) and reads `count` whole replies.
+/// Writes `payload` (one or more commands) and reads `count` whole replies. Generic so the
+/// unit tests can run it over an in-memory stream; callers pass a [`BackendStream`].
 ///
 /// # Cancel safety
 /// Not cancel safe: replies left unread make the connection unusable; drop it.
-pub async fn exchange_many(
-    stream: &mut BackendStream,
+pub async fn exchange_many<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     addr: &str,
     payload: &[u8],
     count: usize,
@@ -163,4 +164,107 @@ pub async fn exchange_many(
         }
     }
     Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const ADDR: &str = "10.0.0.1:6379";
+    const MULTI: &[u8] =
+        b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$4\r\nEXEC\r\n";
+    const REPLIES: [&[u8]; 3] = [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n+OK\r\n"];
+
+    /// Reads exactly what the proxy should have written, then sends `script`'s reads one by
+    /// one (the node's end of the connection), then closes when `close` says so.
+    async fn node(mut far: DuplexStream, expected: &[u8], script: &[&[u8]], close: bool) {
+        let mut got = vec![0u8; expected.len()];
+        far.read_exact(&mut got).await.expect("the request");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
+        for piece in script {
+            far.write_all(piece).await.expect("a reply");
+            tokio::task::yield_now().await;
+        }
+        if !close {
+            // Keep the connection open until the proxy side is done with it.
+            let mut rest = Vec::new();
+            let _ = far.read_to_end(&mut rest).await;
+        }
+    }
+
+    async fn run(script: &[&[u8]], close: bool) -> Result<Vec<Bytes>, BackendError> {
+        let (mut near, far) = tokio::io::duplex(4096);
+        let proxy = async {
+            let result = exchange_many(&mut near, ADDR, MULTI, REPLIES.len()).await;
+            drop(near);
+            result
+        };
+        tokio::join!(proxy, node(far, MULTI, script, close)).0
+    }
+
+    fn shown(result: Result<Vec<Bytes>, BackendError>) -> String {
+        format!("{result:?}")
+    }
+
+    #[tokio::test]
+    async fn exchange_many_collects_the_replies_in_order_whatever_the_reads() {
+        let all = REPLIES.concat();
+        let want = shown(Ok(REPLIES.iter().map(|r| Bytes::from_static(r)).collect()));
+        assert_eq!(shown(run(&[&all], false).await), want);
+        for cut in 1..all.len() {
+            assert_eq!(shown(run(&[&all[..cut], &all[cut..]], false).await), want);
+        }
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(shown(run(&bytes, false).await), want);
+    }
+
+    #[tokio::test]
+    async fn exchange_many_fails_as_lost_when_the_node_closes_mid_way() {
+        let all = REPLIES.concat();
+        let lost = shown(Err(BackendError::Lost {
+            addr: ADDR.to_string(),
+        }));
+        // Every length short of the whole: between replies and inside one.
+        for cut in 0..all.len() {
+            assert_eq!(
+                shown(run(&[&all[..cut]], true).await),
+                lost,
+                "closed after {cut}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn exchange_many_fails_on_a_malformed_reply() {
+        let got = run(&[b"+OK\r\n?what\r\n"], false).await;
+        assert!(
+            matches!(&got, Err(BackendError::Protocol { addr, .. }) if addr == ADDR),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_asking_exchange_returns_the_reply_after_the_ack() {
+        let (mut near, far) = tokio::io::duplex(4096);
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let expected = [ASKING, get].concat();
+        let proxy = async {
+            let result = exchange(&mut near, ADDR, get, true).await;
+            drop(near);
+            result
+        };
+        let (got, ()) = tokio::join!(proxy, node(far, &expected, &[b"+OK\r\n$1\r\nv\r\n"], false));
+        assert_eq!(
+            format!("{got:?}"),
+            format!(
+                "{:?}",
+                Ok::<_, BackendError>(Bytes::from_static(b"$1\r\nv\r\n"))
+            )
+        );
+    }
 }

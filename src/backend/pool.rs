@@ -11,10 +11,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::addr::NodeAddr;
-use super::pipe::{Pipe, PipeSettings, ReplyResult};
+use super::pipe::{Connector, NodeConnector, Pipe, PipeSettings, ReplyResult};
 use super::BackendError;
 
-pub struct Pool {
+/// `C` opens the connections: real nodes in production, in-memory streams in the unit tests.
+pub struct Pool<C = NodeConnector> {
+    connector: C,
     pipes: RefCell<HashMap<NodeAddr, Rc<Pipe>>>,
     /// How many pipes `retire_for_wait` has retired so far: a client notes this number with
     /// each write, so its `WAIT` later finds the pipe that carried the write.
@@ -29,7 +31,20 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(settings: Rc<PipeSettings>, backoff: Duration, on_trouble: Rc<dyn Fn()>) -> Pool {
+        Pool::with_connector(NodeConnector, settings, backoff, on_trouble)
+    }
+}
+
+impl<C: Connector + Clone> Pool<C> {
+    /// [`Pool::new`] with pipes over the streams that `connector` opens.
+    pub fn with_connector(
+        connector: C,
+        settings: Rc<PipeSettings>,
+        backoff: Duration,
+        on_trouble: Rc<dyn Fn()>,
+    ) -> Pool<C> {
         Pool {
+            connector,
             pipes: RefCell::new(HashMap::new()),
             retirements: Cell::new(0),
             retired: RefCell::new(Vec::new()),
@@ -63,9 +78,13 @@ impl Pool {
             }
         }
         let on_trouble = self.on_trouble.clone();
-        let pipe = Pipe::open(addr.clone(), self.settings.clone(), retrying, move |_| {
-            on_trouble()
-        });
+        let pipe = Pipe::open_with(
+            self.connector.clone(),
+            addr.clone(),
+            self.settings.clone(),
+            retrying,
+            move |_| on_trouble(),
+        );
         let rx = pipe.send(payload, asking);
         pipes.insert(addr.clone(), Rc::new(pipe));
         Ok(rx)
@@ -115,5 +134,263 @@ impl Pool {
             .values()
             .filter(|p| !p.state().is_closed())
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::backend::pipe::tests::{
+        addr, assert_result, cmd, local, lost, ok, reply_now, settings, settle, within,
+        FakeConnector, ADDR,
+    };
+
+    const BACKOFF: Duration = Duration::from_millis(500);
+
+    /// A pool over `connector`, and a count of its `on_trouble` calls.
+    fn pool(connector: &FakeConnector) -> (Pool<FakeConnector>, Rc<Cell<u32>>) {
+        let troubles = Rc::new(Cell::new(0));
+        let counter = troubles.clone();
+        let pool = Pool::with_connector(
+            connector.clone(),
+            settings(None),
+            BACKOFF,
+            Rc::new(move || counter.set(counter.get() + 1)),
+        );
+        (pool, troubles)
+    }
+
+    fn send(pool: &Pool<FakeConnector>, payload: &Bytes) -> oneshot::Receiver<ReplyResult> {
+        match pool.send(&addr(), payload.clone(), false) {
+            Ok(rx) => rx,
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_for_a_node_share_one_pipe() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut node = connector.accept();
+            let (pool, troubles) = pool(&connector);
+            let (a, b) = (cmd(&["GET", "a"]), cmd(&["GET", "b"]));
+            let mut rx_a = send(&pool, &a);
+            let mut rx_b = send(&pool, &b);
+            node.expect(&[&a[..], &b[..]].concat()).await;
+            node.reply(b"$1\r\nA\r\n$1\r\nB\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_a), ok(b"$1\r\nA\r\n"));
+            assert_result(reply_now(&mut rx_b), ok(b"$1\r\nB\r\n"));
+            assert_eq!(connector.attempts(), 1);
+            assert_eq!(pool.open_connections(), 1);
+
+            // A node that left the cluster: its pipe goes, and closes.
+            pool.retain(|node| *node != addr());
+            assert_eq!(pool.open_connections(), 0);
+            node.expect_closed().await;
+            assert_eq!(troubles.get(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_connect_sends_fail_at_once_until_the_backoff_is_over() {
+        local(async {
+            let connector = FakeConnector::default();
+            connector.refuse("connection refused");
+            let (pool, troubles) = pool(&connector);
+            let a = cmd(&["GET", "a"]);
+            let mut first = send(&pool, &a);
+            settle().await;
+            let failed = reply_now(&mut first);
+            assert!(failed.as_ref().is_err_and(BackendError::certainly_not_sent));
+            assert!(matches!(failed, Err(BackendError::Connect { .. })));
+            assert_eq!(troubles.get(), 1);
+
+            let unreachable = || match pool.send(&addr(), a.clone(), false) {
+                Err(e) => format!("{e:?}"),
+                Ok(_) => String::from("sent"),
+            };
+            let refused = format!(
+                "{:?}",
+                BackendError::Unreachable {
+                    addr: ADDR.to_string(),
+                    reason: "connection refused".into(),
+                }
+            );
+            assert_eq!(unreachable(), refused);
+            // The connect failed at 0 ms; now is 1 ms.
+            tokio::time::sleep(BACKOFF - Duration::from_millis(2)).await;
+            assert_eq!(unreachable(), refused);
+            assert_eq!(connector.attempts(), 1, "reconnected within the backoff");
+            assert_eq!(pool.open_connections(), 0);
+
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut node = connector.accept();
+            let mut rx = send(&pool, &a);
+            node.expect(&a).await;
+            assert_eq!(connector.attempts(), 2);
+            node.reply(b"$1\r\nA\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx), ok(b"$1\r\nA\r\n"));
+            assert_eq!(pool.open_connections(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_replaced_on_the_next_send_without_backoff() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut first = connector.accept();
+            let (pool, troubles) = pool(&connector);
+            let (a, b) = (cmd(&["GET", "a"]), cmd(&["GET", "b"]));
+            let mut rx_a = send(&pool, &a);
+            first.expect(&a).await;
+            drop(first);
+            settle().await;
+            assert_result(reply_now(&mut rx_a), lost());
+            assert_eq!(troubles.get(), 1);
+            assert_eq!(pool.open_connections(), 0);
+
+            let mut second = connector.accept();
+            let mut rx_b = send(&pool, &b);
+            second.expect(&b).await;
+            second.reply(b"$1\r\nB\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_b), ok(b"$1\r\nB\r\n"));
+            assert_eq!(connector.attempts(), 2);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retire_for_wait_hands_over_the_pipe_that_carried_the_writes() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut first = connector.accept();
+            let (pool, _) = pool(&connector);
+            let write = cmd(&["SET", "k", "v"]);
+            let wait = cmd(&["WAIT", "1", "0"]);
+            let noted = pool.retirements();
+            let mut rx_write = send(&pool, &write);
+            first.expect(&write).await;
+            first.reply(b"+OK\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_write), ok(b"+OK\r\n"));
+
+            let retired = pool.retire_for_wait(&addr(), noted).expect("the pipe");
+            assert_eq!(pool.retirements(), noted + 1);
+            let mut rx_wait = retired.send_untimed(wait.clone());
+            first.expect(&wait).await;
+
+            // Later requests get a pipe of their own: nothing queues behind the WAIT.
+            let mut second = connector.accept();
+            let get = cmd(&["GET", "k"]);
+            let mut rx_get = send(&pool, &get);
+            second.expect(&get).await;
+            second.reply(b"$1\r\nv\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_get), ok(b"$1\r\nv\r\n"));
+            first.expect_nothing().await;
+
+            // Another client whose write went out before the retirement gets the same pipe.
+            let again = pool.retire_for_wait(&addr(), noted).expect("the pipe");
+            assert!(Rc::ptr_eq(&retired, &again));
+            assert_eq!(pool.retirements(), noted + 1);
+
+            // A client that wrote after it gets the new pipe, retired in turn.
+            let later = pool
+                .retire_for_wait(&addr(), noted + 1)
+                .expect("the new pipe");
+            assert!(!Rc::ptr_eq(&retired, &later));
+            assert_eq!(pool.retirements(), noted + 2);
+            let mut rx_later = later.send_untimed(wait.clone());
+            second.expect(&wait).await;
+
+            // A retired pipe closes once its replies are delivered and its holders are gone.
+            first.reply(b":1\r\n").await;
+            second.reply(b":0\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_wait), ok(b":1\r\n"));
+            assert_result(reply_now(&mut rx_later), ok(b":0\r\n"));
+            drop((retired, again));
+            first.expect_closed().await;
+            second.expect_nothing().await;
+            drop(later);
+            second.expect_closed().await;
+            assert_eq!(connector.attempts(), 2);
+            assert_eq!(pool.open_connections(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retire_for_wait_finds_nothing_when_the_writes_connection_broke() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut node = connector.accept();
+            let (pool, _) = pool(&connector);
+            let write = cmd(&["SET", "k", "v"]);
+            let noted = pool.retirements();
+            let _rx = send(&pool, &write);
+            node.expect(&write).await;
+            drop(node);
+            settle().await;
+            assert!(pool.retire_for_wait(&addr(), noted).is_none());
+            // Nothing at all was sent to a node never used.
+            let other = NodeAddr::from("10.0.0.9:6379");
+            assert!(pool.retire_for_wait(&other, noted).is_none());
+        })
+        .await;
+    }
+
+    /// Known bug, left as it is (behaviour unchanged by this change): once the pipe that
+    /// carried a client's writes is gone and a new pipe serves the node, `retire_for_wait`
+    /// hands out the new pipe. WAIT then runs on a connection that did not carry the writes;
+    /// Redis counts a connection's own writes only, so it may report replicas that never got
+    /// them. The doc comment promises `None` here.
+    #[tokio::test(start_paused = true)]
+    #[ignore = "known bug: retire_for_wait returns a pipe that did not carry the writes"]
+    async fn retire_for_wait_never_hands_over_a_pipe_opened_after_the_writes() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut first = connector.accept();
+            let (pool, _) = pool(&connector);
+            let write = cmd(&["SET", "k", "v"]);
+            let noted = pool.retirements();
+            let _rx = send(&pool, &write);
+            first.expect(&write).await;
+            first.reply(b"+OK\r\n").await;
+            drop(first); // the connection breaks after the write succeeded
+            settle().await;
+            let mut second = connector.accept();
+            let get = cmd(&["GET", "other"]);
+            let _rx = send(&pool, &get);
+            second.expect(&get).await;
+            assert!(pool.retire_for_wait(&addr(), noted).is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_on_a_pipe_whose_task_ended_is_not_sent() {
+        local(async {
+            let connector = FakeConnector::default();
+            let node = connector.accept();
+            let (pool, _) = pool(&connector);
+            let noted = pool.retirements();
+            let _rx = send(&pool, &cmd(&["SET", "k", "v"]));
+            let retired = pool.retire_for_wait(&addr(), noted).expect("the pipe");
+            drop(node);
+            settle().await;
+            let mut rx = retired.send_untimed(cmd(&["WAIT", "1", "0"]));
+            let got = within(&mut rx).await.expect("a reply");
+            assert!(got.as_ref().is_err_and(BackendError::certainly_not_sent));
+            assert!(matches!(got, Err(BackendError::NotSent { .. })));
+        })
+        .await;
     }
 }
