@@ -79,13 +79,15 @@ pub fn execute(
             send_one(worker, client, map, cmd, send)
         }
         Plan::EvalSha(send) => {
-            note_write(worker, client, map, &send);
-            Reply::later(scripts::evalsha(
-                worker.clone(),
-                cmd,
-                send.target,
+            let started = route::start(
+                worker,
+                map,
+                cmd.raw().clone(),
+                send.target.clone(),
                 send.resend,
-            ))
+            );
+            note_write(worker, client, map, &send);
+            Reply::later(scripts::evalsha(worker.clone(), started, cmd, send))
         }
         Plan::Fail(error) => error.to_reply().into(),
     }
@@ -127,8 +129,8 @@ fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Comman
     }
 }
 
-/// Notes a write sent over the shared pipes for WAIT (before sending: the write goes on the
-/// pipe current at this number).
+/// Notes a write for WAIT, right after it was queued on the shared pipes: the pipe in
+/// service for its node at this moment is the one that carries it.
 fn note_write(worker: &Worker, client: &mut ClientState, map: &SlotMap, send: &Send) {
     if let Some(slot) = send.write_to {
         client.writes.note(worker, map, slot);
@@ -142,8 +144,15 @@ fn send_one(
     cmd: Command,
     send: Send,
 ) -> Reply {
+    let started = route::start(
+        worker,
+        map,
+        cmd.into_raw(),
+        send.target.clone(),
+        send.resend,
+    );
     note_write(worker, client, map, &send);
-    match route::start(worker, map, cmd.into_raw(), send.target, send.resend) {
+    match started {
         Started::InFlight(in_flight) => Reply::InFlight(in_flight),
         Started::Deferred {
             payload,
@@ -163,11 +172,6 @@ fn split(
     parts: Vec<super::split::SlotPart>,
     resend: Resend,
 ) -> Reply {
-    if resend == Resend::Never {
-        for part in &parts {
-            client.writes.note(worker, map, part.slot);
-        }
-    }
     let total = parts.iter().map(|p| p.positions.len()).sum();
     let mut positions = Vec::with_capacity(parts.len());
     let mut started = Vec::with_capacity(parts.len());
@@ -180,6 +184,9 @@ fn split(
             Target::Slot(part.slot),
             resend,
         ));
+        if resend == Resend::Never {
+            client.writes.note(worker, map, part.slot);
+        }
     }
     let worker = worker.clone();
     Reply::later(async move {

@@ -311,8 +311,14 @@ mod tests {
             (&["SET", "foo", "v"], write_of("foo")),
             (&["HGETALL", "{u}.h"], read_of("{u}.h")),
             (&["LPUSH", "list", "a", "b"], write_of("list")),
-            (&["ZUNIONSTORE", "{t}d", "2", "{t}a", "{t}b"], write_of("{t}d")),
-            (&["SORT", "k", "STORE", "other"], Plan::Fail(ProxyError::cross_slot())),
+            (
+                &["ZUNIONSTORE", "{t}d", "2", "{t}a", "{t}b"],
+                write_of("{t}d"),
+            ),
+            (
+                &["SORT", "k", "STORE", "other"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
             (&["SORT", "k", "STORE", "{k}x"], write_of("k")),
             (
                 &["RENAME", "foo", "bar"],
@@ -539,7 +545,11 @@ mod tests {
             parts.into_iter().map(|p| (p.slot, p.positions)).collect();
         assert_eq!(slots, [(slot("a"), vec![0, 2]), (slot("b"), vec![1])]);
         for (args, expected_kind, expected_resend) in [
-            (&["MSET", "a", "1", "b", "2"][..], SplitKind::Pairs, Resend::Never),
+            (
+                &["MSET", "a", "1", "b", "2"][..],
+                SplitKind::Pairs,
+                Resend::Never,
+            ),
             (&["DEL", "a", "b"], SplitKind::Count, Resend::Never),
             (&["EXISTS", "a", "b"], SplitKind::Count, Resend::Safe),
             (&["UNLINK", "a", "b"], SplitKind::Count, Resend::Never),
@@ -578,9 +588,6 @@ mod tests {
                 write_to: Some(Slot::of(b"")),
             })
         );
-        assert_eq!(
-            planned(&["RENAME", "a", "b"], DEFAULT, &map),
-            write_of("a")
-        );
+        assert_eq!(planned(&["RENAME", "a", "b"], DEFAULT, &map), write_of("a"));
     }
 }

@@ -7,15 +7,16 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::route::{execute, Resend, Target};
+use super::plan::Send;
+use super::route::{execute, Resend, Started};
 use super::worker::Worker;
 use crate::resp::Command;
 
-/// Runs an EVALSHA/EVALSHA_RO; on NOSCRIPT with a known body, loads it on the node that
-/// serves `target` and runs the command once more.
-pub async fn evalsha(worker: Rc<Worker>, cmd: Command, target: Target, resend: Resend) -> Bytes {
-    let payload = cmd.raw().clone();
-    let answer = execute(worker.clone(), payload.clone(), target.clone(), resend).await;
+/// Finishes an EVALSHA/EVALSHA_RO already `started` (sent at once, so WAIT can find the
+/// connection of a write); on NOSCRIPT with a known body, loads it on the node that serves
+/// the target and runs the command once more.
+pub async fn evalsha(worker: Rc<Worker>, started: Started, cmd: Command, send: Send) -> Bytes {
+    let answer = started.reply(worker.clone()).await;
     if !answer.starts_with(b"-NOSCRIPT") {
         return answer;
     }
@@ -26,7 +27,7 @@ pub async fn evalsha(worker: Rc<Worker>, cmd: Command, target: Target, resend: R
     let loaded = execute(
         worker.clone(),
         load.into_raw(),
-        target.clone(),
+        send.target.clone(),
         Resend::Safe,
     )
     .await;
@@ -34,5 +35,5 @@ pub async fn evalsha(worker: Rc<Worker>, cmd: Command, target: Target, resend: R
         return answer;
     }
     metrics::counter!("slotproxy_scripts_reloaded_total").increment(1);
-    execute(worker, payload, target, resend).await
+    execute(worker, cmd.into_raw(), send.target, send.resend).await
 }

@@ -32,7 +32,7 @@ pub struct Writes {
 
 struct NodeWrites {
     addr: NodeAddr,
-    /// The pool's retirement number when the latest write to this node was sent.
+    /// The pool's write mark right after the latest write to this node was queued.
     noted: u64,
     /// The pipe a WAIT ran on since that write, kept for the next WAIT: its connection is the
     /// one whose writes Redis counts (a new write to the node lets it go).
@@ -40,12 +40,12 @@ struct NodeWrites {
 }
 
 impl Writes {
-    /// Notes a write sent now to the owner of `slot` over the shared pipes.
+    /// Notes a write just queued for the owner of `slot` on the shared pipes.
     pub fn note(&mut self, worker: &Worker, map: &SlotMap, slot: Slot) {
         let Some(addr) = map.primary(slot) else {
             return;
         };
-        let noted = worker.pool.retirements();
+        let noted = worker.pool.write_mark();
         match self.via_pipes.iter_mut().find(|n| n.addr == *addr) {
             Some(entry) => {
                 entry.noted = noted;
