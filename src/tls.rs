@@ -135,12 +135,11 @@ fn describe(error: &pem::Error) -> String {
 pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if config.backend_tls_enabled() {
-        let seeds = config.seeds().unwrap_or_default();
-        if let Err(e) = crate::backend::tls::BackendTls::new(&config.backend.tls, &seeds) {
+        if let Err(e) = crate::backend::tls::BackendTls::new(&config.tls.backend, config.seeds()) {
             problems.push(e.to_string());
         }
     }
-    if let Err(e) = crate::client::tls::acceptor(&config.client.tls) {
+    if let Err(e) = crate::client::tls::acceptor(&config.tls.client) {
         problems.push(e.to_string());
     }
     if problems.is_empty() {

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::connect::connect;
 use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
+use crate::backend::connect::Credentials;
 use crate::cluster::slot_map::NodeAddr;
-use crate::config::Credentials;
 use crate::resp::{Protocol, ReplyScanner};
 
 /// The reply to one request: the raw reply bytes, or why there is none.

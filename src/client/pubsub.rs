@@ -16,9 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::backend::connect::connect;
+use crate::backend::connect::Credentials;
 use crate::cluster::slot_map::NodeAddr;
 use crate::cluster::Slot;
-use crate::config::Credentials;
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
 use crate::worker::Worker;
 

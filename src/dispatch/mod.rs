@@ -86,7 +86,7 @@ pub fn dispatch(
         );
         return Dispatched::untimed(reply::error(&message));
     }
-    if !worker.shared.config.metrics {
+    if !worker.shared.config.admin.metrics {
         return Dispatched {
             reply: plan(worker, client, spec, cmd),
             latency: None,
@@ -259,7 +259,7 @@ fn plan(worker: &Rc<Worker>, client: &mut ClientState, spec: &CommandSpec, cmd: 
         }
         // Server configuration of every node: only when the operator allowed it.
         "config|set" | "config|resetstat" | "acl|setuser" | "acl|deluser" | "debug" => {
-            if worker.shared.config.admin_commands {
+            if worker.shared.config.admin.commands {
                 Reply::later(cluster_wide::broadcast_all_nodes(
                     worker.clone(),
                     cmd.into_raw(),

@@ -145,7 +145,7 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
     let Ok(_permit) = worker.shared.blocking_permits.clone().try_acquire_owned() else {
         return reply::error(&format!(
             "ERR max number of blocked clients reached (max_blocking_connections = {})",
-            worker.shared.config.max_blocking_connections
+            worker.shared.config.backend.max_blocking_connections
         ));
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
