@@ -330,4 +330,85 @@ mod tests {
             assert_eq!(restart_only_changes(&running, &new), *want, "{name}");
         }
     }
+
+    /// A proxy's shared state as `Proxy::start` builds it, without starting anything.
+    fn running(config: &Config) -> Reloader {
+        let topology = crate::cluster::refresh::Topology::new(
+            vec!["a:1".into()],
+            crate::backend::connect::Credentials::default(),
+            Duration::from_secs(1),
+        );
+        topology.set_max_replica_lag(config.replicas.max_lag);
+        let users = config.users().unwrap();
+        Reloader::new(Arc::new(Shared::new(
+            config.clone(),
+            Arc::new(topology),
+            1,
+            users,
+        )))
+    }
+
+    /// Each reloadable change, what the report calls it, and whether the running proxy follows.
+    #[test]
+    fn reloadable_settings_are_applied() {
+        type Change = fn(&mut Config);
+        type Applied = fn(&Shared) -> bool;
+        let cases: &[(Change, &[&str], Applied)] = &[
+            (|_| {}, &[], |_| true),
+            (
+                |c| c.clients.max_clients = 1,
+                &["client limits"],
+                |s| s.client_limits.load().max_clients == 1,
+            ),
+            (
+                |c| c.clients.idle_timeout = Some(Duration::from_secs(7)),
+                &["client limits"],
+                |s| s.client_limits.load().idle_timeout == Some(Duration::from_secs(7)),
+            ),
+            (
+                |c| c.clients.shutdown_grace = Duration::from_millis(1500),
+                &["client limits"],
+                |s| s.client_limits.load().shutdown_grace == Duration::from_millis(1500),
+            ),
+            (
+                |c| c.replicas.max_lag = 5,
+                &["max_replica_lag"],
+                |s| s.topology.max_replica_lag() == 5,
+            ),
+            (
+                |c| c.auth.requirepass = Some(Secret("pw".into())),
+                &["requirepass/users_file"],
+                |s| **s.users.load() != crate::auth::Users::new(None, None).unwrap(),
+            ),
+        ];
+        let mut config = Config::default();
+        config.cluster.upstreams = parse_upstreams(&["redis://a:1".into()]).unwrap();
+        for (change, want, applied) in cases {
+            let reloader = running(&config);
+            let mut new = config.clone();
+            change(&mut new);
+            let report = reloader.reload(&new).unwrap();
+            assert_eq!(report.applied, *want, "{new:?}");
+            assert!(report.not_reloaded.is_empty(), "{report:?}");
+            assert!(applied(&reloader.shared), "{want:?} not applied");
+        }
+    }
+
+    #[test]
+    fn restart_only_changes_keep_their_running_values_and_invalid_ones_apply_nothing() {
+        let mut config = Config::default();
+        config.cluster.upstreams = parse_upstreams(&["redis://a:1".into()]).unwrap();
+        let reloader = running(&config);
+        let mut new = config.clone();
+        new.listener.workers = 3;
+        new.clients.max_clients = 2;
+        let report = reloader.reload(&new).unwrap();
+        assert_eq!(report.not_reloaded, ["workers"]);
+        assert_eq!(report.applied, ["client limits"]);
+        assert_eq!(reloader.shared.config.listener.workers, 0);
+        new.listener.listen = "nope".into();
+        new.clients.max_clients = 9;
+        assert!(reloader.reload(&new).is_err());
+        assert_eq!(reloader.shared.client_limits.load().max_clients, 2);
+    }
 }

@@ -333,3 +333,293 @@ pub fn upstream_from_app_env(env: impl Fn(&str) -> Option<String>) -> Option<Str
     };
     Some(format!("{scheme}://{userinfo}{host}:{port}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{parse_upstreams, Flags};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: Flags,
+    }
+
+    fn flags(args: &[&str]) -> Layer {
+        let args = std::iter::once("slotproxy").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().flags.layer()
+    }
+
+    fn file(text: &str) -> Layer {
+        Layer::from_toml(text).unwrap()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// Every key of the TOML contract, set away from its default, lands in its section.
+    #[test]
+    fn every_file_key_lands_in_its_section() {
+        let text = r#"
+            listen = "0.0.0.0:1"
+            upstreams = ["rediss://u:p@a:1", "rediss://b:2,rediss://c:3"]
+            admin_listen = "0.0.0.0:2"
+            workers = 3
+            log_level = "debug"
+            log_format = "json"
+            max_bulk_len = 4
+            max_array_len = 5
+            max_query_buffer = 6
+            max_inline_len = 7
+            max_pipeline_depth = 8
+            connect_timeout_ms = 9
+            command_timeout_ms = 0
+            retry_deadline_ms = "2s"
+            max_redirects = 11
+            refresh_interval_ms = "1m"
+            refresh_min_interval_ms = 13
+            reconnect_backoff_ms = 14
+            max_blocking_connections = 15
+            read_from = "prefer-replica"
+            max_replica_lag = 16
+            admin_commands = true
+            metrics = false
+            requirepass = "pw"
+            users_file = "users.acl"
+            max_clients = 17
+            client_idle_timeout = 18
+            client_output_buffer_limit = 19
+            shutdown_grace = "250ms"
+            [backend.tls]
+            enabled = true
+            ca_file = "ca.pem"
+            cert_file = "c.pem"
+            key_file = "k.pem"
+            insecure_skip_verify = true
+            server_name = "redis.example"
+            [client.tls]
+            cert_file = "lc.pem"
+            key_file = "lk.pem"
+            client_ca_file = "lca.pem"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let want = Config {
+            listener: super::super::Listener {
+                listen: "0.0.0.0:1".into(),
+                workers: 3,
+            },
+            admin: super::super::Admin {
+                listen: Some("0.0.0.0:2".into()),
+                metrics: false,
+                commands: true,
+            },
+            cluster: super::super::Cluster {
+                upstreams: parse_upstreams(&["rediss://u:p@a:1,rediss://b:2,rediss://c:3".into()])
+                    .unwrap(),
+                refresh_interval: s(60),
+                refresh_min_interval: ms(13),
+            },
+            backend: super::super::Backend {
+                connect_timeout: ms(9),
+                command_timeout: None,
+                retry_deadline: s(2),
+                max_redirects: 11,
+                reconnect_backoff: ms(14),
+                max_blocking_connections: 15,
+                read_from: ReadFrom::PreferReplica,
+            },
+            limits: super::super::Limits {
+                max_bulk_len: 4,
+                max_array_len: 5,
+                max_query_buffer: 6,
+                max_inline_len: 7,
+                max_pipeline_depth: 8,
+            },
+            logging: super::super::Logging {
+                format: LogFormat::Json,
+            },
+            log_level: super::super::LogLevel {
+                filter: Some("debug".into()),
+            },
+            clients: super::super::Clients {
+                max_clients: 17,
+                idle_timeout: Some(s(18)),
+                output_buffer_limit: 19,
+                shutdown_grace: ms(250),
+            },
+            auth: super::super::Auth {
+                requirepass: Some(Secret("pw".into())),
+                users_file: Some("users.acl".into()),
+            },
+            replicas: super::super::Replicas { max_lag: 16 },
+            tls: super::super::Tls {
+                backend: super::super::BackendTlsConfig {
+                    enabled: true,
+                    ca_file: Some("ca.pem".into()),
+                    cert_file: Some("c.pem".into()),
+                    key_file: Some("k.pem".into()),
+                    insecure_skip_verify: true,
+                    server_name: Some("redis.example".into()),
+                },
+                client: super::super::ClientTlsConfig {
+                    cert_file: Some("lc.pem".into()),
+                    key_file: Some("lk.pem".into()),
+                    client_ca_file: Some("lca.pem".into()),
+                },
+            },
+        };
+        assert_eq!(config, want);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let cases = [
+            ("lisen = 1", "unknown field `lisen`"),
+            ("[backend]\ntimeout = 1", "unknown field `timeout`"),
+            ("[backend.tls]\nca = \"x\"", "unknown field `ca`"),
+            ("[client]\nx = 1", "unknown field `x`"),
+            ("[client.tls]\ncert = \"x\"", "unknown field `cert`"),
+            ("read_from = \"nearest\"", "unknown variant `nearest`"),
+            ("log_format = \"xml\"", "unknown variant `xml`"),
+            ("connect_timeout_ms = \"soon\"", "'soon'"),
+            ("shutdown_grace = -1", "seconds"),
+        ];
+        for (text, want) in cases {
+            let error = Config::from_toml(text).unwrap_err();
+            assert!(error.contains(want), "{text}: {error}");
+        }
+    }
+
+    /// Defaults < file < environment < flags, key by key.
+    #[test]
+    fn later_layers_win_and_unset_ones_leave_the_value() {
+        let file = || {
+            file("max_clients = 5\nworkers = 2\nshutdown_grace = 3\nadmin_commands = true\nupstreams = [\"a:1\"]")
+        };
+        let cases: &[(Vec<Layer>, usize, usize, Duration, bool)] = &[
+            (vec![], 10_000, 0, Duration::from_secs(10), false),
+            (vec![file()], 5, 2, Duration::from_secs(3), true),
+            (vec![file(), flags(&[])], 5, 2, Duration::from_secs(3), true),
+            (
+                vec![
+                    file(),
+                    flags(&["--max-clients", "7", "--shutdown-grace", "500ms"]),
+                ],
+                7,
+                2,
+                Duration::from_millis(500),
+                true,
+            ),
+            (
+                vec![flags(&["--workers", "4", "--admin-commands"])],
+                10_000,
+                4,
+                Duration::from_secs(10),
+                true,
+            ),
+        ];
+        for (layers, max_clients, workers, grace, admin_commands) in cases {
+            let config = Config::layered(layers.clone(), no_env).unwrap();
+            let got = (
+                config.clients.max_clients,
+                config.listener.workers,
+                config.clients.shutdown_grace,
+                config.admin.commands,
+            );
+            assert_eq!(
+                got,
+                (*max_clients, *workers, *grace, *admin_commands),
+                "{layers:?}"
+            );
+        }
+    }
+
+    /// clap reads each flag's `SLOTPROXY_*` variable when the flag is absent, the flag when
+    /// both are there. The variables are the process's, so one test sets them all.
+    #[test]
+    fn environment_sits_between_the_file_and_the_flags() {
+        std::env::set_var("SLOTPROXY_WORKERS", "6");
+        std::env::set_var("SLOTPROXY_READ_FROM", "replica");
+        std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
+        let base = || file("workers = 2\nread_from = \"any\"\nupstreams = [\"a:1\"]");
+        let from_env = Config::layered([base(), flags(&[])], no_env).unwrap();
+        let flagged = Config::layered(
+            [
+                base(),
+                flags(&["--workers", "8", "--read-from", "prefer-replica"]),
+            ],
+            no_env,
+        )
+        .unwrap();
+        std::env::remove_var("SLOTPROXY_WORKERS");
+        std::env::remove_var("SLOTPROXY_READ_FROM");
+        std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
+        assert_eq!(
+            (from_env.listener.workers, from_env.backend.read_from),
+            (6, ReadFrom::Replica)
+        );
+        assert_eq!(from_env.clients.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            (flagged.listener.workers, flagged.backend.read_from),
+            (8, ReadFrom::PreferReplica)
+        );
+    }
+
+    #[test]
+    fn seeds_are_parsed_once_every_layer_is_in() {
+        let addrs = |config: &Config| -> Vec<String> {
+            config.seeds().iter().map(|s| s.addr.clone()).collect()
+        };
+        // A flag replaces the file's list, bad entries included.
+        let config = Config::layered(
+            [
+                file("upstreams = [\"http://x\"]"),
+                flags(&["--upstream", "a:1,b:2"]),
+            ],
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(addrs(&config), ["a:1", "b:2"]);
+        // A bad URL is reported with the other settings' problems, not with "no seed".
+        let Err(LoadError::Invalid(problems)) = Config::layered(
+            [file("upstreams = [\"redis://host\"]\nlisten = \"nope\"")],
+            no_env,
+        ) else {
+            panic!("a bad seed URL must be refused");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0], "upstreams: 'host': expected host:port");
+        assert!(problems[1].starts_with("listen:"), "{problems:?}");
+    }
+
+    #[test]
+    fn app_variables_are_the_last_resort_for_the_upstream() {
+        let env = |name: &str| match name {
+            "REDIS_HOST" => Some("::1".to_string()),
+            "REDIS_PORT" => Some("7001".to_string()),
+            "REDIS_USERNAME" => Some("app".to_string()),
+            "REDIS_PASSWORD" => Some("p%40ss:w@rd/".to_string()),
+            "REDIS_SSL" => Some("TRUE".to_string()),
+            _ => None,
+        };
+        let config = Config::layered([Layer::default()], env).unwrap();
+        let seed = &config.seeds()[0];
+        assert_eq!((seed.addr.as_str(), seed.tls), ("[::1]:7001", true));
+        assert_eq!(seed.username.as_deref(), Some("app"));
+        // Taken as written, not URL-decoded.
+        assert_eq!(seed.password, Some(Secret("p%40ss:w@rd/".into())));
+        let configured = Config::layered([file("upstreams = [\"a:1\"]")], env).unwrap();
+        assert_eq!(configured.seeds()[0].addr, "a:1");
+        let plain = |name: &str| (name == "REDIS_HOST").then(|| "cache".to_string());
+        assert_eq!(
+            upstream_from_app_env(plain).as_deref(),
+            Some("redis://cache:6379")
+        );
+        assert_eq!(upstream_from_app_env(no_env), None);
+    }
+}
