@@ -72,17 +72,16 @@ impl Reloader {
     /// in place. Only the sides that run TLS now are read (turning it on needs a restart).
     fn read_tls(&self, new: &Config) -> Result<FreshTls, Vec<String>> {
         let backend_running = self.shared.topology.credentials().tls.is_some();
-        let backend = match backend_running && new.backend_tls_enabled() {
-            true => Some(
-                BackendTls::new(&new.tls.backend, new.seeds()).map_err(|e| vec![e.to_string()])?,
-            ),
-            false => None,
+        let backend = if backend_running && new.backend_tls_enabled() {
+            let tls = BackendTls::new(&new.tls.backend, new.seeds());
+            Some(tls.map_err(|e| vec![e.to_string()])?)
+        } else {
+            None
         };
-        let client = match self.shared.client_tls.load().is_some() {
-            true => {
-                crate::client::tls::acceptor(&new.tls.client).map_err(|e| vec![e.to_string()])?
-            }
-            false => None,
+        let client = if self.shared.client_tls.load().is_some() {
+            crate::client::tls::acceptor(&new.tls.client).map_err(|e| vec![e.to_string()])?
+        } else {
+            None
         };
         Ok(FreshTls { backend, client })
     }
