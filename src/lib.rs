@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod latency;
 pub mod metrics;
+pub mod reload;
 pub mod resp;
 pub mod server;
 pub mod shared;
@@ -28,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::connect::query;
+use crate::backend::connect::{query, Credentials};
 use crate::cluster::refresh::Topology;
 use crate::command::CommandTable;
 pub use crate::config::Config;
+pub use crate::reload::{ReloadReport, Reloader};
 use crate::resp::Value;
-use crate::shared::{ClientLimits, Shared};
+use crate::shared::Shared;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,27 +78,23 @@ impl Proxy {
     pub fn start(config: Config) -> Result<Proxy, StartError> {
         config.validate().map_err(StartError::Config)?;
         let users = config.users().map_err(StartError::Config)?;
-        let seeds: Vec<String> = config
-            .seeds()
-            .map_err(|e| StartError::Config(vec![e]))?
-            .into_iter()
-            .map(|s| s.addr)
-            .collect();
+        let seeds: Vec<String> = config.seeds().iter().map(|s| s.addr.clone()).collect();
         let workers = config.worker_count();
         let listen: SocketAddr = config
+            .listener
             .listen
             .parse()
             .map_err(|_| StartError::Config(vec!["listen".into()]))?;
         let listeners =
             server::bind_listeners(listen, workers).map_err(|source| StartError::Listen {
-                addr: config.listen.clone(),
+                addr: config.listener.listen.clone(),
                 source,
             })?;
         let local_addr = listeners
             .first()
             .and_then(|l| l.local_addr().ok())
             .unwrap_or(listen);
-        let admin_listener = match &config.admin_listen {
+        let admin_listener = match &config.admin.listen {
             Some(addr) => Some(
                 std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -108,18 +106,17 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let metrics = if config.metrics {
+        let metrics = if config.admin.metrics {
             metrics::install()
         } else {
             None
         };
 
-        let mut credentials = config.credentials();
+        let mut credentials = Credentials::from_seeds(config.seeds());
         if config.backend_tls_enabled() {
-            let all_seeds = config.seeds().map_err(|e| StartError::Config(vec![e]))?;
-            let backend_tls = backend::tls::BackendTls::new(&config.backend.tls, &all_seeds)
+            let backend_tls = backend::tls::BackendTls::new(&config.tls.backend, config.seeds())
                 .inspect_err(|error| tracing::error!(%error, "cannot set up TLS to the cluster"))?;
-            if config.backend.tls.insecure_skip_verify {
+            if config.tls.backend.insecure_skip_verify {
                 tracing::warn!(
                     "TLS to the cluster accepts ANY certificate (insecure_skip_verify, --upstream-tls-insecure): \
                      the traffic can be read and changed by anyone on the path"
@@ -127,13 +124,13 @@ impl Proxy {
             }
             credentials.tls = Some(Arc::new(backend_tls));
         }
-        let client_tls = tls::acceptor(&config.client.tls).inspect_err(
+        let client_tls = tls::acceptor(&config.tls.client).inspect_err(
             |error| tracing::error!(%error, "cannot set up TLS on the client listener"),
         )?;
         let topology = Arc::new(Topology::new(seeds, credentials, config.connect_timeout()));
-        topology.set_max_replica_lag(config.max_replica_lag);
-        let refresh_interval = Duration::from_millis(config.refresh_interval_ms);
-        let refresh_min_interval = Duration::from_millis(config.refresh_min_interval_ms);
+        topology.set_max_replica_lag(config.replicas.max_lag);
+        let refresh_interval = config.cluster.refresh_interval;
+        let refresh_min_interval = config.cluster.refresh_min_interval;
         let mut shared = Shared::new(config, topology.clone(), workers, users);
         shared.client_tls = arc_swap::ArcSwapOption::new(client_tls.map(Arc::new));
         let shared = Arc::new(shared);
@@ -226,9 +223,7 @@ impl Proxy {
 
     /// A handle that applies a new configuration to the running proxy (SIGHUP).
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            shared: self.shared.clone(),
-        }
+        Reloader::new(self.shared.clone())
     }
 
     /// A token that stops the proxy when cancelled (signal handlers use it).
@@ -248,151 +243,6 @@ impl Drop for Proxy {
     }
 }
 
-/// Applies what can change safely while the proxy runs: client passwords and users, and
-/// client limits (every client, connected or not, follows them from then on).
-pub struct Reloader {
-    shared: Arc<Shared>,
-}
-
-/// What a reload did.
-#[derive(Debug, Default)]
-pub struct ReloadReport {
-    /// Settings that changed and now apply.
-    pub applied: Vec<&'static str>,
-    /// Settings that changed but need a restart; the proxy keeps the old values.
-    pub not_reloaded: Vec<&'static str>,
-}
-
-impl Reloader {
-    /// Checks `new` as a whole (nothing is applied if any problem is found), then applies it.
-    pub fn reload(&self, new: &Config) -> Result<ReloadReport, Vec<String>> {
-        new.validate()?;
-        let users = new.users()?;
-        let running = &self.shared.config;
-        let mut report = ReloadReport::default();
-        // TLS files are read again even when their paths are the same: certificates are
-        // rotated in place. Both are loaded before anything is applied.
-        let running_backend_tls = self.shared.topology.credentials().tls.clone();
-        let backend_tls = match (&running_backend_tls, new.backend_tls_enabled()) {
-            (Some(_), true) => {
-                let seeds = new.seeds().map_err(|e| vec![e])?;
-                Some(
-                    backend::tls::BackendTls::new(&new.backend.tls, &seeds)
-                        .map_err(|e| vec![e.to_string()])?,
-                )
-            }
-            _ => None,
-        };
-        let running_client_tls = self.shared.client_tls.load().is_some();
-        let client_tls = match running_client_tls {
-            true => tls::acceptor(&new.client.tls).map_err(|e| vec![e.to_string()])?,
-            false => None,
-        };
-        if running_backend_tls.is_some() != new.backend_tls_enabled() {
-            report
-                .not_reloaded
-                .push("backend.tls (turning TLS on or off)");
-        }
-        if let (Some(running), Some(fresh)) = (&running_backend_tls, backend_tls) {
-            if running.same_names(&fresh) {
-                running.reload_certificates(fresh);
-                report.applied.push("backend TLS certificates");
-            } else {
-                report.not_reloaded.push("backend.tls.server_name");
-            }
-        }
-        match (running_client_tls, client_tls) {
-            (true, Some(acceptor)) => {
-                self.shared.client_tls.store(Some(Arc::new(acceptor)));
-                report.applied.push("client TLS certificates");
-            }
-            (true, None) => report.not_reloaded.push("client.tls (turning TLS off)"),
-            (false, _) if new.client.tls.cert_file.is_some() => {
-                report.not_reloaded.push("client.tls (turning TLS on)");
-            }
-            (false, _) => {}
-        }
-        let limits = ClientLimits::of(new);
-        if **self.shared.client_limits.load() != limits {
-            report.applied.push("client limits");
-            self.shared.client_limits.store(Arc::new(limits));
-        }
-        if self.shared.topology.max_replica_lag() != new.max_replica_lag {
-            report.applied.push("max_replica_lag");
-            self.shared
-                .topology
-                .set_max_replica_lag(new.max_replica_lag);
-        }
-        if **self.shared.users.load() != users {
-            report.applied.push("requirepass/users_file");
-            self.shared.users.store(Arc::new(users));
-        }
-        let fixed = [
-            ("listen", running.listen != new.listen),
-            ("upstreams", running.upstreams != new.upstreams),
-            ("admin_listen", running.admin_listen != new.admin_listen),
-            ("workers", running.workers != new.workers),
-            ("max_bulk_len", running.max_bulk_len != new.max_bulk_len),
-            ("max_array_len", running.max_array_len != new.max_array_len),
-            (
-                "max_query_buffer",
-                running.max_query_buffer != new.max_query_buffer,
-            ),
-            (
-                "max_inline_len",
-                running.max_inline_len != new.max_inline_len,
-            ),
-            (
-                "max_pipeline_depth",
-                running.max_pipeline_depth != new.max_pipeline_depth,
-            ),
-            (
-                "connect_timeout_ms",
-                running.connect_timeout_ms != new.connect_timeout_ms,
-            ),
-            (
-                "command_timeout_ms",
-                running.command_timeout_ms != new.command_timeout_ms,
-            ),
-            (
-                "retry_deadline_ms",
-                running.retry_deadline_ms != new.retry_deadline_ms,
-            ),
-            ("max_redirects", running.max_redirects != new.max_redirects),
-            (
-                "refresh_interval_ms",
-                running.refresh_interval_ms != new.refresh_interval_ms,
-            ),
-            (
-                "refresh_min_interval_ms",
-                running.refresh_min_interval_ms != new.refresh_min_interval_ms,
-            ),
-            (
-                "reconnect_backoff_ms",
-                running.reconnect_backoff_ms != new.reconnect_backoff_ms,
-            ),
-            (
-                "max_blocking_connections",
-                running.max_blocking_connections != new.max_blocking_connections,
-            ),
-            ("read_from", running.read_from != new.read_from),
-            (
-                "admin_commands",
-                running.admin_commands != new.admin_commands,
-            ),
-            ("log_format", running.log_format != new.log_format),
-            ("metrics", running.metrics != new.metrics),
-        ];
-        report.not_reloaded.extend(
-            fixed
-                .iter()
-                .filter(|(_, changed)| *changed)
-                .map(|(name, _)| *name),
-        );
-        Ok(report)
-    }
-}
-
 /// Loads every TLS file the configuration names and builds both sides' rustls configurations,
 /// as start-up would, so `--check-config` reports bad TLS material too.
 ///
@@ -401,12 +251,11 @@ impl Reloader {
 pub fn check_tls(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if config.backend_tls_enabled() {
-        let seeds = config.seeds().unwrap_or_default();
-        if let Err(e) = backend::tls::BackendTls::new(&config.backend.tls, &seeds) {
+        if let Err(e) = backend::tls::BackendTls::new(&config.tls.backend, config.seeds()) {
             problems.push(e.to_string());
         }
     }
-    if let Err(e) = tls::acceptor(&config.client.tls) {
+    if let Err(e) = tls::acceptor(&config.tls.client) {
         problems.push(e.to_string());
     }
     if problems.is_empty() {

@@ -58,10 +58,10 @@ pub struct ClientLimits {
 impl ClientLimits {
     pub fn of(config: &Config) -> ClientLimits {
         ClientLimits {
-            max_clients: config.max_clients,
+            max_clients: config.clients.max_clients,
             idle_timeout: config.client_idle_timeout(),
-            output_limit: config.client_output_buffer_limit,
-            shutdown_grace: Duration::from_secs(config.shutdown_grace),
+            output_limit: config.clients.output_buffer_limit,
+            shutdown_grace: config.clients.shutdown_grace,
         }
     }
 }
@@ -86,8 +86,9 @@ impl Counters {
 
 impl Shared {
     pub fn new(config: Config, topology: Arc<Topology>, workers: usize, users: Users) -> Shared {
-        let blocking_permits =
-            Arc::new(tokio::sync::Semaphore::new(config.max_blocking_connections));
+        let blocking_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.backend.max_blocking_connections,
+        ));
         Shared {
             topology,
             commands: ArcSwap::from_pointee(CommandTable::builtin().clone()),

@@ -397,7 +397,7 @@ fn readyz_answers_503_once_shutdown_starts() {
 fn readyz_reports_a_dead_primary_until_its_replica_takes_over() {
     let cluster = Cluster::start(3, 1);
     let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
-        c.refresh_interval_ms = 300;
+        c.cluster.refresh_interval = Duration::from_millis(300);
     });
     wait_until(
         "/readyz 200",

@@ -222,8 +222,9 @@ fn a_client_that_disconnects_while_blocked_frees_its_backend_connection() {
 fn blocked_clients_past_the_limit_get_a_clear_error() {
     let _serial = serial();
     let cluster = shared();
-    let proxy =
-        start_proxy_configured(vec![cluster.seed_url()], |c| c.max_blocking_connections = 2);
+    let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
+        c.backend.max_blocking_connections = 2
+    });
     let p = unique_prefix("limit");
     let before = blocked_clients(cluster);
     let mut first = RawClient::connect(proxy.local_addr());

@@ -20,7 +20,7 @@ fn ok() -> Reply {
 fn requirepass_gates_every_command_until_auth() {
     let cluster = shared();
     let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
-        c.requirepass = Some(Secret("s3cret-pw".into()));
+        c.auth.requirepass = Some(Secret("s3cret-pw".into()));
     });
     let key = unique_prefix("auth");
     let mut c = RawClient::connect(proxy.local_addr());
@@ -94,7 +94,7 @@ fn users_file_users_authenticate_by_name() {
     )
     .unwrap();
     let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
-        c.users_file = Some(file.to_string_lossy().into_owned());
+        c.auth.users_file = Some(file.to_string_lossy().into_owned());
     });
     let mut c = RawClient::connect(proxy.local_addr());
     assert_eq!(c.call(&["PING"]).error(), NOAUTH);
@@ -128,13 +128,11 @@ fn a_users_file_with_narrow_rules_is_refused_at_start() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("users.acl");
     std::fs::write(&file, "user app on >pw -@dangerous\nuser x on #nothex\n").unwrap();
-    let config = slotproxy::Config {
-        listen: "127.0.0.1:0".into(),
-        upstreams: vec![cluster.seed_url()],
-        admin_listen: None,
-        users_file: Some(file.to_string_lossy().into_owned()),
-        ..slotproxy::Config::default()
-    };
+    let mut config = slotproxy::Config::default();
+    config.listener.listen = "127.0.0.1:0".into();
+    config.cluster.upstreams = slotproxy::config::parse_upstreams(&[cluster.seed_url()]).unwrap();
+    config.admin.listen = None;
+    config.auth.users_file = Some(file.to_string_lossy().into_owned());
     let error = match slotproxy::Proxy::start(config) {
         Ok(_) => panic!("a users file with -@dangerous must be refused"),
         Err(e) => e.to_string(),

@@ -819,8 +819,8 @@ fn admin_commands_are_merged_or_gated_by_the_admin_flag() {
     assert!(object.contains("encoding:embstr"), "{object}");
 
     let admin = common::start_proxy_configured(vec![cluster.seed_url()], |c| {
-        c.admin_commands = true;
-        c.refresh_interval_ms = 200;
+        c.admin.commands = true;
+        c.cluster.refresh_interval = std::time::Duration::from_millis(200);
     });
     let mut raw = RawClient::connect(admin.local_addr());
     // Every node means replicas too: wait until the nodes report them online.

@@ -150,7 +150,7 @@ fn sigterm_answers_every_command_already_received() {
 #[test]
 fn max_clients_refuses_the_extra_client() {
     let _serial = serial();
-    let proxy = start_proxy_configured(vec![shared().seed_url()], |c| c.max_clients = 3);
+    let proxy = start_proxy_configured(vec![shared().seed_url()], |c| c.clients.max_clients = 3);
     let mut clients: Vec<RawClient> = (0..3)
         .map(|_| RawClient::connect(proxy.local_addr()))
         .collect();
@@ -178,7 +178,9 @@ fn max_clients_refuses_the_extra_client() {
 #[test]
 fn idle_clients_are_closed_but_blocked_ones_are_not() {
     let _serial = serial();
-    let proxy = start_proxy_configured(vec![shared().seed_url()], |c| c.client_idle_timeout = 1);
+    let proxy = start_proxy_configured(vec![shared().seed_url()], |c| {
+        c.clients.idle_timeout = Some(Duration::from_secs(1))
+    });
     let key = unique_prefix("idle");
     let mut idle = RawClient::connect(proxy.local_addr());
     let mut blocked = RawClient::connect(proxy.local_addr());
@@ -200,7 +202,7 @@ fn a_client_that_does_not_read_is_disconnected_at_the_output_limit() {
     let _serial = serial();
     let limit = 1024 * 1024;
     let proxy = start_proxy_configured(vec![shared().seed_url()], |c| {
-        c.client_output_buffer_limit = limit;
+        c.clients.output_buffer_limit = limit;
     });
     let key = unique_prefix("obl");
     let mut writer = RawClient::connect(proxy.local_addr());

@@ -25,7 +25,7 @@ fn calls(port: u16, command: &str) -> u64 {
 fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
     let cluster = Cluster::start(3, 1);
     let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
-        c.read_from = ReadFrom::Replica
+        c.backend.read_from = ReadFrom::Replica
     });
     let p = unique_prefix("replica");
     let key = format!("{p}:k");

@@ -30,7 +30,7 @@ fn tls_proxy(
     adjust: impl FnOnce(&mut slotproxy::Config),
 ) -> slotproxy::Proxy {
     start_proxy_configured(vec![cluster.seed_url()], |config| {
-        config.backend.tls.ca_file = Some(ca.to_path_buf());
+        config.tls.backend.ca_file = Some(ca.to_path_buf());
         adjust(config);
     })
 }
@@ -173,8 +173,8 @@ fn client_certificate_lets_the_proxy_into_an_mtls_cluster() {
     let cluster = TlsCluster::start(3, 0, true);
     let files = cluster.files.clone();
     let proxy = tls_proxy(&cluster, &files.ca, |config| {
-        config.backend.tls.cert_file = Some(files.client_cert.clone());
-        config.backend.tls.key_file = Some(files.client_key.clone());
+        config.tls.backend.cert_file = Some(files.client_cert.clone());
+        config.tls.backend.key_file = Some(files.client_key.clone());
     });
     let mut client = RawClient::connect(proxy.local_addr());
     set_get_mget(
@@ -208,7 +208,7 @@ fn node_certificates_are_checked_against_announced_hostnames() {
     let cluster = TlsCluster::start_with(3, 0, options);
     let seed = format!("rediss://localhost:{}", cluster.seed_port());
     let proxy = start_proxy_configured(vec![seed], |config| {
-        config.backend.tls.ca_file = Some(cluster.files.ca.clone());
+        config.tls.backend.ca_file = Some(cluster.files.ca.clone());
     });
     let mut client = RawClient::connect(proxy.local_addr());
     set_get_mget(
@@ -248,8 +248,8 @@ fn wrong_ca_is_reported_and_insecure_skip_verify_connects_anyway() {
         "the log should say the certificate is not trusted: {log}"
     );
     let proxy = tls_proxy(cluster, &cluster.files.other_ca, |config| {
-        config.backend.tls.ca_file = None;
-        config.backend.tls.insecure_skip_verify = true;
+        config.tls.backend.ca_file = None;
+        config.tls.backend.insecure_skip_verify = true;
     });
     let mut client = RawClient::connect(proxy.local_addr());
     set_get_mget(
@@ -307,8 +307,8 @@ fn tls_listener_serves_redis_cli_and_rustls_clients() {
     let cluster = shared();
     let files = cluster.files.clone();
     let proxy = tls_proxy(cluster, &files.ca, |config| {
-        config.client.tls.cert_file = Some(files.server_cert.clone());
-        config.client.tls.key_file = Some(files.server_key.clone());
+        config.tls.client.cert_file = Some(files.server_cert.clone());
+        config.tls.client.key_file = Some(files.server_key.clone());
     });
     let port = proxy.local_addr().port();
     let key = format!("{{{}}}:cli", tag_for_slot(6000, &unique_prefix("tls-cli")));
@@ -356,9 +356,9 @@ fn tls_listener_with_client_ca_requires_a_client_certificate() {
     let cluster = shared();
     let files = cluster.files.clone();
     let proxy = tls_proxy(cluster, &files.ca, |config| {
-        config.client.tls.cert_file = Some(files.server_cert.clone());
-        config.client.tls.key_file = Some(files.server_key.clone());
-        config.client.tls.client_ca_file = Some(files.ca.clone());
+        config.tls.client.cert_file = Some(files.server_cert.clone());
+        config.tls.client.key_file = Some(files.server_key.clone());
+        config.tls.client.client_ca_file = Some(files.ca.clone());
     });
     let addr = proxy.local_addr();
     let with_cert = TlsClient::try_connect(
@@ -393,9 +393,9 @@ fn plain_text_client_on_the_tls_port_leaves_tls_clients_alone() {
     let cluster = shared();
     let files = cluster.files.clone();
     let proxy = tls_proxy(cluster, &files.ca, |config| {
-        config.client.tls.cert_file = Some(files.server_cert.clone());
-        config.client.tls.key_file = Some(files.server_key.clone());
-        config.workers = 1; // the plain client and the TLS client share a worker
+        config.tls.client.cert_file = Some(files.server_cert.clone());
+        config.tls.client.key_file = Some(files.server_key.clone());
+        config.listener.workers = 1; // the plain client and the TLS client share a worker
     });
     let addr = proxy.local_addr();
     let mut tls = TlsClient::try_connect(addr, &files.ca, None).unwrap();
@@ -483,18 +483,16 @@ fn a_reload_rotates_listener_and_backend_certificates_in_place() {
     std::fs::copy(&files.ca, &backend_ca).unwrap();
     // The same settings for start and reload: only the files' contents change.
     let settings = |config: &mut slotproxy::Config| {
-        config.backend.tls.ca_file = Some(backend_ca.clone());
-        config.client.tls.cert_file = Some(listener_cert.clone());
-        config.client.tls.key_file = Some(listener_key.clone());
+        config.tls.backend.ca_file = Some(backend_ca.clone());
+        config.tls.client.cert_file = Some(listener_cert.clone());
+        config.tls.client.key_file = Some(listener_key.clone());
     };
     let proxy = start_proxy_configured(vec![cluster.seed_url()], settings);
-    let mut config = slotproxy::Config {
-        listen: "127.0.0.1:0".into(),
-        upstreams: vec![cluster.seed_url()],
-        admin_listen: Some("127.0.0.1:0".into()),
-        workers: 2,
-        ..slotproxy::Config::default()
-    };
+    let mut config = slotproxy::Config::default();
+    config.listener.listen = "127.0.0.1:0".into();
+    config.cluster.upstreams = slotproxy::config::parse_upstreams(&[cluster.seed_url()]).unwrap();
+    config.admin.listen = Some("127.0.0.1:0".into());
+    config.listener.workers = 2;
     settings(&mut config);
     let addr = proxy.local_addr();
     let key = format!("{{{}}}:k", tag_for_slot(6000, &unique_prefix("tls-reload")));

@@ -1,6 +1,7 @@
 //! Opening an authenticated connection to a node (TCP, then TLS when the cluster speaks it,
 //! then AUTH), and one-off queries for the control path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -8,9 +9,47 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::BackendStream;
+use super::tls::BackendTls;
 use super::BackendError;
-use crate::config::Credentials;
+use crate::config::{Secret, Upstream};
 use crate::resp::{Command, Protocol, Value};
+
+/// What every new backend connection needs to be let in: the password or ACL user sent with
+/// `AUTH`, and the TLS client set-up (CA, client certificate) when the cluster speaks TLS.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Built once at start-up (`Proxy::start`); `None` = plain TCP.
+    pub tls: Option<Arc<BackendTls>>,
+}
+
+impl Credentials {
+    /// The user and password of the first seed that names any (the cluster has one set of
+    /// credentials; the seeds are only ways in), without TLS.
+    pub fn from_seeds(seeds: &[Upstream]) -> Credentials {
+        seeds
+            .iter()
+            .find(|s| s.password.is_some() || s.username.is_some())
+            .map(|s| Credentials {
+                username: s.username.clone(),
+                password: s.password.clone(),
+                tls: None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Written by hand so that a stray `{:?}` can never print the password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
 
 const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
 
@@ -65,7 +104,7 @@ async fn connect_inner(addr: &str, creds: &Credentials) -> Result<BackendStream,
         None => BackendStream::Plain(tcp),
         Some(tls) => tls.handshake(tcp, addr).await?,
     };
-    if let Some(password) = &creds.password {
+    if let Some(Secret(password)) = &creds.password {
         let auth = match &creds.username {
             Some(user) => {
                 Command::from_args(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()])
@@ -141,5 +180,23 @@ pub async fn query(
             addr: addr.to_string(),
             ms: timeout.as_millis() as u64,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_upstreams;
+
+    #[test]
+    fn credentials_come_from_the_first_seed_that_names_any() {
+        let seeds =
+            parse_upstreams(&["redis://a:1,redis://bob:s3cret@b:2,redis://:x@c:3".into()]).unwrap();
+        let creds = Credentials::from_seeds(&seeds);
+        assert_eq!(creds.username.as_deref(), Some("bob"));
+        assert_eq!(creds.password, Some(Secret("s3cret".into())));
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        let none = Credentials::from_seeds(&parse_upstreams(&["a:1".into()]).unwrap());
+        assert!(none.username.is_none() && none.password.is_none() && none.tls.is_none());
     }
 }

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use super::addr::NodeAddr;
 use super::connect::connect;
+use super::connect::Credentials;
 use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
-use crate::config::Credentials;
 use crate::resp::{Protocol, ReplyScanner};
 
 /// The reply to one request: the raw reply bytes, or why there is none.

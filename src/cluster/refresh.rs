@@ -22,8 +22,8 @@ use super::slot_map::{NodeAddr, SlotMap};
 use super::topology::{announced_hostnames, parse_shards, parse_slots};
 use super::Slot;
 use crate::backend::connect::query;
+use crate::backend::connect::Credentials;
 use crate::backend::BackendError;
-use crate::config::Credentials;
 use crate::resp::Value;
 
 /// A node the refresher could not use, and the error it got (a Redis error text or a

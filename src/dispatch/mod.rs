@@ -63,10 +63,10 @@ pub fn dispatch(
         Err(error) => return Dispatched::untimed(error.to_reply()),
     };
     let allowed = Allowed {
-        admin_commands: worker.shared.config.admin_commands,
+        admin_commands: worker.shared.config.admin.commands,
     };
     let planned = plan(spec, &cmd, allowed, &map);
-    if !worker.shared.config.metrics {
+    if !worker.shared.config.admin.metrics {
         return Dispatched {
             reply: execute::execute(worker, client, &map, spec, cmd, planned),
             latency: None,

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 
 use super::worker::Worker;
 use crate::backend::connect::connect;
+use crate::backend::connect::Credentials;
 use crate::backend::NodeAddr;
 use crate::cluster::{Slot, SlotMap};
-use crate::config::Credentials;
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
 
 /// The three kinds of subscription (a command-table type: the route of each command says it).

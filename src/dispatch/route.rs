@@ -340,7 +340,7 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
     let Ok(_permit) = worker.shared.blocking_permits.clone().try_acquire_owned() else {
         return ProxyError::limit(format!(
             "ERR max number of blocked clients reached (max_blocking_connections = {})",
-            worker.shared.config.max_blocking_connections
+            worker.shared.config.backend.max_blocking_connections
         ))
         .to_reply();
     };

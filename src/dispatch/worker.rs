@@ -78,22 +78,22 @@ impl Worker {
             credentials: shared.topology.credentials().clone(),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
-            readonly: config.read_from != ReadFrom::Primary,
+            readonly: config.backend.read_from != ReadFrom::Primary,
             protocol,
         });
         let topology = shared.topology.clone();
         let dedicated = DedicatedPool::new(settings.clone());
         let pool = Pool::new(
             settings,
-            Duration::from_millis(config.reconnect_backoff_ms),
+            config.backend.reconnect_backoff,
             Rc::new(move || topology.request_refresh()),
         );
         Worker {
             limits: config.limits(),
             retry_deadline: config.retry_deadline(),
-            max_redirects: config.max_redirects,
-            max_pipeline_depth: config.max_pipeline_depth,
-            read_from: config.read_from,
+            max_redirects: config.backend.max_redirects,
+            max_pipeline_depth: config.limits.max_pipeline_depth,
+            read_from: config.backend.read_from,
             protocol,
             command_metrics: RefCell::new(Vec::new()),
             // Sessions read through the RESP2 worker's buffer whatever their protocol.

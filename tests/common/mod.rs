@@ -1311,13 +1311,11 @@ pub fn start_proxy_configured(
     upstreams: Vec<String>,
     adjust: impl FnOnce(&mut slotproxy::Config),
 ) -> slotproxy::Proxy {
-    let mut config = slotproxy::Config {
-        listen: "127.0.0.1:0".into(),
-        upstreams,
-        admin_listen: Some("127.0.0.1:0".into()),
-        workers: 2,
-        ..slotproxy::Config::default()
-    };
+    let mut config = slotproxy::Config::default();
+    config.listener.listen = "127.0.0.1:0".into();
+    config.cluster.upstreams = slotproxy::config::parse_upstreams(&upstreams).unwrap();
+    config.admin.listen = Some("127.0.0.1:0".into());
+    config.listener.workers = 2;
     adjust(&mut config);
     slotproxy::Proxy::start(config).unwrap_or_else(|e| panic!("the proxy failed to start: {e:?}"))
 }
