@@ -10,6 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::dispatch::decision::RetryKind;
+use crate::dispatch::error::METRIC_KINDS;
 use crate::shared::Shared;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -34,8 +36,9 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// `slotproxy_errors_total` kinds: `BackendError::kind()` values, and `client_protocol`.
-const ERROR_KINDS: &[&str] = &[
+/// `slotproxy_errors_total` kinds of failed round trips (`BackendError::kind()`); the proxy's
+/// own errors are `dispatch::error::METRIC_KINDS`.
+const BACKEND_ERROR_KINDS: &[&str] = &[
     "connect",
     "unreachable",
     "auth",
@@ -43,7 +46,6 @@ const ERROR_KINDS: &[&str] = &[
     "lost",
     "timeout",
     "protocol",
-    "client_protocol",
 ];
 
 /// Registers every series whose labels are known in advance, at zero.
@@ -52,10 +54,10 @@ fn register_fixed_series() {
     for kind in ["moved", "ask"] {
         counter!("slotproxy_redirects_total", "kind" => kind).increment(0);
     }
-    for kind in ["tryagain", "clusterdown", "loading"] {
-        counter!("slotproxy_retries_total", "kind" => kind).increment(0);
+    for kind in RetryKind::COUNTED {
+        counter!("slotproxy_retries_total", "kind" => kind.label()).increment(0);
     }
-    for &kind in ERROR_KINDS {
+    for &kind in BACKEND_ERROR_KINDS.iter().chain(METRIC_KINDS) {
         counter!("slotproxy_errors_total", "kind" => kind).increment(0);
     }
     for direction in ["in", "out"] {
@@ -75,7 +77,7 @@ fn describe() {
     );
     describe_counter!(
         "slotproxy_errors_total",
-        "Failed backend round trips and client protocol errors, by kind"
+        "Errors: failed backend round trips, and errors the proxy answered itself (CROSSSLOT, NOAUTH, protocol errors...), by kind"
     );
     describe_counter!(
         "slotproxy_redirects_total",

@@ -19,8 +19,9 @@ const FLOORS: &[(&str, u8)] = &[
     ("backend", 3),
     ("cluster", 4),
     ("shared", 5),
-    ("metrics", 6),
     ("dispatch", 7),
+    // The recorder registers the label values dispatch defines (error and retry kinds).
+    ("metrics", 8),
     ("client", 8),
     ("server", 9),
     ("admin", 9),

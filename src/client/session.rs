@@ -17,7 +17,7 @@ use super::io::ClientStream;
 use super::replies::ReplyQueue;
 use crate::dispatch::pubsub::Subscriptions;
 use crate::dispatch::Worker;
-use crate::dispatch::{dispatch, reply, ClientState, Dispatched};
+use crate::dispatch::{dispatch, ClientState, Dispatched, ProxyError};
 use crate::resp::RequestDecoder;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -106,9 +106,7 @@ async fn run<S: ClientStream>(
                 Ok(None) => break,
                 Err(error) => {
                     // Like Redis: report the protocol error, then close this connection only.
-                    metrics::counter!("slotproxy_errors_total", "kind" => "client_protocol")
-                        .increment(1);
-                    pending.push(Dispatched::untimed(reply::error(&format!("ERR {error}"))));
+                    pending.push(Dispatched::untimed(ProxyError::protocol(&error).answer()));
                     input_done = true;
                 }
             }

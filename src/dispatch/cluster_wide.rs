@@ -6,6 +6,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
+use super::error::ProxyError;
 use super::merge;
 use super::reply;
 use super::route::{execute, Resend, Target};
@@ -59,7 +60,7 @@ async fn broadcast_to(
     resend: Resend,
 ) -> Bytes {
     if targets.is_empty() {
-        return reply::error("CLUSTERDOWN The cluster is down");
+        return ProxyError::cluster_down().answer();
     }
     let parts: Vec<Bytes> = join_all(
         targets
@@ -90,7 +91,7 @@ pub async fn keys(worker: Rc<Worker>, cmd: Command) -> Bytes {
 pub async fn random_key(worker: Rc<Worker>, cmd: Command) -> Bytes {
     let mut targets = primaries(&worker);
     if targets.is_empty() {
-        return reply::error("CLUSTERDOWN The cluster is down");
+        return ProxyError::cluster_down().answer();
     }
     let start = fastrand::usize(..targets.len());
     targets.rotate_left(start);
@@ -101,6 +102,10 @@ pub async fn random_key(worker: Rc<Worker>, cmd: Command) -> Bytes {
         }
     }
     reply::nil(worker.protocol)
+}
+
+fn invalid_cursor() -> Bytes {
+    ProxyError::bad_request("ERR invalid cursor").answer()
 }
 
 /// Bits of the proxy's SCAN cursor that hold the shard index: up to 1024 shards, leaving 54
@@ -117,7 +122,7 @@ pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
         .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return reply::error("ERR invalid cursor");
+        return invalid_cursor();
     };
     let mut pattern = None;
     let mut i = 2;
@@ -137,8 +142,8 @@ pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
         let shards = map.shards();
         match shards.get(shard) {
             Some(s) => (Target::Node(s.primary.clone()), shards.len()),
-            None if shards.is_empty() => return reply::error("CLUSTERDOWN The cluster is down"),
-            None => return reply::error("ERR invalid cursor"),
+            None if shards.is_empty() => return ProxyError::cluster_down().answer(),
+            None => return invalid_cursor(),
         }
     };
     let mut args: Vec<Bytes> = cmd.args().map(Bytes::copy_from_slice).collect();
@@ -152,7 +157,8 @@ pub async fn scan(worker: Rc<Worker>, cmd: Command) -> Bytes {
     };
     let next_cursor = if next != 0 {
         if next >> (64 - SHARD_BITS) != 0 {
-            return reply::error("ERR slotproxy: node SCAN cursor too large to encode");
+            return ProxyError::node("ERR slotproxy: node SCAN cursor too large to encode")
+                .answer();
         }
         (next << SHARD_BITS) | shard as u64
     } else if shard + 1 < shard_count {

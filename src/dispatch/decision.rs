@@ -66,6 +66,14 @@ pub enum RetryKind {
 }
 
 impl RetryKind {
+    /// Every kind counted under `slotproxy_retries_total` (reconnects are counted as errors).
+    pub const COUNTED: [RetryKind; 4] = [
+        RetryKind::TryAgain,
+        RetryKind::ClusterDown,
+        RetryKind::Loading,
+        RetryKind::Migrating,
+    ];
+
     /// The `kind` label of `slotproxy_retries_total`.
     pub fn label(self) -> &'static str {
         match self {

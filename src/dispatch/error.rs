@@ -45,6 +45,15 @@ pub enum ErrorKind {
     SlotNotServed,
     /// MOVED/ASK followed more often than `max_redirects`.
     TooManyRedirects,
+    /// Wrong credentials (AUTH, HELLO AUTH).
+    WrongPass,
+    /// The client broke the protocol (its connection is closed after the reply).
+    Protocol,
+    /// The whole cluster is down (no primary known).
+    ClusterDown,
+    /// A node answered something the proxy can't use (a merge of unexpected replies, a lost
+    /// WAIT connection).
+    Node,
     /// A round trip to a node failed.
     Backend(&'static str),
 }
@@ -59,10 +68,29 @@ pub struct ProxyError {
     pub node: Option<NodeAddr>,
 }
 
+/// Every `kind` label [`ProxyError::answer`] counts (failed round trips are counted by the
+/// driver under `BackendError::kind()`), so `/metrics` can show each at zero from the start.
+pub const METRIC_KINDS: &[&str] = &[
+    "crossslot",
+    "bad_request",
+    "noauth",
+    "unsupported",
+    "limit",
+    "execabort",
+    "slot_not_served",
+    "too_many_redirects",
+    "client_auth",
+    "client_protocol",
+    "clusterdown",
+    "node_reply",
+];
+
 /// Redis's own CROSSSLOT text.
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 const SLOT_NOT_SERVED: &str = "CLUSTERDOWN Hash slot not served";
 const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+const CLUSTER_DOWN: &str = "CLUSTERDOWN The cluster is down";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 impl ProxyError {
     fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> ProxyError {
@@ -84,6 +112,29 @@ impl ProxyError {
 
     pub fn no_auth() -> ProxyError {
         ProxyError::new(ErrorKind::NoAuth, "NOAUTH Authentication required.")
+    }
+
+    /// Not authenticated, in the words of the command that needs it; starts with `NOAUTH`.
+    pub fn no_auth_because(message: &'static str) -> ProxyError {
+        ProxyError::new(ErrorKind::NoAuth, message)
+    }
+
+    pub fn wrong_pass() -> ProxyError {
+        ProxyError::new(ErrorKind::WrongPass, WRONGPASS)
+    }
+
+    /// A protocol error in what the client sent (Redis's own wording, after `ERR`).
+    pub fn protocol(error: &dyn std::fmt::Display) -> ProxyError {
+        ProxyError::new(ErrorKind::Protocol, format!("ERR {error}"))
+    }
+
+    pub fn cluster_down() -> ProxyError {
+        ProxyError::new(ErrorKind::ClusterDown, CLUSTER_DOWN)
+    }
+
+    /// A node's answer the proxy can't use; `message` starts with its code.
+    pub fn node(message: impl Into<Cow<'static, str>>) -> ProxyError {
+        ProxyError::new(ErrorKind::Node, message)
     }
 
     /// A command the proxy refuses: `ERR <NAME> is not supported by slotproxy: <why>`.
@@ -139,11 +190,17 @@ impl ProxyError {
     /// Whose fault it is.
     pub fn fault(&self) -> Fault {
         match self.kind {
-            ErrorKind::CrossSlot | ErrorKind::BadRequest | ErrorKind::NoAuth => Fault::Client,
-            ErrorKind::ExecAbort => Fault::Client,
+            ErrorKind::CrossSlot
+            | ErrorKind::BadRequest
+            | ErrorKind::NoAuth
+            | ErrorKind::WrongPass
+            | ErrorKind::Protocol
+            | ErrorKind::ExecAbort => Fault::Client,
             ErrorKind::Unsupported | ErrorKind::Limit => Fault::Proxy,
-            ErrorKind::Backend(_) => Fault::Node,
-            ErrorKind::SlotNotServed | ErrorKind::TooManyRedirects => Fault::Cluster,
+            ErrorKind::Node | ErrorKind::Backend(_) => Fault::Node,
+            ErrorKind::SlotNotServed | ErrorKind::TooManyRedirects | ErrorKind::ClusterDown => {
+                Fault::Cluster
+            }
         }
     }
 
@@ -158,6 +215,10 @@ impl ProxyError {
             ErrorKind::ExecAbort => "execabort",
             ErrorKind::SlotNotServed => "slot_not_served",
             ErrorKind::TooManyRedirects => "too_many_redirects",
+            ErrorKind::WrongPass => "client_auth",
+            ErrorKind::Protocol => "client_protocol",
+            ErrorKind::ClusterDown => "clusterdown",
+            ErrorKind::Node => "node_reply",
             ErrorKind::Backend(kind) => kind,
         }
     }
@@ -170,6 +231,16 @@ impl ProxyError {
     /// The reply a client reads: `-<message>\r\n`.
     pub fn to_reply(&self) -> Bytes {
         error_reply(&self.message)
+    }
+
+    /// The reply for the client, counted once under `slotproxy_errors_total{kind}`. A failed
+    /// round trip to a node is not counted here: the driver counts every failed attempt where
+    /// it happens, retried or not.
+    pub fn answer(&self) -> Bytes {
+        if !matches!(self.kind, ErrorKind::Backend(_)) {
+            metrics::counter!("slotproxy_errors_total", "kind" => self.metric_kind()).increment(1);
+        }
+        self.to_reply()
     }
 }
 
@@ -244,6 +315,24 @@ mod tests {
                 "lost",
             ),
             (
+                ProxyError::wrong_pass(),
+                "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                Fault::Client,
+                "client_auth",
+            ),
+            (
+                ProxyError::cluster_down(),
+                "-CLUSTERDOWN The cluster is down\r\n",
+                Fault::Cluster,
+                "clusterdown",
+            ),
+            (
+                ProxyError::protocol(&"Protocol error: invalid multibulk length"),
+                "-ERR Protocol error: invalid multibulk length\r\n",
+                Fault::Client,
+                "client_protocol",
+            ),
+            (
                 ProxyError::exec_abort(),
                 "-EXECABORT Transaction discarded because of previous errors.\r\n",
                 Fault::Client,
@@ -251,6 +340,9 @@ mod tests {
             ),
         ];
         for (error, reply, fault, label) in cases {
+            if !matches!(error.kind, ErrorKind::Backend(_)) {
+                assert!(METRIC_KINDS.contains(&label), "{label} is registered");
+            }
             assert_eq!(error.to_reply(), reply.as_bytes(), "{error:?}");
             assert_eq!(error.fault(), fault, "{error:?}");
             assert_eq!(error.metric_kind(), label, "{error:?}");

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::cluster_wide;
+use super::error::ProxyError;
 use super::local;
 use super::merge;
 use super::plan::{Plan, Send};
@@ -89,8 +90,13 @@ pub fn execute(
             note_write(worker, client, map, &send);
             Reply::later(scripts::evalsha(worker.clone(), started, cmd, send))
         }
-        Plan::Fail(error) => error.to_reply().into(),
+        Plan::Fail(error) => error.answer().into(),
     }
+}
+
+/// A reply, or the error in its place.
+fn answer(result: Result<Bytes, ProxyError>) -> Reply {
+    result.unwrap_or_else(|error| error.answer()).into()
 }
 
 fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Command) -> Reply {
@@ -104,9 +110,9 @@ fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Comman
             client.closing = true;
             reply::ok().into()
         }
-        Local::Select => local::select(cmd).into(),
-        Local::Auth => local::auth(cmd, client, &worker.shared.users.load()).into(),
-        Local::Hello => local::hello(cmd, client, &worker.shared.users.load()).into(),
+        Local::Select => answer(local::select(cmd)),
+        Local::Auth => answer(local::auth(cmd, client, &worker.shared.users.load())),
+        Local::Hello => answer(local::hello(cmd, client, &worker.shared.users.load())),
         Local::Ok => reply::ok().into(),
         Local::Reset => {
             client.authenticated = !worker.shared.users.load().required();
@@ -123,7 +129,7 @@ fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Comman
                 "client|{}",
                 String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase()
             );
-            local::client(&sub, cmd, client).into()
+            answer(local::client(&sub, cmd, client))
         }
         Local::KeySlot => local::keyslot(cmd).into(),
     }

@@ -2,6 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ProxyError;
 use super::reply;
 use super::session::ClientState;
 use super::worker::Worker;
@@ -30,54 +31,54 @@ pub fn echo(cmd: &Command) -> Bytes {
     reply::bulk(cmd.arg(1).unwrap_or_default())
 }
 
-pub fn select(cmd: &Command) -> Bytes {
+pub fn select(cmd: &Command) -> Result<Bytes, ProxyError> {
     match cmd.arg(1) {
-        Some(b"0") => reply::ok(),
+        Some(b"0") => Ok(reply::ok()),
         Some(db)
             if std::str::from_utf8(db)
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())
                 .is_none() =>
         {
-            reply::error("ERR value is not an integer or out of range")
+            Err(ProxyError::bad_request(
+                "ERR value is not an integer or out of range",
+            ))
         }
-        _ => reply::error("ERR SELECT is not allowed in cluster mode"),
+        _ => Err(ProxyError::bad_request(
+            "ERR SELECT is not allowed in cluster mode",
+        )),
     }
 }
 
 /// `AUTH [user] password`, against the proxy's own users (see `auth.rs`), never the nodes'.
-pub fn auth(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
+pub fn auth(cmd: &Command, client: &mut ClientState, users: &Users) -> Result<Bytes, ProxyError> {
     let (user, password) = match cmd.argc() {
         2 => (None, cmd.arg(1).unwrap_or_default()),
         _ => (cmd.arg(1), cmd.arg(2).unwrap_or_default()),
     };
-    authenticate(client, users, user, password).unwrap_or_else(reply::ok)
+    authenticate(client, users, user, password)?;
+    Ok(reply::ok())
 }
 
-/// Checks credentials; `None` on success (the client is then authenticated), else the reply.
+/// Checks credentials; on success the client is authenticated.
 fn authenticate(
     client: &mut ClientState,
     users: &Users,
     user: Option<&[u8]>,
     password: &[u8],
-) -> Option<Bytes> {
+) -> Result<(), ProxyError> {
     match users.check(user, password) {
         AuthResult::Ok => {
             client.authenticated = true;
-            None
+            Ok(())
         }
-        AuthResult::WrongPass => {
-            metrics::counter!("slotproxy_errors_total", "kind" => "client_auth").increment(1);
-            Some(reply::error(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            ))
-        }
+        AuthResult::WrongPass => Err(ProxyError::wrong_pass()),
         AuthResult::NoPasswordConfigured if user.is_some() => {
             // `AUTH default x` with a nopass default user: Redis accepts it.
             client.authenticated = true;
-            None
+            Ok(())
         }
-        AuthResult::NoPasswordConfigured => Some(reply::error(
+        AuthResult::NoPasswordConfigured => Err(ProxyError::bad_request(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         )),
     }
@@ -85,62 +86,84 @@ fn authenticate(
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client to RESP2 or RESP3
 /// (the switch takes effect with this reply, which is a map in RESP3) and names it.
-pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
-    let mut i = 1;
-    let mut protocol = client.protocol;
-    if let Some(version) = cmd.arg(1) {
-        protocol = match std::str::from_utf8(version)
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-        {
-            Some(2) => Protocol::Resp2,
-            Some(3) => Protocol::Resp3,
-            Some(_) => {
-                return reply::error("NOPROTO unsupported protocol version");
-            }
-            None => return reply::error("ERR Protocol version is not an integer or out of range"),
-        };
-        i = 2;
-    }
-    let mut name = None;
-    let mut credentials = None;
-    while let Some(option) = cmd.arg(i) {
-        if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < cmd.argc() {
-            credentials = Some((
-                cmd.arg(i + 1).unwrap_or_default(),
-                cmd.arg(i + 2).unwrap_or_default(),
-            ));
-            i += 3;
-        } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < cmd.argc() {
-            name = cmd.arg_bytes(i + 1);
-            i += 2;
-        } else {
-            return reply::error(&format!(
-                "ERR Syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(option)
-            ));
-        }
-    }
-    match credentials {
-        Some((user, password)) => {
-            if let Some(refused) = authenticate(client, users, Some(user), password) {
-                return refused;
-            }
-        }
+pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Result<Bytes, ProxyError> {
+    let hello = Hello::parse(cmd, client.protocol)?;
+    match hello.credentials {
+        Some((user, password)) => authenticate(client, users, Some(user), password)?,
         None if !client.authenticated => {
-            return reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            return Err(ProxyError::no_auth_because("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"));
         }
         None => {}
     }
-    if let Some(name) = name {
+    if let Some(name) = hello.name {
         if !valid_client_name(&name) {
-            return reply::error(
-                "ERR Client names cannot contain spaces, newlines or special characters.",
-            );
+            return Err(bad_client_name());
         }
         client.name = (!name.is_empty()).then_some(name);
     }
-    client.protocol = protocol;
+    client.protocol = hello.protocol;
+    Ok(hello_reply(client.id, hello.protocol))
+}
+
+/// The arguments of a HELLO.
+struct Hello<'a> {
+    protocol: Protocol,
+    credentials: Option<(&'a [u8], &'a [u8])>,
+    name: Option<Bytes>,
+}
+
+impl<'a> Hello<'a> {
+    /// `current`: the client's protocol, kept when HELLO names none.
+    fn parse(cmd: &'a Command, current: Protocol) -> Result<Hello<'a>, ProxyError> {
+        let mut hello = Hello {
+            protocol: current,
+            credentials: None,
+            name: None,
+        };
+        let mut i = 1;
+        if let Some(version) = cmd.arg(1) {
+            hello.protocol = match std::str::from_utf8(version)
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => {
+                    return Err(ProxyError::bad_request(
+                        "NOPROTO unsupported protocol version",
+                    ))
+                }
+                None => {
+                    return Err(ProxyError::bad_request(
+                        "ERR Protocol version is not an integer or out of range",
+                    ))
+                }
+            };
+            i = 2;
+        }
+        while let Some(option) = cmd.arg(i) {
+            if option.eq_ignore_ascii_case(b"AUTH") && i + 2 < cmd.argc() {
+                hello.credentials = Some((
+                    cmd.arg(i + 1).unwrap_or_default(),
+                    cmd.arg(i + 2).unwrap_or_default(),
+                ));
+                i += 3;
+            } else if option.eq_ignore_ascii_case(b"SETNAME") && i + 1 < cmd.argc() {
+                hello.name = cmd.arg_bytes(i + 1);
+                i += 2;
+            } else {
+                return Err(ProxyError::bad_request(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(option)
+                )));
+            }
+        }
+        Ok(hello)
+    }
+}
+
+/// HELLO's server description, as a RESP2 array or a RESP3 map.
+fn hello_reply(id: u64, protocol: Protocol) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     match protocol {
         Protocol::Resp2 => encode::array_header(&mut out, 14),
@@ -162,7 +185,7 @@ pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
         },
     );
     encode::bulk(&mut out, b"id");
-    encode::integer(&mut out, client.id as i64);
+    encode::integer(&mut out, id as i64);
     for (key, value) in [("mode", "standalone"), ("role", "master")] {
         encode::bulk(&mut out, key.as_bytes());
         encode::bulk(&mut out, value.as_bytes());
@@ -172,12 +195,18 @@ pub fn hello(cmd: &Command, client: &mut ClientState, users: &Users) -> Bytes {
     out.freeze()
 }
 
+fn bad_client_name() -> ProxyError {
+    ProxyError::bad_request(
+        "ERR Client names cannot contain spaces, newlines or special characters.",
+    )
+}
+
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
 /// CLIENT subcommands that describe this connection.
-pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
+pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Result<Bytes, ProxyError> {
     let arity = match sub {
         "client|id" | "client|getname" | "client|info" => Some(2),
         "client|setname" => Some(3),
@@ -185,11 +214,11 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
         _ => None,
     };
     if arity.is_some_and(|n| n != cmd.argc()) {
-        return reply::error(&format!(
+        return Err(ProxyError::bad_request(format!(
             "ERR wrong number of arguments for '{sub}' command"
-        ));
+        )));
     }
-    match sub {
+    Ok(match sub {
         "client|id" => reply::integer(client.id as i64),
         "client|getname" => client
             .name
@@ -198,7 +227,7 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
         "client|setname" => {
             let name = cmd.arg_bytes(2).unwrap_or_default();
             if !valid_client_name(&name) {
-                return reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
+                return Err(bad_client_name());
             }
             client.name = (!name.is_empty()).then_some(name);
             reply::ok()
@@ -211,7 +240,10 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
             } else if attr.eq_ignore_ascii_case(b"lib-ver") {
                 client.lib_ver = Some(value);
             } else {
-                return reply::error(&format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(attr)));
+                return Err(ProxyError::bad_request(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(attr)
+                )));
             }
             reply::ok()
         }
@@ -226,11 +258,13 @@ pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Bytes {
             );
             reply::bulk(text.as_bytes())
         }
-        _ => reply::error(&format!(
-            "ERR '{}' is not supported by slotproxy (it would act on one node's connection, not yours)",
-            sub.replace('|', " ").to_uppercase()
-        )),
-    }
+        _ => {
+            return Err(ProxyError::proxy_policy(format!(
+                "ERR '{}' is not supported by slotproxy (it would act on one node's connection, not yours)",
+                sub.replace('|', " ").to_uppercase()
+            )))
+        }
+    })
 }
 
 pub fn keyslot(cmd: &Command) -> Bytes {

@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ProxyError;
 use super::reply;
 use crate::resp::{encode, is_error_reply, ReplyScanner};
 
@@ -11,7 +12,7 @@ fn first_error(parts: &[Bytes]) -> Option<Bytes> {
 }
 
 fn malformed() -> Bytes {
-    reply::error("ERR slotproxy: unexpected reply shape from a node while merging")
+    ProxyError::node("ERR slotproxy: unexpected reply shape from a node while merging").answer()
 }
 
 /// The integer in a `:n\r\n` reply.

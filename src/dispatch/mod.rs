@@ -60,7 +60,7 @@ pub fn dispatch(
     }
     let spec = match classify(&table, &cmd, client) {
         Ok(spec) => spec,
-        Err(error) => return Dispatched::untimed(error.to_reply()),
+        Err(error) => return Dispatched::untimed(error.answer()),
     };
     let allowed = Allowed {
         admin_commands: worker.shared.config.admin.commands,

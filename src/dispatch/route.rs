@@ -259,7 +259,7 @@ impl InFlight {
                 Settled::Retry(Box::pin(async move {
                     drive(&worker, &mut ViaPipe(&payload), &target, rules, first)
                         .await
-                        .unwrap_or_else(|e| e.to_reply())
+                        .unwrap_or_else(|e| e.answer())
                 }))
             }
         }
@@ -331,7 +331,7 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
     let rules = rules(&worker, resend);
     drive(&worker, &mut ViaPipe(&payload), &target, rules, None)
         .await
-        .unwrap_or_else(|e| e.to_reply())
+        .unwrap_or_else(|e| e.answer())
 }
 
 /// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated
@@ -342,13 +342,13 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
             "ERR max number of blocked clients reached (max_blocking_connections = {})",
             worker.shared.config.backend.max_blocking_connections
         ))
-        .to_reply();
+        .answer();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
     let rules = rules(&worker, Resend::Never);
     drive(&worker, &mut ViaDedicated(&payload), &target, rules, None)
         .await
-        .unwrap_or_else(|e| e.to_reply())
+        .unwrap_or_else(|e| e.answer())
 }
 
 /// The node for `target` in `map`, and whether it is a replica. `replica_ok`: a read that the

@@ -80,7 +80,7 @@ pub fn queue(
 ) -> Bytes {
     let watch_slot = state.watch.as_ref().map(|w| w.slot);
     let Some(queued) = state.multi.as_mut() else {
-        return reply::error("ERR EXEC without MULTI");
+        return ProxyError::bad_request("ERR EXEC without MULTI").answer();
     };
     let verdict = match (spec, refusal) {
         (_, Some(error)) => Err(error),
@@ -109,14 +109,14 @@ pub fn queue(
         }
         Err(error) => {
             queued.failed = true;
-            error.to_reply()
+            error.answer()
         }
     }
 }
 
 pub fn multi(state: &mut TxState) -> Bytes {
     if state.multi.is_some() {
-        return reply::error("ERR MULTI calls can not be nested");
+        return ProxyError::bad_request("ERR MULTI calls can not be nested").answer();
     }
     state.multi = Some(Queued::default());
     reply::ok()
@@ -124,7 +124,7 @@ pub fn multi(state: &mut TxState) -> Bytes {
 
 pub fn discard(state: &mut TxState) -> Bytes {
     if state.multi.take().is_none() {
-        return reply::error("ERR DISCARD without MULTI");
+        return ProxyError::bad_request("ERR DISCARD without MULTI").answer();
     }
     state.watch = None;
     reply::ok()
@@ -141,11 +141,13 @@ pub fn reset(state: &mut TxState) {
 
 pub fn exec(worker: &Rc<Worker>, state: &mut TxState) -> Reply {
     let Some(queued) = state.multi.take() else {
-        return reply::error("ERR EXEC without MULTI").into();
+        return ProxyError::bad_request("ERR EXEC without MULTI")
+            .answer()
+            .into();
     };
     let watch = state.watch.take();
     if queued.failed {
-        return ProxyError::exec_abort().to_reply().into();
+        return ProxyError::exec_abort().answer().into();
     }
     let slot = queued.slot.or(watch.as_ref().map(|w| w.slot));
     let mut payload =
@@ -177,7 +179,7 @@ async fn run_exec(
                     all.pop()
                         .unwrap_or_else(|| ProxyError::exec_abort().to_reply())
                 }
-                Err(error) => ProxyError::backend(&error).to_reply(),
+                Err(error) => ProxyError::backend(&error).answer(),
             };
         }
         // The WATCH itself failed (its error went to the client): run unwatched, as Redis
@@ -199,7 +201,7 @@ async fn run_exec(
         // Out of time while the slot moved: EXEC's own answer (nothing of it ran).
         Ok(answer) if classify(&answer).is_some() => exec.exec_reply.unwrap_or(answer),
         Ok(answer) => answer,
-        Err(error) => error.to_reply(),
+        Err(error) => error.answer(),
     }
 }
 
@@ -244,15 +246,21 @@ pub fn watch(
     cmd: Command,
 ) -> Reply {
     if state.multi.is_some() {
-        return reply::error("ERR WATCH inside MULTI is not allowed").into();
+        return ProxyError::bad_request("ERR WATCH inside MULTI is not allowed")
+            .answer()
+            .into();
     }
     let slot = match target_of(spec, &cmd, map) {
         Ok(Target::Slot(slot)) => slot,
-        Ok(_) => return reply::error("ERR wrong number of arguments for 'watch' command").into(),
-        Err(crossslot) => return crossslot.to_reply().into(),
+        Ok(_) => {
+            return ProxyError::bad_request("ERR wrong number of arguments for 'watch' command")
+                .answer()
+                .into()
+        }
+        Err(crossslot) => return crossslot.answer().into(),
     };
     match &state.watch {
-        Some(existing) if existing.slot != slot => ProxyError::cross_slot().to_reply().into(),
+        Some(existing) if existing.slot != slot => ProxyError::cross_slot().answer().into(),
         Some(existing) => {
             // Another WATCH on the same connection, once the first has landed.
             let conn = existing.conn.clone();
@@ -264,7 +272,7 @@ pub fn watch(
                         Ok(mut r) => r.pop().unwrap_or_else(reply::ok),
                         Err(error) => {
                             *held = None;
-                            ProxyError::backend(&error).to_reply()
+                            ProxyError::backend(&error).answer()
                         }
                     },
                     None => first_watch(&worker, &mut held, &cmd, slot).await,
@@ -275,7 +283,9 @@ pub fn watch(
             let conn = Arc::new(Mutex::new(None));
             // Taken now, in command order, so an EXEC queued behind this WATCH waits for it.
             let Ok(mut held) = conn.clone().try_lock_owned() else {
-                return reply::error("ERR slotproxy: WATCH state busy").into();
+                return ProxyError::proxy_policy("ERR slotproxy: WATCH state busy")
+                    .answer()
+                    .into();
             };
             state.watch = Some(Watch { slot, conn });
             let worker = worker.clone();
@@ -309,7 +319,7 @@ async fn first_watch(
             }
             answer
         }
-        Err(error) => error.to_reply(),
+        Err(error) => error.answer(),
     }
 }
 

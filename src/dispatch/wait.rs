@@ -11,12 +11,14 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use tokio::sync::oneshot;
 
+use super::error::ProxyError;
 use super::reply;
 use super::route::{self, Target};
 use super::worker::Worker;
 use super::Reply;
-use crate::backend::pipe::Pipe;
+use crate::backend::pipe::{Pipe, ReplyResult};
 use crate::backend::NodeAddr;
 use crate::cluster::{Slot, SlotMap};
 use crate::resp::{parse_integer, Command};
@@ -67,27 +69,46 @@ impl Writes {
 
 /// Runs `WAIT` for the writes noted in `writes`.
 pub fn wait(worker: &Rc<Worker>, writes: &mut Writes, cmd: Command) -> Reply {
+    match prepare(worker, writes, &cmd) {
+        Ok(Prepared::NothingWritten) => {
+            // Nothing written: Redis answers at once with the replicas that are connected.
+            Reply::Parked(Box::pin(route::execute_blocking(
+                worker.clone(),
+                cmd.into_raw(),
+                Target::Any,
+            )))
+        }
+        Ok(Prepared::On(waits)) => Reply::Parked(Box::pin(least_of(waits))),
+        Err(error) => error.answer().into(),
+    }
+}
+
+/// Where a WAIT runs.
+enum Prepared {
+    NothingWritten,
+    /// On these pipes (one per node written to), already sent.
+    On(Vec<(Rc<Pipe>, oneshot::Receiver<ReplyResult>)>),
+}
+
+/// Checks the arguments and sends the WAIT on the pipe of each node's writes.
+fn prepare(worker: &Worker, writes: &mut Writes, cmd: &Command) -> Result<Prepared, ProxyError> {
     let numreplicas = cmd.arg(1).and_then(parse_integer);
     let timeout = cmd.arg(2).and_then(parse_integer);
     let (Some(_), Some(timeout)) = (numreplicas, timeout) else {
-        return reply::error("ERR value is not an integer or out of range").into();
+        return Err(ProxyError::bad_request(
+            "ERR value is not an integer or out of range",
+        ));
     };
     if timeout < 0 {
-        return reply::error("ERR timeout is negative").into();
+        return Err(ProxyError::bad_request("ERR timeout is negative"));
     }
     if std::mem::take(&mut writes.elsewhere) {
-        return reply::error(
+        return Err(ProxyError::proxy_policy(
             "ERR WAIT is not supported by slotproxy after a transaction or a blocking write: they ran on connections of their own",
-        )
-        .into();
+        ));
     }
     if writes.via_pipes.is_empty() {
-        // Nothing written: Redis answers at once with the replicas that are connected.
-        return Reply::Parked(Box::pin(route::execute_blocking(
-            worker.clone(),
-            cmd.into_raw(),
-            Target::Any,
-        )));
+        return Ok(Prepared::NothingWritten);
     }
     let mut waits = Vec::with_capacity(writes.via_pipes.len());
     for node in &mut writes.via_pipes {
@@ -96,37 +117,37 @@ pub fn wait(worker: &Rc<Worker>, writes: &mut Writes, cmd: Command) -> Reply {
             None => worker.pool.retire_for_wait(&node.addr, node.noted),
         };
         let Some(pipe) = pipe.filter(|p| !p.state().is_closed()) else {
-            return reply::error(&format!(
+            return Err(ProxyError::node(format!(
                 "ERR the connection that carried this client's writes to {} was lost: WAIT can't tell whether they reached its replicas",
                 node.addr
-            ))
-            .into();
+            )));
         };
         let rx = pipe.send_untimed(cmd.raw().clone());
         node.waited_on = Some(pipe.clone());
         waits.push((pipe, rx));
     }
-    Reply::Parked(Box::pin(async move {
-        let answers = join_all(waits.into_iter().map(|(pipe, rx)| async move {
-            let answer = rx.await;
-            drop(pipe); // the retired connection closes once nothing else needs it
-            answer
-        }))
-        .await;
-        let mut least: Option<i64> = None;
-        for answer in answers {
-            let bytes: Bytes = match answer {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(error)) => return reply::error(&format!("ERR {error}")),
-                Err(_) => return reply::error("ERR the connection for WAIT closed"),
-            };
-            match super::merge::integer(&bytes) {
-                Some(n) => least = Some(least.map_or(n, |l| l.min(n))),
-                None => return bytes,
-            }
-        }
-        let mut out = bytes::BytesMut::new();
-        crate::resp::encode::integer(&mut out, least.unwrap_or(0));
-        out.freeze()
+    Ok(Prepared::On(waits))
+}
+
+/// The smallest count of the WAITs: the replicas that have every node's writes.
+async fn least_of(waits: Vec<(Rc<Pipe>, oneshot::Receiver<ReplyResult>)>) -> Bytes {
+    let answers = join_all(waits.into_iter().map(|(pipe, rx)| async move {
+        let answer = rx.await;
+        drop(pipe); // the retired connection closes once nothing else needs it
+        answer
     }))
+    .await;
+    let mut least: Option<i64> = None;
+    for answer in answers {
+        let bytes: Bytes = match answer {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => return ProxyError::backend(&error).answer(),
+            Err(_) => return ProxyError::node("ERR the connection for WAIT closed").answer(),
+        };
+        match super::merge::integer(&bytes) {
+            Some(n) => least = Some(least.map_or(n, |l| l.min(n))),
+            None => return bytes,
+        }
+    }
+    reply::integer(least.unwrap_or(0))
 }
