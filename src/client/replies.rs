@@ -211,3 +211,160 @@ impl ReplyQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::backend::BackendError;
+    use crate::dispatch::route::{Resend, Target};
+    use crate::dispatch::worker::test_worker;
+
+    fn ready(bytes: &'static [u8]) -> Dispatched {
+        Dispatched::untimed(Bytes::from_static(bytes))
+    }
+
+    /// A request in flight and the sender of its backend reply.
+    fn in_flight(
+        resend: Resend,
+    ) -> (
+        Dispatched,
+        oneshot::Sender<crate::backend::pipe::ReplyResult>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply::InFlight(InFlight::for_tests(rx, Target::Any, resend));
+        (
+            Dispatched {
+                reply,
+                latency: None,
+            },
+            tx,
+        )
+    }
+
+    /// A future that completes with what is sent on the returned sender.
+    fn later() -> (Dispatched, oneshot::Sender<Bytes>) {
+        let (tx, rx) = oneshot::channel::<Bytes>();
+        let reply = Reply::later(async move { rx.await.unwrap_or_default() });
+        (
+            Dispatched {
+                reply,
+                latency: None,
+            },
+            tx,
+        )
+    }
+
+    fn drained(queue: &mut ReplyQueue) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        queue.drain_ready(&mut out);
+        out.to_vec()
+    }
+
+    /// Runs `test` on a LocalSet with tokio's clock paused (the driver sleeps between retries).
+    async fn local(test: impl Future<Output = ()>) {
+        tokio::task::LocalSet::new().run_until(test).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_leave_in_command_order_whatever_order_they_complete_in() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let (first, first_tx) = in_flight(Resend::Safe);
+            let (second, second_tx) = later();
+            queue.push(first);
+            queue.push(second);
+            queue.push(ready(b"+third\r\n"));
+            assert_eq!(drained(&mut queue), b"");
+            // The second completes first: it waits for the head.
+            second_tx.send(Bytes::from_static(b"+second\r\n")).unwrap();
+            queue.progress().await;
+            assert_eq!(drained(&mut queue), b"");
+            assert_eq!(queue.len(), 3);
+            first_tx
+                .send(Ok(Bytes::from_static(b"+first\r\n")))
+                .unwrap();
+            assert_eq!(drained(&mut queue), b"+first\r\n+second\r\n+third\r\n");
+            assert!(queue.is_empty());
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_wakes_on_the_head_reply() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let (head, tx) = in_flight(Resend::Safe);
+            queue.push(head);
+            queue.push(ready(b"+next\r\n"));
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = tx.send(Ok(Bytes::from_static(b":1\r\n")));
+            });
+            queue.progress().await;
+            assert_eq!(drained(&mut queue), b":1\r\n+next\r\n");
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_is_not_final_goes_to_the_driver_and_keeps_its_place() {
+        local(async {
+            // No retry time: the driver gives the node's own answer back at once.
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let (head, head_tx) = in_flight(Resend::Safe);
+            let (second, second_tx) = in_flight(Resend::Safe);
+            queue.push(head);
+            queue.push(second);
+            second_tx.send(Ok(Bytes::from_static(b"+ok\r\n"))).unwrap();
+            head_tx
+                .send(Ok(Bytes::from_static(
+                    b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                )))
+                .unwrap();
+            assert_eq!(drained(&mut queue), b"");
+            queue.progress().await;
+            assert_eq!(
+                drained(&mut queue),
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n+ok\r\n".as_slice()
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_answers_an_error_in_its_place() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let (write, write_tx) = in_flight(Resend::Never);
+            queue.push(write);
+            queue.push(ready(b"+after\r\n"));
+            drop(write_tx); // the connection task ended with the request in it
+            queue.progress().await;
+            let expected = format!("-ERR {}\r\n+after\r\n", BackendError::closed());
+            assert_eq!(drained(&mut queue), expected.as_bytes());
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_commands_are_known_until_answered() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let (tx, rx) = oneshot::channel::<Bytes>();
+            queue.push(Dispatched {
+                reply: Reply::Parked(Box::pin(async move { rx.await.unwrap_or_default() })),
+                latency: None,
+            });
+            assert!(queue.has_parked());
+            tx.send(Bytes::from_static(b"*-1\r\n")).unwrap();
+            queue.progress().await;
+            assert_eq!(drained(&mut queue), b"*-1\r\n");
+            assert!(!queue.has_parked());
+        })
+        .await;
+    }
+}

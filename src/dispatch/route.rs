@@ -98,83 +98,132 @@ pub(crate) async fn drive<E: Exchange>(
     rules: Rules,
     first: Option<(ReplyResult, bool)>,
 ) -> Result<Bytes, ProxyError> {
-    let deadline = Instant::now() + worker.retry_deadline;
-    let topology = &worker.shared.topology;
-    let mut attempts = Attempts::default();
-    let mut backoff = FIRST_BACKOFF;
-    // Set by MOVED/ASK: the next attempt goes there instead of where the map says.
-    let mut redirect_to: Option<(NodeAddr, bool)> = None;
-    // Reads may go to replicas until one fails or is loading: then the primary serves.
-    let mut replica_ok = E::REPLICA_READS && rules.resend == Resend::Safe;
+    let mut driver = Driver::new(worker, rules, E::REPLICA_READS);
     let mut pending = first.map(|(outcome, on_replica)| {
-        attempts.on_replica = on_replica;
+        driver.attempts.on_replica = on_replica;
         outcome
     });
     loop {
         let outcome = match pending.take() {
             Some(outcome) => outcome,
             None => {
-                let (addr, asking) = match redirect_to.take() {
-                    Some(to) => {
-                        attempts.on_replica = false;
-                        to
-                    }
-                    None => match resolve(worker, &topology.map(), target, replica_ok) {
-                        Some((addr, on_replica)) => {
-                            attempts.on_replica = on_replica;
-                            (addr, false)
-                        }
-                        None => {
-                            topology.request_refresh();
-                            if !wait(&mut backoff, deadline).await {
-                                return Err(ProxyError::slot_not_served());
-                            }
-                            continue;
-                        }
-                    },
-                };
+                let (addr, asking) = driver.next_node(target).await?;
                 exchange.exchange(worker, &addr, asking).await
             }
         };
-        let next = match &outcome {
-            Ok(bytes) => decide(Outcome::Reply(bytes), &attempts, &rules),
+        let next = driver.decide(&outcome);
+        if let Some(done) = driver.follow(next, &outcome).await {
+            return done;
+        }
+    }
+}
+
+/// The state of one request between attempts.
+struct Driver<'w> {
+    worker: &'w Worker,
+    rules: Rules,
+    attempts: Attempts,
+    deadline: Instant,
+    backoff: Duration,
+    /// Set by MOVED/ASK: the next attempt goes there instead of where the map says.
+    redirect_to: Option<(NodeAddr, bool)>,
+    /// Reads may go to replicas until one fails or is loading: then the primary serves.
+    replica_ok: bool,
+}
+
+impl<'w> Driver<'w> {
+    fn new(worker: &'w Worker, rules: Rules, replica_reads: bool) -> Driver<'w> {
+        Driver {
+            worker,
+            rules,
+            attempts: Attempts::default(),
+            deadline: Instant::now() + worker.retry_deadline,
+            backoff: FIRST_BACKOFF,
+            redirect_to: None,
+            replica_ok: replica_reads && rules.resend == Resend::Safe,
+        }
+    }
+
+    /// The node of the next attempt (and whether to send `ASKING` first), waiting while no
+    /// node serves the target until the deadline.
+    async fn next_node(&mut self, target: &Target) -> Result<(NodeAddr, bool), ProxyError> {
+        if let Some(to) = self.redirect_to.take() {
+            self.attempts.on_replica = false;
+            return Ok(to);
+        }
+        let topology = &self.worker.shared.topology;
+        loop {
+            if let Some((addr, on_replica)) =
+                resolve(self.worker, &topology.map(), target, self.replica_ok)
+            {
+                self.attempts.on_replica = on_replica;
+                return Ok((addr, false));
+            }
+            topology.request_refresh();
+            if !wait(&mut self.backoff, self.deadline).await {
+                return Err(ProxyError::slot_not_served());
+            }
+        }
+    }
+
+    fn decide<'o>(&mut self, outcome: &'o ReplyResult) -> Next<'o> {
+        match outcome {
+            Ok(bytes) => decide(Outcome::Reply(bytes), &self.attempts, &self.rules),
             Err(error) => {
                 // Whatever follows, the map may be stale and replicas are out for this request.
-                record_failure(worker, error);
-                topology.request_refresh();
-                replica_ok = false;
-                decide(Outcome::Failed(error), &attempts, &rules)
+                record_failure(self.worker, error);
+                self.worker.shared.topology.request_refresh();
+                self.replica_ok = false;
+                decide(Outcome::Failed(error), &self.attempts, &self.rules)
             }
-        };
-        record(worker, &next);
+        }
+    }
+
+    /// Carries out `next`; the request's result when it is over.
+    async fn follow(
+        &mut self,
+        next: Next<'_>,
+        outcome: &ReplyResult,
+    ) -> Option<Result<Bytes, ProxyError>> {
+        record(self.worker, &next);
+        let topology = &self.worker.shared.topology;
         match next {
-            Next::Final => return outcome.map_err(|e| ProxyError::backend(&e)),
+            Next::Final => return Some(final_result(outcome)),
             Next::Moved { slot, to } => {
-                attempts.redirects += 1;
+                self.attempts.redirects += 1;
                 topology.apply_moved(slot, to);
                 topology.request_refresh();
-                redirect_to = Some((NodeAddr::from(to), false));
+                self.redirect_to = Some((NodeAddr::from(to), false));
             }
             Next::Ask { to } => {
-                attempts.redirects += 1;
-                redirect_to = Some((NodeAddr::from(to), true));
+                self.attempts.redirects += 1;
+                self.redirect_to = Some((NodeAddr::from(to), true));
             }
             // The primary serves it now, no need to wait.
-            Next::ToPrimary => replica_ok = false,
+            Next::ToPrimary => self.replica_ok = false,
             Next::Retry { kind, refresh } => {
                 if refresh {
                     topology.request_refresh();
                 }
                 if kind == RetryKind::Reconnect {
-                    attempts.reconnects += 1;
+                    self.attempts.reconnects += 1;
                 }
-                if !wait(&mut backoff, deadline).await {
+                if !wait(&mut self.backoff, self.deadline).await {
                     // Out of time: the cluster's own answer (or the failure) is the clearest.
-                    return outcome.map_err(|e| ProxyError::backend(&e));
+                    return Some(final_result(outcome));
                 }
             }
-            Next::Fail(error) => return Err(error),
+            Next::Fail(error) => return Some(Err(error)),
         }
+        None
+    }
+}
+
+/// An outcome as the request's result: the reply, or the failure as an error.
+fn final_result(outcome: &ReplyResult) -> Result<Bytes, ProxyError> {
+    match outcome {
+        Ok(bytes) => Ok(bytes.clone()),
+        Err(error) => Err(ProxyError::backend(error)),
     }
 }
 
@@ -228,6 +277,22 @@ pub enum Settled {
 }
 
 impl InFlight {
+    /// A request in flight whose reply comes from `reply`, for unit tests of the reply queue.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        reply: oneshot::Receiver<ReplyResult>,
+        target: Target,
+        resend: Resend,
+    ) -> InFlight {
+        InFlight {
+            reply,
+            payload: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+            target,
+            resend,
+            on_replica: false,
+        }
+    }
+
     /// Waits for the reply. Cancel safety: safe; the outcome is settled as soon as it is taken.
     pub fn poll_settle(&mut self, cx: &mut Context<'_>, worker: &Rc<Worker>) -> Poll<Settled> {
         Pin::new(&mut self.reply).poll(cx).map(|outcome| {

@@ -156,3 +156,20 @@ impl Worker {
         }
     }
 }
+
+/// A worker over a cluster it never reaches, for unit tests of what sits above the backend
+/// (nothing connects until a request is sent). `retry_deadline`: how long the driver may retry.
+#[cfg(test)]
+pub(crate) fn test_worker(retry_deadline: Duration) -> Rc<Worker> {
+    use crate::backend::connect::Credentials;
+    use crate::cluster::refresh::Topology;
+    let mut config = crate::config::Config::default();
+    config.backend.retry_deadline = retry_deadline;
+    let topology = Arc::new(Topology::new(
+        Vec::new(),
+        Credentials::default(),
+        Duration::from_millis(10),
+    ));
+    let shared = Arc::new(Shared::new(config, topology, 1, Default::default()));
+    Worker::new(shared)
+}
