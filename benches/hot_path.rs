@@ -1,11 +1,14 @@
-//! Hot-path micro-benchmarks for the codec and the command table: request decoding, reply
-//! framing, and command lookup plus key extraction. Sizes follow STYLE.md §12 (short keys,
+//! Hot-path micro-benchmarks for the codec, the command table and planning: request decoding,
+//! reply framing, command lookup plus key extraction, and the plan of a command. Sizes follow STYLE.md §12 (short keys,
 //! ~100-byte values). Compare numbers only across runs on the same machine.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use slotproxy::cluster::Slot;
+use slotproxy::backend::NodeAddr;
+use slotproxy::cluster::slot_map::Shard;
+use slotproxy::cluster::{Slot, SlotMap};
 use slotproxy::command::CommandTable;
+use slotproxy::dispatch::plan::{plan, Allowed};
 use slotproxy::dispatch::{merge, split::split_by_slot};
 use slotproxy::resp::{Command, ReplyScanner, RequestDecoder, RequestLimits};
 
@@ -125,8 +128,50 @@ fn mget_split_and_merge(c: &mut Criterion) {
     group.finish();
 }
 
+/// Lookup, then the plan (route, keys, slot, CROSSSLOT check) against a three-shard map: the
+/// whole decision dispatch makes per command before anything is sent.
+fn planning(c: &mut Criterion) {
+    let table = CommandTable::builtin();
+    let shard = |port: u16| Shard {
+        primary: NodeAddr::from(format!("127.0.0.1:{port}")),
+        primary_id: None,
+        replicas: vec![],
+    };
+    let map = SlotMap::from_ranges(vec![
+        (0, 5460, shard(7000)),
+        (5461, 10922, shard(7001)),
+        (10923, 16383, shard(7002)),
+    ]);
+    let allowed = Allowed {
+        admin_commands: false,
+    };
+    let value = "v".repeat(64);
+    let mut mget_args = vec!["MGET".to_string()];
+    mget_args.extend((0..10).map(|i| format!("user:{i}:profile")));
+    let commands = [
+        ("get", Command::from_args(&["GET", "user:1000:profile"])),
+        (
+            "set",
+            Command::from_args(&["SET", "user:1000:profile", value.as_str()]),
+        ),
+        ("ping", Command::from_args(&["PING"])),
+        ("mget_10_slots", Command::from_args(&mget_args)),
+    ];
+    let mut group = c.benchmark_group("plan");
+    for (name, cmd) in &commands {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let spec = table.lookup(black_box(cmd)).expect("in the table");
+                black_box(plan(spec, cmd, allowed, &map))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    planning,
     decode_pipeline,
     scan_replies,
     lookup_and_keys,
