@@ -8,7 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::raw::{RawClient, Reply};
-use common::{local_keyslot, shared, start_proxy, unique_prefix, Cluster, CLUSTER_DEADLINE};
+use common::{
+    local_keyslot, shared, start_proxy, start_proxy_configured, unique_prefix, Cluster,
+    CLUSTER_DEADLINE,
+};
 
 fn bulk(s: &str) -> Reply {
     Reply::Bulk(Some(s.as_bytes().to_vec()))
@@ -187,5 +190,34 @@ fn shard_subscriptions_survive_a_failover_and_a_killed_node() {
     // subscribed again there.
     let owner = cluster.primary_for_slot(slot);
     cluster.kill(owner);
+    publish_until_received(&mut publisher, &mut sub, &channel);
+}
+
+#[test]
+fn a_shard_subscription_refused_with_moved_follows_the_slot() {
+    let cluster = Cluster::start(3, 0);
+    // No periodic refresh during the test: the proxy's map stays stale until a node says so.
+    let proxy = start_proxy_configured(vec![cluster.seed_url()], |config| {
+        config.cluster.refresh_interval = Duration::from_secs(600);
+    });
+    let p = unique_prefix("smoved");
+    let channel = format!("{p}:ch");
+    let slot = local_keyslot(channel.as_bytes());
+    let mut sub = RawClient::connect(proxy.local_addr());
+    let mut publisher = RawClient::connect(proxy.local_addr());
+    assert_eq!(sub.call(&["PING"]), Reply::Simple("PONG".into()));
+    // The slot moves behind the proxy's back: its SSUBSCRIBE goes to the old owner, which
+    // answers MOVED.
+    let owner = cluster.primary_for_slot(slot);
+    let other = cluster
+        .primaries()
+        .into_iter()
+        .find(|&p| p != owner)
+        .expect("another primary");
+    cluster.migrate_slot(slot, other);
+    assert_eq!(
+        sub.call(&["SSUBSCRIBE", &channel]),
+        confirmation("ssubscribe", &channel, 1)
+    );
     publish_until_received(&mut publisher, &mut sub, &channel);
 }

@@ -15,10 +15,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
+use super::route;
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::connect::Credentials;
 use crate::backend::NodeAddr;
+use crate::cluster::redirect;
 use crate::cluster::{Slot, SlotMap};
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
 
@@ -49,6 +52,9 @@ enum Event {
     Message(Bytes),
     /// The node dropped a shard channel on its own (its slot moved away).
     ShardDropped(Bytes),
+    /// A (un)subscribe was refused with a redirect or retry error (a shard channel's slot
+    /// moved, is migrating, or the cluster is down), on this connection.
+    Refused(ConnKey, Bytes),
     /// The connection to this node is gone (the global one when `None`).
     Lost(Option<NodeAddr>),
     /// Time to subscribe again what a lost connection or a moved slot took away.
@@ -245,6 +251,46 @@ impl Subscriptions {
                 }
             }
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
+            Event::Refused(key, reply) => self.refused(worker, key, &reply),
+        }
+    }
+
+    /// A subscription the node refused, decided as any request's reply is: after a MOVED the
+    /// map is patched and that slot's shard channels are subscribed at the new owner at once;
+    /// anything else (ASK during a migration, TRYAGAIN, CLUSTERDOWN, LOADING) is tried again
+    /// after a pause, when the slot has settled.
+    fn refused(&mut self, worker: &Worker, key: ConnKey, reply: &Bytes) {
+        // A subscription is one connection's state: ASKING would place it on a node that
+        // forgets it when the migration ends, so a migrating slot is waited for.
+        let rules = Rules {
+            can_ask: false,
+            ..route::rules(worker, Resend::Safe)
+        };
+        let next = decide(Outcome::Reply(reply), &Attempts::default(), &rules);
+        route::record(worker, &next);
+        let topology = &worker.shared.topology;
+        match next {
+            Next::Moved { slot, to } => {
+                topology.apply_moved(slot, to);
+                topology.request_refresh();
+                let map = topology.map();
+                let moved: Vec<Bytes> = self
+                    .shard_channels
+                    .iter()
+                    .filter(|c| Slot::of(c) == slot)
+                    .cloned()
+                    .collect();
+                for channel in moved {
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
+                }
+            }
+            Next::Retry { refresh, .. } => {
+                if refresh {
+                    topology.request_refresh();
+                }
+                self.retry_later(Retry::Conn(key));
+            }
+            Next::Final | Next::Ask { .. } | Next::ToPrimary | Next::Fail(_) => {}
         }
     }
 
@@ -367,7 +413,7 @@ async fn run_connection(
         loop {
             while let Ok(Some(len)) = scanner.scan(&buf) {
                 let reply = buf.split_to(len).freeze();
-                if let Some(event) = classify(reply) {
+                if let Some(event) = classify(reply, &key) {
                     if events.send(event).is_err() {
                         return;
                     }
@@ -389,8 +435,12 @@ async fn run_connection(
 }
 
 /// Messages are forwarded; the node's own confirmations are dropped (the proxy answers them);
-/// a `sunsubscribe` is reported, since the node also sends one when the slot moves away.
-fn classify(reply: Bytes) -> Option<Event> {
+/// a `sunsubscribe` is reported, since the node also sends one when the slot moves away; so is
+/// a redirect or retry error (other errors, like a confirmation, say nothing new).
+fn classify(reply: Bytes, key: &ConnKey) -> Option<Event> {
+    if redirect::classify(&reply).is_some() {
+        return Some(Event::Refused(key.clone(), reply));
+    }
     let (value, _) = Value::parse(&reply).ok()??;
     let kind = value.as_array()?.first()?.as_bytes()?.to_ascii_lowercase();
     match kind.as_slice() {

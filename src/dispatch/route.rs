@@ -228,7 +228,7 @@ fn final_result(outcome: &ReplyResult) -> Result<Bytes, ProxyError> {
 }
 
 /// Counts what the driver does, in the same way for every kind of request.
-fn record(worker: &Worker, next: &Next) {
+pub(crate) fn record(worker: &Worker, next: &Next) {
     let counters = &worker.shared.counters;
     match next {
         Next::Moved { .. } => {
