@@ -42,6 +42,19 @@ impl BackendError {
         )
     }
 
+    /// The node it concerns, as the error names it (empty when unknown).
+    pub fn addr(&self) -> &str {
+        match self {
+            Self::Connect { addr, .. }
+            | Self::Unreachable { addr, .. }
+            | Self::Auth { addr, .. }
+            | Self::NotSent { addr }
+            | Self::Lost { addr }
+            | Self::Timeout { addr, .. }
+            | Self::Protocol { addr, .. } => addr,
+        }
+    }
+
     /// Short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

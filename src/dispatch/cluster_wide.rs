@@ -12,20 +12,27 @@ use super::reply;
 use super::route::{execute, Resend, Target};
 use super::worker::Worker;
 use crate::cluster::slot::pattern_slot;
+use crate::cluster::SlotMap;
 use crate::resp::{encode, Command, ReplyScanner};
 
 pub use crate::command::route::Merge;
 
-/// Every primary of the current map, as targets.
-pub fn primaries(worker: &Worker) -> Vec<Target> {
-    worker
-        .shared
-        .topology
-        .map()
-        .shards()
+/// Every primary of `map`, as targets.
+pub fn primaries_of(map: &SlotMap) -> Vec<Target> {
+    map.shards()
         .iter()
         .map(|s| Target::Node(s.primary.clone()))
         .collect()
+}
+
+/// Every node of `map`, replicas included (server configuration changes), as targets.
+pub fn nodes_of(map: &SlotMap) -> Vec<Target> {
+    map.nodes().into_iter().map(Target::Node).collect()
+}
+
+/// Every primary of the current map, as targets.
+pub fn primaries(worker: &Worker) -> Vec<Target> {
+    primaries_of(&worker.shared.topology.map())
 }
 
 /// Sends `payload` to every primary and merges the replies.
@@ -34,25 +41,8 @@ pub async fn broadcast(worker: Rc<Worker>, payload: Bytes, merge: Merge, resend:
     broadcast_to(worker, payload, targets, merge, resend).await
 }
 
-/// Sends `payload` to every node, replicas included (server configuration changes).
-pub async fn broadcast_all_nodes(
-    worker: Rc<Worker>,
-    payload: Bytes,
-    merge: Merge,
-    resend: Resend,
-) -> Bytes {
-    let targets = worker
-        .shared
-        .topology
-        .map()
-        .nodes()
-        .into_iter()
-        .map(Target::Node)
-        .collect();
-    broadcast_to(worker, payload, targets, merge, resend).await
-}
-
-async fn broadcast_to(
+/// Sends `payload` to each of `targets` and merges the replies.
+pub async fn broadcast_to(
     worker: Rc<Worker>,
     payload: Bytes,
     targets: Vec<Target>,

@@ -182,9 +182,20 @@ impl ProxyError {
         )
     }
 
-    /// A failed round trip to `node`.
+    /// A failed round trip to a node.
     pub fn backend(error: &BackendError) -> ProxyError {
-        ProxyError::new(ErrorKind::Backend(error.kind()), format!("ERR {error}"))
+        let mut proxy_error =
+            ProxyError::new(ErrorKind::Backend(error.kind()), format!("ERR {error}"));
+        // A real address (`host:port`), not a placeholder for an unknown one.
+        if error.addr().contains(':') {
+            proxy_error.node = Some(NodeAddr::from(error.addr()));
+        }
+        proxy_error
+    }
+
+    /// The Redis error code: the message's first word (`ERR`, `CROSSSLOT`, `NOAUTH`...).
+    pub fn code(&self) -> &str {
+        self.message.split(' ').next().unwrap_or_default()
     }
 
     /// Whose fault it is.
@@ -344,9 +355,23 @@ mod tests {
                 assert!(METRIC_KINDS.contains(&label), "{label} is registered");
             }
             assert_eq!(error.to_reply(), reply.as_bytes(), "{error:?}");
+            assert!(reply[1..].starts_with(error.code()), "{error:?}");
             assert_eq!(error.fault(), fault, "{error:?}");
             assert_eq!(error.metric_kind(), label, "{error:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_round_trip_names_its_node() {
+        let lost = BackendError::Lost {
+            addr: "127.0.0.1:7000".into(),
+        };
+        assert_eq!(
+            ProxyError::backend(&lost).node,
+            Some(NodeAddr::from("127.0.0.1:7000"))
+        );
+        assert_eq!(ProxyError::backend(&BackendError::closed()).node, None);
+        assert_eq!(ProxyError::cross_slot().code(), "CROSSSLOT");
     }
 
     #[test]

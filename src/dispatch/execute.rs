@@ -39,13 +39,16 @@ pub fn execute(
             parts,
             resend,
         } => split(worker, client, map, kind, parts, resend),
-        Plan::Broadcast { merge, resend } => broadcast(worker, cmd, merge, resend),
-        Plan::EveryNode => Reply::later(cluster_wide::broadcast_all_nodes(
-            worker.clone(),
-            cmd.into_raw(),
+        Plan::Broadcast { merge, resend } => {
+            broadcast(worker, cmd, cluster_wide::primaries_of(map), merge, resend)
+        }
+        Plan::EveryNode => broadcast(
+            worker,
+            cmd,
+            cluster_wide::nodes_of(map),
             Merge::AllOk,
             Resend::Never,
-        )),
+        ),
         Plan::Walk(walk) => {
             use crate::command::route::Walk;
             let worker = worker.clone();
@@ -55,7 +58,7 @@ pub fn execute(
                 Walk::RandomKey => Reply::later(cluster_wide::random_key(worker, cmd)),
             }
         }
-        Plan::Info => info(worker, cmd),
+        Plan::Info => info(worker, cluster_wide::primaries_of(map), cmd),
         Plan::Blocking { target, write } => {
             if write {
                 client.writes.note_elsewhere();
@@ -71,7 +74,8 @@ pub fn execute(
             if let Some(body) = cmd.arg(2) {
                 worker.shared.scripts.remember(body);
             }
-            broadcast(worker, cmd, Merge::Same, Resend::Safe)
+            let primaries = cluster_wide::primaries_of(map);
+            broadcast(worker, cmd, primaries, Merge::Same, Resend::Safe)
         }
         Plan::Eval(send) => {
             if let Some(body) = cmd.arg(1) {
@@ -210,10 +214,18 @@ fn split(
     })
 }
 
-fn broadcast(worker: &Rc<Worker>, cmd: Command, merge: Merge, resend: Resend) -> Reply {
-    Reply::later(cluster_wide::broadcast(
+/// To each of `targets` (from the command's snapshot), merged.
+fn broadcast(
+    worker: &Rc<Worker>,
+    cmd: Command,
+    targets: Vec<Target>,
+    merge: Merge,
+    resend: Resend,
+) -> Reply {
+    Reply::later(cluster_wide::broadcast_to(
         worker.clone(),
         cmd.into_raw(),
+        targets,
         merge,
         resend,
     ))
@@ -254,14 +266,13 @@ fn subscriptions(client: &mut ClientState) -> &mut super::pubsub::Subscriptions 
     subs
 }
 
-fn info(worker: &Rc<Worker>, cmd: Command) -> Reply {
+fn info(worker: &Rc<Worker>, targets: Vec<Target>, cmd: Command) -> Reply {
     if local::only_proxy_section(&cmd) {
         return reply::bulk(local::proxy_info(worker).as_bytes()).into();
     }
     let wants_proxy = local::wants_proxy_section(&cmd);
     let worker = worker.clone();
     Reply::later(async move {
-        let targets = cluster_wide::primaries(&worker);
         let answers = futures_util::future::join_all(
             targets
                 .into_iter()
