@@ -6,11 +6,13 @@
 //! keeps reading while its writes wait, up to `max_pipeline_depth` commands in flight.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::io::ClientStream;
@@ -69,47 +71,18 @@ async fn run<S: ClientStream>(
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
     let mut input_done = false;
-    // Idle timeout: one timer, moved on only when it fires (not on every read).
-    let mut last_active = Instant::now();
-    let idle = tokio::time::sleep(IDLE_TIMER_OFF);
-    tokio::pin!(idle);
-    let mut idle_timeout = None;
+    let mut idle = Idle::default();
+    let idle_timer = tokio::time::sleep(IDLE_TIMER_OFF);
+    tokio::pin!(idle_timer);
     loop {
         // The limits may change with a reload (SIGHUP): read them as the client goes.
-        let (output_limit, limits_idle_timeout) = {
+        let (output_limit, idle_timeout) = {
             let limits = worker.shared.client_limits.load();
             (limits.output_limit, limits.idle_timeout)
         };
-        if limits_idle_timeout != idle_timeout {
-            idle_timeout = limits_idle_timeout;
-            let deadline = match idle_timeout {
-                Some(limit) => last_active + limit,
-                None => Instant::now() + IDLE_TIMER_OFF,
-            };
-            idle.as_mut().reset(deadline.into());
-        }
-        // Decode and dispatch everything complete, as long as the pipeline has room.
-        let mut arrived = None;
-        while !input_done && pending.len() < worker.max_pipeline_depth {
-            match decoder.decode(&mut input) {
-                Ok(Some(command)) => {
-                    pending.push(dispatch(
-                        worker.speaking_to(client.protocol),
-                        client,
-                        command,
-                        &mut arrived,
-                    ));
-                    if client.closing {
-                        input_done = true;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    // Like Redis: report the protocol error, then close this connection only.
-                    pending.push(Dispatched::untimed(ProxyError::protocol(&error).answer()));
-                    input_done = true;
-                }
-            }
+        idle.follow(idle_timeout, idle_timer.as_mut());
+        if !input_done {
+            input_done = dispatch_decoded(worker, client, &mut decoder, &mut input, &mut pending);
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
@@ -145,17 +118,8 @@ async fn run<S: ClientStream>(
             _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
             ready = stream.writable(), if !output.is_empty() => {
                 ready?;
-                match stream.try_write(&output) {
-                    Ok(n) => {
-                        bytes_out.increment(n as u64);
-                        output.advance(n);
-                        if output.is_empty() && (pending.is_empty() || output.capacity() > KEEP_BUFFER) {
-                            output = BytesMut::new();
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+                let n = write_some(&stream, &mut output, pending.is_empty())?;
+                bytes_out.increment(n as u64);
             }
             ready = stream.readable(), if can_read => {
                 ready?;
@@ -167,32 +131,135 @@ async fn run<S: ClientStream>(
                     Ok(0) => input_done = true,
                     Ok(n) => {
                         bytes_in.increment(n as u64);
-                        if idle_timeout.is_some() {
-                            last_active = Instant::now();
-                        }
+                        idle.touch();
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
             _ = shutdown.cancelled(), if !input_done => input_done = true,
-            () = &mut idle, if idle_timeout.is_some() => {
-                let limit = idle_timeout.unwrap_or_default();
+            () = &mut idle_timer, if idle.is_on() => {
                 // As in Redis: clients waiting on a blocking command, subscribed, or in a
                 // transaction are not idle.
                 let busy = !pending.is_empty()
                     || !output.is_empty()
                     || client.subs.is_some()
                     || client.tx.in_multi();
-                if busy {
-                    last_active = Instant::now();
-                } else if last_active.elapsed() >= limit {
+                if idle.expired(busy, idle_timer.as_mut()) {
                     tracing::debug!(client = client.id, "closing an idle client (client_idle_timeout)");
                     return Ok(());
                 }
-                idle.as_mut().reset((last_active + limit).into());
             }
         }
+    }
+}
+
+/// Decodes and dispatches every complete command in `input`, in arrival order, as long as the
+/// pipeline has room. Returns whether input is over (QUIT, or a protocol error, which Redis
+/// reports and then closes that connection only).
+fn dispatch_decoded(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    decoder: &mut RequestDecoder,
+    input: &mut BytesMut,
+    pending: &mut ReplyQueue,
+) -> bool {
+    // One clock read for the latency of every command of this read.
+    let mut arrived = None;
+    while pending.len() < worker.max_pipeline_depth {
+        match decoder.decode(input) {
+            Ok(Some(command)) => {
+                pending.push(dispatch(
+                    worker.speaking_to(client.protocol),
+                    client,
+                    command,
+                    &mut arrived,
+                ));
+                if client.closing {
+                    return true;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                pending.push(Dispatched::untimed(ProxyError::protocol(&error).answer()));
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Writes what the socket takes of `output` now; the number of bytes written. An emptied
+/// buffer that grew large, or whose client has nothing more owed, is given back.
+fn write_some<S: ClientStream>(
+    stream: &S,
+    output: &mut BytesMut,
+    nothing_owed: bool,
+) -> std::io::Result<usize> {
+    match stream.try_write(output) {
+        Ok(n) => {
+            output.advance(n);
+            if output.is_empty() && (nothing_owed || output.capacity() > KEEP_BUFFER) {
+                *output = BytesMut::new();
+            }
+            Ok(n)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The idle timeout of one client: one timer, moved on only when it fires (not on every read).
+struct Idle {
+    limit: Option<Duration>,
+    last_active: Instant,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle {
+            limit: None,
+            last_active: Instant::now(),
+        }
+    }
+}
+
+impl Idle {
+    fn is_on(&self) -> bool {
+        self.limit.is_some()
+    }
+
+    /// Follows the configured limit (a reload may change it).
+    fn follow(&mut self, limit: Option<Duration>, timer: Pin<&mut Sleep>) {
+        if limit == self.limit {
+            return;
+        }
+        self.limit = limit;
+        let deadline = match limit {
+            Some(limit) => self.last_active + limit,
+            None => Instant::now() + IDLE_TIMER_OFF,
+        };
+        timer.reset(deadline.into());
+    }
+
+    /// The client sent something.
+    fn touch(&mut self) {
+        if self.limit.is_some() {
+            self.last_active = Instant::now();
+        }
+    }
+
+    /// The timer fired: whether the client has been idle past the limit (a `busy` client is
+    /// active now); otherwise the timer is set for the new deadline.
+    fn expired(&mut self, busy: bool, timer: Pin<&mut Sleep>) -> bool {
+        let limit = self.limit.unwrap_or_default();
+        if busy {
+            self.last_active = Instant::now();
+        } else if self.last_active.elapsed() >= limit {
+            return true;
+        }
+        timer.reset((self.last_active + limit).into());
+        false
     }
 }
 
