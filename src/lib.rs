@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::connect::{query, Credentials};
-use crate::cluster::refresh::Topology;
+use crate::cluster::topology::Topology;
 use crate::command::CommandTable;
 pub use crate::config::Config;
 pub use crate::reload::{ReloadReport, Reloader};

@@ -332,7 +332,7 @@ mod tests {
 
     /// A proxy's shared state as `Proxy::start` builds it, without starting anything.
     fn running(config: &Config) -> Reloader {
-        let topology = crate::cluster::refresh::Topology::new(
+        let topology = crate::cluster::topology::Topology::new(
             vec!["a:1".into()],
             crate::backend::connect::Credentials::default(),
             Duration::from_secs(1),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Users;
-use crate::cluster::refresh::Topology;
+use crate::cluster::topology::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;

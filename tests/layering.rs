@@ -49,7 +49,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level module a file belongs to (`src/dispatch/route.rs` → `dispatch`).
+/// The top-level module a file belongs to (`src/dispatch/driver.rs` → `dispatch`).
 fn module_of(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).expect("file under src");
     let first = relative

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cluster::refresh::{BackendStatus, NodeFailure};
 use crate::cluster::slot_map::{NodeInfo, Role};
+use crate::cluster::topology::{BackendStatus, NodeFailure};
 use crate::cluster::SlotMap;
 
 /// Everything a view may show, read once per request.

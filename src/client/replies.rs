@@ -220,7 +220,7 @@ mod tests {
 
     use super::*;
     use crate::backend::BackendError;
-    use crate::dispatch::route::{Resend, Target};
+    use crate::dispatch::driver::{Resend, Target};
     use crate::dispatch::worker::test_worker;
 
     fn ready(bytes: &'static [u8]) -> Dispatched {

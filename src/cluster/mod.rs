@@ -1,7 +1,7 @@
 //! What the proxy knows about the cluster: slots, the slot → node map, and how it is kept fresh.
 
 pub mod redirect;
-pub mod refresh;
+pub mod shards_reply;
 pub mod slot;
 pub mod slot_map;
 pub mod topology;

@@ -1,368 +1,491 @@
-//! Turning `CLUSTER SHARDS` (Redis 7) or `CLUSTER SLOTS` replies into a [`SlotMap`].
+//! The shared, atomically swapped slot map and the task that keeps it fresh.
+//!
+//! One refresher per proxy: it runs periodically and when asked (after a MOVED or a lost
+//! connection). Asks coalesce into one refresh (single flight) and refreshes are spaced by a
+//! minimum interval (debounce), so a burst of MOVED replies costs one round of queries.
+//! Every known node is a candidate, not only the seeds, so losing the seed node is survived.
+//!
+//! Along the way it records what it learned about reaching nodes ([`BackendStatus`]): which
+//! nodes failed to answer and whether authentication was refused, so that `/readyz` can say
+//! why the proxy is not ready. It does not probe nodes on its own beyond that, except to
+//! recheck a primary it found unreachable before (so the mark is lifted once it is back).
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::slot_map::{NodeAddr, NodeInfo, Role, Shard, SlotMap};
-use super::SLOT_COUNT;
-use crate::backend::addr::host_of;
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::shards_reply::{announced_hostnames, parse_shards, parse_slots};
+use super::slot_map::{NodeAddr, SlotMap};
+use super::Slot;
+use crate::backend::connect::query;
+use crate::backend::connect::Credentials;
+use crate::backend::BackendError;
 use crate::resp::Value;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TopologyError {
-    #[error("unexpected {command} reply from {node}: {detail}")]
-    BadReply {
-        command: &'static str,
-        node: String,
-        detail: &'static str,
-    },
+/// A node the refresher could not use, and the error it got (a Redis error text or a
+/// connection error; never a password, which Redis does not echo).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFailure {
+    pub node: NodeAddr,
+    pub error: String,
 }
 
-/// Formats `host:port`, bracketing IPv6 literals.
-pub fn node_addr(host: &str, port: i64) -> NodeAddr {
-    if host.contains(':') && !host.starts_with('[') {
-        NodeAddr::from(format!("[{host}]:{port}"))
-    } else {
-        NodeAddr::from(format!("{host}:{port}"))
+/// What the refresher knows about reaching the nodes, as of its last refresh.
+#[derive(Clone, Debug, Default)]
+pub struct BackendStatus {
+    /// Set when a node refused the proxy's credentials (`WRONGPASS`, `NOAUTH`, ...) in the
+    /// last refresh; cleared once a node accepts them.
+    pub auth_failure: Option<NodeFailure>,
+    /// Nodes whose last query failed at the connection level (refused, timed out, lost);
+    /// a node leaves the list when it answers again or leaves the topology.
+    pub unreachable: Vec<NodeFailure>,
+}
+
+impl BackendStatus {
+    /// The error of `node`'s last failed query, if it is marked unreachable.
+    pub fn unreachable_error(&self, node: &str) -> Option<&str> {
+        self.unreachable
+            .iter()
+            .find(|f| &*f.node == node)
+            .map(|f| f.error.as_str())
     }
 }
 
-/// Resolves an announced endpoint: NULL and `""` mean "the host you asked", `"?"` an unknown node.
-fn endpoint(value: Option<&Value>, asked_host: &str) -> Option<String> {
-    match value {
-        None | Some(Value::Nil) => Some(asked_host.to_string()),
-        Some(v) => match v.as_str() {
-            Some("") => Some(asked_host.to_string()),
-            Some("?") => None,
-            Some(s) => Some(s.to_string()),
-            None => None,
-        },
+/// Why one node gave no topology.
+enum AskError {
+    /// The node refused the credentials: no other node will accept them either, most likely.
+    Auth(String),
+    /// The node could not be reached or did not answer in time.
+    Unreachable(String),
+    /// It answered, but not with a usable topology.
+    Other(String),
+}
+
+impl From<BackendError> for AskError {
+    fn from(error: BackendError) -> AskError {
+        match error {
+            BackendError::Auth { reason, .. } => AskError::Auth(reason),
+            BackendError::Protocol { .. } => AskError::Other(error.to_string()),
+            other => AskError::Unreachable(other.to_string()),
+        }
     }
 }
 
-/// The address to reach a `CLUSTER SHARDS` node entry at. A node may announce a plain `port`
-/// and a `tls-port`; `tls` picks the one the proxy speaks, falling back to the other (a
-/// cluster with `--port 0` lists only `tls-port`).
-fn shard_node_addr(node: &Value, asked_host: &str, tls: bool) -> Option<NodeAddr> {
-    let (first, second) = if tls {
-        ("tls-port", "port")
-    } else {
-        ("port", "tls-port")
-    };
-    let port = node
-        .field(first)
-        .and_then(Value::as_int)
-        .or_else(|| node.field(second).and_then(Value::as_int))?;
-    let host = endpoint(node.field("endpoint"), asked_host)?;
-    Some(node_addr(&host, port))
+/// A Redis error reply that means "who are you?": the credentials are wrong or missing.
+fn is_auth_error(text: &[u8]) -> bool {
+    text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS")
 }
 
-/// Node address → the hostname it announces (`cluster-announce-hostname`), from a
-/// `CLUSTER SHARDS` reply: the name its TLS certificate is checked against.
-pub fn announced_hostnames(reply: &Value, asked: &str, tls: bool) -> HashMap<String, String> {
-    let asked_host = host_of(asked);
-    let nodes = reply
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|shard| shard.field("nodes").and_then(Value::as_array))
-        .flatten();
-    nodes
-        .filter_map(|node| {
-            let hostname = node.field("hostname").and_then(Value::as_str)?;
-            let addr = shard_node_addr(node, asked_host, tls)?;
-            (!hostname.is_empty()).then(|| (addr.to_string(), hostname.to_string()))
-        })
-        .collect()
+/// What one refresh learned, applied to [`BackendStatus`] at its end.
+#[derive(Default)]
+struct Round {
+    answered: Vec<NodeAddr>,
+    unreachable: Vec<NodeFailure>,
+    auth_failure: Option<NodeFailure>,
 }
 
-/// Parses a `CLUSTER SHARDS` reply (`tls`: the proxy reaches nodes on their `tls-port`).
-/// Nodes reported as `failed` are left out of the replica lists; a shard whose primary is
-/// failed keeps its slots (they are still its until a failover), so requests for them fail
-/// fast instead of being sent elsewhere.
-///
-/// A replica whose replication offset is more than `max_replica_lag` bytes behind its
-/// primary's is left out of the replica lists too (0: no limit), so replica reads don't serve
-/// data that far behind; it is back once it catches up, at a later refresh. The offsets are
-/// the answering node's view (its own exact, the others' from gossip, about a second old).
-pub fn parse_shards(
-    reply: &Value,
-    asked: &str,
-    tls: bool,
-    max_replica_lag: u64,
-) -> Result<SlotMap, TopologyError> {
-    let bad = |detail| TopologyError::BadReply {
-        command: "CLUSTER SHARDS",
-        node: asked.to_string(),
-        detail,
-    };
-    let asked_host = host_of(asked);
-    let shards = reply.as_array().ok_or_else(|| bad("not an array"))?;
-    let mut ranges = Vec::new();
-    let mut node_info = Vec::new();
-    for shard in shards {
-        let slots = shard
-            .field("slots")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("shard without slots"))?;
-        let nodes = shard
-            .field("nodes")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("shard without nodes"))?;
-        let mut primary = None;
-        let mut replicas = Vec::new();
-        let listed = node_info.len();
-        for node in nodes {
-            let Some(addr) = shard_node_addr(node, asked_host, tls) else {
-                continue;
-            };
-            let role = node.field("role").and_then(Value::as_str).unwrap_or("");
-            let health = node
-                .field("health")
-                .and_then(Value::as_str)
-                .unwrap_or("online");
-            let id = node.field("id").and_then(Value::as_str).map(str::to_string);
-            let offset = node.field("replication-offset").and_then(Value::as_int);
-            node_info.push(NodeInfo {
-                addr: addr.clone(),
-                id: id.clone(),
-                role: if role == "master" {
-                    Role::Primary
-                } else {
-                    Role::Replica
-                },
-                primary: None,
-                health: Some(health.to_string()),
-            });
-            if role == "master" {
-                // A failed former primary may still be listed as a master after its replica
-                // took over: the healthy one wins.
-                let healthy = health == "online";
-                if primary
-                    .as_ref()
-                    .is_none_or(|(_, _, was_healthy, _)| healthy && !was_healthy)
-                {
-                    primary = Some((addr, id, healthy, offset));
+impl Round {
+    fn note(&mut self, node: &NodeAddr, error: AskError) {
+        match error {
+            AskError::Auth(error) => {
+                tracing::debug!(%node, %error, "authentication refused");
+                if self.auth_failure.is_none() {
+                    self.auth_failure = Some(NodeFailure {
+                        node: node.clone(),
+                        error,
+                    });
                 }
-            } else if health == "online" {
-                replicas.push((addr, offset));
+            }
+            AskError::Unreachable(error) => {
+                tracing::debug!(%node, %error, "topology query failed");
+                self.unreachable.push(NodeFailure {
+                    node: node.clone(),
+                    error,
+                });
+            }
+            AskError::Other(error) => {
+                // It answered: reachable, and the credentials (if any) were accepted.
+                tracing::debug!(%node, %error, "topology query failed");
+                self.answered.push(node.clone());
             }
         }
-        let Some((primary, primary_id, _, primary_offset)) = primary else {
-            continue;
-        };
-        let replicas = replicas
-            .into_iter()
-            .filter(|(_, offset)| match (primary_offset, offset) {
-                (Some(p), Some(r)) if max_replica_lag > 0 => {
-                    u64::try_from(p.saturating_sub(*r)).unwrap_or(0) <= max_replica_lag
+    }
+}
+
+pub struct Topology {
+    map: ArcSwap<SlotMap>,
+    wake: Notify,
+    seeds: Vec<String>,
+    credentials: Credentials,
+    timeout: Duration,
+    /// Monotonic count of published maps.
+    generation: AtomicU64,
+    /// Milliseconds since `started` at the last successful refresh (0 = never).
+    refreshed_at_ms: AtomicU64,
+    started: Instant,
+    /// Refreshes attempted (periodic, requested and at start-up).
+    refreshes: AtomicU64,
+    /// Refreshes in a row that published nothing: failures are logged when they start and
+    /// when they end (with this count), not on every attempt.
+    failed_in_a_row: AtomicU64,
+    /// Written by the refresher at the end of each refresh, read by the admin listener; a
+    /// plain mutex is enough (never held across an await, never on the request path).
+    status: Mutex<BackendStatus>,
+    max_replica_lag: AtomicU64,
+}
+
+impl Topology {
+    pub fn new(seeds: Vec<String>, credentials: Credentials, timeout: Duration) -> Topology {
+        Topology {
+            map: ArcSwap::from_pointee(SlotMap::empty()),
+            wake: Notify::new(),
+            seeds,
+            credentials,
+            timeout,
+            generation: AtomicU64::new(0),
+            refreshed_at_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            refreshes: AtomicU64::new(0),
+            failed_in_a_row: AtomicU64::new(0),
+            status: Mutex::new(BackendStatus::default()),
+            max_replica_lag: AtomicU64::new(0),
+        }
+    }
+
+    /// Replicas further behind their primary than this many bytes serve no reads (0: no
+    /// limit); see `parse_shards`.
+    pub fn set_max_replica_lag(&self, bytes: u64) {
+        self.max_replica_lag.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_replica_lag(&self) -> u64 {
+        self.max_replica_lag.load(Ordering::Relaxed)
+    }
+
+    /// Refreshes attempted so far.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// What the last refreshes learned about reaching the nodes.
+    pub fn status(&self) -> BackendStatus {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, BackendStatus> {
+        // The status is replaced field by field with plain values: a panic elsewhere cannot
+        // leave it half-written in a way that matters, so a poisoned lock is still usable.
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current map; cheap, never blocks.
+    pub fn map(&self) -> arc_swap::Guard<Arc<SlotMap>> {
+        self.map.load()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last successful refresh, if there was one.
+    pub fn age(&self) -> Option<Duration> {
+        match self.refreshed_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Asks the refresher for a new map soon (coalesced with other asks).
+    pub fn request_refresh(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Applies a MOVED at once: routes `slot` to `addr` in a new snapshot.
+    pub fn apply_moved(&self, slot: Slot, addr: &str) {
+        if self.map.load().primary(slot).is_some_and(|p| &**p == addr) {
+            return;
+        }
+        self.map.rcu(|map| map.with_moved(slot, addr));
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("slotproxy_slot_map_patches_total").increment(1);
+    }
+
+    fn publish(&self, map: SlotMap) {
+        let changed = !self.map.load().same_routing(&map);
+        if changed {
+            tracing::info!(
+                shards = map.shards().len(),
+                covered = map.covered_slots(),
+                "topology changed"
+            );
+        }
+        self.map.store(Arc::new(map));
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        let ms = (self.started.elapsed().as_millis() as u64).max(1);
+        self.refreshed_at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Nodes to ask, most likely useful first: known primaries, replicas, then the seeds.
+    fn candidates(&self) -> Vec<NodeAddr> {
+        let mut nodes = self.map.load().nodes();
+        for seed in &self.seeds {
+            if !nodes.iter().any(|n| &**n == seed.as_str()) {
+                nodes.push(NodeAddr::from(seed.as_str()));
+            }
+        }
+        nodes
+    }
+
+    /// Asks nodes in turn until one gives a map that covers every slot; publishes the best map
+    /// seen. Returns whether a map was published.
+    pub async fn refresh(&self) -> bool {
+        metrics::counter!("slotproxy_topology_refreshes_total").increment(1);
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let mut round = Round::default();
+        let mut best: Option<SlotMap> = None;
+        let mut published = false;
+        for node in self.candidates() {
+            match self.ask(&node).await {
+                Ok(map) => {
+                    round.answered.push(node.clone());
+                    if map.is_complete() {
+                        self.publish(map);
+                        published = true;
+                        break;
+                    }
+                    tracing::debug!(%node, covered = map.covered_slots(), "partial topology");
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| b.covered_slots() < map.covered_slots())
+                    {
+                        best = Some(map);
+                    }
                 }
-                _ => true,
-            })
-            .map(|(addr, _)| addr)
+                Err(error) => round.note(&node, error),
+            }
+        }
+        if !published {
+            match best {
+                Some(map) if map.covered_slots() > 0 => {
+                    tracing::warn!(
+                        covered = map.covered_slots(),
+                        "no node reports full slot coverage"
+                    );
+                    self.publish(map);
+                    published = true;
+                }
+                _ => {
+                    metrics::counter!("slotproxy_topology_refresh_failures_total").increment(1);
+                    let first = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) == 0;
+                    // An authentication failure is logged as such when recorded.
+                    if first && round.auth_failure.is_none() {
+                        tracing::warn!("topology refresh failed: no node answered");
+                    }
+                }
+            }
+        }
+        if published {
+            let failed = self.failed_in_a_row.swap(0, Ordering::Relaxed);
+            if failed > 0 {
+                tracing::info!(failed, "topology refresh works again");
+            }
+        }
+        if published {
+            self.recheck_unreachable(&mut round).await;
+        }
+        self.record(round);
+        published
+    }
+
+    /// Every node worth tracking: candidates, and nodes the cluster lists but routing leaves
+    /// out (a failed node, until the cluster forgets it).
+    fn known_nodes(&self) -> Vec<NodeAddr> {
+        let mut nodes = self.candidates();
+        for info in self.map.load().node_info() {
+            if !nodes.contains(&info.addr) {
+                nodes.push(info.addr.clone());
+            }
+        }
+        nodes
+    }
+
+    /// PINGs the known nodes that an earlier refresh found unreachable and this one did not
+    /// ask: a refresh stops at the first node that answers, so without this a node that came
+    /// back would stay marked unreachable. Usually there are none, so this costs nothing.
+    async fn recheck_unreachable(&self, round: &mut Round) {
+        let known = self.known_nodes();
+        let asked = |node: &NodeAddr| {
+            round.answered.contains(node) || round.unreachable.iter().any(|f| f.node == *node)
+        };
+        let recheck: Vec<NodeAddr> = self
+            .lock_status()
+            .unreachable
+            .iter()
+            .map(|f| f.node.clone())
+            .filter(|n| known.contains(n) && !asked(n))
             .collect();
-        for info in node_info.iter_mut().skip(listed) {
-            if info.role == Role::Replica {
-                info.primary = Some(primary.clone());
-            }
-        }
-        let shard = Shard {
-            primary,
-            primary_id,
-            replicas,
-        };
-        for pair in slots.chunks(2) {
-            let (first, last) = slot_range(pair).ok_or_else(|| bad("bad slot range"))?;
-            ranges.push((first, last, shard.clone()));
-        }
-    }
-    Ok(SlotMap::from_ranges(ranges).with_node_info(node_info))
-}
-
-/// The `first, last` slot bounds at the start of `items`, if both are valid slots in order.
-fn slot_range(items: &[Value]) -> Option<(u16, u16)> {
-    let bound = |i: usize| {
-        let n = items.get(i)?.as_int()?;
-        u16::try_from(n)
-            .ok()
-            .filter(|&n| usize::from(n) < SLOT_COUNT)
-    };
-    let (first, last) = (bound(0)?, bound(1)?);
-    (first <= last).then_some((first, last))
-}
-
-/// Parses a `CLUSTER SLOTS` reply (the fallback before Redis 7).
-pub fn parse_slots(reply: &Value, asked: &str) -> Result<SlotMap, TopologyError> {
-    let bad = |detail| TopologyError::BadReply {
-        command: "CLUSTER SLOTS",
-        node: asked.to_string(),
-        detail,
-    };
-    let asked_host = host_of(asked);
-    let entries = reply.as_array().ok_or_else(|| bad("not an array"))?;
-    let mut ranges = Vec::new();
-    let mut node_info: Vec<NodeInfo> = Vec::new();
-    for entry in entries {
-        let items = entry
-            .as_array()
-            .ok_or_else(|| bad("range is not an array"))?;
-        let (first, last) = slot_range(items).ok_or_else(|| bad("bad slot range"))?;
-        let mut nodes = items.iter().skip(2).filter_map(|n| {
-            let n = n.as_array()?;
-            let host = endpoint(n.first(), asked_host)?;
-            let port = n.get(1)?.as_int()?;
-            let id = n.get(2).and_then(Value::as_str).map(str::to_string);
-            Some((node_addr(&host, port), id))
+        let pings = recheck.iter().map(|node| async move {
+            let outcome = query(node, &self.credentials, self.timeout, &[b"PING"]).await;
+            (node, outcome)
         });
-        let Some((primary, primary_id)) = nodes.next() else {
-            continue;
-        };
-        describe(&mut node_info, &primary, primary_id.clone(), None);
-        let replicas: Vec<NodeAddr> = nodes
-            .map(|(addr, id)| {
-                describe(&mut node_info, &addr, id, Some(&primary));
-                addr
-            })
-            .collect();
-        ranges.push((
-            first,
-            last,
-            Shard {
-                primary,
-                primary_id,
-                replicas,
-            },
-        ));
-    }
-    Ok(SlotMap::from_ranges(ranges).with_node_info(node_info))
-}
-
-/// Adds a node seen in `CLUSTER SLOTS` once (a primary appears once per slot range).
-fn describe(
-    node_info: &mut Vec<NodeInfo>,
-    addr: &NodeAddr,
-    id: Option<String>,
-    primary: Option<&NodeAddr>,
-) {
-    if node_info.iter().any(|n| n.addr == *addr) {
-        return;
-    }
-    node_info.push(NodeInfo {
-        addr: addr.clone(),
-        id,
-        role: if primary.is_some() {
-            Role::Replica
-        } else {
-            Role::Primary
-        },
-        primary: primary.cloned(),
-        health: None,
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::Slot;
-
-    fn parse(raw: &[u8]) -> Value {
-        Value::parse(raw).unwrap().unwrap().0
+        for (node, outcome) in futures_util::future::join_all(pings).await {
+            match outcome {
+                Ok(Value::Error(e)) if is_auth_error(&e) => round.note(
+                    node,
+                    AskError::Auth(String::from_utf8_lossy(&e).into_owned()),
+                ),
+                Ok(_) => round.answered.push(node.clone()),
+                Err(error) => round.note(node, error.into()),
+            }
+        }
     }
 
-    #[test]
-    fn shards_reply() {
-        let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n\
-*12\r\n$2\r\nid\r\n$3\r\nabc\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n\
-*12\r\n$2\r\nid\r\n$3\r\ndef\r\n$4\r\nport\r\n:7001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
-        let map = parse_shards(&parse(raw), "10.0.0.1:7000", false, 0).unwrap();
-        assert!(map.is_complete());
-        assert_eq!(
-            &**map.primary(Slot::new(100).unwrap()).unwrap(),
-            "127.0.0.1:7000"
-        );
-        assert_eq!(
-            map.shards()[0].replicas,
-            vec![NodeAddr::from("10.0.0.1:7001")]
-        );
-        assert_eq!(map.shards()[0].primary_id.as_deref(), Some("abc"));
-        let info = map.node_info();
-        assert_eq!(info.len(), 2);
-        assert_eq!(info[1].role, Role::Replica);
-        assert_eq!(info[1].id.as_deref(), Some("def"));
-        assert_eq!(info[1].primary.as_deref(), Some("127.0.0.1:7000"));
-        assert_eq!(info[1].health.as_deref(), Some("online"));
+    /// Applies what a refresh learned, logging changes (not every failed attempt).
+    fn record(&self, round: Round) {
+        let known = self.known_nodes();
+        let mut status = self.lock_status();
+        status.unreachable.retain(|f| {
+            let back = round.answered.contains(&f.node);
+            if back {
+                tracing::info!(node = %f.node, "node reachable again");
+            }
+            !back && known.contains(&f.node)
+        });
+        for failure in round.unreachable {
+            match status
+                .unreachable
+                .iter_mut()
+                .find(|f| f.node == failure.node)
+            {
+                Some(known) => known.error = failure.error,
+                None => {
+                    tracing::warn!(node = %failure.node, error = %failure.error, "node unreachable");
+                    status.unreachable.push(failure);
+                }
+            }
+        }
+        match round.auth_failure {
+            Some(failure) => {
+                if status.auth_failure.as_ref() != Some(&failure) {
+                    tracing::error!(
+                        node = %failure.node,
+                        error = %failure.error,
+                        "backend authentication failed: check the user and password of the upstream URL"
+                    );
+                }
+                status.auth_failure = Some(failure);
+            }
+            None if !round.answered.is_empty() => {
+                if let Some(previous) = status.auth_failure.take() {
+                    tracing::info!(node = %previous.node, "backend authentication works again");
+                }
+            }
+            None => {} // nobody answered: nothing learned about the credentials
+        }
     }
 
-    #[test]
-    fn lagging_replicas_serve_no_reads() {
-        let node = |id: &str, port: u16, role: &str, offset: i64| {
-            format!(
-                "*12\r\n$2\r\nid\r\n${}\r\n{id}\r\n$4\r\nport\r\n:{port}\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n${}\r\n{role}\r\n$18\r\nreplication-offset\r\n:{offset}\r\n$6\r\nhealth\r\n$6\r\nonline\r\n",
-                id.len(),
-                role.len()
-            )
-        };
-        let raw = format!(
-            "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*3\r\n{}{}{}",
-            node("p", 7000, "master", 50_000_000),
-            node("near", 7001, "replica", 49_999_000),
-            node("far", 7002, "replica", 10_000_000),
-        );
-        let reply = parse(raw.as_bytes());
-        let replicas = |lag| {
-            parse_shards(&reply, "127.0.0.1:7000", false, lag)
-                .unwrap()
-                .shards()[0]
-                .replicas
-                .clone()
-        };
-        assert_eq!(replicas(1_000_000), vec![NodeAddr::from("127.0.0.1:7001")]);
-        assert_eq!(replicas(0).len(), 2, "0 means no lag limit");
-        assert_eq!(replicas(40_000_000).len(), 2);
+    async fn ask(&self, node: &NodeAddr) -> Result<SlotMap, AskError> {
+        let shards = query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"CLUSTER", b"SHARDS"],
+        )
+        .await?;
+        match shards {
+            Value::Error(e) if is_auth_error(&e) => {
+                return Err(AskError::Auth(String::from_utf8_lossy(&e).into_owned()))
+            }
+            Value::Error(_) => {}
+            reply => {
+                let tls = self.credentials.tls.as_ref();
+                let map = parse_shards(
+                    &reply,
+                    node,
+                    tls.is_some(),
+                    self.max_replica_lag.load(Ordering::Relaxed),
+                )
+                .map_err(|e| AskError::Other(e.to_string()))?;
+                if let Some(tls) = tls {
+                    if map.is_complete() {
+                        tls.learn_hostnames(announced_hostnames(&reply, node, true));
+                    }
+                }
+                return Ok(map);
+            }
+        }
+        match query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"CLUSTER", b"SLOTS"],
+        )
+        .await?
+        {
+            Value::Error(e) => {
+                let error = String::from_utf8_lossy(&e).into_owned();
+                if self.is_standalone(node).await {
+                    return Ok(SlotMap::standalone(node.clone()));
+                }
+                Err(AskError::Other(error))
+            }
+            reply => parse_slots(&reply, node).map_err(|e| AskError::Other(e.to_string())),
+        }
     }
 
-    #[test]
-    fn tls_port_and_hostname() {
-        let raw = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
-*12\r\n$4\r\nport\r\n:6379\r\n$8\r\ntls-port\r\n:6380\r\n$8\r\nendpoint\r\n$8\r\n10.0.0.1\r\n$8\r\nhostname\r\n$6\r\nnode-a\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
-        let reply = parse(raw);
-        let slot = Slot::new(0).unwrap();
-        let plain = parse_shards(&reply, "10.0.0.1:6379", false, 0).unwrap();
-        assert_eq!(&**plain.primary(slot).unwrap(), "10.0.0.1:6379");
-        let tls = parse_shards(&reply, "10.0.0.1:6380", true, 0).unwrap();
-        assert_eq!(&**tls.primary(slot).unwrap(), "10.0.0.1:6380");
-        let names = announced_hostnames(&reply, "10.0.0.1:6380", true);
-        assert_eq!(
-            names.get("10.0.0.1:6380").map(String::as_str),
-            Some("node-a")
-        );
+    /// Whether `node` is a plain Redis (`cluster_enabled:0`), served in pass-through mode.
+    async fn is_standalone(&self, node: &NodeAddr) -> bool {
+        match query(
+            node,
+            &self.credentials,
+            self.timeout,
+            &[b"INFO", b"cluster"],
+        )
+        .await
+        {
+            Ok(info) => info
+                .as_bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .is_some_and(|text| text.lines().any(|l| l.trim() == "cluster_enabled:0")),
+            Err(_) => false,
+        }
     }
 
-    #[test]
-    fn slots_reply() {
-        let raw = b"*2\r\n*4\r\n:0\r\n:8000\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$3\r\nabc\r\n*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$3\r\nxyz\r\n\
-*3\r\n:8001\r\n:16383\r\n*3\r\n$-1\r\n:7001\r\n$3\r\ndef\r\n";
-        let map = parse_slots(&parse(raw), "127.0.0.2:7000").unwrap();
-        assert!(map.is_complete());
-        assert_eq!(
-            &**map.primary(Slot::new(9000).unwrap()).unwrap(),
-            "127.0.0.2:7001"
-        );
-        assert_eq!(map.shards().len(), 2);
-        let roles: Vec<(&str, Role)> = map.node_info().iter().map(|n| (&*n.addr, n.role)).collect();
-        assert_eq!(
-            roles,
-            vec![
-                ("127.0.0.1:7000", Role::Primary),
-                ("127.0.0.1:7003", Role::Replica),
-                ("127.0.0.2:7001", Role::Primary)
-            ]
-        );
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(&*node_addr("::1", 7000), "[::1]:7000");
-        assert_eq!(host_of("[::1]:7000"), "::1");
-        assert_eq!(host_of("example.com:7000"), "example.com");
+    /// The refresher: periodic, plus on request, at most once per `min_interval`.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        min_interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+            }
+            let since = last.elapsed();
+            if since < min_interval {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(min_interval - since) => {}
+                }
+            }
+            self.refresh().await;
+            last = Instant::now();
+        }
     }
 }

@@ -6,10 +6,10 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
+use super::driver::{execute, Resend, Target};
 use super::error::ProxyError;
 use super::merge;
 use super::reply;
-use super::route::{execute, Resend, Target};
 use super::worker::Worker;
 use crate::cluster::slot::pattern_slot;
 use crate::cluster::SlotMap;

@@ -1,7 +1,7 @@
 //! What to do after each reply or failure of a request to a node: the one decision behind
 //! every path that talks to a node (shared pipes, dedicated connections, EXEC, WATCH). A pure
 //! function of the outcome and what happened so far, tested as a table; the driver
-//! (`route::drive`) carries it out, so redirects, backoff, deadlines and their metrics are the
+//! (`driver::drive`) carries it out, so redirects, backoff, deadlines and their metrics are the
 //! same everywhere.
 
 use bytes::Bytes;

@@ -6,12 +6,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::cluster_wide;
+use super::driver::{self, execute as run, Resend, Started, Target};
 use super::error::ProxyError;
 use super::local;
 use super::merge;
 use super::plan::{Plan, Send};
 use super::reply::{self, Reply};
-use super::route::{self, execute as run, Resend, Started, Target};
 use super::scripts;
 use super::session::ClientState;
 use super::transaction;
@@ -63,7 +63,7 @@ pub fn execute(
             if write {
                 client.writes.note_elsewhere();
             }
-            Reply::Parked(Box::pin(route::execute_blocking(
+            Reply::Parked(Box::pin(driver::execute_blocking(
                 worker.clone(),
                 cmd.into_raw(),
                 target,
@@ -84,7 +84,7 @@ pub fn execute(
             send_one(worker, client, map, cmd, send)
         }
         Plan::EvalSha(send) => {
-            let started = route::start(
+            let started = driver::start(
                 worker,
                 map,
                 cmd.raw().clone(),
@@ -154,7 +154,7 @@ fn send_one(
     cmd: Command,
     send: Send,
 ) -> Reply {
-    let started = route::start(
+    let started = driver::start(
         worker,
         map,
         cmd.into_raw(),
@@ -187,7 +187,7 @@ fn split(
     let mut started = Vec::with_capacity(parts.len());
     for part in parts {
         positions.push(part.positions);
-        started.push(route::start(
+        started.push(driver::start(
             worker,
             map,
             part.payload,

@@ -5,6 +5,7 @@
 
 pub mod cluster_wide;
 pub mod decision;
+pub mod driver;
 pub mod error;
 pub mod execute;
 pub mod info;
@@ -13,7 +14,6 @@ pub mod merge;
 pub mod plan;
 pub mod pubsub;
 pub mod reply;
-pub mod route;
 pub mod scripts;
 pub mod session;
 pub mod split;
@@ -26,9 +26,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+pub use driver::{InFlight, Settled};
 pub use error::ProxyError;
 pub use reply::Reply;
-pub use route::{InFlight, Settled};
 pub use session::ClientState;
 pub use worker::{CommandMetrics, Worker};
 

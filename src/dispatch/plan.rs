@@ -2,8 +2,8 @@
 //! its arguments, what the session allows and one slot-map snapshot. It decides; `execute`
 //! carries the plan out.
 
+use super::driver::{Resend, Target};
 use super::error::ProxyError;
-use super::route::{Resend, Target};
 use super::split::{split_by_slot, SlotPart};
 use crate::cluster::{Slot, SlotMap};
 use crate::command::route::{Local, Merge, Route, Script, SessionCommand, SplitKind, Walk};

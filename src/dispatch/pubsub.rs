@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
-use super::route;
+use super::driver;
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::connect::Credentials;
@@ -264,10 +264,10 @@ impl Subscriptions {
         // forgets it when the migration ends, so a migrating slot is waited for.
         let rules = Rules {
             can_ask: false,
-            ..route::rules(worker, Resend::Safe)
+            ..driver::rules(worker, Resend::Safe)
         };
         let next = decide(Outcome::Reply(reply), &Attempts::default(), &rules);
-        route::record(worker, &next);
+        driver::record(worker, &next);
         let topology = &worker.shared.topology;
         match next {
             Next::Moved { slot, to } => {

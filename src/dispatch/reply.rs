@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 
-use super::route::InFlight;
+use super::driver::InFlight;
 use crate::resp::{encode, Protocol};
 
 /// How the reply to one command will come: ready now, from a request already sent (the fast

@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::driver::{execute, Resend, Started};
 use super::plan::Send;
-use super::route::{execute, Resend, Started};
 use super::worker::Worker;
 use crate::resp::Command;
 

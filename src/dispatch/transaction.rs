@@ -17,10 +17,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex;
 
 use super::decision::{Resend, Rules};
+use super::driver::{drive, rules, Exchange, Target};
 use super::error::ProxyError;
 use super::plan::target_of;
 use super::reply::{self, Reply};
-use super::route::{drive, rules, Exchange, Target};
 use super::worker::Worker;
 use crate::backend::dedicated::exchange_many;
 use crate::backend::pipe::ReplyResult;

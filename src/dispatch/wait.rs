@@ -13,9 +13,9 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
+use super::driver::{self, Target};
 use super::error::ProxyError;
 use super::reply;
-use super::route::{self, Target};
 use super::worker::Worker;
 use super::Reply;
 use crate::backend::pipe::{Pipe, ReplyResult};
@@ -72,7 +72,7 @@ pub fn wait(worker: &Rc<Worker>, writes: &mut Writes, cmd: Command) -> Reply {
     match prepare(worker, writes, &cmd) {
         Ok(Prepared::NothingWritten) => {
             // Nothing written: Redis answers at once with the replicas that are connected.
-            Reply::Parked(Box::pin(route::execute_blocking(
+            Reply::Parked(Box::pin(driver::execute_blocking(
                 worker.clone(),
                 cmd.into_raw(),
                 Target::Any,

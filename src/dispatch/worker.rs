@@ -162,7 +162,7 @@ impl Worker {
 #[cfg(test)]
 pub(crate) fn test_worker(retry_deadline: Duration) -> Rc<Worker> {
     use crate::backend::connect::Credentials;
-    use crate::cluster::refresh::Topology;
+    use crate::cluster::topology::Topology;
     let mut config = crate::config::Config::default();
     config.backend.retry_deadline = retry_deadline;
     let topology = Arc::new(Topology::new(
