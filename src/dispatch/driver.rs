@@ -268,6 +268,18 @@ pub struct InFlight {
     on_replica: bool,
 }
 
+/// The node's side of an [`InFlight`] made by `InFlight::for_tests`: dropped unanswered, it
+/// is a connection lost with the request written.
+#[cfg(test)]
+pub(crate) struct TestNode(oneshot::Sender<ReplyResult>);
+
+#[cfg(test)]
+impl TestNode {
+    pub(crate) fn reply(self, bytes: &'static [u8]) {
+        let _ = self.0.send(Ok(Bytes::from_static(bytes)));
+    }
+}
+
 /// What an in-flight request came to.
 pub enum Settled {
     /// The reply for the client.
@@ -277,20 +289,19 @@ pub enum Settled {
 }
 
 impl InFlight {
-    /// A request in flight whose reply comes from `reply`, for unit tests of the reply queue.
+    /// A request in flight and the end its node's reply comes from, for unit tests of the
+    /// reply queue.
     #[cfg(test)]
-    pub(crate) fn for_tests(
-        reply: oneshot::Receiver<ReplyResult>,
-        target: Target,
-        resend: Resend,
-    ) -> InFlight {
-        InFlight {
+    pub(crate) fn for_tests(target: Target, resend: Resend) -> (InFlight, TestNode) {
+        let (tx, reply) = oneshot::channel();
+        let in_flight = InFlight {
             reply,
             payload: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
             target,
             resend,
             on_replica: false,
-        }
+        };
+        (in_flight, TestNode(tx))
     }
 
     /// Waits for the reply. Cancel safety: safe; the outcome is settled as soon as it is taken.
