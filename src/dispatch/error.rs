@@ -262,7 +262,7 @@ impl std::fmt::Display for ProxyError {
 }
 
 /// `-{message}\r\n`; `message` starts with its error code.
-pub(crate) fn error_reply(message: &str) -> Bytes {
+fn error_reply(message: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 3);
     encode::error(&mut out, message);
     out.freeze()

@@ -32,11 +32,6 @@ impl From<Bytes> for Reply {
     }
 }
 
-/// `-{message}\r\n`; `message` starts with its error code (`ERR`, `CROSSSLOT`, ...).
-pub fn error(message: &str) -> Bytes {
-    super::error::error_reply(message)
-}
-
 pub fn ok() -> Bytes {
     Bytes::from_static(b"+OK\r\n")
 }
