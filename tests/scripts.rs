@@ -1,11 +1,15 @@
 //! Scripts through the proxy: a script loaded once runs for keys on every shard, and a node
 //! that lost its script cache (a promoted replica after a failover: script caches are not
-//! replicated) is repaired by the proxy, which remembers the bodies it has seen.
+//! replicated) is repaired by the proxy, which remembers the bodies it has seen. SCRIPT KILL
+//! reaches the node that runs a busy script, whichever node that is.
 
 mod common;
 
 use common::raw::{RawClient, Reply};
-use common::{local_keyslot, query, shared, start_proxy, unique_prefix};
+use common::{
+    local_keyslot, query, shared, start_proxy, try_query, unique_prefix, wait_until, Cluster,
+    CLUSTER_DEADLINE,
+};
 
 #[test]
 fn evalsha_survives_a_node_that_forgot_the_script() {
@@ -58,4 +62,37 @@ fn evalsha_survives_a_node_that_forgot_the_script() {
     let unknown = "0123456789012345678901234567890123456789";
     let err = raw.call(&["EVALSHA", unknown, "1", &key]);
     assert!(err.error().starts_with("NOSCRIPT"), "{err:?}");
+}
+
+#[test]
+fn script_kill_reaches_the_node_running_the_script() {
+    let cluster = Cluster::start(3, 0);
+    // Asked now: a busy node answers nothing but BUSY.
+    let primaries = cluster.primaries();
+    // Nodes answer other connections (BUSY, SCRIPT KILL) 100 ms into a script, not 5 s.
+    for &port in &primaries {
+        let _: String = query(port, &["CONFIG", "SET", "busy-reply-threshold", "100"]);
+    }
+    let proxy = start_proxy(&cluster);
+    // A keyless script runs on any primary, over the shared pipe to it.
+    let mut runner = RawClient::connect(proxy.local_addr());
+    runner.send(&[b"EVAL", b"while true do end", b"0"]);
+    wait_until("a node is busy with the script", CLUSTER_DEADLINE, || {
+        let busy = primaries.iter().any(
+            |&port| matches!(try_query::<String>(port, &["PING"]), Err(e) if e.contains("BUSY")),
+        );
+        if busy {
+            Ok(())
+        } else {
+            Err("every primary answers PING".to_string())
+        }
+    });
+    let mut killer = RawClient::connect(proxy.local_addr());
+    assert_eq!(killer.call(&["SCRIPT", "KILL"]), Reply::Simple("OK".into()));
+    let killed = runner.read_reply();
+    assert!(killed.error().contains("killed"), "{killed:?}");
+    // Nothing is busy any more: the next kill finds no script, and the runner goes on.
+    let again = killer.call(&["SCRIPT", "KILL"]);
+    assert!(again.error().starts_with("NOTBUSY"), "{again:?}");
+    assert_eq!(runner.call(&["PING"]), Reply::Simple("PONG".into()));
 }

@@ -25,6 +25,9 @@ pub enum Merge {
     Union,
     /// Flat name/count arrays with the counts of equal names added (PUBSUB NUMSUB).
     SumPairs,
+    /// The first node that succeeded, else the first error (SCRIPT KILL: only the node running
+    /// the script can kill it; the others answer NOTBUSY).
+    OneSucceeded,
 }
 
 /// How a multi-key command is split per slot and its parts merged.
@@ -111,6 +114,10 @@ pub enum Route {
     Split(SplitKind),
     /// To every primary, the replies merged.
     Broadcast(Merge),
+    /// To every primary on connections of their own, the replies merged: for commands that
+    /// must reach a node busy with a script another connection runs (SCRIPT KILL, FUNCTION
+    /// KILL), which the shared pipe to that node would hold back behind the script itself.
+    BroadcastAside(Merge),
     /// Server configuration of every node, replicas included, when the operator allowed it
     /// (`--admin-commands`); otherwise refused with an error naming the flag.
     EveryNode,
@@ -302,6 +309,9 @@ pub fn from_tips(request: Option<&str>, response: Option<&str>) -> Option<Route>
         ("all_shards", Some("agg_sum")) => Some(Route::Broadcast(Merge::Sum)),
         ("all_shards", Some("all_succeeded")) => Some(Route::Broadcast(Merge::AllOk)),
         ("all_shards", Some("agg_logical_and")) => Some(Route::Broadcast(Merge::LogicalAnd)),
+        // SCRIPT KILL, FUNCTION KILL: one node runs the script, and its shared pipe may be the
+        // very connection the script blocks.
+        ("all_shards", Some("one_succeeded")) => Some(Route::BroadcastAside(Merge::OneSucceeded)),
         _ => None,
     }
 }

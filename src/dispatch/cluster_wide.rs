@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
-use super::driver::{execute, Resend, Target};
+use super::driver::{execute, execute_dedicated, Resend, Target};
 use super::error::ProxyError;
 use super::merge;
 use super::reply;
@@ -58,14 +58,39 @@ pub async fn broadcast_to(
             .map(|t| execute(worker.clone(), payload.clone(), t, resend)),
     )
     .await;
+    merged(merge, &parts)
+}
+
+/// Sends `payload` to each of `targets` on connections of their own (not the shared pipes,
+/// where a busy node's script may hold it back) and merges the replies.
+pub async fn broadcast_aside(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    targets: Vec<Target>,
+    merge: Merge,
+) -> Bytes {
+    if targets.is_empty() {
+        return ProxyError::cluster_down().answer();
+    }
+    let parts: Vec<Bytes> = join_all(
+        targets
+            .into_iter()
+            .map(|t| execute_dedicated(worker.clone(), payload.clone(), t)),
+    )
+    .await;
+    merged(merge, &parts)
+}
+
+fn merged(merge: Merge, parts: &[Bytes]) -> Bytes {
     match merge {
-        Merge::Sum => merge::sum(&parts),
-        Merge::AllOk => merge::all_ok(&parts),
-        Merge::Same => merge::same(&parts),
-        Merge::Concat => merge::concat(&parts),
-        Merge::LogicalAnd => merge::logical_and(&parts),
-        Merge::Union => merge::union(&parts),
-        Merge::SumPairs => merge::sum_pairs(&parts),
+        Merge::Sum => merge::sum(parts),
+        Merge::AllOk => merge::all_ok(parts),
+        Merge::Same => merge::same(parts),
+        Merge::Concat => merge::concat(parts),
+        Merge::LogicalAnd => merge::logical_and(parts),
+        Merge::Union => merge::union(parts),
+        Merge::SumPairs => merge::sum_pairs(parts),
+        Merge::OneSucceeded => merge::one_succeeded(parts),
     }
 }
 

@@ -427,6 +427,15 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
         .unwrap_or_else(|e| e.answer())
 }
 
+/// Runs `payload` on the node for `target` on a connection of its own (a dedicated one, not
+/// the shared pipe) and returns the final reply; sent again only if certainly not sent.
+pub async fn execute_dedicated(worker: Rc<Worker>, payload: Bytes, target: Target) -> Bytes {
+    let rules = rules(&worker, Resend::Never);
+    drive(&worker, &mut ViaDedicated(&payload), &target, rules, None)
+        .await
+        .unwrap_or_else(|e| e.answer())
+}
+
 /// The node for `target` in `map`, and whether it is a replica. `replica_ok`: a read that the
 /// read-from policy may send to one of the slot's replicas.
 fn resolve(

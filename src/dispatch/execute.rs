@@ -42,6 +42,12 @@ pub fn execute(
         Plan::Broadcast { merge, resend } => {
             broadcast(worker, cmd, cluster_wide::primaries_of(map), merge, resend)
         }
+        Plan::BroadcastAside(merge) => Reply::later(cluster_wide::broadcast_aside(
+            worker.clone(),
+            cmd.into_raw(),
+            cluster_wide::primaries_of(map),
+            merge,
+        )),
         Plan::EveryNode => broadcast(
             worker,
             cmd,

@@ -117,6 +117,15 @@ pub fn same(parts: &[Bytes]) -> Bytes {
     }
 }
 
+/// SCRIPT KILL, FUNCTION KILL: the first reply that is not an error (the node that ran the
+/// script), else the first error (NOTBUSY everywhere: no script was running).
+pub fn one_succeeded(parts: &[Bytes]) -> Bytes {
+    match parts.iter().find(|p| !is_error_reply(p)) {
+        Some(ok) => ok.clone(),
+        None => first_error(parts).unwrap_or_else(malformed),
+    }
+}
+
 /// KEYS: the concatenation of the parts' arrays.
 pub fn concat(parts: &[Bytes]) -> Bytes {
     if let Some(e) = first_error(parts) {
@@ -249,6 +258,16 @@ mod tests {
             2,
         );
         assert_eq!(failed, b("-TRYAGAIN x\r\n"));
+    }
+
+    #[test]
+    fn one_node_succeeding_is_enough() {
+        let notbusy = || b("-NOTBUSY No scripts in execution right now.\r\n");
+        assert_eq!(
+            one_succeeded(&[notbusy(), b("+OK\r\n"), notbusy()]),
+            b("+OK\r\n")
+        );
+        assert_eq!(one_succeeded(&[notbusy(), notbusy()]), notbusy());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum Plan {
     },
     /// To every primary, merged.
     Broadcast { merge: Merge, resend: Resend },
+    /// To every primary on connections of their own, merged.
+    BroadcastAside(Merge),
     /// To every node, replicas included (allowed by `--admin-commands`).
     EveryNode,
     /// The key space, shard by shard.
@@ -88,6 +90,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
                 Resend::Safe
             },
         },
+        Route::BroadcastAside(merge) => Plan::BroadcastAside(merge),
         Route::EveryNode => every_node(name, allowed),
         Route::Debug if is_debug_object(cmd) => match cmd.arg(2) {
             Some(key) => Plan::Send(read(Target::Slot(Slot::of(key)))),
@@ -414,6 +417,15 @@ mod tests {
                     merge: Merge::Sum,
                     resend: Resend::Safe,
                 },
+            ),
+            // To the node running a script, which its shared pipe may be stuck behind.
+            (
+                &["SCRIPT", "KILL"],
+                Plan::BroadcastAside(Merge::OneSucceeded),
+            ),
+            (
+                &["FUNCTION", "KILL"],
+                Plan::BroadcastAside(Merge::OneSucceeded),
             ),
             // The key space, shard by shard.
             (&["KEYS", "*"], Plan::Walk(Walk::Keys)),
