@@ -49,16 +49,10 @@ pub async fn broadcast_to(
     merge: Merge,
     resend: Resend,
 ) -> Bytes {
-    if targets.is_empty() {
-        return ProxyError::cluster_down().answer();
-    }
-    let parts: Vec<Bytes> = join_all(
-        targets
-            .into_iter()
-            .map(|t| execute(worker.clone(), payload.clone(), t, resend)),
-    )
-    .await;
-    merged(merge, &parts)
+    gather(targets, merge, |t| {
+        execute(worker.clone(), payload.clone(), t, resend)
+    })
+    .await
 }
 
 /// Sends `payload` to each of `targets` on connections of their own (not the shared pipes,
@@ -69,15 +63,22 @@ pub async fn broadcast_aside(
     targets: Vec<Target>,
     merge: Merge,
 ) -> Bytes {
+    gather(targets, merge, |t| {
+        execute_dedicated(worker.clone(), payload.clone(), t)
+    })
+    .await
+}
+
+/// Runs `request` for every target at once and merges the replies.
+async fn gather<F, R>(targets: Vec<Target>, merge: Merge, request: F) -> Bytes
+where
+    F: FnMut(Target) -> R,
+    R: std::future::Future<Output = Bytes>,
+{
     if targets.is_empty() {
         return ProxyError::cluster_down().answer();
     }
-    let parts: Vec<Bytes> = join_all(
-        targets
-            .into_iter()
-            .map(|t| execute_dedicated(worker.clone(), payload.clone(), t)),
-    )
-    .await;
+    let parts: Vec<Bytes> = join_all(targets.into_iter().map(request)).await;
     merged(merge, &parts)
 }
 

@@ -421,10 +421,7 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
         .answer();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
-    let rules = rules(&worker, Resend::Never);
-    drive(&worker, &mut ViaDedicated(&payload), &target, rules, None)
-        .await
-        .unwrap_or_else(|e| e.answer())
+    execute_dedicated(worker, payload, target).await
 }
 
 /// Runs `payload` on the node for `target` on a connection of its own (a dedicated one, not
