@@ -111,6 +111,8 @@ cluster-allow-replica-migration no
 save ""
 appendonly no
 protected-mode no
+# The proxy reaches the nodes over loopback: DEBUG (which the suite and the tests use) is allowed from there only.
+enable-debug-command local
 daemonize no
 logfile redis.log
 dir $dir
