@@ -11,6 +11,7 @@ pub mod execute;
 pub mod info;
 pub mod local;
 pub mod merge;
+pub mod pinned;
 pub mod plan;
 pub mod pubsub;
 pub mod reply;
@@ -56,7 +57,10 @@ pub fn dispatch(
             Some(spec) if !spec.check_arity(cmd.argc()) => Some(wrong_arity(spec)),
             Some(_) => None,
         };
-        return Dispatched::untimed(transaction::queue(&map, &mut client.tx, spec, cmd, refusal));
+        return Dispatched {
+            reply: transaction::queue(worker, &map, &mut client.tx, spec, cmd, refusal),
+            latency: None,
+        };
     }
     let spec = match classify(&table, &cmd, client) {
         Ok(spec) => spec,

@@ -1,44 +1,54 @@
 //! MULTI/EXEC/DISCARD and WATCH/UNWATCH over a cluster.
 //!
-//! MULTI queues commands in the proxy and answers `+QUEUED`, as Redis does. The transaction is
-//! pinned to the slot of its first keyed command (or of its WATCH); a command for another slot
-//! is refused with `-CROSSSLOT` at once and makes EXEC answer `-EXECABORT`, like any error
-//! while queuing on a single Redis. EXEC sends MULTI, the queued commands and EXEC back to back
-//! on a connection of its own to the slot's owner and returns EXEC's reply as it is. WATCH
-//! holds a connection to the watched keys' owner until EXEC, DISCARD or UNWATCH, so the
-//! node itself detects concurrent changes (EXEC then answers a null array). Without a WATCH, a
-//! slot that moved while the client queued is followed: the whole transaction is sent again to
-//! the new owner (nothing ran on the old one: Redis refuses every command of it).
+//! A transaction queues on the node as the client queues, so the node answers each command
+//! while it is queued exactly as one Redis would (`+QUEUED`, or an error such as OOM that
+//! makes EXEC abort). It lives on a connection of the client's own ([`Pinned`]) to the owner
+//! of its first keyed command's slot: MULTI and any keyless commands queued before it go out
+//! with that command, and every later command goes out as it arrives. A transaction with no
+//! key at all is sent whole at EXEC, to any primary. A command for another slot is refused
+//! with `-CROSSSLOT` at once (Redis Cluster would abort at EXEC) and makes EXEC answer
+//! `-EXECABORT`.
+//!
+//! WATCH holds the same kind of connection to the owner of the watched keys, which the node
+//! itself then checks at EXEC (a null array after a concurrent change). Keys of several slots
+//! may be watched as long as one node owns them all (one WATCH per slot on that connection):
+//! that node is where the transaction then runs. Without a WATCH, a slot that moved while
+//! the client queued is followed: the node refused the command (a redirect, so it aborts the
+//! transaction) and the whole transaction is sent again to the new owner at EXEC (nothing ran
+//! on the old one).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Mutex;
 
 use super::decision::{Resend, Rules};
 use super::driver::{drive, rules, Exchange, Target};
 use super::error::ProxyError;
+use super::pinned::{is_redirect, Answer, Pinned};
 use super::plan::target_of;
 use super::reply::{self, Reply};
 use super::worker::Worker;
 use crate::backend::dedicated::exchange_many;
 use crate::backend::pipe::ReplyResult;
-use crate::backend::stream::BackendStream;
 use crate::backend::NodeAddr;
 use crate::cluster::redirect::classify;
 use crate::cluster::{Slot, SlotMap};
 use crate::command::CommandSpec;
-use crate::resp::Command;
+use crate::resp::{Command, Protocol};
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
+const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 
 /// A client's transaction state.
 #[derive(Default)]
 pub struct TxState {
     multi: Option<Queued>,
-    watch: Option<Watch>,
+    /// The connection the client's WATCH or live transaction is on.
+    pinned: Option<Pinned>,
+    /// A WATCH was sent on `pinned` (and not undone).
+    watching: bool,
 }
 
 impl TxState {
@@ -49,17 +59,13 @@ impl TxState {
 
 #[derive(Default)]
 struct Queued {
+    /// Every command queued so far, to send the transaction again if its slot moved.
     commands: Vec<Command>,
     slot: Option<Slot>,
-    /// An error while queuing: EXEC answers EXECABORT.
+    /// The proxy refused a command while queuing: EXEC answers EXECABORT.
     failed: bool,
-}
-
-/// The connection that carries a client's WATCH, filled in by the WATCH command's future.
-/// EXEC locks it, so an EXEC pipelined right behind its WATCH waits for the WATCH to land.
-struct Watch {
-    slot: Slot,
-    conn: Arc<Mutex<Option<(NodeAddr, BackendStream)>>>,
+    /// MULTI and the commands so far are on the node (on `TxState::pinned`).
+    live: bool,
 }
 
 /// Commands that a client inside MULTI runs at once rather than queues (as in Redis).
@@ -69,18 +75,26 @@ pub fn runs_in_multi(name: &[u8]) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
-/// Queues a command inside MULTI; the reply is `+QUEUED` or the error that aborts the
-/// transaction. `spec` is `None` for a command the cluster does not know.
+/// Queues a command inside MULTI; the reply is the node's answer to it (`+QUEUED` or the error
+/// that aborts the transaction), or the proxy's own refusal. `spec` is `None` for a command
+/// the cluster does not know.
 pub fn queue(
+    worker: &Rc<Worker>,
     map: &SlotMap,
     state: &mut TxState,
     spec: Option<&CommandSpec>,
     cmd: Command,
     refusal: Option<ProxyError>,
-) -> Bytes {
-    let watch_slot = state.watch.as_ref().map(|w| w.slot);
+) -> Reply {
+    let watched_node = state
+        .pinned
+        .as_ref()
+        .filter(|_| state.watching)
+        .map(|p| p.node().clone());
     let Some(queued) = state.multi.as_mut() else {
-        return ProxyError::bad_request("ERR EXEC without MULTI").answer();
+        return ProxyError::bad_request("ERR EXEC without MULTI")
+            .answer()
+            .into();
     };
     let verdict = match (spec, refusal) {
         (_, Some(error)) => Err(error),
@@ -88,29 +102,96 @@ pub fn queue(
         (Some(spec), None) if spec.is_no_multi() => Err(ProxyError::bad_request(
             "ERR Command not allowed inside a transaction",
         )),
-        (Some(spec), None) => match target_of(spec, &cmd, map) {
-            Err(crossslot) => Err(crossslot),
-            Ok(Target::Slot(slot)) => match queued.slot.or(watch_slot) {
-                Some(pinned) if pinned != slot && !map.is_standalone() => {
-                    Err(ProxyError::cross_slot())
-                }
-                _ => {
-                    queued.slot = Some(slot);
-                    Ok(())
-                }
-            },
-            Ok(_) => Ok(()),
-        },
+        (Some(spec), None) => target_of(spec, &cmd, map).and_then(|target| {
+            let Target::Slot(slot) = target else {
+                return Ok(None);
+            };
+            let elsewhere = match (queued.slot, &watched_node) {
+                (Some(pinned), _) => pinned != slot,
+                // The transaction runs where the keys are watched.
+                (None, Some(node)) => map.primary(slot) != Some(node),
+                (None, None) => false,
+            };
+            if elsewhere && !map.is_standalone() {
+                return Err(ProxyError::cross_slot());
+            }
+            queued.slot = Some(slot);
+            Ok(Some(slot))
+        }),
     };
-    match verdict {
-        Ok(()) => {
-            queued.commands.push(cmd);
-            Bytes::from_static(b"+QUEUED\r\n")
-        }
+    let slot = match verdict {
+        Ok(slot) => slot,
         Err(error) => {
             queued.failed = true;
-            error.answer()
+            return error.answer().into();
         }
+    };
+    queued.commands.push(cmd.clone());
+    if queued.live {
+        let Some(pinned) = state.pinned.as_ref() else {
+            return ProxyError::node("ERR slotproxy: the transaction's connection is gone")
+                .answer()
+                .into();
+        };
+        return Reply::later(queuing_answer(pinned.send(cmd.raw().clone(), 1)));
+    }
+    let Some(slot) = slot else {
+        // No node yet: queued in the proxy until the first key (or EXEC) says where.
+        return Bytes::from_static(b"+QUEUED\r\n").into();
+    };
+    // The first keyed command: MULTI, what was queued so far and this command go to the node.
+    queued.live = true;
+    let payload = transaction_payload(&queued.commands, false);
+    let replies = queued.commands.len() + 1;
+    let answer = match &state.pinned {
+        Some(pinned) => pinned.send(payload, replies),
+        None => {
+            let Some(node) = map.primary(slot).cloned() else {
+                queued.failed = true;
+                return ProxyError::slot_not_served().answer().into();
+            };
+            let pinned = Pinned::new(worker, node);
+            let answer = pinned.open(slot, DISCARD, payload, replies);
+            state.pinned = Some(pinned);
+            answer
+        }
+    };
+    Reply::later(queuing_answer(answer))
+}
+
+/// EXEC's reply when a watched transaction did not run.
+fn null_array(protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Resp2 => Bytes::from_static(b"*-1\r\n"),
+        Protocol::Resp3 => Bytes::from_static(b"_\r\n"),
+    }
+}
+
+/// MULTI, the commands and (when `exec`) EXEC, back to back.
+fn transaction_payload(commands: &[Command], exec: bool) -> Bytes {
+    let mut payload =
+        BytesMut::with_capacity(32 + commands.iter().map(|c| c.raw().len()).sum::<usize>());
+    payload.extend_from_slice(MULTI);
+    for cmd in commands {
+        payload.extend_from_slice(cmd.raw());
+    }
+    if exec {
+        payload.extend_from_slice(EXEC);
+    }
+    payload.freeze()
+}
+
+/// The client's answer to one queued command: the node's (the last reply of its job). A
+/// redirect is the slot moving while the client queues: one Redis would have said QUEUED, and
+/// EXEC sends the transaction again where the slot went.
+async fn queuing_answer(job: Answer) -> Bytes {
+    match job.get().await {
+        Ok(mut replies) => match replies.pop() {
+            Some(reply) if is_redirect(&reply) => Bytes::from_static(b"+QUEUED\r\n"),
+            Some(reply) => reply,
+            None => ProxyError::exec_abort().to_reply(),
+        },
+        Err(error) => error.answer(),
     }
 }
 
@@ -122,19 +203,31 @@ pub fn multi(state: &mut TxState) -> Bytes {
     reply::ok()
 }
 
+/// Ends the transaction (and, as in Redis, the WATCH).
 pub fn discard(state: &mut TxState) -> Bytes {
-    if state.multi.take().is_none() {
+    let Some(queued) = state.multi.take() else {
         return ProxyError::bad_request("ERR DISCARD without MULTI").answer();
+    };
+    state.watching = false;
+    if let Some(pinned) = state.pinned.take() {
+        // The node's answer changes nothing: it runs in the background, in order.
+        drop(pinned.finish(
+            Bytes::from_static(if queued.live { DISCARD } else { UNWATCH }),
+            1,
+        ));
     }
-    state.watch = None;
     reply::ok()
 }
 
 pub fn unwatch(state: &mut TxState) -> Bytes {
-    state.watch = None;
+    state.watching = false;
+    if let Some(pinned) = state.pinned.take() {
+        drop(pinned.finish(Bytes::from_static(UNWATCH), 1));
+    }
     reply::ok()
 }
 
+/// RESET or a disconnect: the connection is closed, and the node forgets WATCH and MULTI.
 pub fn reset(state: &mut TxState) {
     *state = TxState::default();
 }
@@ -145,46 +238,64 @@ pub fn exec(worker: &Rc<Worker>, state: &mut TxState) -> Reply {
             .answer()
             .into();
     };
-    let watch = state.watch.take();
+    let watching = std::mem::take(&mut state.watching);
+    let pinned = state.pinned.take();
     if queued.failed {
+        if let Some(pinned) = pinned {
+            drop(pinned.finish(
+                Bytes::from_static(if queued.live { DISCARD } else { UNWATCH }),
+                1,
+            ));
+        }
         return ProxyError::exec_abort().answer().into();
     }
-    let slot = queued.slot.or(watch.as_ref().map(|w| w.slot));
-    let mut payload =
-        BytesMut::with_capacity(32 + queued.commands.iter().map(|c| c.raw().len()).sum::<usize>());
-    payload.extend_from_slice(MULTI);
-    for cmd in &queued.commands {
-        payload.extend_from_slice(cmd.raw());
-    }
-    payload.extend_from_slice(EXEC);
-    let replies = queued.commands.len() + 2;
     let worker = worker.clone();
-    Reply::later(run_exec(worker, payload.freeze(), replies, slot, watch))
+    match pinned {
+        Some(pinned) if queued.live => {
+            let redirected = pinned.redirected_flag();
+            let exec = pinned.finish(Bytes::from_static(EXEC), 1);
+            Reply::later(async move {
+                let reply = match exec.get().await {
+                    Ok(mut replies) => replies
+                        .pop()
+                        .unwrap_or_else(|| ProxyError::exec_abort().to_reply()),
+                    Err(error) => return error.answer(),
+                };
+                // The slot moved while the client queued, or before EXEC (the node refused
+                // the transaction: nothing of it ran).
+                let moved = redirected.get() || is_redirect(&reply);
+                match (moved, watching) {
+                    // The whole transaction goes to the new owner.
+                    (true, false) => run_exec(worker, &queued.commands, queued.slot).await,
+                    // The watching node can no longer check it: as for a watched key that
+                    // changed, the transaction did not run and the client may try again.
+                    (true, true) => null_array(worker.protocol),
+                    (false, _) => reply,
+                }
+            })
+        }
+        // Watched, every command keyless: the whole transaction on the watching connection.
+        Some(pinned) => {
+            let payload = transaction_payload(&queued.commands, true);
+            let exec = pinned.finish(payload, queued.commands.len() + 2);
+            Reply::later(async move {
+                match exec.get().await {
+                    Ok(mut replies) => replies
+                        .pop()
+                        .unwrap_or_else(|| ProxyError::exec_abort().to_reply()),
+                    Err(error) => error.answer(),
+                }
+            })
+        }
+        None => Reply::later(async move { run_exec(worker, &queued.commands, queued.slot).await }),
+    }
 }
 
-async fn run_exec(
-    worker: Rc<Worker>,
-    payload: Bytes,
-    replies: usize,
-    slot: Option<Slot>,
-    watch: Option<Watch>,
-) -> Bytes {
-    if let Some(watch) = watch {
-        let held = watch.conn.lock().await.take();
-        if let Some((addr, mut conn)) = held {
-            // With a WATCH the node must be the one that watched: no redirect is followed.
-            return match exchange_many(&mut conn, &addr, &payload, replies).await {
-                Ok(mut all) => {
-                    worker.dedicated.checkin(&addr, conn);
-                    all.pop()
-                        .unwrap_or_else(|| ProxyError::exec_abort().to_reply())
-                }
-                Err(error) => ProxyError::backend(&error).answer(),
-            };
-        }
-        // The WATCH itself failed (its error went to the client): run unwatched, as Redis
-        // would after a WATCH that did not happen.
-    }
+/// The whole transaction, unwatched, on a connection of its own to the slot's owner (any
+/// primary when no command has a key), following the slot if it moved.
+async fn run_exec(worker: Rc<Worker>, commands: &[Command], slot: Option<Slot>) -> Bytes {
+    let payload = transaction_payload(commands, true);
+    let replies = commands.len() + 2;
     let target = slot.map_or(Target::Any, Target::Slot);
     let mut exec = ExecExchange {
         payload: &payload,
@@ -237,7 +348,8 @@ impl Exchange for ExecExchange<'_> {
     }
 }
 
-/// `WATCH key...`: keys in one slot, held on a connection to that slot's owner.
+/// `WATCH key...`: held on a connection to the node that owns the keys (one WATCH per slot,
+/// so keys of several slots of one node can be watched together).
 pub fn watch(
     worker: &Rc<Worker>,
     map: &SlotMap,
@@ -250,102 +362,83 @@ pub fn watch(
             .answer()
             .into();
     }
-    let slot = match target_of(spec, &cmd, map) {
-        Ok(Target::Slot(slot)) => slot,
-        Ok(_) => {
-            return ProxyError::bad_request("ERR wrong number of arguments for 'watch' command")
-                .answer()
-                .into()
-        }
-        Err(crossslot) => return crossslot.answer().into(),
+    let groups = watch_groups(spec, &cmd);
+    let Some(&(first_slot, _)) = groups.first() else {
+        return ProxyError::bad_request("ERR wrong number of arguments for 'watch' command")
+            .answer()
+            .into();
     };
-    match &state.watch {
-        Some(existing) if existing.slot != slot => ProxyError::cross_slot().answer().into(),
-        Some(existing) => {
-            // Another WATCH on the same connection, once the first has landed.
-            let conn = existing.conn.clone();
-            let worker = worker.clone();
-            Reply::later(async move {
-                let mut held = conn.lock().await;
-                match held.as_mut() {
-                    Some((addr, stream)) => match exchange_many(stream, addr, cmd.raw(), 1).await {
-                        Ok(mut r) => r.pop().unwrap_or_else(reply::ok),
-                        Err(error) => {
-                            *held = None;
-                            ProxyError::backend(&error).answer()
-                        }
-                    },
-                    None => first_watch(&worker, &mut held, &cmd, slot).await,
-                }
-            })
+    let node = match watch_node(map, &groups, state.pinned.as_ref().map(Pinned::node)) {
+        Ok(node) => node,
+        Err(error) => return error.answer().into(),
+    };
+    let payload = if groups.len() == 1 {
+        cmd.raw().clone()
+    } else {
+        let mut payload = BytesMut::new();
+        for (_, keys) in &groups {
+            let args: Vec<&[u8]> = std::iter::once(&b"WATCH"[..])
+                .chain(keys.iter().copied())
+                .collect();
+            payload.extend_from_slice(Command::from_args(&args).raw());
         }
+        payload.freeze()
+    };
+    let replies = groups.len();
+    let answer = match &state.pinned {
+        Some(pinned) => pinned.send(payload, replies),
         None => {
-            let conn = Arc::new(Mutex::new(None));
-            // Taken now, in command order, so an EXEC queued behind this WATCH waits for it.
-            let Ok(mut held) = conn.clone().try_lock_owned() else {
-                return ProxyError::proxy_policy("ERR slotproxy: WATCH state busy")
-                    .answer()
-                    .into();
-            };
-            state.watch = Some(Watch { slot, conn });
-            let worker = worker.clone();
-            Reply::later(async move { first_watch(&worker, &mut held, &cmd, slot).await })
-        }
-    }
-}
-
-/// Opens the watch connection to the slot's owner (following redirects like any request) and
-/// sends the WATCH; the connection is held when the node answered OK.
-async fn first_watch(
-    worker: &Worker,
-    held: &mut Option<(NodeAddr, BackendStream)>,
-    cmd: &Command,
-    slot: Slot,
-) -> Bytes {
-    let mut watch = WatchExchange {
-        payload: cmd.raw(),
-        held: None,
-    };
-    // A WATCH on the importing node of a migrating slot would watch the wrong node: wait for
-    // the migration instead of following ASK.
-    let rules = Rules {
-        can_ask: false,
-        ..rules(worker, Resend::Safe)
-    };
-    match drive(worker, &mut watch, &Target::Slot(slot), rules, None).await {
-        Ok(answer) => {
-            if answer.as_ref() == b"+OK\r\n" {
-                *held = watch.held.take();
-            }
+            let pinned = Pinned::new(worker, node);
+            let answer = pinned.open(first_slot, UNWATCH, payload, replies);
+            state.pinned = Some(pinned);
             answer
         }
-        Err(error) => error.answer(),
-    }
+    };
+    state.watching = true;
+    Reply::later(async move {
+        match answer.get().await {
+            Ok(replies) => match replies.into_iter().find(|r| r.as_ref() != b"+OK\r\n") {
+                // A slot moved away from the watching node since the map was read.
+                Some(reply) if is_redirect(&reply) => ProxyError::cross_slot().answer(),
+                Some(reply) => reply,
+                None => reply::ok(),
+            },
+            Err(error) => error.answer(),
+        }
+    })
 }
 
-/// WATCH on a connection of its own, kept (in `held`) when the node said OK.
-struct WatchExchange<'a> {
-    payload: &'a [u8],
-    held: Option<(NodeAddr, BackendStream)>,
+/// The watched keys by slot, in the order the slots first appear.
+fn watch_groups<'c>(spec: &CommandSpec, cmd: &'c Command) -> Vec<(Slot, Vec<&'c [u8]>)> {
+    let mut indices = Vec::new();
+    spec.key_indices(cmd, &mut indices);
+    let mut groups: Vec<(Slot, Vec<&[u8]>)> = Vec::new();
+    for i in indices {
+        let key = cmd.arg(i).unwrap_or_default();
+        let slot = Slot::of(key);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, keys)) => keys.push(key),
+            None => groups.push((slot, vec![key])),
+        }
+    }
+    groups
 }
 
-impl Exchange for WatchExchange<'_> {
-    const REPLICA_READS: bool = false;
-
-    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, _asking: bool) -> ReplyResult {
-        if let Some((previous, conn)) = self.held.take() {
-            worker.dedicated.checkin(&previous, conn);
+/// The one node that owns every watched slot (and that already holds the client's earlier
+/// WATCH, if any): a transaction can only be checked by one node.
+fn watch_node(
+    map: &SlotMap,
+    groups: &[(Slot, Vec<&[u8]>)],
+    watching: Option<&NodeAddr>,
+) -> Result<NodeAddr, ProxyError> {
+    let mut node: Option<&NodeAddr> = watching;
+    for (slot, _) in groups {
+        let owner = map.primary(*slot).ok_or_else(ProxyError::slot_not_served)?;
+        match node {
+            Some(n) if n != owner && !map.is_standalone() => return Err(ProxyError::cross_slot()),
+            Some(_) => {}
+            None => node = Some(owner),
         }
-        let mut conn = worker.dedicated.checkout(addr).await?;
-        let answer = exchange_many(&mut conn, addr, self.payload, 1)
-            .await?
-            .pop()
-            .unwrap_or_else(reply::ok);
-        if answer.as_ref() == b"+OK\r\n" {
-            self.held = Some((addr.clone(), conn));
-        } else {
-            worker.dedicated.checkin(addr, conn);
-        }
-        Ok(answer)
     }
+    node.cloned().ok_or_else(ProxyError::slot_not_served)
 }
