@@ -57,6 +57,9 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
+        if let Ok(addr) = listener.local_addr() {
+            shared.clients.set_local_addr(addr);
+        }
         let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
         let folding = {

@@ -45,6 +45,16 @@ impl TxState {
     pub fn in_multi(&self) -> bool {
         self.multi.is_some()
     }
+
+    /// Commands queued, or `None` outside MULTI (`CLIENT LIST`'s `multi=`).
+    pub fn queued(&self) -> Option<usize> {
+        self.multi.as_ref().map(|q| q.commands.len())
+    }
+
+    /// Whether a queued command writes (or may replicate): `CLIENT PAUSE WRITE` holds its EXEC.
+    pub fn queued_writes(&self) -> bool {
+        self.multi.as_ref().is_some_and(|q| q.writes)
+    }
 }
 
 #[derive(Default)]
@@ -53,6 +63,8 @@ struct Queued {
     slot: Option<Slot>,
     /// An error while queuing: EXEC answers EXECABORT.
     failed: bool,
+    /// A queued command writes or may replicate.
+    writes: bool,
 }
 
 /// The connection that carries a client's WATCH, filled in by the WATCH command's future.
@@ -104,6 +116,7 @@ pub fn queue(
     };
     match verdict {
         Ok(()) => {
+            queued.writes |= spec.is_some_and(|s| s.is_write() || s.may_replicate());
             queued.commands.push(cmd);
             Bytes::from_static(b"+QUEUED\r\n")
         }
