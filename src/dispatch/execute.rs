@@ -144,7 +144,9 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
             transaction::reset(&mut client.tx);
             // As Redis 7.2's RESET: reply mode, NO-EVICT and NO-TOUCH back to their defaults
             // (the library name and version stay; a CLIENT PAUSE is server-wide and stays).
-            client.reply = Default::default();
+            // (A SKIP already in force still silences this very reply, as in Redis.)
+            client.reply.off = false;
+            client.reply.skip_next = false;
             client.entry().set_flag(flag::NO_EVICT, false);
             client.entry().set_flag(flag::NO_TOUCH, false);
             client.publish();
