@@ -72,13 +72,21 @@ impl Registry {
         let _ = self.local_addr.set(addr);
     }
 
+    /// The client `id`, unless it is gone (or killed: its session may still be closing).
     pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
-        lock(&self.clients).get(&id).cloned()
+        lock(&self.clients)
+            .get(&id)
+            .filter(|e| !e.kill.is_cancelled())
+            .cloned()
     }
 
-    /// Every client now, in id order.
+    /// Every client now, in id order (killed ones are gone at once, as in Redis).
     pub fn all(&self) -> Vec<Arc<ClientEntry>> {
-        lock(&self.clients).values().cloned().collect()
+        lock(&self.clients)
+            .values()
+            .filter(|e| !e.kill.is_cancelled())
+            .cloned()
+            .collect()
     }
 
     /// Milliseconds since the registry was made: the clock of every entry's times.

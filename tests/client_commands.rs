@@ -362,12 +362,15 @@ fn client_reply_off_and_skip_silence_replies_as_redis_does() {
         confirmation,
         Reply::Array(Some(vec![bulk("subscribe"), bulk(&channel), Reply::Int(1)]))
     );
-    wait_until("the message", CLUSTER_DEADLINE, || {
-        match int(publisher.call(&["PUBLISH", &channel, "hello"])) {
-            0 => Err("no subscriber yet".to_string()),
-            _ => Ok(()),
-        }
-    });
+    wait_until(
+        "the subscription on its node",
+        CLUSTER_DEADLINE,
+        || match publisher.call(&["PUBSUB", "NUMSUB", &channel]) {
+            Reply::Array(Some(pair)) if pair.get(1) == Some(&Reply::Int(1)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    publisher.call(&["PUBLISH", &channel, "hello"]);
     assert_eq!(
         c.read_reply(),
         Reply::Array(Some(vec![bulk("message"), bulk(&channel), bulk("hello")]))
@@ -425,12 +428,18 @@ fn client_pause_write_holds_writes_but_not_reads_until_unpause() {
     assert_eq!(reader.call(&["GET", &key]), Reply::Simple("QUEUED".into()));
     reader.send(&[b"SET", key.as_bytes(), b"w"]);
     reader.send(&[b"EXEC"]);
-    let reader_id = {
-        let mut lines = list(&mut admin, &["TYPE", "normal"]);
-        lines.retain(|l| l["flags"].contains('b'));
-        lines.first().map(|l| l["id"].clone())
-    };
-    assert!(reader_id.is_some(), "the transaction's client is held");
+    let admin_id = id_of(&mut admin).to_string();
+    wait_until("the transaction's client held", CLUSTER_DEADLINE, || {
+        let held: Vec<String> = list(&mut admin, &[])
+            .into_iter()
+            .filter(|l| l["flags"].contains('b') && l["id"] != admin_id)
+            .map(|l| l["cmd"].clone())
+            .collect();
+        match held.as_slice() {
+            [cmd] if cmd == "get" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     assert_eq!(admin.call(&["CLIENT", "UNPAUSE"]), ok());
     assert_eq!(reader.read_reply(), Reply::Simple("QUEUED".into()));
     assert_eq!(
