@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::NodeAddr;
 
@@ -57,7 +57,8 @@ impl Registry {
             subs: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
             multi: AtomicI64::new(-1),
             resp: AtomicU8::new(2),
-            kill: CancellationToken::new(),
+            killed: AtomicBool::new(false),
+            kill_waker: AtomicWaker::new(),
             details: Mutex::new(Details::default()),
         });
         lock(&self.clients).insert(id, entry.clone());
@@ -76,7 +77,7 @@ impl Registry {
     pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
         lock(&self.clients)
             .get(&id)
-            .filter(|e| !e.kill.is_cancelled())
+            .filter(|e| !e.is_killed())
             .cloned()
     }
 
@@ -84,7 +85,7 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ClientEntry>> {
         lock(&self.clients)
             .values()
-            .filter(|e| !e.kill.is_cancelled())
+            .filter(|e| !e.is_killed())
             .cloned()
             .collect()
     }
@@ -193,8 +194,10 @@ pub struct ClientEntry {
     /// Commands queued in MULTI, -1 outside.
     multi: AtomicI64,
     resp: AtomicU8,
-    /// Cancelled by `CLIENT KILL`: the session closes at once.
-    pub kill: CancellationToken,
+    /// Set by `CLIENT KILL`: the session closes at once.
+    killed: AtomicBool,
+    /// The session waiting for a kill (lock-free: polled on every wake-up of the session).
+    kill_waker: AtomicWaker,
     details: Mutex<Details>,
 }
 
@@ -247,6 +250,36 @@ impl ClientEntry {
     /// A copy of the rarely changing parts.
     pub fn snapshot(&self) -> Details {
         self.details().clone()
+    }
+
+    /// `CLIENT KILL`: its session closes at once.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill_waker.wake();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Completes once the client is killed. Lock-free to poll, so the session can keep it
+    /// among the things it waits for on every turn.
+    ///
+    /// # Cancel safety
+    /// Safe: it only looks at a flag.
+    pub async fn killed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.is_killed() {
+                return std::task::Poll::Ready(());
+            }
+            self.kill_waker.register(cx.waker());
+            if self.is_killed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// The client sent something (`idle=`). `now_ms`: [`Registry::now_ms`].

@@ -79,8 +79,8 @@ async fn run<S: ClientStream>(
     let idle_timer = tokio::time::sleep(IDLE_TIMER_OFF);
     tokio::pin!(idle_timer);
     // CLIENT KILL from any client: close at once.
-    let kill = client.entry().kill.clone();
-    let killed = kill.cancelled();
+    let entry = client.entry().clone();
+    let killed = entry.killed();
     tokio::pin!(killed);
     // A command CLIENT PAUSE holds, and whether a WRITE pause holds it (else only ALL):
     // nothing after it is dispatched until the pause is over, as Redis blocks the client.

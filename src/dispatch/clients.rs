@@ -335,7 +335,7 @@ fn kill(worker: &Worker, client: &mut ClientState, cmd: &Command) -> Result<Byte
             client.closing = true;
             entry.set_flag(flag::CLOSE_AFTER_REPLY, true);
         } else {
-            entry.kill.cancel();
+            entry.kill();
         }
         killed += 1;
     }
