@@ -310,6 +310,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_noting_exchange_tells_the_connection_id_before_the_reply() {
+        let (mut near, far) = tokio::io::duplex(4096);
+        let blpop = b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$1\r\n0\r\n";
+        let expected = [CLIENT_ID, blpop].concat();
+        let noted = std::cell::Cell::new(None);
+        let note = |id| noted.set(Some(id));
+        let proxy = async {
+            let result = exchange(&mut near, ADDR, blpop, false, Some(&note)).await;
+            drop(near);
+            result
+        };
+        let (got, ()) = tokio::join!(
+            proxy,
+            node(far, &expected, &[b":42\r\n", b"*-1\r\n"], false)
+        );
+        assert_eq!(noted.get(), Some(42));
+        assert_eq!(got.ok(), Some(Bytes::from_static(b"*-1\r\n")));
+    }
+
+    #[tokio::test]
     async fn an_asking_exchange_returns_the_reply_after_the_ack() {
         let (mut near, far) = tokio::io::duplex(4096);
         let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";

@@ -130,3 +130,64 @@ impl ReplyMode {
         silent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ReplyMode;
+
+    /// Runs `commands` (each: how it changes the mode, whether it answers with pushes) and
+    /// returns which replies were silenced.
+    fn silenced(commands: &[(&str, bool)]) -> Vec<bool> {
+        let mut mode = ReplyMode::default();
+        commands
+            .iter()
+            .map(|&(command, pushed)| {
+                match command {
+                    "on" => mode = ReplyMode::default(),
+                    "off" => mode.off = true,
+                    "skip" if !mode.off => mode.skip_next = true,
+                    _ => {}
+                }
+                mode.command_done(pushed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reply_modes_silence_as_redis_flags_do() {
+        // OFF silences itself and everything until ON, pushes excepted.
+        assert_eq!(
+            silenced(&[
+                ("off", false),
+                ("get", false),
+                ("subscribe", true),
+                ("on", false)
+            ]),
+            [true, true, false, false]
+        );
+        // SKIP silences the next command only; twice in a row, the second and the next.
+        assert_eq!(
+            silenced(&[("skip", false), ("get", false), ("get", false)]),
+            [false, true, false]
+        );
+        assert_eq!(
+            silenced(&[
+                ("skip", false),
+                ("skip", false),
+                ("get", false),
+                ("get", false)
+            ]),
+            [false, true, true, false]
+        );
+        // SKIP while OFF does nothing once ON.
+        assert_eq!(
+            silenced(&[
+                ("off", false),
+                ("skip", false),
+                ("on", false),
+                ("get", false)
+            ]),
+            [true, true, false, false]
+        );
+    }
+}
