@@ -406,8 +406,8 @@ fn client_pause_write_holds_writes_but_not_reads_until_unpause() {
     // The writer shows as blocked, its SET did not run, and reads go on for everyone else.
     wait_until("the writer held", CLUSTER_DEADLINE, || {
         let line = list(&mut admin, &["ID", &writer_id]);
-        match line.first().map(|l| l["flags"].clone()) {
-            Some(flags) if flags == "b" => Ok(()),
+        match line.first().map(|l| (l["flags"].clone(), l["cmd"].clone())) {
+            Some((flags, cmd)) if flags == "b" && cmd == "set" => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
@@ -436,7 +436,7 @@ fn client_pause_write_holds_writes_but_not_reads_until_unpause() {
             .map(|l| l["cmd"].clone())
             .collect();
         match held.as_slice() {
-            [cmd] if cmd == "get" => Ok(()),
+            [cmd] if cmd == "set" => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });

@@ -474,7 +474,12 @@ pub fn pause_hold(worker: &Worker, client: &ClientState, cmd: &Command) -> Optio
     let write = spec.is_write()
         || spec.may_replicate()
         || (spec.name == "exec" && client.tx.queued_writes());
-    (mode == PauseMode::All || write).then_some(write)
+    let held = mode == PauseMode::All || write;
+    if held {
+        // Redis shows the held command as the client's last (`cmd=set`).
+        client.entry().note_command(spec.id);
+    }
+    held.then_some(write)
 }
 
 /// Waits until no pause holds a command `pause_hold` described by `write`.
