@@ -135,6 +135,20 @@ fn client_list_and_info_have_redis_7_fields_in_order() {
     let line_b = all.iter().find(|c| c["id"] == id_b.to_string()).unwrap();
     assert_eq!(line_b["cmd"], "client|list");
 
+    // Clients of every worker (the kernel spreads connections over the proxy's two).
+    let mut many: Vec<RawClient> = (0..8)
+        .map(|_| RawClient::connect(proxy.local_addr()))
+        .collect();
+    let many_ids: Vec<String> = many.iter_mut().map(|c| id_of(c).to_string()).collect();
+    let listed: Vec<String> = list(&mut a, &[])
+        .into_iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    for id in &many_ids {
+        assert!(listed.contains(id), "client {id} missing from {listed:?}");
+    }
+    drop(many);
+
     // ID filter: in the order asked; unknown ids are left out.
     let by_id = list(
         &mut b,
