@@ -45,11 +45,20 @@ impl Default for Registry {
 
 impl Registry {
     /// Enters a new client; it leaves the registry when the returned handle is dropped.
-    pub fn register(self: &Arc<Self>, id: u64, addr: SocketAddr) -> Registration {
+    /// `laddr`, `fd`: the proxy's end of the connection, where known.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        addr: SocketAddr,
+        laddr: Option<SocketAddr>,
+        fd: i32,
+    ) -> Registration {
         let now = self.now_ms();
         let entry = Arc::new(ClientEntry {
             id,
             addr,
+            laddr,
+            fd,
             created_ms: now,
             last_interaction_ms: AtomicU64::new(now),
             last_cmd: AtomicU32::new(0),
@@ -100,9 +109,8 @@ impl Registry {
         let now = self.now_ms();
         let details = entry.details();
         let laddr = self
-            .local_addr
-            .get()
-            .map(ToString::to_string)
+            .laddr_of(entry)
+            .map(|a| a.to_string())
             .unwrap_or_default();
         let shown = |b: &Option<Bytes>| {
             String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
@@ -118,7 +126,7 @@ qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem
             entry.id,
             entry.addr,
             laddr,
-            FD_UNKNOWN,
+            entry.fd,
             shown(&details.name),
             now.saturating_sub(entry.created_ms) / 1000,
             now.saturating_sub(entry.last_interaction_ms.load(Ordering::Relaxed)) / 1000,
@@ -141,14 +149,12 @@ qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem
         self.now_ms().saturating_sub(entry.created_ms) / 1000
     }
 
-    /// The listener's address, if known.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr.get().copied()
+    /// The proxy's address on `entry`'s connection (`laddr=`): the socket's own, else the
+    /// listener's.
+    pub fn laddr_of(&self, entry: &ClientEntry) -> Option<SocketAddr> {
+        entry.laddr.or_else(|| self.local_addr.get().copied())
     }
 }
-
-/// `fd=` of every client: the proxy's sockets are not the node's, and tools only show it.
-const FD_UNKNOWN: i32 = 0;
 
 /// A client's place in the registry; dropping it (the session ended) removes the client.
 pub struct Registration {
@@ -184,6 +190,9 @@ pub mod flag {
 pub struct ClientEntry {
     pub id: u64,
     pub addr: SocketAddr,
+    laddr: Option<SocketAddr>,
+    /// The proxy's socket (`fd=`; -1 when it has none of its own).
+    fd: i32,
     created_ms: u64,
     last_interaction_ms: AtomicU64,
     /// Command-table id + 1 of the last command (0: none yet).
@@ -477,8 +486,8 @@ mod tests {
     #[test]
     fn clients_are_listed_in_id_order_and_leave_when_dropped() {
         let registry = Arc::new(Registry::default());
-        let b = registry.register(7, addr(2));
-        let a = registry.register(3, addr(1));
+        let b = registry.register(7, addr(2), None, -1);
+        let a = registry.register(3, addr(1), None, -1);
         let ids: Vec<u64> = registry.all().iter().map(|e| e.id).collect();
         assert_eq!(ids, [3, 7]);
         drop(a);
@@ -492,7 +501,7 @@ mod tests {
     fn a_line_has_every_field_of_redis_in_its_order() {
         let registry = Arc::new(Registry::default());
         registry.set_local_addr(addr(6380));
-        let client = registry.register(5, addr(5000));
+        let client = registry.register(5, addr(5000), None, 9);
         client
             .entry
             .update(|d| d.name = Some(Bytes::from_static(b"worker")));
@@ -539,7 +548,7 @@ mod tests {
                 "lib-ver"
             ]
         );
-        assert!(line.starts_with("id=5 addr=127.0.0.1:5000 laddr=127.0.0.1:6380 "));
+        assert!(line.starts_with("id=5 addr=127.0.0.1:5000 laddr=127.0.0.1:6380 fd=9 "));
         assert!(line.contains(" name=worker age=0 idle=0 flags=xe db=0 "));
         assert!(line.contains(" multi=2 "));
         assert!(

@@ -121,6 +121,7 @@ fn client_list_and_info_have_redis_7_fields_in_order() {
     assert_eq!(me["user"], "default");
     assert_eq!(me["resp"], "2");
     assert_eq!(me["laddr"], proxy.local_addr().to_string());
+    assert!(me["fd"].parse::<i32>().unwrap() > 0, "the proxy's socket: {me:?}");
     assert!(me["addr"].starts_with("127.0.0.1:"), "{me:?}");
 
     // Every client of the proxy (both workers), in id order, each with its last command.

@@ -31,10 +31,31 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// Input read ahead while a command is held by CLIENT PAUSE; beyond it the socket waits.
 const HELD_INPUT_LIMIT: usize = 1024 * 1024;
 
+/// The proxy's end of a client's TCP connection, as `CLIENT LIST` shows it (`laddr=`, `fd=`).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalEnd {
+    pub addr: Option<SocketAddr>,
+    pub fd: i32,
+}
+
+impl LocalEnd {
+    pub fn of(stream: &tokio::net::TcpStream) -> LocalEnd {
+        #[cfg(unix)]
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+        #[cfg(not(unix))]
+        let fd = -1;
+        LocalEnd {
+            addr: stream.local_addr().ok(),
+            fd,
+        }
+    }
+}
+
 pub async fn serve<S: ClientStream>(
     worker: Rc<Worker>,
     stream: S,
     peer: SocketAddr,
+    local: LocalEnd,
     shutdown: CancellationToken,
 ) {
     let shared = worker.shared.clone();
@@ -49,7 +70,7 @@ pub async fn serve<S: ClientStream>(
         return;
     }
     let id = shared.next_client_id();
-    let registration = shared.clients.register(id, peer);
+    let registration = shared.clients.register(id, peer, local.addr, local.fd);
     let mut client = ClientState::new(id, peer, !shared.users.load().required(), registration);
     tracing::debug!(client = id, %peer, "client connected");
     if let Err(error) = run(&worker, stream, &mut client, shutdown).await {

@@ -303,7 +303,7 @@ impl KillFilter {
     }
 
     fn matches(&self, registry: &Registry, entry: &ClientEntry, me: u64) -> bool {
-        let laddr = registry.local_addr().map(|a| a.to_string());
+        let laddr = registry.laddr_of(entry).map(|a| a.to_string());
         self.addr
             .as_ref()
             .is_none_or(|a| *a == entry.addr.to_string())
