@@ -121,7 +121,10 @@ fn client_list_and_info_have_redis_7_fields_in_order() {
     assert_eq!(me["user"], "default");
     assert_eq!(me["resp"], "2");
     assert_eq!(me["laddr"], proxy.local_addr().to_string());
-    assert!(me["fd"].parse::<i32>().unwrap() > 0, "the proxy's socket: {me:?}");
+    assert!(
+        me["fd"].parse::<i32>().unwrap() > 0,
+        "the proxy's socket: {me:?}"
+    );
     assert!(me["addr"].starts_with("127.0.0.1:"), "{me:?}");
 
     // Every client of the proxy (both workers), in id order, each with its last command.
@@ -626,4 +629,46 @@ fn tracking_queries_answer_for_a_client_that_does_not_track() {
         Reply::Array(Some(lines)) => assert!(lines.len() > 10, "{lines:?}"),
         other => panic!("CLIENT HELP: {other:?}"),
     }
+}
+
+#[test]
+fn killed_blocked_clients_go_and_refusals_are_not_held_by_a_pause() {
+    let proxy = start_proxy(shared());
+    let mut admin = RawClient::connect(proxy.local_addr());
+    let p = unique_prefix("kill-blocked");
+
+    // A client blocked on its node is killed like any other, and leaves the list.
+    let mut blocked = RawClient::connect(proxy.local_addr());
+    let id = id_of(&mut blocked).to_string();
+    blocked.send(&[b"BLPOP", format!("{p}:l").as_bytes(), b"0"]);
+    wait_until("flags=b", CLUSTER_DEADLINE, || {
+        match list(&mut admin, &["ID", &id]).first() {
+            Some(line) if line["flags"] == "b" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(admin.call(&["CLIENT", "KILL", "ID", &id]), Reply::Int(1));
+    blocked
+        .is_closed_by_server()
+        .unwrap_or_else(|e| panic!("the killed client: {e}"));
+    assert!(list(&mut admin, &["ID", &id]).is_empty());
+
+    // Under PAUSE ALL, what Redis refuses before it looks at a pause is answered at once.
+    let mut sub = RawClient::connect(proxy.local_addr());
+    sub.call(&["SUBSCRIBE", &format!("{p}:ch")]);
+    assert_eq!(admin.call(&["CLIENT", "PAUSE", "2000", "ALL"]), ok());
+    let mut other = RawClient::connect(proxy.local_addr());
+    assert!(other
+        .call(&["NOSUCHCOMMAND"])
+        .error()
+        .starts_with("ERR unknown command"));
+    assert_eq!(
+        other.call(&["GET"]).error(),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    assert!(sub
+        .call(&["GET", "k"])
+        .error()
+        .starts_with("ERR Can't execute 'get'"));
+    // (CLIENT UNPAUSE itself is held by ALL, as in Redis: this proxy's pause just ends.)
 }

@@ -471,6 +471,13 @@ pub fn pause_hold(worker: &Worker, client: &ClientState, cmd: &Command) -> Optio
     if !spec.check_arity(cmd.argc()) || !client.authenticated {
         return None;
     }
+    // A RESP2 subscriber's refused command is answered at once too.
+    if client.protocol == Protocol::Resp2
+        && client.subs.as_ref().is_some_and(|s| s.active())
+        && !super::allowed_when_subscribed(spec.route)
+    {
+        return None;
+    }
     let write = spec.is_write()
         || spec.may_replicate()
         || (spec.name == "exec" && client.tx.queued_writes());

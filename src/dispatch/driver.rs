@@ -449,17 +449,31 @@ pub async fn execute_blocking(
         .answer();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
-    entry.set_flag(flag::BLOCKED, true);
+    let blocked = Blocked::on(entry);
     let rules = rules(&worker, Resend::Never);
     let mut via = ViaBlocked {
         payload: &payload,
-        entry: &entry,
+        entry: &blocked.0,
     };
-    let reply = drive(&worker, &mut via, &target, rules, None)
+    drive(&worker, &mut via, &target, rules, None)
         .await
-        .unwrap_or_else(|e| e.answer());
-    entry.set_blocked_on(None);
-    reply
+        .unwrap_or_else(|e| e.answer())
+}
+
+/// Shows a client blocked for as long as it lives (however its command ends).
+struct Blocked(Arc<ClientEntry>);
+
+impl Blocked {
+    fn on(entry: Arc<ClientEntry>) -> Blocked {
+        entry.set_flag(flag::BLOCKED, true);
+        Blocked(entry)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.set_blocked_on(None);
+    }
 }
 
 /// Runs `payload` on the node for `target` on a connection of its own (a dedicated one, not
