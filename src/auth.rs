@@ -124,6 +124,11 @@ impl Users {
         }
     }
 
+    /// Whether a user of this name exists (`default` always does, as in Redis).
+    pub fn exists(&self, name: &[u8]) -> bool {
+        name == b"default" || std::str::from_utf8(name).is_ok_and(|n| self.users.contains_key(n))
+    }
+
     /// Checks `AUTH [user] password`; no user means `default`.
     pub fn check(&self, user: Option<&[u8]>, password: &[u8]) -> AuthResult {
         let name = user.unwrap_or(b"default");

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod latency;
 pub mod metrics;
+pub mod registry;
 pub mod reload;
 pub mod resp;
 pub mod server;

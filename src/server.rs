@@ -57,6 +57,9 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
+        if let Ok(addr) = listener.local_addr() {
+            shared.clients.set_local_addr(addr);
+        }
         let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
         let folding = {
@@ -75,7 +78,10 @@ pub fn run_worker(
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         match worker.shared.client_tls.load_full() {
-                            None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, shutdown.clone())),
+                            None => {
+                                let local = session::LocalEnd::of(&stream);
+                                sessions.spawn_local(session::serve(worker.clone(), stream, peer, local, shutdown.clone()))
+                            }
                             Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
                         };
                     }

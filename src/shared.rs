@@ -14,6 +14,7 @@ use crate::cluster::topology::Topology;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;
+use crate::registry::Registry;
 
 pub struct Shared {
     pub config: Config,
@@ -41,6 +42,8 @@ pub struct Shared {
     pub client_limits: ArcSwap<ClientLimits>,
     /// Command latency histograms, folded in by the workers every second.
     pub latency: LatencyTotals,
+    /// Every connected client, for `CLIENT LIST/KILL/UNBLOCK`, and `CLIENT PAUSE`.
+    pub clients: Arc<Registry>,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -104,6 +107,7 @@ impl Shared {
             client_tls: arc_swap::ArcSwapOption::empty(),
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
             latency: LatencyTotals::default(),
+            clients: Arc::new(Registry::default()),
             config,
         }
     }

@@ -18,6 +18,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("tls", 2),
     ("backend", 3),
     ("cluster", 4),
+    // Every connected client and CLIENT PAUSE, shared by the workers (held by `shared`).
+    ("registry", 4),
     ("shared", 5),
     ("dispatch", 7),
     // The recorder registers the label values dispatch defines (error and retry kinds).

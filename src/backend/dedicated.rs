@@ -20,6 +20,7 @@ use super::BackendError;
 use crate::resp::ReplyScanner;
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+const CLIENT_ID: &[u8] = b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
 /// Idle dedicated connections kept per node and worker.
 const MAX_IDLE_PER_NODE: usize = 8;
 const READ_CHUNK: usize = 4 * 1024;
@@ -48,19 +49,46 @@ impl DedicatedPool {
         payload: &[u8],
         asking: bool,
     ) -> Result<Bytes, BackendError> {
+        self.round_trip_with(addr, payload, asking, None).await
+    }
+
+    /// [`round_trip`](Self::round_trip), first telling `noted` the connection's id on its node
+    /// (`CLIENT ID`, pipelined in front of the request), as soon as the node answers it and
+    /// while the request may still be waiting: for `CLIENT UNBLOCK`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the connection, which closes it.
+    pub async fn round_trip_noting_id(
+        &self,
+        addr: &NodeAddr,
+        payload: &[u8],
+        asking: bool,
+        noted: &dyn Fn(u64),
+    ) -> Result<Bytes, BackendError> {
+        self.round_trip_with(addr, payload, asking, Some(noted))
+            .await
+    }
+
+    async fn round_trip_with(
+        &self,
+        addr: &NodeAddr,
+        payload: &[u8],
+        asking: bool,
+        noted: Option<&dyn Fn(u64)>,
+    ) -> Result<Bytes, BackendError> {
         let reused = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
         let fresh = reused.is_none();
         let mut stream = match reused {
             Some(stream) => stream,
             None => self.open(addr).await?,
         };
-        let result = exchange(&mut stream, addr, payload, asking).await;
+        let result = exchange(&mut stream, addr, payload, asking, noted).await;
         match result {
             Err(BackendError::Lost { .. }) if !fresh => {
                 // An idle connection the node had closed meanwhile (timeout, restart): the
                 // write went nowhere, so one fresh connection may try again.
                 let mut stream = self.open(addr).await?;
-                let reply = exchange(&mut stream, addr, payload, asking).await?;
+                let reply = exchange(&mut stream, addr, payload, asking, noted).await?;
                 self.keep(addr, stream);
                 Ok(reply)
             }
@@ -107,22 +135,42 @@ impl DedicatedPool {
     }
 }
 
+/// One request (after `ASKING` when `asking`, after `CLIENT ID` when `noted`, which is told
+/// the id as soon as it arrives) and its reply.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     addr: &str,
     payload: &[u8],
     asking: bool,
+    noted: Option<&dyn Fn(u64)>,
 ) -> Result<Bytes, BackendError> {
+    let lost = |_| BackendError::Lost {
+        addr: addr.to_string(),
+    };
+    if noted.is_some() {
+        stream.write_all(CLIENT_ID).await.map_err(lost)?;
+    }
     if asking {
-        let lost = |_| BackendError::Lost {
-            addr: addr.to_string(),
-        };
         stream.write_all(ASKING).await.map_err(lost)?;
     }
-    let mut replies = exchange_many(stream, addr, payload, 1 + usize::from(asking)).await?;
+    let count = 1 + usize::from(asking) + usize::from(noted.is_some());
+    let mut on_reply = |index: usize, reply: &[u8]| {
+        if let (0, Some(noted)) = (index, noted) {
+            if let Some(id) = integer_reply(reply) {
+                noted(id);
+            }
+        }
+    };
+    let mut replies = write_and_read(stream, addr, payload, count, &mut on_reply).await?;
     replies.pop().ok_or_else(|| BackendError::Lost {
         addr: addr.to_string(),
     })
+}
+
+/// The value of an integer reply (`:42\r\n`).
+fn integer_reply(reply: &[u8]) -> Option<u64> {
+    let digits = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Writes `payload` (one or more commands) and reads `count` whole replies. Generic so the
@@ -135,6 +183,17 @@ pub async fn exchange_many<S: AsyncRead + AsyncWrite + Unpin>(
     addr: &str,
     payload: &[u8],
     count: usize,
+) -> Result<Vec<Bytes>, BackendError> {
+    write_and_read(stream, addr, payload, count, &mut |_, _| {}).await
+}
+
+/// [`exchange_many`], handing each reply to `on_reply` (with its index) as soon as it is read.
+async fn write_and_read<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    addr: &str,
+    payload: &[u8],
+    count: usize,
+    on_reply: &mut dyn FnMut(usize, &[u8]),
 ) -> Result<Vec<Bytes>, BackendError> {
     let lost = |_| BackendError::Lost {
         addr: addr.to_string(),
@@ -151,7 +210,9 @@ pub async fn exchange_many<S: AsyncRead + AsyncWrite + Unpin>(
             reason: e.to_string(),
         })?;
         if let Some(len) = scanned {
-            replies.push(buf.split_to(len).freeze());
+            let reply = buf.split_to(len).freeze();
+            on_reply(replies.len(), &reply);
+            replies.push(reply);
             continue;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -249,12 +310,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_noting_exchange_tells_the_connection_id_before_the_reply() {
+        let (mut near, far) = tokio::io::duplex(4096);
+        let blpop = b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$1\r\n0\r\n";
+        let expected = [CLIENT_ID, blpop].concat();
+        let noted = std::cell::Cell::new(None);
+        let note = |id| noted.set(Some(id));
+        let proxy = async {
+            let result = exchange(&mut near, ADDR, blpop, false, Some(&note)).await;
+            drop(near);
+            result
+        };
+        let (got, ()) = tokio::join!(
+            proxy,
+            node(far, &expected, &[b":42\r\n", b"*-1\r\n"], false)
+        );
+        assert_eq!(noted.get(), Some(42));
+        assert_eq!(got.ok(), Some(Bytes::from_static(b"*-1\r\n")));
+    }
+
+    #[tokio::test]
     async fn an_asking_exchange_returns_the_reply_after_the_ack() {
         let (mut near, far) = tokio::io::duplex(4096);
         let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
         let expected = [ASKING, get].concat();
         let proxy = async {
-            let result = exchange(&mut near, ADDR, get, true).await;
+            let result = exchange(&mut near, ADDR, get, true, None).await;
             drop(near);
             result
         };

@@ -31,6 +31,8 @@ struct Entry {
     state: State,
     latency: Option<(Instant, Rc<CommandMetrics>)>,
     parked: bool,
+    /// `CLIENT REPLY OFF|SKIP`: completes in its place but writes nothing.
+    silent: bool,
 }
 
 /// A driven future tagged with its slot's sequence number.
@@ -99,6 +101,7 @@ impl ReplyQueue {
             state,
             latency: dispatched.latency,
             parked,
+            silent: dispatched.silent,
         });
     }
 
@@ -160,7 +163,9 @@ impl ReplyQueue {
                     .record(now.saturating_duration_since(started));
             }
             if let State::Ready(bytes) = entry.state {
-                out.extend_from_slice(&bytes);
+                if !entry.silent {
+                    out.extend_from_slice(&bytes);
+                }
             }
         }
     }
@@ -233,6 +238,7 @@ mod tests {
             Dispatched {
                 reply: Reply::InFlight(in_flight),
                 latency: None,
+                silent: false,
             },
             node,
         )
@@ -246,6 +252,7 @@ mod tests {
             Dispatched {
                 reply,
                 latency: None,
+                silent: false,
             },
             tx,
         )
@@ -347,6 +354,7 @@ mod tests {
             queue.push(Dispatched {
                 reply: Reply::Parked(Box::pin(async move { rx.await.unwrap_or_default() })),
                 latency: None,
+                silent: false,
             });
             assert!(queue.has_parked());
             tx.send(Bytes::from_static(b"*-1\r\n")).unwrap();

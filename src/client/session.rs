@@ -17,21 +17,45 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::ClientStream;
 use super::replies::ReplyQueue;
+use crate::dispatch::clients;
 use crate::dispatch::pubsub::Subscriptions;
 use crate::dispatch::Worker;
-use crate::dispatch::{dispatch, ClientState, Dispatched, ProxyError};
-use crate::resp::RequestDecoder;
+use crate::dispatch::{dispatch, flag, ClientState, Dispatched, ProxyError};
+use crate::resp::{Command, RequestDecoder};
 
 const READ_CHUNK: usize = 16 * 1024;
 /// The idle timer's delay while `client_idle_timeout` is off (it is then never polled).
 const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// Input read ahead while a command is held by CLIENT PAUSE; beyond it the socket waits.
+const HELD_INPUT_LIMIT: usize = 1024 * 1024;
+
+/// The proxy's end of a client's TCP connection, as `CLIENT LIST` shows it (`laddr=`, `fd=`).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalEnd {
+    pub addr: Option<SocketAddr>,
+    pub fd: i32,
+}
+
+impl LocalEnd {
+    pub fn of(stream: &tokio::net::TcpStream) -> LocalEnd {
+        #[cfg(unix)]
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+        #[cfg(not(unix))]
+        let fd = -1;
+        LocalEnd {
+            addr: stream.local_addr().ok(),
+            fd,
+        }
+    }
+}
 
 pub async fn serve<S: ClientStream>(
     worker: Rc<Worker>,
     stream: S,
     peer: SocketAddr,
+    local: LocalEnd,
     shutdown: CancellationToken,
 ) {
     let shared = worker.shared.clone();
@@ -46,7 +70,8 @@ pub async fn serve<S: ClientStream>(
         return;
     }
     let id = shared.next_client_id();
-    let mut client = ClientState::new(id, peer, !shared.users.load().required());
+    let registration = shared.clients.register(id, peer, local.addr, local.fd);
+    let mut client = ClientState::new(id, peer, !shared.users.load().required(), registration);
     tracing::debug!(client = id, %peer, "client connected");
     if let Err(error) = run(&worker, stream, &mut client, shutdown).await {
         tracing::debug!(client = id, %error, "client connection error");
@@ -74,6 +99,14 @@ async fn run<S: ClientStream>(
     let mut idle = Idle::default();
     let idle_timer = tokio::time::sleep(IDLE_TIMER_OFF);
     tokio::pin!(idle_timer);
+    // CLIENT KILL from any client: close at once.
+    let entry = client.entry().clone();
+    let killed = entry.killed();
+    tokio::pin!(killed);
+    // A command CLIENT PAUSE holds, and whether a WRITE pause holds it (else only ALL):
+    // nothing after it is dispatched until the pause is over, as Redis blocks the client.
+    let mut held: Option<(Command, bool)> = None;
+    let registry = worker.shared.clients.clone();
     loop {
         // The limits may change with a reload (SIGHUP): read them as the client goes.
         let (output_limit, idle_timeout) = {
@@ -81,8 +114,15 @@ async fn run<S: ClientStream>(
             (limits.output_limit, limits.idle_timeout)
         };
         idle.follow(idle_timeout, idle_timer.as_mut());
-        if !input_done {
-            input_done = dispatch_decoded(worker, client, &mut decoder, &mut input, &mut pending);
+        if !input_done && held.is_none() {
+            input_done = dispatch_decoded(
+                worker,
+                client,
+                &mut decoder,
+                &mut input,
+                &mut pending,
+                &mut held,
+            );
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
@@ -112,9 +152,25 @@ async fn run<S: ClientStream>(
         {
             input = BytesMut::new();
         }
-        let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
+        let can_read = !input_done
+            && pending.len() < worker.max_pipeline_depth
+            && (held.is_none() || input.len() < HELD_INPUT_LIMIT);
+        let held_write = held.as_ref().map(|(_, write)| *write);
         tokio::select! {
             _ = pending.progress(), if !pending.is_empty() => {}
+            () = &mut killed => {
+                tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
+                return Ok(());
+            }
+            () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
+                if let Some((command, _)) = held.take() {
+                    client.entry().set_flag(flag::BLOCKED, false);
+                    pending.push(dispatch(worker.speaking_to(client.protocol), client, command, &mut None));
+                    if client.closing {
+                        input_done = true;
+                    }
+                }
+            }
             _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
             ready = stream.writable(), if !output.is_empty() => {
                 ready?;
@@ -132,6 +188,7 @@ async fn run<S: ClientStream>(
                     Ok(n) => {
                         bytes_in.increment(n as u64);
                         idle.touch();
+                        client.entry().touch(registry.now_ms());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -163,12 +220,21 @@ fn dispatch_decoded(
     decoder: &mut RequestDecoder,
     input: &mut BytesMut,
     pending: &mut ReplyQueue,
+    held: &mut Option<(Command, bool)>,
 ) -> bool {
     // One clock read for the latency of every command of this read.
     let mut arrived = None;
     while pending.len() < worker.max_pipeline_depth {
         match decoder.decode(input) {
             Ok(Some(command)) => {
+                // One relaxed load per command while no pause was ever set.
+                if worker.shared.clients.pause.maybe_active() {
+                    if let Some(write) = clients::pause_hold(worker, client, &command) {
+                        client.entry().set_flag(flag::BLOCKED, true);
+                        *held = Some((command, write));
+                        return false;
+                    }
+                }
                 pending.push(dispatch(
                     worker.speaking_to(client.protocol),
                     client,

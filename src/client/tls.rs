@@ -32,6 +32,8 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    // What CLIENT LIST shows: the TCP connection's end, not the socket pair's.
+    let local = session::LocalEnd::of(&tcp);
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
     let tls = tokio::select! {
         done = handshake => match done {
@@ -56,7 +58,7 @@ pub async fn serve(
             return;
         }
     };
-    tokio::task::spawn_local(session::serve(worker, theirs, peer, shutdown));
+    tokio::task::spawn_local(session::serve(worker, theirs, peer, local, shutdown));
     bridge(tls, ours).await;
 }
 

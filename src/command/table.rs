@@ -313,6 +313,12 @@ impl CommandSpec {
         self.flags.contains(CommandFlags::WRITE)
     }
 
+    /// Does not write but may replicate (PUBLISH, EVAL, PFCOUNT): `CLIENT PAUSE WRITE`
+    /// holds it like a write.
+    pub fn may_replicate(&self) -> bool {
+        self.flags.contains(CommandFlags::MAY_REPLICATE)
+    }
+
     /// Never modifies the dataset.
     pub fn is_readonly(&self) -> bool {
         self.flags.contains(CommandFlags::READONLY)

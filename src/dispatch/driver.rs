@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use crate::backend::{BackendError, NodeAddr};
 use crate::cluster::redirect::classify;
 use crate::cluster::{Slot, SlotMap};
 use crate::config::ReadFrom;
+use crate::registry::{flag, ClientEntry};
 use crate::shared::Counters;
 
 pub use super::decision::Resend;
@@ -76,6 +78,26 @@ impl Exchange for ViaDedicated<'_> {
 
     async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
         worker.dedicated.round_trip(addr, self.0, asking).await
+    }
+}
+
+/// A blocking command's connection of its own, whose id on its node is noted in the client's
+/// entry while the command waits (for `CLIENT UNBLOCK`).
+struct ViaBlocked<'a> {
+    payload: &'a [u8],
+    entry: &'a ClientEntry,
+}
+
+impl Exchange for ViaBlocked<'_> {
+    const REPLICA_READS: bool = false;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
+        let entry = self.entry;
+        let noted = |id| entry.set_blocked_on(Some((addr.clone(), id)));
+        worker
+            .dedicated
+            .round_trip_noting_id(addr, self.payload, asking, &noted)
+            .await
     }
 }
 
@@ -411,8 +433,14 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
 }
 
 /// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated
-/// connection, within the `max_blocking_connections` budget.
-pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target) -> Bytes {
+/// connection, within the `max_blocking_connections` budget. The client's `entry` shows it
+/// blocked meanwhile, with the node connection `CLIENT UNBLOCK` would unblock.
+pub async fn execute_blocking(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    target: Target,
+    entry: Arc<ClientEntry>,
+) -> Bytes {
     let Ok(_permit) = worker.shared.blocking_permits.clone().try_acquire_owned() else {
         return ProxyError::limit(format!(
             "ERR max number of blocked clients reached (max_blocking_connections = {})",
@@ -421,7 +449,31 @@ pub async fn execute_blocking(worker: Rc<Worker>, payload: Bytes, target: Target
         .answer();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
-    execute_dedicated(worker, payload, target).await
+    let blocked = Blocked::on(entry);
+    let rules = rules(&worker, Resend::Never);
+    let mut via = ViaBlocked {
+        payload: &payload,
+        entry: &blocked.0,
+    };
+    drive(&worker, &mut via, &target, rules, None)
+        .await
+        .unwrap_or_else(|e| e.answer())
+}
+
+/// Shows a client blocked for as long as it lives (however its command ends).
+struct Blocked(Arc<ClientEntry>);
+
+impl Blocked {
+    fn on(entry: Arc<ClientEntry>) -> Blocked {
+        entry.set_flag(flag::BLOCKED, true);
+        Blocked(entry)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.set_blocked_on(None);
+    }
 }
 
 /// Runs `payload` on the node for `target` on a connection of its own (a dedicated one, not

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::clients;
 use super::cluster_wide;
 use super::driver::{self, execute as run, Resend, Started, Target};
 use super::error::ProxyError;
@@ -20,6 +21,7 @@ use super::worker::Worker;
 use crate::cluster::SlotMap;
 use crate::command::route::{Local, Merge, SessionCommand, SplitKind};
 use crate::command::CommandSpec;
+use crate::registry::flag;
 use crate::resp::{Command, Protocol};
 
 /// The reply to `cmd` as `plan` says; `map` is the snapshot the plan was made with.
@@ -73,6 +75,7 @@ pub fn execute(
                 worker.clone(),
                 cmd.into_raw(),
                 target,
+                client.entry().clone(),
             )))
         }
         Plan::Session(command) => session(worker, client, map, spec, cmd, command),
@@ -109,7 +112,7 @@ fn answer(result: Result<Bytes, ProxyError>) -> Reply {
     result.unwrap_or_else(|error| error.answer()).into()
 }
 
-fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Command) -> Reply {
+fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Command) -> Reply {
     let subscribed =
         client.protocol == Protocol::Resp2 && client.subs.as_ref().is_some_and(|s| s.active());
     match command {
@@ -121,26 +124,38 @@ fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Comman
             reply::ok().into()
         }
         Local::Select => answer(local::select(cmd)),
-        Local::Auth => answer(local::auth(cmd, client, &worker.shared.users.load())),
-        Local::Hello => answer(local::hello(cmd, client, &worker.shared.users.load())),
+        Local::Auth => {
+            let answered = answer(local::auth(cmd, client, &worker.shared.users.load()));
+            client.publish();
+            answered
+        }
+        Local::Hello => {
+            let answered = answer(local::hello(cmd, client, &worker.shared.users.load()));
+            client.publish();
+            answered
+        }
         Local::Ok => reply::ok().into(),
         Local::Reset => {
             client.authenticated = !worker.shared.users.load().required();
+            client.user = None;
             client.name = None;
             client.subs = None;
             client.protocol = Protocol::Resp2;
             transaction::reset(&mut client.tx);
+            // As Redis 7.2's RESET: reply mode, NO-EVICT and NO-TOUCH back to their defaults
+            // (the library name and version stay; a CLIENT PAUSE is server-wide and stays).
+            // (A SKIP already in force still silences this very reply, as in Redis.)
+            client.reply.off = false;
+            client.reply.skip_next = false;
+            client.entry().set_flag(flag::NO_EVICT, false);
+            client.entry().set_flag(flag::NO_TOUCH, false);
+            client.publish();
+            client.publish_subscriptions();
             Bytes::from_static(b"+RESET\r\n").into()
         }
-        Local::Client => {
-            // By argv[1], not by the table: the cluster may predate a subcommand the proxy
-            // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
-            let sub = format!(
-                "client|{}",
-                String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase()
-            );
-            answer(local::client(&sub, cmd, client))
-        }
+        // By argv[1], not by the table: the cluster may predate a subcommand the proxy
+        // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
+        Local::Client => clients::client(worker, client, cmd),
         Local::KeySlot => local::keyslot(cmd).into(),
     }
 }
@@ -254,13 +269,20 @@ fn session(
         SessionCommand::Discard => transaction::discard(&mut client.tx).into(),
         SessionCommand::Watch => transaction::watch(worker, map, &mut client.tx, spec, cmd),
         SessionCommand::Unwatch => transaction::unwatch(&mut client.tx).into(),
-        SessionCommand::Subscribe(kind) => subscriptions(client)
-            .subscribe(worker, map, kind, &cmd)
-            .into(),
-        SessionCommand::Unsubscribe(kind) => subscriptions(client)
-            .unsubscribe(worker, map, kind, &cmd)
-            .into(),
-        SessionCommand::Wait => wait::wait(worker, &mut client.writes, cmd),
+        SessionCommand::Subscribe(kind) => {
+            let confirmations = subscriptions(client).subscribe(worker, map, kind, &cmd);
+            client.publish_subscriptions();
+            confirmations.into()
+        }
+        SessionCommand::Unsubscribe(kind) => {
+            let confirmations = subscriptions(client).unsubscribe(worker, map, kind, &cmd);
+            client.publish_subscriptions();
+            confirmations.into()
+        }
+        SessionCommand::Wait => {
+            let entry = client.entry().clone();
+            wait::wait(worker, &mut client.writes, cmd, entry)
+        }
     }
 }
 

@@ -70,12 +70,14 @@ fn authenticate(
     match users.check(user, password) {
         AuthResult::Ok => {
             client.authenticated = true;
+            client.user = user.map(|u| String::from_utf8_lossy(u).into_owned());
             Ok(())
         }
         AuthResult::WrongPass => Err(ProxyError::wrong_pass()),
         AuthResult::NoPasswordConfigured if user.is_some() => {
             // `AUTH default x` with a nopass default user: Redis accepts it.
             client.authenticated = true;
+            client.user = None;
             Ok(())
         }
         AuthResult::NoPasswordConfigured => Err(ProxyError::bad_request(
@@ -195,76 +197,14 @@ fn hello_reply(id: u64, protocol: Protocol) -> Bytes {
     out.freeze()
 }
 
-fn bad_client_name() -> ProxyError {
+pub(super) fn bad_client_name() -> ProxyError {
     ProxyError::bad_request(
         "ERR Client names cannot contain spaces, newlines or special characters.",
     )
 }
 
-fn valid_client_name(name: &[u8]) -> bool {
+pub(super) fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
-}
-
-/// CLIENT subcommands that describe this connection.
-pub fn client(sub: &str, cmd: &Command, client: &mut ClientState) -> Result<Bytes, ProxyError> {
-    let arity = match sub {
-        "client|id" | "client|getname" | "client|info" => Some(2),
-        "client|setname" => Some(3),
-        "client|setinfo" => Some(4),
-        _ => None,
-    };
-    if arity.is_some_and(|n| n != cmd.argc()) {
-        return Err(ProxyError::bad_request(format!(
-            "ERR wrong number of arguments for '{sub}' command"
-        )));
-    }
-    Ok(match sub {
-        "client|id" => reply::integer(client.id as i64),
-        "client|getname" => client
-            .name
-            .as_deref()
-            .map_or_else(|| reply::nil(client.protocol), reply::bulk),
-        "client|setname" => {
-            let name = cmd.arg_bytes(2).unwrap_or_default();
-            if !valid_client_name(&name) {
-                return Err(bad_client_name());
-            }
-            client.name = (!name.is_empty()).then_some(name);
-            reply::ok()
-        }
-        "client|setinfo" => {
-            let attr = cmd.arg(2).unwrap_or_default();
-            let value = cmd.arg_bytes(3).unwrap_or_default();
-            if attr.eq_ignore_ascii_case(b"lib-name") {
-                client.lib_name = Some(value);
-            } else if attr.eq_ignore_ascii_case(b"lib-ver") {
-                client.lib_ver = Some(value);
-            } else {
-                return Err(ProxyError::bad_request(format!(
-                    "ERR Unrecognized option '{}'",
-                    String::from_utf8_lossy(attr)
-                )));
-            }
-            reply::ok()
-        }
-        "client|info" => {
-            let text = format!(
-                "id={} addr={} laddr= fd=0 name={} db=0 lib-name={} lib-ver={}\n",
-                client.id,
-                client.peer,
-                String::from_utf8_lossy(client.name.as_deref().unwrap_or_default()),
-                String::from_utf8_lossy(client.lib_name.as_deref().unwrap_or_default()),
-                String::from_utf8_lossy(client.lib_ver.as_deref().unwrap_or_default()),
-            );
-            reply::bulk(text.as_bytes())
-        }
-        _ => {
-            return Err(ProxyError::proxy_policy(format!(
-                "ERR '{}' is not supported by slotproxy (it would act on one node's connection, not yours)",
-                sub.replace('|', " ").to_uppercase()
-            )))
-        }
-    })
 }
 
 pub fn keyslot(cmd: &Command) -> Bytes {

@@ -3,6 +3,7 @@
 //! or transacting client may send), plan (a pure function of the command's route, its
 //! arguments and one slot-map snapshot: [`plan::plan`]), execute ([`execute::execute`]).
 
+pub mod clients;
 pub mod cluster_wide;
 pub mod decision;
 pub mod driver;
@@ -27,6 +28,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+/// The client-list flags the session sets (held by CLIENT PAUSE).
+pub use crate::registry::flag;
 pub use driver::{InFlight, Settled};
 pub use error::ProxyError;
 pub use reply::Reply;
@@ -47,11 +50,30 @@ pub fn dispatch(
     cmd: Command,
     arrived: &mut Option<Instant>,
 ) -> Dispatched {
+    // CLIENT REPLY: only looked at when it is not the default.
+    let pushed = !client.reply.is_on() && clients::answers_with_pushes(&cmd);
+    let mut dispatched = dispatch_command(worker, client, cmd, arrived);
+    if !client.reply.is_on() {
+        dispatched.silent = client.reply.command_done(pushed);
+    }
+    client.publish_multi();
+    dispatched
+}
+
+fn dispatch_command(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    cmd: Command,
+    arrived: &mut Option<Instant>,
+) -> Dispatched {
     let table = worker.shared.commands.load();
     // One snapshot of the slot map for the whole command: planning and sending see the same.
     let map = worker.shared.topology.map();
     if client.tx.in_multi() && !transaction::runs_in_multi(cmd.name()) {
         let spec = table.lookup(&cmd);
+        if let Some(spec) = spec {
+            client.entry().note_command(spec.id);
+        }
         let refusal = match spec {
             None => Some(unknown_command(&cmd)),
             Some(spec) if !spec.check_arity(cmd.argc()) => Some(wrong_arity(spec)),
@@ -60,12 +82,15 @@ pub fn dispatch(
         return Dispatched {
             reply: transaction::queue(worker, &map, &mut client.tx, spec, cmd, refusal),
             latency: None,
+            silent: false,
         };
     }
     let spec = match classify(&table, &cmd, client) {
         Ok(spec) => spec,
         Err(error) => return Dispatched::untimed(error.answer()),
     };
+    // `cmd=` of CLIENT LIST: one relaxed store.
+    client.entry().note_command(spec.id);
     let allowed = Allowed {
         admin_commands: worker.shared.config.admin.commands,
     };
@@ -74,6 +99,7 @@ pub fn dispatch(
         return Dispatched {
             reply: execute::execute(worker, client, &map, spec, cmd, planned),
             latency: None,
+            silent: false,
         };
     }
     let metrics = worker.command_metrics(spec.id, &spec.name);
@@ -82,6 +108,7 @@ pub fn dispatch(
     Dispatched {
         reply: execute::execute(worker, client, &map, spec, cmd, planned),
         latency: Some((started, metrics)),
+        silent: false,
     }
 }
 
@@ -122,6 +149,8 @@ fn classify<'t>(
 pub struct Dispatched {
     pub reply: Reply,
     pub latency: Option<(Instant, Rc<CommandMetrics>)>,
+    /// Silenced by `CLIENT REPLY OFF|SKIP`: awaited in its place, never written.
+    pub silent: bool,
 }
 
 impl Dispatched {
@@ -129,6 +158,7 @@ impl Dispatched {
         Dispatched {
             reply: Reply::Ready(reply),
             latency: None,
+            silent: false,
         }
     }
 }

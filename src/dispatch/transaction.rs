@@ -55,6 +55,16 @@ impl TxState {
     pub fn in_multi(&self) -> bool {
         self.multi.is_some()
     }
+
+    /// Commands queued, or `None` outside MULTI (`CLIENT LIST`'s `multi=`).
+    pub fn queued(&self) -> Option<usize> {
+        self.multi.as_ref().map(|q| q.commands.len())
+    }
+
+    /// Whether a queued command writes (or may replicate): `CLIENT PAUSE WRITE` holds its EXEC.
+    pub fn queued_writes(&self) -> bool {
+        self.multi.as_ref().is_some_and(|q| q.writes)
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +76,8 @@ struct Queued {
     failed: bool,
     /// MULTI and the commands so far are on the node (on `TxState::pinned`).
     live: bool,
+    /// A queued command writes or may replicate.
+    writes: bool,
 }
 
 /// Commands that a client inside MULTI runs at once rather than queues (as in Redis).
@@ -126,6 +138,7 @@ pub fn queue(
             return error.answer().into();
         }
     };
+    queued.writes |= spec.is_some_and(|s| s.is_write() || s.may_replicate());
     queued.commands.push(cmd.clone());
     if queued.live {
         let Some(pinned) = state.pinned.as_ref() else {

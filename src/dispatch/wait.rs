@@ -8,6 +8,7 @@
 //! the answer is the smallest count, as for writes acknowledged by every node.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -21,6 +22,7 @@ use super::Reply;
 use crate::backend::pipe::{Pipe, ReplyResult};
 use crate::backend::NodeAddr;
 use crate::cluster::{Slot, SlotMap};
+use crate::registry::ClientEntry;
 use crate::resp::{parse_integer, Command};
 
 /// Where a client's writes went since it connected: one entry per node.
@@ -67,8 +69,13 @@ impl Writes {
     }
 }
 
-/// Runs `WAIT` for the writes noted in `writes`.
-pub fn wait(worker: &Rc<Worker>, writes: &mut Writes, cmd: Command) -> Reply {
+/// Runs `WAIT` for the writes noted in `writes`; `entry`: the client's, which shows it blocked.
+pub fn wait(
+    worker: &Rc<Worker>,
+    writes: &mut Writes,
+    cmd: Command,
+    entry: Arc<ClientEntry>,
+) -> Reply {
     match prepare(worker, writes, &cmd) {
         Ok(Prepared::NothingWritten) => {
             // Nothing written: Redis answers at once with the replicas that are connected.
@@ -76,6 +83,7 @@ pub fn wait(worker: &Rc<Worker>, writes: &mut Writes, cmd: Command) -> Reply {
                 worker.clone(),
                 cmd.into_raw(),
                 Target::Any,
+                entry,
             )))
         }
         Ok(Prepared::On(waits)) => Reply::Parked(Box::pin(least_of(waits))),
