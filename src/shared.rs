@@ -15,6 +15,9 @@ use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;
 
+pub mod glob;
+pub mod pubsub;
+
 pub struct Shared {
     pub config: Config,
     pub topology: Arc<Topology>,
@@ -41,6 +44,8 @@ pub struct Shared {
     pub client_limits: ArcSwap<ClientLimits>,
     /// Command latency histograms, folded in by the workers every second.
     pub latency: LatencyTotals,
+    /// Every client's Pub/Sub subscriptions, counted (PUBLISH's reply, PUBSUB).
+    pub subscribers: Arc<pubsub::SubscriberCounts>,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -104,6 +109,7 @@ impl Shared {
             client_tls: arc_swap::ArcSwapOption::empty(),
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
             latency: LatencyTotals::default(),
+            subscribers: Arc::default(),
             config,
         }
     }

@@ -11,14 +11,16 @@ use super::error::ProxyError;
 use super::local;
 use super::merge;
 use super::plan::{Plan, Send};
+use super::pubsub;
 use super::reply::{self, Reply};
 use super::scripts;
+use super::server_config;
 use super::session::ClientState;
 use super::transaction;
 use super::wait;
 use super::worker::Worker;
 use crate::cluster::SlotMap;
-use crate::command::route::{Local, Merge, SessionCommand, SplitKind};
+use crate::command::route::{Local, Merge, SessionCommand, SplitKind, Subscription};
 use crate::command::CommandSpec;
 use crate::resp::{Command, Protocol};
 
@@ -55,6 +57,10 @@ pub fn execute(
             Merge::AllOk,
             Resend::Never,
         ),
+        Plan::ConfigSet => {
+            Reply::later(server_config::config_set(worker.clone(), cmd, map.nodes()))
+        }
+        Plan::Publish(kind, send) => publish(worker, client, map, cmd, kind, send),
         Plan::Walk(walk) => {
             use crate::command::route::Walk;
             let worker = worker.clone();
@@ -142,6 +148,7 @@ fn local(worker: &Worker, client: &mut ClientState, command: Local, cmd: &Comman
             answer(local::client(&sub, cmd, client))
         }
         Local::KeySlot => local::keyslot(cmd).into(),
+        Local::PubSub => answer(pubsub::introspect(cmd, &worker.shared.subscribers)),
     }
 }
 
@@ -176,6 +183,32 @@ fn send_one(
             resend,
         } => Reply::later(run(worker.clone(), payload, target, resend)),
     }
+}
+
+/// PUBLISH/SPUBLISH goes to the cluster (subscribers on the nodes and behind other proxies
+/// get the message too); the reply counts the proxy's own clients that receive it.
+fn publish(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    cmd: Command,
+    kind: Subscription,
+    send: Send,
+) -> Reply {
+    let channel = Bytes::copy_from_slice(cmd.arg(1).unwrap_or_default());
+    let started = driver::start(
+        worker,
+        map,
+        cmd.into_raw(),
+        send.target.clone(),
+        send.resend,
+    );
+    note_write(worker, client, map, &send);
+    let worker = worker.clone();
+    Reply::later(async move {
+        let reply = started.reply(worker.clone()).await;
+        pubsub::published(reply, kind, &channel, &worker.shared.subscribers)
+    })
 }
 
 /// Every part is sent now, so the parts run in parallel on their nodes; the future only
@@ -254,10 +287,10 @@ fn session(
         SessionCommand::Discard => transaction::discard(&mut client.tx).into(),
         SessionCommand::Watch => transaction::watch(worker, map, &mut client.tx, spec, cmd),
         SessionCommand::Unwatch => transaction::unwatch(&mut client.tx).into(),
-        SessionCommand::Subscribe(kind) => subscriptions(client)
+        SessionCommand::Subscribe(kind) => subscriptions(worker, client)
             .subscribe(worker, map, kind, &cmd)
             .into(),
-        SessionCommand::Unsubscribe(kind) => subscriptions(client)
+        SessionCommand::Unsubscribe(kind) => subscriptions(worker, client)
             .unsubscribe(worker, map, kind, &cmd)
             .into(),
         SessionCommand::Wait => wait::wait(worker, &mut client.writes, cmd),
@@ -265,9 +298,16 @@ fn session(
 }
 
 /// The client's subscriptions, created on its first (un)subscribe, in its current protocol.
-fn subscriptions(client: &mut ClientState) -> &mut super::pubsub::Subscriptions {
+fn subscriptions<'c>(
+    worker: &Worker,
+    client: &'c mut ClientState,
+) -> &'c mut super::pubsub::Subscriptions {
     let protocol = client.protocol;
-    let subs = client.subs.get_or_insert_with(Box::default);
+    let subs = client.subs.get_or_insert_with(|| {
+        Box::new(super::pubsub::Subscriptions::new(
+            worker.shared.subscribers.clone(),
+        ))
+    });
     subs.protocol = protocol;
     subs
 }

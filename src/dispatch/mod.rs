@@ -15,6 +15,7 @@ pub mod plan;
 pub mod pubsub;
 pub mod reply;
 pub mod scripts;
+pub mod server_config;
 pub mod session;
 pub mod split;
 pub mod transaction;

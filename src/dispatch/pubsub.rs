@@ -9,6 +9,7 @@
 //! again on the slot's current owner.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,8 @@ use tokio::sync::mpsc;
 
 use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
 use super::driver;
+use super::error::ProxyError;
+use super::reply;
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::connect::Credentials;
@@ -24,6 +27,7 @@ use crate::backend::NodeAddr;
 use crate::cluster::redirect;
 use crate::cluster::{Slot, SlotMap};
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
+use crate::shared::pubsub::SubscriberCounts;
 
 /// The three kinds of subscription (a command-table type: the route of each command says it).
 pub use crate::command::route::Subscription as Kind;
@@ -80,10 +84,12 @@ pub struct Subscriptions {
     held: Vec<Bytes>,
     /// The client's protocol: RESP3 clients get confirmations and messages as push frames.
     pub protocol: Protocol,
+    /// Every client's subscriptions, counted: kept in step with the sets above.
+    counts: Arc<SubscriberCounts>,
 }
 
 impl Subscriptions {
-    pub fn new() -> Subscriptions {
+    pub fn new(counts: Arc<SubscriberCounts>) -> Subscriptions {
         let (events_tx, events) = mpsc::unbounded_channel();
         Subscriptions {
             channels: BTreeSet::new(),
@@ -94,6 +100,7 @@ impl Subscriptions {
             events,
             held: Vec::new(),
             protocol: Protocol::Resp2,
+            counts,
         }
     }
 
@@ -130,6 +137,7 @@ impl Subscriptions {
         for name in cmd.args().skip(1) {
             let name = Bytes::copy_from_slice(name);
             if self.set(kind).insert(name.clone()) {
+                self.counts.add(kind, &name);
                 self.send(worker, map, kind, &[kind.subscribe(), &name]);
             }
             confirmation(
@@ -168,6 +176,7 @@ impl Subscriptions {
         }
         for name in names {
             if self.set(kind).remove(&name) {
+                self.counts.remove(kind, &name);
                 self.send(worker, map, kind, &[kind.unsubscribe(), &name]);
             }
             confirmation(
@@ -342,10 +351,75 @@ impl Subscriptions {
     }
 }
 
-impl Default for Subscriptions {
-    fn default() -> Self {
-        Subscriptions::new()
+/// The client is gone (disconnected, RESET): its subscriptions no longer count. Its node
+/// connections close as their senders drop.
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (kind, names) in [
+            (Kind::Channel, &self.channels),
+            (Kind::Pattern, &self.patterns),
+            (Kind::Shard, &self.shard_channels),
+        ] {
+            for name in names {
+                self.counts.remove(kind, name);
+            }
+        }
     }
+}
+
+/// The reply to PUBLISH (`kind` [`Kind::Channel`]) or SPUBLISH ([`Kind::Shard`]) once the
+/// cluster took the message: the number of the proxy's clients that receive it, as one server
+/// counts its own (the node's count covers only its own clients, of which the proxy is one
+/// connection at most). An error from the cluster is passed on.
+pub fn published(reply: Bytes, kind: Kind, channel: &[u8], counts: &SubscriberCounts) -> Bytes {
+    if !reply.starts_with(b":") {
+        return reply;
+    }
+    let receivers = match kind {
+        Kind::Shard => counts.subscribers(Kind::Shard, channel),
+        _ => counts.receivers(channel),
+    };
+    reply::integer(i64::try_from(receivers).unwrap_or(i64::MAX))
+}
+
+/// `PUBSUB CHANNELS|SHARDCHANNELS [pattern]`, `NUMSUB|SHARDNUMSUB [channel ...]`, `NUMPAT`,
+/// answered from the proxy's count of its clients' subscriptions (Redis's reply shapes: flat
+/// name/count arrays, in both protocols).
+pub fn introspect(cmd: &Command, counts: &SubscriberCounts) -> Result<Bytes, ProxyError> {
+    let sub = cmd.arg(1).unwrap_or_default();
+    let argc = cmd.argc();
+    let kind = |shard: bool| if shard { Kind::Shard } else { Kind::Channel };
+    let lower = sub.to_ascii_lowercase();
+    let mut out = BytesMut::new();
+    match lower.as_slice() {
+        b"channels" | b"shardchannels" if argc <= 3 => {
+            let names = counts.names(kind(lower.starts_with(b"shard")), cmd.arg(2));
+            encode::array_header(&mut out, names.len());
+            for name in names {
+                encode::bulk(&mut out, &name);
+            }
+        }
+        b"numsub" | b"shardnumsub" => {
+            let kind = kind(lower.starts_with(b"shard"));
+            encode::array_header(&mut out, argc.saturating_sub(2) * 2);
+            for name in cmd.args().skip(2) {
+                encode::bulk(&mut out, name);
+                let n = counts.subscribers(kind, name);
+                encode::integer(&mut out, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        b"numpat" if argc == 2 => {
+            let n = counts.patterns();
+            encode::integer(&mut out, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        _ => {
+            return Err(ProxyError::bad_request(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+                String::from_utf8_lossy(sub)
+            )))
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Appends a message from a node's (RESP2) subscription connection: as it is for a RESP2
@@ -450,5 +524,72 @@ fn classify(reply: Bytes, key: &ConnKey) -> Option<Event> {
             Some(Event::ShardDropped(Bytes::copy_from_slice(channel)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts() -> SubscriberCounts {
+        let counts = SubscriberCounts::default();
+        counts.add(Kind::Channel, &Bytes::from_static(b"c1"));
+        counts.add(Kind::Channel, &Bytes::from_static(b"c1"));
+        counts.add(Kind::Pattern, &Bytes::from_static(b"c*"));
+        counts.add(Kind::Shard, &Bytes::from_static(b"s1"));
+        counts
+    }
+
+    fn introspected(args: &[&str]) -> Bytes {
+        let cmd = Command::from_args(args);
+        introspect(&cmd, &counts()).unwrap_or_else(|e| e.to_reply())
+    }
+
+    #[test]
+    fn pubsub_introspection_replies() {
+        let cases: &[(&[&str], &[u8])] = &[
+            (&["PUBSUB", "NUMPAT"], b":1\r\n"),
+            (
+                &["PUBSUB", "NUMSUB", "c1", "c2"],
+                b"*4\r\n$2\r\nc1\r\n:2\r\n$2\r\nc2\r\n:0\r\n",
+            ),
+            (&["PUBSUB", "NUMSUB"], b"*0\r\n"),
+            (
+                &["pubsub", "shardnumsub", "s1"],
+                b"*2\r\n$2\r\ns1\r\n:1\r\n",
+            ),
+            (&["PUBSUB", "CHANNELS"], b"*1\r\n$2\r\nc1\r\n"),
+            (&["PUBSUB", "CHANNELS", "x*"], b"*0\r\n"),
+            (&["PUBSUB", "SHARDCHANNELS", "s?"], b"*1\r\n$2\r\ns1\r\n"),
+            (
+                &["PUBSUB", "CHANNELS", "a", "b"],
+                b"-ERR unknown subcommand or wrong number of arguments for 'CHANNELS'. Try PUBSUB HELP.\r\n",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(introspected(args).as_ref(), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn publish_answers_the_proxy_count() {
+        let counts = counts();
+        let node = Bytes::from_static(b":0\r\n");
+        let cases: &[(Kind, &str, &[u8])] = &[
+            (Kind::Channel, "c1", b":3\r\n"), // two channel subscribers + one pattern
+            (Kind::Channel, "cx", b":1\r\n"),
+            (Kind::Channel, "x", b":0\r\n"),
+            (Kind::Shard, "s1", b":1\r\n"),
+            (Kind::Shard, "c1", b":0\r\n"), // shard channels have no patterns
+        ];
+        for (kind, channel, want) in cases {
+            let got = published(node.clone(), *kind, channel.as_bytes(), &counts);
+            assert_eq!(got.as_ref(), *want, "{kind:?} {channel}");
+        }
+        let error = Bytes::from_static(b"-CLUSTERDOWN The cluster is down\r\n");
+        assert_eq!(
+            published(error.clone(), Kind::Channel, b"c1", &counts),
+            error
+        );
     }
 }
