@@ -287,9 +287,9 @@ fn session(
         SessionCommand::Discard => transaction::discard(&mut client.tx).into(),
         SessionCommand::Watch => transaction::watch(worker, map, &mut client.tx, spec, cmd),
         SessionCommand::Unwatch => transaction::unwatch(&mut client.tx).into(),
-        SessionCommand::Subscribe(kind) => subscriptions(worker, client)
-            .subscribe(worker, map, kind, &cmd)
-            .into(),
+        SessionCommand::Subscribe(kind) => {
+            subscriptions(worker, client).subscribe(worker, map, kind, &cmd)
+        }
         SessionCommand::Unsubscribe(kind) => subscriptions(worker, client)
             .unsubscribe(worker, map, kind, &cmd)
             .into(),

@@ -8,18 +8,20 @@
 //! (the node sends `sunsubscribe` on its own) or whose node connection breaks is subscribed
 //! again on the slot's current owner.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
 use super::driver;
 use super::error::ProxyError;
-use super::reply;
+use super::reply::{self, Reply};
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::connect::Credentials;
@@ -73,11 +75,30 @@ enum Retry {
 /// Which connection: the global one, or a shard node's.
 type ConnKey = Option<NodeAddr>;
 
+/// A (un)subscribe for a node connection, and who waits for the node to confirm it.
+struct Outgoing {
+    payload: Bytes,
+    confirmed: Option<Waiter>,
+}
+
+/// Told once the node confirmed `kind` `name` (or failed to: dropped).
+struct Waiter {
+    kind: &'static [u8],
+    name: Bytes,
+    tx: oneshot::Sender<()>,
+}
+
+/// How long a subscription's confirmation waits for the node's. Redis confirms once the
+/// subscription is in place, and clients rely on it (publish right after subscribing and
+/// expect the message): the proxy's confirmation waits for the node's, up to this long (a node
+/// that does not answer must not hold the client; the subscription is retried on its own).
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
 pub struct Subscriptions {
     channels: BTreeSet<Bytes>,
     patterns: BTreeSet<Bytes>,
     shard_channels: BTreeSet<Bytes>,
-    conns: HashMap<ConnKey, mpsc::UnboundedSender<Bytes>>,
+    conns: HashMap<ConnKey, mpsc::UnboundedSender<Outgoing>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     /// Messages that arrived while replies to earlier commands were still owed.
@@ -125,20 +146,29 @@ impl Subscriptions {
         }
     }
 
-    /// `(P|S)SUBSCRIBE name...`: one confirmation per name.
+    /// `(P|S)SUBSCRIBE name...`: one confirmation per name, once the nodes confirmed the new
+    /// subscriptions (see [`CONFIRM_WAIT`]).
     pub fn subscribe(
         &mut self,
         worker: &Worker,
         map: &SlotMap,
         kind: Kind,
         cmd: &Command,
-    ) -> Bytes {
+    ) -> Reply {
         let mut out = BytesMut::new();
+        let mut waiting = Vec::new();
         for name in cmd.args().skip(1) {
             let name = Bytes::copy_from_slice(name);
             if self.set(kind).insert(name.clone()) {
                 self.counts.add(kind, &name);
-                self.send(worker, map, kind, &[kind.subscribe(), &name]);
+                let (tx, rx) = oneshot::channel();
+                let waiter = Waiter {
+                    kind: kind.subscribe(),
+                    name: name.clone(),
+                    tx,
+                };
+                self.send(worker, map, kind, &[kind.subscribe(), &name], Some(waiter));
+                waiting.push(rx);
             }
             confirmation(
                 &mut out,
@@ -148,7 +178,14 @@ impl Subscriptions {
                 self.count(kind),
             );
         }
-        out.freeze()
+        let out = out.freeze();
+        if waiting.is_empty() {
+            return out.into();
+        }
+        Reply::later(async move {
+            let _ = tokio::time::timeout(CONFIRM_WAIT, join_all(waiting)).await;
+            out
+        })
     }
 
     /// `(P|S)UNSUBSCRIBE [name...]`: all of that kind when no name is given.
@@ -177,7 +214,7 @@ impl Subscriptions {
         for name in names {
             if self.set(kind).remove(&name) {
                 self.counts.remove(kind, &name);
-                self.send(worker, map, kind, &[kind.unsubscribe(), &name]);
+                self.send(worker, map, kind, &[kind.unsubscribe(), &name], None);
             }
             confirmation(
                 &mut out,
@@ -191,7 +228,15 @@ impl Subscriptions {
     }
 
     /// Sends a (un)subscribe to the connection that serves it, opening it if needed.
-    fn send(&mut self, worker: &Worker, map: &SlotMap, kind: Kind, args: &[&[u8]]) {
+    /// `confirmed` is told when the node confirms it (dropped if it is never sent).
+    fn send(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        kind: Kind,
+        args: &[&[u8]],
+        confirmed: Option<Waiter>,
+    ) {
         let key: ConnKey = match kind {
             Kind::Shard => {
                 let slot = Slot::of(args.get(1).copied().unwrap_or_default());
@@ -202,10 +247,14 @@ impl Subscriptions {
             }
             _ => None,
         };
-        let payload = Command::from_args(args).into_raw();
+        let mut outgoing = Outgoing {
+            payload: Command::from_args(args).into_raw(),
+            confirmed,
+        };
         if let Some(tx) = self.conns.get(&key) {
-            if tx.send(payload.clone()).is_ok() {
-                return;
+            match tx.send(outgoing) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => outgoing = back,
             }
         }
         let addr = match &key {
@@ -219,7 +268,7 @@ impl Subscriptions {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(payload);
+        let _ = tx.send(outgoing);
         let credentials = worker.shared.topology.credentials().clone();
         let timeout = worker.shared.config.connect_timeout();
         tokio::task::spawn_local(run_connection(
@@ -256,7 +305,7 @@ impl Subscriptions {
             Event::Retry(Retry::Shard(channel)) => {
                 if self.shard_channels.contains(&channel) {
                     let map = worker.shared.topology.map();
-                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
@@ -290,7 +339,7 @@ impl Subscriptions {
                     .cloned()
                     .collect();
                 for channel in moved {
-                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
             Next::Retry { refresh, .. } => {
@@ -329,7 +378,7 @@ impl Subscriptions {
         };
         let map = worker.shared.topology.map();
         for (kind, name) in kind.into_iter().zip(names) {
-            self.send(worker, &map, kind, &[kind.subscribe(), &name]);
+            self.send(worker, &map, kind, &[kind.subscribe(), &name], None);
         }
     }
 
@@ -461,7 +510,7 @@ async fn run_connection(
     key: ConnKey,
     credentials: Credentials,
     timeout: Duration,
-    mut commands: mpsc::UnboundedReceiver<Bytes>,
+    mut commands: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let stream = match connect(&addr, &credentials, timeout, false, Protocol::Resp2).await {
@@ -473,10 +522,15 @@ async fn run_connection(
         }
     };
     let (mut reader, mut writer) = stream.into_split();
+    // Both halves run in this one task; neither holds the borrow across an await.
+    let waiters: RefCell<Vec<Waiter>> = RefCell::new(Vec::new());
     let writing = async {
-        while let Some(bytes) = commands.recv().await {
+        while let Some(outgoing) = commands.recv().await {
+            if let Some(waiter) = outgoing.confirmed {
+                waiters.borrow_mut().push(waiter);
+            }
             // flush: TLS keeps what the socket did not take yet (a no-op for plain TCP).
-            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+            if writer.write_all(&outgoing.payload).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }
@@ -487,6 +541,7 @@ async fn run_connection(
         loop {
             while let Ok(Some(len)) = scanner.scan(&buf) {
                 let reply = buf.split_to(len).freeze();
+                confirm(&mut waiters.borrow_mut(), &reply);
                 if let Some(event) = classify(reply, &key) {
                     if events.send(event).is_err() {
                         return;
@@ -505,6 +560,37 @@ async fn run_connection(
     tokio::select! {
         _ = writing => {}   // the session dropped the connection: close it
         _ = reading => { let _ = events.send(Event::Lost(key)); }
+    }
+}
+
+/// Tells the waiters a node's reply concerns: those of the subscription it confirms; all of
+/// them after an error (which can't be told apart: a waiter told early only answers early).
+fn confirm(waiters: &mut Vec<Waiter>, reply: &[u8]) {
+    if waiters.is_empty() {
+        return;
+    }
+    if reply.starts_with(b"-") {
+        waiters.clear();
+        return;
+    }
+    let Ok(Some((value, _))) = Value::parse(reply) else {
+        return;
+    };
+    let Some([kind, name, ..]) = value.as_array() else {
+        return;
+    };
+    let (Some(kind), Some(name)) = (kind.as_bytes(), name.as_bytes()) else {
+        return;
+    };
+    let mut i = 0;
+    while i < waiters.len() {
+        match waiters.get(i) {
+            Some(w) if w.kind.eq_ignore_ascii_case(kind) && w.name.as_ref() == name => {
+                let waiter = waiters.swap_remove(i);
+                let _ = waiter.tx.send(());
+            }
+            _ => i += 1,
+        }
     }
 }
 
