@@ -73,7 +73,7 @@ pub fn verdict(outcomes: &[SetOutcome]) -> Verdict {
 /// (Redis's names are case-insensitive); `None` when they don't pair up.
 pub fn setting_pairs(cmd: &Command) -> Option<Vec<(Bytes, Bytes)>> {
     let args: Vec<&[u8]> = cmd.args().skip(2).collect();
-    if args.is_empty() || args.len() % 2 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
         return None;
     }
     Some(
@@ -317,7 +317,9 @@ mod tests {
 
     #[test]
     fn config_get_values() {
-        let cases: Vec<(&[u8], Result<Option<&str>, ()>)> = vec![
+        // The reply, and the value read (`Err`: the node's error).
+        type Case = (&'static [u8], Result<Option<&'static str>, ()>);
+        let cases: Vec<Case> = vec![
             (b"*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n", Ok(Some("0"))),
             (b"%1\r\n$9\r\nmaxmemory\r\n$3\r\n100\r\n", Ok(Some("100"))),
             (b"*0\r\n", Ok(None)),
