@@ -24,6 +24,10 @@ pub type Settings = Vec<(Bytes, Bytes)>;
 #[derive(Default)]
 pub struct ServerSettings {
     applied: Mutex<Settings>,
+    /// The nodes (and whether primary) of the last map a refresh published: what joined is
+    /// judged against them, not against the current map, which a MOVED may have patched
+    /// with a node no refresh has seen yet.
+    seen: Mutex<Vec<(NodeAddr, bool)>>,
     /// One `CONFIG SET` at a time across the workers: two interleaved would leave nodes with
     /// different values. Held across the whole change (reads, sets, roll-back).
     pub changing: tokio::sync::Mutex<()>,
@@ -38,6 +42,16 @@ impl ServerSettings {
     /// Remembers settings every node accepted.
     pub fn record(&self, pairs: &[(Bytes, Bytes)]) {
         recorded(&mut self.lock(), pairs);
+    }
+
+    /// The nodes of `map` (a refresh's) that joined since the last refresh's map; remembers
+    /// `map`'s nodes for the next time.
+    pub fn joined_in(&self, map: &SlotMap) -> Vec<NodeAddr> {
+        let now = roles(map);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let joined = joined(&seen, &now);
+        *seen = now;
+        joined
     }
 
     /// The settings applied so far, oldest first.
@@ -105,17 +119,13 @@ fn roles(map: &SlotMap) -> Vec<(NodeAddr, bool)> {
     nodes
 }
 
-/// The nodes of `new` that were not in `old` in the same role: nodes that joined, came back
-/// after being left out (failed, loading) or were promoted. They may lack the settings.
-pub fn joined(old: &SlotMap, new: &SlotMap) -> Vec<NodeAddr> {
-    let before = roles(old);
-    let mut joined: Vec<NodeAddr> = roles(new)
-        .into_iter()
+/// The nodes of `now` that were not in `before` in the same role: nodes that joined, came
+/// back after being left out (failed, loading) or were promoted. They may lack the settings.
+pub fn joined(before: &[(NodeAddr, bool)], now: &[(NodeAddr, bool)]) -> Vec<NodeAddr> {
+    now.iter()
         .filter(|node| !before.contains(node))
-        .map(|(addr, _)| addr)
-        .collect();
-    joined.dedup();
-    joined
+        .map(|(addr, _)| addr.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,8 +189,11 @@ mod tests {
         ];
         for (after, want) in cases {
             let want: Vec<NodeAddr> = want.into_iter().map(NodeAddr::from).collect();
-            assert_eq!(joined(&before, &after), want);
+            assert_eq!(joined(&roles(&before), &roles(&after)), want);
         }
-        assert!(joined(&SlotMap::empty(), &before).len() == 3);
+        // Judged against the last refresh's map.
+        let settings = ServerSettings::default();
+        assert_eq!(settings.joined_in(&before).len(), 3);
+        assert_eq!(settings.joined_in(&before), Vec::<NodeAddr>::new());
     }
 }

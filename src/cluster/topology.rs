@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::settings::{joined, ServerSettings};
+use super::settings::ServerSettings;
 use super::shards_reply::{announced_hostnames, parse_shards, parse_slots};
 use super::slot_map::{NodeAddr, SlotMap};
 use super::Slot;
@@ -227,9 +227,10 @@ impl Topology {
         metrics::counter!("slotproxy_slot_map_patches_total").increment(1);
     }
 
-    /// Publishes `map`; returns the nodes that joined (or changed role) since the last one.
+    /// Publishes `map`; returns the nodes that joined (or changed role) since the last
+    /// refresh's map.
     fn publish(&self, map: SlotMap) -> Vec<NodeAddr> {
-        let joined = joined(&self.map.load(), &map);
+        let joined = self.settings.joined_in(&map);
         let changed = !self.map.load().same_routing(&map);
         if changed {
             tracing::info!(
