@@ -658,6 +658,42 @@ mod tests {
     }
 
     #[test]
+    fn node_confirmations_release_their_waiters() {
+        let mut waiters = Vec::new();
+        let mut receivers = Vec::new();
+        for (kind, name) in [
+            (Kind::Channel, "a"),
+            (Kind::Pattern, "a"),
+            (Kind::Channel, "b"),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            waiters.push(Waiter {
+                kind: kind.subscribe(),
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                tx,
+            });
+            receivers.push(rx);
+        }
+        // A message and another kind's confirmation release nothing.
+        confirm(
+            &mut waiters,
+            b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n",
+        );
+        confirm(
+            &mut waiters,
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n",
+        );
+        assert_eq!(waiters.len(), 3);
+        confirm(&mut waiters, b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(waiters.len(), 2);
+        assert!(receivers[0].try_recv().is_ok());
+        assert!(receivers[1].try_recv().is_err());
+        // An error can't be matched: it releases every waiter.
+        confirm(&mut waiters, b"-MOVED 1 127.0.0.1:7001\r\n");
+        assert!(waiters.is_empty());
+    }
+
+    #[test]
     fn publish_answers_the_proxy_count() {
         let counts = counts();
         let node = Bytes::from_static(b":0\r\n");
