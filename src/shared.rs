@@ -16,6 +16,9 @@ use crate::config::Config;
 use crate::latency::LatencyTotals;
 use crate::registry::Registry;
 
+pub mod glob;
+pub mod pubsub;
+
 pub struct Shared {
     pub config: Config,
     pub topology: Arc<Topology>,
@@ -44,6 +47,8 @@ pub struct Shared {
     pub latency: LatencyTotals,
     /// Every connected client, for `CLIENT LIST/KILL/UNBLOCK`, and `CLIENT PAUSE`.
     pub clients: Arc<Registry>,
+    /// Every client's Pub/Sub subscriptions, counted (PUBLISH's reply, PUBSUB).
+    pub subscribers: Arc<pubsub::SubscriberCounts>,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -108,6 +113,7 @@ impl Shared {
             client_limits: ArcSwap::from_pointee(ClientLimits::of(&config)),
             latency: LatencyTotals::default(),
             clients: Arc::new(Registry::default()),
+            subscribers: Arc::default(),
             config,
         }
     }

@@ -1,6 +1,7 @@
 //! What the proxy knows about the cluster: slots, the slot → node map, and how it is kept fresh.
 
 pub mod redirect;
+pub mod settings;
 pub mod shards_reply;
 pub mod slot;
 pub mod slot_map;

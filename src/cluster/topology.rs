@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::settings::ServerSettings;
 use super::shards_reply::{announced_hostnames, parse_shards, parse_slots};
 use super::slot_map::{NodeAddr, SlotMap};
 use super::Slot;
@@ -136,6 +137,9 @@ pub struct Topology {
     /// plain mutex is enough (never held across an await, never on the request path).
     status: Mutex<BackendStatus>,
     max_replica_lag: AtomicU64,
+    /// The settings applied through the proxy (`CONFIG SET`), applied by each refresh to the
+    /// nodes that joined since the last map.
+    pub settings: ServerSettings,
 }
 
 impl Topology {
@@ -153,6 +157,7 @@ impl Topology {
             failed_in_a_row: AtomicU64::new(0),
             status: Mutex::new(BackendStatus::default()),
             max_replica_lag: AtomicU64::new(0),
+            settings: ServerSettings::default(),
         }
     }
 
@@ -222,7 +227,10 @@ impl Topology {
         metrics::counter!("slotproxy_slot_map_patches_total").increment(1);
     }
 
-    fn publish(&self, map: SlotMap) {
+    /// Publishes `map`; returns the nodes that joined (or changed role) since the last
+    /// refresh's map.
+    fn publish(&self, map: SlotMap) -> Vec<NodeAddr> {
+        let joined = self.settings.joined_in(&map);
         let changed = !self.map.load().same_routing(&map);
         if changed {
             tracing::info!(
@@ -235,6 +243,7 @@ impl Topology {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let ms = (self.started.elapsed().as_millis() as u64).max(1);
         self.refreshed_at_ms.store(ms, Ordering::Relaxed);
+        joined
     }
 
     /// Nodes to ask, most likely useful first: known primaries, replicas, then the seeds.
@@ -256,12 +265,13 @@ impl Topology {
         let mut round = Round::default();
         let mut best: Option<SlotMap> = None;
         let mut published = false;
+        let mut joined = Vec::new();
         for node in self.candidates() {
             match self.ask(&node).await {
                 Ok(map) => {
                     round.answered.push(node.clone());
                     if map.is_complete() {
-                        self.publish(map);
+                        joined = self.publish(map);
                         published = true;
                         break;
                     }
@@ -283,7 +293,7 @@ impl Topology {
                         covered = map.covered_slots(),
                         "no node reports full slot coverage"
                     );
-                    self.publish(map);
+                    joined = self.publish(map);
                     published = true;
                 }
                 _ => {
@@ -305,6 +315,11 @@ impl Topology {
         if published {
             self.recheck_unreachable(&mut round).await;
         }
+        // After the map is published: a CONFIG SET that finishes meanwhile applies its
+        // settings to the nodes of this map itself (see `dispatch::server_config`).
+        self.settings
+            .apply_to(&joined, &self.credentials, self.timeout)
+            .await;
         self.record(round);
         published
     }

@@ -57,6 +57,9 @@ pub enum Local {
     Client,
     /// CLUSTER KEYSLOT.
     KeySlot,
+    /// PUBSUB CHANNELS/NUMSUB/NUMPAT and the shard variants: from the proxy's own count of
+    /// its clients' subscriptions, as one server answers for its clients.
+    PubSub,
 }
 
 /// Commands that act on the client's own session: transactions, subscriptions, WAIT.
@@ -108,6 +111,10 @@ pub enum Route {
     Keyed,
     /// To any primary: the answer does not depend on the node (COMMAND, TIME, CLUSTER INFO).
     AnyPrimary,
+    /// To the first primary in address order, so that repeated reads of per-node state agree
+    /// (CONFIG GET: the settings the proxy applies are the same on every node, the rest, like
+    /// `port` or `dir`, are the first primary's).
+    FirstPrimary,
     /// To the owner of the slot given as argv\[2\] (CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT).
     SlotArgument,
     /// Split per slot, the parts run concurrently and merged.
@@ -123,6 +130,12 @@ pub enum Route {
     EveryNode,
     /// DEBUG: `DEBUG OBJECT key` goes to the key's slot; the rest is [`Route::EveryNode`].
     Debug,
+    /// CONFIG SET: every node or none, remembered and applied to nodes that join later
+    /// (allowed by `--admin-commands`, as [`Route::EveryNode`]).
+    ConfigSet,
+    /// PUBLISH (to any node: the cluster spreads it) and SPUBLISH (to its channel's slot),
+    /// answered with the count of the proxy's own subscribers that receive it.
+    Publish(Subscription),
     /// The whole key space, shard by shard.
     Walk(Walk),
     /// INFO: the primaries' sections merged, plus the proxy's own.
@@ -176,12 +189,14 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("keys", Route::Walk(Walk::Keys)),
     ("scan", Route::Walk(Walk::Scan)),
     ("randomkey", Route::Walk(Walk::RandomKey)),
-    // Subscriptions made through the proxy live on several nodes: ask them all.
-    ("pubsub|channels", Route::Broadcast(Merge::Union)),
-    ("pubsub|shardchannels", Route::Broadcast(Merge::Union)),
-    ("pubsub|numsub", Route::Broadcast(Merge::SumPairs)),
-    ("pubsub|shardnumsub", Route::Broadcast(Merge::SumPairs)),
-    ("pubsub|numpat", Route::Broadcast(Merge::Sum)),
+    // One server counts its own clients' subscriptions: the proxy counts its clients'.
+    ("pubsub|channels", Route::Local(Local::PubSub)),
+    ("pubsub|shardchannels", Route::Local(Local::PubSub)),
+    ("pubsub|numsub", Route::Local(Local::PubSub)),
+    ("pubsub|shardnumsub", Route::Local(Local::PubSub)),
+    ("pubsub|numpat", Route::Local(Local::PubSub)),
+    ("publish", Route::Publish(Subscription::Channel)),
+    ("spublish", Route::Publish(Subscription::Shard)),
     ("script|load", Route::Script(Script::Load)),
     ("script|flush", Route::Broadcast(Merge::AllOk)),
     ("eval", Route::Script(Script::Eval)),
@@ -225,7 +240,7 @@ pub const OVERRIDES: &[(&str, Route)] = &[
         Route::Refuse("it needs the connection of the client's last write"),
     ),
     ("debug", Route::Debug),
-    ("config|set", Route::EveryNode),
+    ("config|set", Route::ConfigSet),
     ("config|resetstat", Route::EveryNode),
     ("acl|setuser", Route::EveryNode),
     ("acl|deluser", Route::EveryNode),
@@ -249,7 +264,7 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("move", Route::Refuse(ONE_NODE)),
     ("xread", Route::MaybeBlocking),
     ("xreadgroup", Route::MaybeBlocking),
-    ("config|get", Route::AnyPrimary),
+    ("config|get", Route::FirstPrimary),
     ("time", Route::AnyPrimary),
     ("lastsave", Route::AnyPrimary),
     ("role", Route::AnyPrimary),

@@ -432,6 +432,19 @@ pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend:
         .unwrap_or_else(|e| e.answer())
 }
 
+/// As [`execute`], with a failed round trip (unreachable, lost, timed out) kept apart from
+/// the node's reply, for callers that must know whether the node answered (CONFIG SET's
+/// roll-back).
+pub async fn try_execute(
+    worker: &Worker,
+    payload: &Bytes,
+    target: &Target,
+    resend: Resend,
+) -> Result<Bytes, ProxyError> {
+    let rules = rules(worker, resend);
+    drive(worker, &mut ViaPipe(payload), target, rules, None).await
+}
+
 /// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated
 /// connection, within the `max_blocking_connections` budget. The client's `entry` shows it
 /// blocked meanwhile, with the node connection `CLIENT UNBLOCK` would unblock.

@@ -12,14 +12,16 @@ use super::error::ProxyError;
 use super::local;
 use super::merge;
 use super::plan::{Plan, Send};
+use super::pubsub;
 use super::reply::{self, Reply};
 use super::scripts;
+use super::server_config;
 use super::session::ClientState;
 use super::transaction;
 use super::wait;
 use super::worker::Worker;
 use crate::cluster::SlotMap;
-use crate::command::route::{Local, Merge, SessionCommand, SplitKind};
+use crate::command::route::{Local, Merge, SessionCommand, SplitKind, Subscription};
 use crate::command::CommandSpec;
 use crate::registry::flag;
 use crate::resp::{Command, Protocol};
@@ -57,6 +59,10 @@ pub fn execute(
             Merge::AllOk,
             Resend::Never,
         ),
+        Plan::ConfigSet => {
+            Reply::later(server_config::config_set(worker.clone(), cmd, map.nodes()))
+        }
+        Plan::Publish(kind, send) => publish(worker, client, map, cmd, kind, send),
         Plan::Walk(walk) => {
             use crate::command::route::Walk;
             let worker = worker.clone();
@@ -157,6 +163,7 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
         // answers itself (CLIENT SETINFO is Redis 7.2+, and clients send it on connect).
         Local::Client => clients::client(worker, client, cmd),
         Local::KeySlot => local::keyslot(cmd).into(),
+        Local::PubSub => answer(pubsub::introspect(cmd, &worker.shared.subscribers)),
     }
 }
 
@@ -191,6 +198,32 @@ fn send_one(
             resend,
         } => Reply::later(run(worker.clone(), payload, target, resend)),
     }
+}
+
+/// PUBLISH/SPUBLISH goes to the cluster (subscribers on the nodes and behind other proxies
+/// get the message too); the reply counts the proxy's own clients that receive it.
+fn publish(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    cmd: Command,
+    kind: Subscription,
+    send: Send,
+) -> Reply {
+    let channel = Bytes::copy_from_slice(cmd.arg(1).unwrap_or_default());
+    let started = driver::start(
+        worker,
+        map,
+        cmd.into_raw(),
+        send.target.clone(),
+        send.resend,
+    );
+    note_write(worker, client, map, &send);
+    let worker = worker.clone();
+    Reply::later(async move {
+        let reply = started.reply(worker.clone()).await;
+        pubsub::published(reply, kind, &channel, &worker.shared.subscribers)
+    })
 }
 
 /// Every part is sent now, so the parts run in parallel on their nodes; the future only
@@ -270,12 +303,12 @@ fn session(
         SessionCommand::Watch => transaction::watch(worker, map, &mut client.tx, spec, cmd),
         SessionCommand::Unwatch => transaction::unwatch(&mut client.tx).into(),
         SessionCommand::Subscribe(kind) => {
-            let confirmations = subscriptions(client).subscribe(worker, map, kind, &cmd);
+            let confirmations = subscriptions(worker, client).subscribe(worker, map, kind, &cmd);
             client.publish_subscriptions();
-            confirmations.into()
+            confirmations
         }
         SessionCommand::Unsubscribe(kind) => {
-            let confirmations = subscriptions(client).unsubscribe(worker, map, kind, &cmd);
+            let confirmations = subscriptions(worker, client).unsubscribe(worker, map, kind, &cmd);
             client.publish_subscriptions();
             confirmations.into()
         }
@@ -287,9 +320,16 @@ fn session(
 }
 
 /// The client's subscriptions, created on its first (un)subscribe, in its current protocol.
-fn subscriptions(client: &mut ClientState) -> &mut super::pubsub::Subscriptions {
+fn subscriptions<'c>(
+    worker: &Worker,
+    client: &'c mut ClientState,
+) -> &'c mut super::pubsub::Subscriptions {
     let protocol = client.protocol;
-    let subs = client.subs.get_or_insert_with(Box::default);
+    let subs = client.subs.get_or_insert_with(|| {
+        Box::new(super::pubsub::Subscriptions::new(
+            worker.shared.subscribers.clone(),
+        ))
+    });
     subs.protocol = protocol;
     subs
 }

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod pubsub;
 pub mod reply;
 pub mod scripts;
+pub mod server_config;
 pub mod session;
 pub mod split;
 pub mod transaction;

@@ -6,7 +6,9 @@ use super::driver::{Resend, Target};
 use super::error::ProxyError;
 use super::split::{split_by_slot, SlotPart};
 use crate::cluster::{Slot, SlotMap};
-use crate::command::route::{Local, Merge, Route, Script, SessionCommand, SplitKind, Walk};
+use crate::command::route::{
+    Local, Merge, Route, Script, SessionCommand, SplitKind, Subscription, Walk,
+};
 use crate::command::CommandSpec;
 use crate::resp::Command;
 
@@ -38,6 +40,10 @@ pub enum Plan {
     BroadcastAside(Merge),
     /// To every node, replicas included (allowed by `--admin-commands`).
     EveryNode,
+    /// CONFIG SET on every node or none (allowed by `--admin-commands`).
+    ConfigSet,
+    /// PUBLISH/SPUBLISH: sent as planned, answered with the proxy's subscriber count.
+    Publish(Subscription, Send),
     /// The key space, shard by shard.
     Walk(Walk),
     /// INFO, merged over the primaries.
@@ -70,6 +76,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         Route::Local(local) => Plan::Local(local),
         Route::Keyed => keyed(spec, cmd, map),
         Route::AnyPrimary => Plan::Send(any_primary()),
+        Route::FirstPrimary => Plan::Send(read(first_primary(map))),
         Route::SlotArgument => match cmd
             .arg(2)
             .and_then(|s| std::str::from_utf8(s).ok())
@@ -99,6 +106,14 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
             )),
         },
         Route::Debug => every_node(name, allowed),
+        Route::ConfigSet => match every_node(name, allowed) {
+            Plan::EveryNode => Plan::ConfigSet,
+            refused => refused,
+        },
+        Route::Publish(kind) => match keyed(spec, cmd, map) {
+            Plan::Send(send) => Plan::Publish(kind, send),
+            other => other,
+        },
         Route::Walk(walk) => Plan::Walk(walk),
         Route::Info => Plan::Info,
         Route::MaybeBlocking if has_block_option(cmd) => blocking(spec, cmd, map),
@@ -156,6 +171,16 @@ fn read(target: Target) -> Send {
 
 fn any_primary() -> Send {
     read(Target::Any)
+}
+
+/// The primary with the lowest address (any primary when the map has none yet: the request
+/// then fails as any would).
+fn first_primary(map: &SlotMap) -> Target {
+    map.shards()
+        .iter()
+        .map(|s| &s.primary)
+        .min()
+        .map_or(Target::Any, |p| Target::Node(p.clone()))
 }
 
 /// To the owner of its keys' slot; a write is noted for WAIT.
@@ -239,7 +264,6 @@ mod tests {
     use super::*;
     use crate::backend::NodeAddr;
     use crate::cluster::slot_map::Shard;
-    use crate::command::route::Subscription;
     use crate::command::CommandTable;
 
     /// Three primaries: 0-5460, 5461-10922, 10923-16383, as `redis-cli --cluster create`.
@@ -336,7 +360,11 @@ mod tests {
             (&["COMMAND", "COUNT"], keyless_read()),
             (&["TIME"], keyless_read()),
             (&["CLUSTER", "INFO"], keyless_read()),
-            (&["CONFIG", "GET", "maxmemory"], keyless_read()),
+            // Per-node state read from one node, always the same one.
+            (
+                &["CONFIG", "GET", "maxmemory"],
+                Plan::Send(read(Target::Node(NodeAddr::from("127.0.0.1:7000")))),
+            ),
             (&["FUNCTION", "LIST"], keyless_read()),
             (&["MEMORY", "STATS"], keyless_read()),
             (
@@ -390,19 +418,21 @@ mod tests {
                     resend: Resend::Never,
                 },
             ),
+            // Pub/Sub: the proxy counts its own clients' subscriptions, as one server.
+            (&["PUBSUB", "NUMSUB", "c"], Plan::Local(Local::PubSub)),
+            (&["PUBSUB", "CHANNELS"], Plan::Local(Local::PubSub)),
+            (&["PUBSUB", "SHARDNUMSUB", "c"], Plan::Local(Local::PubSub)),
+            (&["PUBSUB", "NUMPAT"], Plan::Local(Local::PubSub)),
             (
-                &["PUBSUB", "NUMSUB", "c"],
-                Plan::Broadcast {
-                    merge: Merge::SumPairs,
-                    resend: Resend::Safe,
-                },
-            ),
-            (
-                &["PUBSUB", "CHANNELS"],
-                Plan::Broadcast {
-                    merge: Merge::Union,
-                    resend: Resend::Safe,
-                },
+                &["PUBLISH", "c", "m"],
+                Plan::Publish(
+                    Subscription::Channel,
+                    Send {
+                        target: Target::Any,
+                        resend: Resend::Never,
+                        write_to: None,
+                    },
+                ),
             ),
             (
                 &["SLOWLOG", "GET"],
@@ -531,9 +561,12 @@ mod tests {
     #[test]
     fn admin_commands_reach_every_node_only_when_allowed() {
         let map = cluster();
+        assert_eq!(
+            planned(&["CONFIG", "SET", "maxmemory", "0"], ADMIN, &map),
+            Plan::ConfigSet
+        );
         for args in [
-            &["CONFIG", "SET", "maxmemory", "0"][..],
-            &["CONFIG", "RESETSTAT"],
+            &["CONFIG", "RESETSTAT"][..],
             &["ACL", "SETUSER", "u"],
             &["DEBUG", "SLEEP", "0"],
         ] {

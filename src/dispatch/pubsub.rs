@@ -8,15 +8,20 @@
 //! (the node sends `sunsubscribe` on its own) or whose node connection breaks is subscribed
 //! again on the slot's current owner.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
 use super::driver;
+use super::error::ProxyError;
+use super::reply::{self, Reply};
 use super::worker::Worker;
 use crate::backend::connect::connect;
 use crate::backend::connect::Credentials;
@@ -24,6 +29,7 @@ use crate::backend::NodeAddr;
 use crate::cluster::redirect;
 use crate::cluster::{Slot, SlotMap};
 use crate::resp::{encode, Command, Protocol, ReplyScanner, Value};
+use crate::shared::pubsub::SubscriberCounts;
 
 /// The three kinds of subscription (a command-table type: the route of each command says it).
 pub use crate::command::route::Subscription as Kind;
@@ -69,21 +75,42 @@ enum Retry {
 /// Which connection: the global one, or a shard node's.
 type ConnKey = Option<NodeAddr>;
 
+/// A (un)subscribe for a node connection, and who waits for the node to confirm it.
+struct Outgoing {
+    payload: Bytes,
+    confirmed: Option<Waiter>,
+}
+
+/// Told once the node confirmed `kind` `name` (or failed to: dropped).
+struct Waiter {
+    kind: &'static [u8],
+    name: Bytes,
+    tx: oneshot::Sender<()>,
+}
+
+/// How long a subscription's confirmation waits for the node's. Redis confirms once the
+/// subscription is in place, and clients rely on it (publish right after subscribing and
+/// expect the message): the proxy's confirmation waits for the node's, up to this long (a node
+/// that does not answer must not hold the client; the subscription is retried on its own).
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
 pub struct Subscriptions {
     channels: BTreeSet<Bytes>,
     patterns: BTreeSet<Bytes>,
     shard_channels: BTreeSet<Bytes>,
-    conns: HashMap<ConnKey, mpsc::UnboundedSender<Bytes>>,
+    conns: HashMap<ConnKey, mpsc::UnboundedSender<Outgoing>>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     /// Messages that arrived while replies to earlier commands were still owed.
     held: Vec<Bytes>,
     /// The client's protocol: RESP3 clients get confirmations and messages as push frames.
     pub protocol: Protocol,
+    /// Every client's subscriptions, counted: kept in step with the sets above.
+    counts: Arc<SubscriberCounts>,
 }
 
 impl Subscriptions {
-    pub fn new() -> Subscriptions {
+    pub fn new(counts: Arc<SubscriberCounts>) -> Subscriptions {
         let (events_tx, events) = mpsc::unbounded_channel();
         Subscriptions {
             channels: BTreeSet::new(),
@@ -94,6 +121,7 @@ impl Subscriptions {
             events,
             held: Vec::new(),
             protocol: Protocol::Resp2,
+            counts,
         }
     }
 
@@ -127,19 +155,29 @@ impl Subscriptions {
         }
     }
 
-    /// `(P|S)SUBSCRIBE name...`: one confirmation per name.
+    /// `(P|S)SUBSCRIBE name...`: one confirmation per name, once the nodes confirmed the new
+    /// subscriptions (see [`CONFIRM_WAIT`]).
     pub fn subscribe(
         &mut self,
         worker: &Worker,
         map: &SlotMap,
         kind: Kind,
         cmd: &Command,
-    ) -> Bytes {
+    ) -> Reply {
         let mut out = BytesMut::new();
+        let mut waiting = Vec::new();
         for name in cmd.args().skip(1) {
             let name = Bytes::copy_from_slice(name);
             if self.set(kind).insert(name.clone()) {
-                self.send(worker, map, kind, &[kind.subscribe(), &name]);
+                self.counts.add(kind, &name);
+                let (tx, rx) = oneshot::channel();
+                let waiter = Waiter {
+                    kind: kind.subscribe(),
+                    name: name.clone(),
+                    tx,
+                };
+                self.send(worker, map, kind, &[kind.subscribe(), &name], Some(waiter));
+                waiting.push(rx);
             }
             confirmation(
                 &mut out,
@@ -149,7 +187,14 @@ impl Subscriptions {
                 self.count(kind),
             );
         }
-        out.freeze()
+        let out = out.freeze();
+        if waiting.is_empty() {
+            return out.into();
+        }
+        Reply::later(async move {
+            let _ = tokio::time::timeout(CONFIRM_WAIT, join_all(waiting)).await;
+            out
+        })
     }
 
     /// `(P|S)UNSUBSCRIBE [name...]`: all of that kind when no name is given.
@@ -177,7 +222,8 @@ impl Subscriptions {
         }
         for name in names {
             if self.set(kind).remove(&name) {
-                self.send(worker, map, kind, &[kind.unsubscribe(), &name]);
+                self.counts.remove(kind, &name);
+                self.send(worker, map, kind, &[kind.unsubscribe(), &name], None);
             }
             confirmation(
                 &mut out,
@@ -191,7 +237,15 @@ impl Subscriptions {
     }
 
     /// Sends a (un)subscribe to the connection that serves it, opening it if needed.
-    fn send(&mut self, worker: &Worker, map: &SlotMap, kind: Kind, args: &[&[u8]]) {
+    /// `confirmed` is told when the node confirms it (dropped if it is never sent).
+    fn send(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        kind: Kind,
+        args: &[&[u8]],
+        confirmed: Option<Waiter>,
+    ) {
         let key: ConnKey = match kind {
             Kind::Shard => {
                 let slot = Slot::of(args.get(1).copied().unwrap_or_default());
@@ -202,10 +256,14 @@ impl Subscriptions {
             }
             _ => None,
         };
-        let payload = Command::from_args(args).into_raw();
+        let mut outgoing = Outgoing {
+            payload: Command::from_args(args).into_raw(),
+            confirmed,
+        };
         if let Some(tx) = self.conns.get(&key) {
-            if tx.send(payload.clone()).is_ok() {
-                return;
+            match tx.send(outgoing) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => outgoing = back,
             }
         }
         let addr = match &key {
@@ -219,7 +277,7 @@ impl Subscriptions {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(payload);
+        let _ = tx.send(outgoing);
         let credentials = worker.shared.topology.credentials().clone();
         let timeout = worker.shared.config.connect_timeout();
         tokio::task::spawn_local(run_connection(
@@ -256,7 +314,7 @@ impl Subscriptions {
             Event::Retry(Retry::Shard(channel)) => {
                 if self.shard_channels.contains(&channel) {
                     let map = worker.shared.topology.map();
-                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
@@ -290,7 +348,7 @@ impl Subscriptions {
                     .cloned()
                     .collect();
                 for channel in moved {
-                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel]);
+                    self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
             Next::Retry { refresh, .. } => {
@@ -329,7 +387,7 @@ impl Subscriptions {
         };
         let map = worker.shared.topology.map();
         for (kind, name) in kind.into_iter().zip(names) {
-            self.send(worker, &map, kind, &[kind.subscribe(), &name]);
+            self.send(worker, &map, kind, &[kind.subscribe(), &name], None);
         }
     }
 
@@ -351,10 +409,75 @@ impl Subscriptions {
     }
 }
 
-impl Default for Subscriptions {
-    fn default() -> Self {
-        Subscriptions::new()
+/// The client is gone (disconnected, RESET): its subscriptions no longer count. Its node
+/// connections close as their senders drop.
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (kind, names) in [
+            (Kind::Channel, &self.channels),
+            (Kind::Pattern, &self.patterns),
+            (Kind::Shard, &self.shard_channels),
+        ] {
+            for name in names {
+                self.counts.remove(kind, name);
+            }
+        }
     }
+}
+
+/// The reply to PUBLISH (`kind` [`Kind::Channel`]) or SPUBLISH ([`Kind::Shard`]) once the
+/// cluster took the message: the number of the proxy's clients that receive it, as one server
+/// counts its own (the node's count covers only its own clients, of which the proxy is one
+/// connection at most). An error from the cluster is passed on.
+pub fn published(reply: Bytes, kind: Kind, channel: &[u8], counts: &SubscriberCounts) -> Bytes {
+    if !reply.starts_with(b":") {
+        return reply;
+    }
+    let receivers = match kind {
+        Kind::Shard => counts.subscribers(Kind::Shard, channel),
+        _ => counts.receivers(channel),
+    };
+    reply::integer(i64::try_from(receivers).unwrap_or(i64::MAX))
+}
+
+/// `PUBSUB CHANNELS|SHARDCHANNELS [pattern]`, `NUMSUB|SHARDNUMSUB [channel ...]`, `NUMPAT`,
+/// answered from the proxy's count of its clients' subscriptions (Redis's reply shapes: flat
+/// name/count arrays, in both protocols).
+pub fn introspect(cmd: &Command, counts: &SubscriberCounts) -> Result<Bytes, ProxyError> {
+    let sub = cmd.arg(1).unwrap_or_default();
+    let argc = cmd.argc();
+    let kind = |shard: bool| if shard { Kind::Shard } else { Kind::Channel };
+    let lower = sub.to_ascii_lowercase();
+    let mut out = BytesMut::new();
+    match lower.as_slice() {
+        b"channels" | b"shardchannels" if argc <= 3 => {
+            let names = counts.names(kind(lower.starts_with(b"shard")), cmd.arg(2));
+            encode::array_header(&mut out, names.len());
+            for name in names {
+                encode::bulk(&mut out, &name);
+            }
+        }
+        b"numsub" | b"shardnumsub" => {
+            let kind = kind(lower.starts_with(b"shard"));
+            encode::array_header(&mut out, argc.saturating_sub(2) * 2);
+            for name in cmd.args().skip(2) {
+                encode::bulk(&mut out, name);
+                let n = counts.subscribers(kind, name);
+                encode::integer(&mut out, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        b"numpat" if argc == 2 => {
+            let n = counts.patterns();
+            encode::integer(&mut out, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        _ => {
+            return Err(ProxyError::bad_request(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+                String::from_utf8_lossy(sub)
+            )))
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Appends a message from a node's (RESP2) subscription connection: as it is for a RESP2
@@ -396,7 +519,7 @@ async fn run_connection(
     key: ConnKey,
     credentials: Credentials,
     timeout: Duration,
-    mut commands: mpsc::UnboundedReceiver<Bytes>,
+    mut commands: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let stream = match connect(&addr, &credentials, timeout, false, Protocol::Resp2).await {
@@ -408,10 +531,15 @@ async fn run_connection(
         }
     };
     let (mut reader, mut writer) = stream.into_split();
+    // Both halves run in this one task; neither holds the borrow across an await.
+    let waiters: RefCell<Vec<Waiter>> = RefCell::new(Vec::new());
     let writing = async {
-        while let Some(bytes) = commands.recv().await {
+        while let Some(outgoing) = commands.recv().await {
+            if let Some(waiter) = outgoing.confirmed {
+                waiters.borrow_mut().push(waiter);
+            }
             // flush: TLS keeps what the socket did not take yet (a no-op for plain TCP).
-            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+            if writer.write_all(&outgoing.payload).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }
@@ -422,6 +550,7 @@ async fn run_connection(
         loop {
             while let Ok(Some(len)) = scanner.scan(&buf) {
                 let reply = buf.split_to(len).freeze();
+                confirm(&mut waiters.borrow_mut(), &reply);
                 if let Some(event) = classify(reply, &key) {
                     if events.send(event).is_err() {
                         return;
@@ -443,6 +572,37 @@ async fn run_connection(
     }
 }
 
+/// Tells the waiters a node's reply concerns: those of the subscription it confirms; all of
+/// them after an error (which can't be told apart: a waiter told early only answers early).
+fn confirm(waiters: &mut Vec<Waiter>, reply: &[u8]) {
+    if waiters.is_empty() {
+        return;
+    }
+    if reply.starts_with(b"-") {
+        waiters.clear();
+        return;
+    }
+    let Ok(Some((value, _))) = Value::parse(reply) else {
+        return;
+    };
+    let Some([kind, name, ..]) = value.as_array() else {
+        return;
+    };
+    let (Some(kind), Some(name)) = (kind.as_bytes(), name.as_bytes()) else {
+        return;
+    };
+    let mut i = 0;
+    while i < waiters.len() {
+        match waiters.get(i) {
+            Some(w) if w.kind.eq_ignore_ascii_case(kind) && w.name.as_ref() == name => {
+                let waiter = waiters.swap_remove(i);
+                let _ = waiter.tx.send(());
+            }
+            _ => i += 1,
+        }
+    }
+}
+
 /// Messages are forwarded; the node's own confirmations are dropped (the proxy answers them);
 /// a `sunsubscribe` is reported, since the node also sends one when the slot moves away; so is
 /// a redirect or retry error (other errors, like a confirmation, say nothing new).
@@ -459,5 +619,108 @@ fn classify(reply: Bytes, key: &ConnKey) -> Option<Event> {
             Some(Event::ShardDropped(Bytes::copy_from_slice(channel)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts() -> SubscriberCounts {
+        let counts = SubscriberCounts::default();
+        counts.add(Kind::Channel, &Bytes::from_static(b"c1"));
+        counts.add(Kind::Channel, &Bytes::from_static(b"c1"));
+        counts.add(Kind::Pattern, &Bytes::from_static(b"c*"));
+        counts.add(Kind::Shard, &Bytes::from_static(b"s1"));
+        counts
+    }
+
+    fn introspected(args: &[&str]) -> Bytes {
+        let cmd = Command::from_args(args);
+        introspect(&cmd, &counts()).unwrap_or_else(|e| e.to_reply())
+    }
+
+    #[test]
+    fn pubsub_introspection_replies() {
+        let cases: &[(&[&str], &[u8])] = &[
+            (&["PUBSUB", "NUMPAT"], b":1\r\n"),
+            (
+                &["PUBSUB", "NUMSUB", "c1", "c2"],
+                b"*4\r\n$2\r\nc1\r\n:2\r\n$2\r\nc2\r\n:0\r\n",
+            ),
+            (&["PUBSUB", "NUMSUB"], b"*0\r\n"),
+            (
+                &["pubsub", "shardnumsub", "s1"],
+                b"*2\r\n$2\r\ns1\r\n:1\r\n",
+            ),
+            (&["PUBSUB", "CHANNELS"], b"*1\r\n$2\r\nc1\r\n"),
+            (&["PUBSUB", "CHANNELS", "x*"], b"*0\r\n"),
+            (&["PUBSUB", "SHARDCHANNELS", "s?"], b"*1\r\n$2\r\ns1\r\n"),
+            (
+                &["PUBSUB", "CHANNELS", "a", "b"],
+                b"-ERR unknown subcommand or wrong number of arguments for 'CHANNELS'. Try PUBSUB HELP.\r\n",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(introspected(args).as_ref(), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn node_confirmations_release_their_waiters() {
+        let mut waiters = Vec::new();
+        let mut receivers = Vec::new();
+        for (kind, name) in [
+            (Kind::Channel, "a"),
+            (Kind::Pattern, "a"),
+            (Kind::Channel, "b"),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            waiters.push(Waiter {
+                kind: kind.subscribe(),
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                tx,
+            });
+            receivers.push(rx);
+        }
+        // A message and another kind's confirmation release nothing.
+        confirm(
+            &mut waiters,
+            b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n",
+        );
+        confirm(
+            &mut waiters,
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n",
+        );
+        assert_eq!(waiters.len(), 3);
+        confirm(&mut waiters, b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(waiters.len(), 2);
+        assert!(receivers[0].try_recv().is_ok());
+        assert!(receivers[1].try_recv().is_err());
+        // An error can't be matched: it releases every waiter.
+        confirm(&mut waiters, b"-MOVED 1 127.0.0.1:7001\r\n");
+        assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn publish_answers_the_proxy_count() {
+        let counts = counts();
+        let node = Bytes::from_static(b":0\r\n");
+        let cases: &[(Kind, &str, &[u8])] = &[
+            (Kind::Channel, "c1", b":3\r\n"), // two channel subscribers + one pattern
+            (Kind::Channel, "cx", b":1\r\n"),
+            (Kind::Channel, "x", b":0\r\n"),
+            (Kind::Shard, "s1", b":1\r\n"),
+            (Kind::Shard, "c1", b":0\r\n"), // shard channels have no patterns
+        ];
+        for (kind, channel, want) in cases {
+            let got = published(node.clone(), *kind, channel.as_bytes(), &counts);
+            assert_eq!(got.as_ref(), *want, "{kind:?} {channel}");
+        }
+        let error = Bytes::from_static(b"-CLUSTERDOWN The cluster is down\r\n");
+        assert_eq!(
+            published(error.clone(), Kind::Channel, b"c1", &counts),
+            error
+        );
     }
 }

@@ -73,6 +73,14 @@ impl RawClient {
         }
     }
 
+    /// Changes the read timeout (e.g. short, to poll for a message that may not come).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+    }
+
     /// Writes bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to server");
