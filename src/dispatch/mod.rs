@@ -6,6 +6,7 @@
 pub mod cluster_wide;
 pub mod decision;
 pub mod driver;
+pub mod emulate;
 pub mod error;
 pub mod execute;
 pub mod info;
@@ -64,6 +65,7 @@ pub fn dispatch(
     };
     let allowed = Allowed {
         admin_commands: worker.shared.config.admin.commands,
+        cross_slot: worker.shared.config.admin.cross_slot,
     };
     let planned = plan(spec, &cmd, allowed, &map);
     if !worker.shared.config.admin.metrics {

@@ -3,11 +3,13 @@
 //! carries the plan out.
 
 use super::driver::{Resend, Target};
-use super::error::ProxyError;
+use super::emulate::{self, Emulation};
+use super::error::{ErrorKind, ProxyError};
 use super::split::{split_by_slot, SlotPart};
 use crate::cluster::{Slot, SlotMap};
 use crate::command::route::{Local, Merge, Route, Script, SessionCommand, SplitKind, Walk};
 use crate::command::CommandSpec;
+use crate::config::CrossSlot;
 use crate::resp::Command;
 
 /// One request to one node.
@@ -52,6 +54,8 @@ pub enum Plan {
     Eval(Send),
     /// EVALSHA: sent by its keys, repaired on NOSCRIPT.
     EvalSha(Send),
+    /// Keys in several slots, carried out by the proxy (`cross_slot = "emulate"`).
+    Emulate(Emulation),
     /// Answered with this error.
     Fail(ProxyError),
 }
@@ -61,6 +65,8 @@ pub enum Plan {
 pub struct Allowed {
     /// `--admin-commands`: commands that change every node's configuration.
     pub admin_commands: bool,
+    /// `cross_slot`: whether keys in several slots are refused (CROSSSLOT) or emulated.
+    pub cross_slot: CrossSlot,
 }
 
 /// The plan for `cmd` (whose table entry is `spec`) against the slot map `map`.
@@ -68,6 +74,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
     let name = spec.name.as_str();
     match spec.route {
         Route::Local(local) => Plan::Local(local),
+        Route::Keyed if allowed.cross_slot == CrossSlot::Emulate => emulated(spec, cmd, map),
         Route::Keyed => keyed(spec, cmd, map),
         Route::AnyPrimary => Plan::Send(any_primary()),
         Route::SlotArgument => match cmd
@@ -162,6 +169,24 @@ fn any_primary() -> Send {
 fn keyed(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Plan {
     match target_of(spec, cmd, map) {
         Ok(target) => Plan::Send(keyed_send(spec, target)),
+        Err(error) => Plan::Fail(error),
+    }
+}
+
+/// `keyed`, except that where that is CROSSSLOT the command is emulated if it can be (and
+/// SORT with BY/GET patterns always is: cluster nodes refuse patterns).
+fn emulated(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Plan {
+    if !emulate::applies(map) {
+        return keyed(spec, cmd, map);
+    }
+    if let Some(sort) = emulate::sort_with_patterns(spec, cmd) {
+        return sort.map_or_else(Plan::Fail, Plan::Emulate);
+    }
+    match target_of(spec, cmd, map) {
+        Ok(target) => Plan::Send(keyed_send(spec, target)),
+        Err(error) if error.kind == ErrorKind::CrossSlot => {
+            emulate::plan(spec, cmd).map_or_else(Plan::Fail, Plan::Emulate)
+        }
         Err(error) => Plan::Fail(error),
     }
 }
@@ -265,9 +290,15 @@ mod tests {
 
     const DEFAULT: Allowed = Allowed {
         admin_commands: false,
+        cross_slot: CrossSlot::Refuse,
     };
     const ADMIN: Allowed = Allowed {
         admin_commands: true,
+        cross_slot: CrossSlot::Refuse,
+    };
+    const EMULATE: Allowed = Allowed {
+        admin_commands: false,
+        cross_slot: CrossSlot::Emulate,
     };
 
     fn slot(key: &str) -> Slot {
