@@ -559,6 +559,55 @@ mod tests {
         }
     }
 
+    /// With `cross_slot = "emulate"` only what would be CROSSSLOT changes (and SORT with
+    /// patterns); same-slot commands, scripts and blocking commands plan as before.
+    #[test]
+    fn emulation_replaces_only_crossslot() {
+        let map = cluster();
+        for args in [
+            &["GET", "foo"][..],
+            &["RENAME", "{a}1", "{a}2"],
+            &["SUNIONSTORE", "{t}d", "{t}a", "{t}b"],
+            &["SORT", "k", "STORE", "{k}x"],
+            &["SORT", "k", "BY", "nosort"],
+            &["EVAL", "return 1", "2", "a", "b"],
+            &["BLPOP", "q1", "q2", "0"],
+            &["MGET", "a", "b"],
+        ] {
+            assert_eq!(
+                planned(args, EMULATE, &map),
+                planned(args, DEFAULT, &map),
+                "{args:?}"
+            );
+        }
+        assert!(matches!(
+            planned(&["RENAME", "foo", "bar"], EMULATE, &map),
+            Plan::Emulate(Emulation::Rename { nx: false })
+        ));
+        assert!(matches!(
+            planned(&["SORT", "{k}a", "BY", "{k}w_*"], EMULATE, &map),
+            Plan::Emulate(Emulation::Sort(_))
+        ));
+        assert_eq!(
+            planned(&["LMOVE", "a", "b", "UP", "LEFT"], EMULATE, &map),
+            fail("ERR syntax error")
+        );
+        assert_eq!(
+            planned(&["XREAD", "STREAMS", "a", "b", "0", "0"], EMULATE, &map),
+            Plan::Fail(ProxyError::cross_slot())
+        );
+        // One Redis behind the proxy: nothing to emulate.
+        let standalone = SlotMap::standalone(NodeAddr::from("127.0.0.1:6379"));
+        assert_eq!(
+            planned(&["SORT", "k", "BY", "w_*"], EMULATE, &standalone),
+            Plan::Send(Send {
+                target: Target::Slot(slot("k")),
+                resend: Resend::Never,
+                write_to: Some(slot("k")),
+            })
+        );
+    }
+
     #[test]
     fn admin_commands_reach_every_node_only_when_allowed() {
         let map = cluster();

@@ -144,7 +144,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command) -> Result<Emulation, ProxyError> 
             (Some(from), Some(to)) => Ok(Emulation::LMove { from, to }),
             _ => Err(syntax_error()),
         },
-        "msetnx" if cmd.argc() % 2 == 0 => Err(ProxyError::bad_request(
+        "msetnx" if cmd.argc().is_multiple_of(2) => Err(ProxyError::bad_request(
             "ERR wrong number of arguments for 'msetnx' command",
         )),
         "msetnx" => Ok(Emulation::MSetNx),

@@ -58,7 +58,7 @@ async fn snapshot(
 
 fn arg(cmd: &Command, i: usize) -> Result<&[u8], ProxyError> {
     cmd.arg(i)
-        .ok_or_else(|| ProxyError::bad_request(format!("ERR wrong number of arguments")))
+        .ok_or_else(|| ProxyError::bad_request("ERR wrong number of arguments"))
 }
 
 /// RENAME / RENAMENX: RESTORE at the destination (REPLACE unless NX), then DEL the source.

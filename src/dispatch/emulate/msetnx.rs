@@ -16,9 +16,12 @@ use crate::dispatch::reply;
 use crate::dispatch::worker::Worker;
 use crate::resp::{is_error_reply, Command};
 
+/// Key/value pairs of one slot.
+type SlotPairs<'a> = (Slot, Vec<(&'a [u8], &'a [u8])>);
+
 /// The pairs of `cmd` grouped by slot, in the order slots first appear.
-fn by_slot(cmd: &Command) -> Vec<(Slot, Vec<(&[u8], &[u8])>)> {
-    let mut groups: Vec<(Slot, Vec<(&[u8], &[u8])>)> = Vec::new();
+fn by_slot(cmd: &Command) -> Vec<SlotPairs<'_>> {
+    let mut groups: Vec<SlotPairs<'_>> = Vec::new();
     let mut i = 1;
     while let (Some(key), Some(value)) = (cmd.arg(i), cmd.arg(i + 1)) {
         let slot = Slot::of(key);

@@ -415,7 +415,7 @@ async fn sorted(
         let values = fetch(worker, &mut budget, lookups.clone(), resend).await?;
         let elements = chosen
             .iter()
-            .flat_map(|e| std::iter::repeat(e).take(options.gets.len()));
+            .flat_map(|e| std::iter::repeat_n(e, options.gets.len()));
         lookups
             .iter()
             .zip(elements)
