@@ -77,7 +77,8 @@ pub async fn run(
             *slot = temp.clone();
         }
     }
-    let reply = call(worker, Target::Slot(anchor), resend, &args).await;
+    // On the primary even for a read: a replica may not have the temporaries yet.
+    let reply = call(worker, Target::Slot(anchor), Resend::Never, &args).await;
     temps.delete(worker).await;
     Ok(reply)
 }

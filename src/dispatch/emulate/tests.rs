@@ -314,3 +314,17 @@ fn every_slot_has_a_tag_that_hashes_to_it() {
     assert_eq!(Slot::of(&temps.name()), slot("dest"));
     assert_ne!(temps.name(), Temps::new(slot("dest")).name());
 }
+
+#[test]
+fn the_source_budget_refuses_past_its_limit() {
+    let mut budget = Budget::new("sunionstore");
+    assert_eq!(budget.take(MAX_SOURCE_BYTES - 1), Ok(()));
+    assert_eq!(budget.take(1), Ok(()));
+    let refused = budget.take(1).unwrap_err();
+    assert_eq!(refused.fault(), crate::dispatch::error::Fault::Proxy);
+    let text = String::from_utf8_lossy(&refused.answer()).into_owned();
+    assert!(
+        text.starts_with("-ERR slotproxy: emulating SUNIONSTORE across slots would read more than"),
+        "{text}"
+    );
+}
