@@ -471,3 +471,37 @@ fn refuse_keeps_crossslot_and_same_slot_commands_are_not_emulated() {
         assert!(keys.is_empty(), "{port}: {keys:?}");
     }
 }
+
+/// A pipelined command after an emulated one waits for it, so it sees its effect, as on one
+/// Redis (the emulation's steps would otherwise be overtaken by the next command).
+#[test]
+fn pipelined_commands_after_an_emulated_one_see_its_effect() {
+    let oracle = Oracle::start();
+    let mut p = pair(&oracle, CrossSlot::Emulate);
+    let k = keys(&unique_prefix("pipeline"), &["a", "b", "l1", "l2"]);
+    let (a, b, l1, l2) = (&k[0], &k[1], &k[2], &k[3]);
+    let script: Vec<Vec<&str>> = vec![
+        vec!["SET", a, "1"],
+        vec!["RENAME", a, b],
+        vec!["GET", b],
+        vec!["EXISTS", a],
+        vec!["RPUSH", l1, "x", "y", "z"],
+        vec!["RPOPLPUSH", l1, l2],
+        vec!["RPOPLPUSH", l1, l2],
+        vec!["LRANGE", l2, "0", "-1"],
+        vec!["RENAME", b, a],
+        vec!["RENAME", a, b],
+        vec!["MGET", a, b],
+    ];
+    let mut bytes = Vec::new();
+    for args in &script {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        bytes.extend(common::raw::encode(&args));
+    }
+    p.proxy.send_raw(&bytes);
+    p.oracle.send_raw(&bytes);
+    for args in &script {
+        let want = p.oracle.read_reply();
+        assert_eq!(p.proxy.read_reply(), want, "{args:?}");
+    }
+}

@@ -86,6 +86,11 @@ async fn run<S: ClientStream>(
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
+        // A command carried out in steps held the ones after it back until its reply was out.
+        if client.hold_until_replied && pending.is_empty() && !input_done {
+            input_done = dispatch_decoded(worker, client, &mut decoder, &mut input, &mut pending);
+            pending.drain_ready(&mut output);
+        }
         if output_limit > 0 && output.len() > output_limit {
             metrics::counter!("slotproxy_errors_total", "kind" => "client_output_buffer")
                 .increment(1);
@@ -112,7 +117,8 @@ async fn run<S: ClientStream>(
         {
             input = BytesMut::new();
         }
-        let can_read = !input_done && pending.len() < worker.max_pipeline_depth;
+        let can_read =
+            !input_done && pending.len() < worker.max_pipeline_depth && !client.hold_until_replied;
         tokio::select! {
             _ = pending.progress(), if !pending.is_empty() => {}
             _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
@@ -164,9 +170,15 @@ fn dispatch_decoded(
     input: &mut BytesMut,
     pending: &mut ReplyQueue,
 ) -> bool {
+    if client.hold_until_replied {
+        if !pending.is_empty() {
+            return false;
+        }
+        client.hold_until_replied = false;
+    }
     // One clock read for the latency of every command of this read.
     let mut arrived = None;
-    while pending.len() < worker.max_pipeline_depth {
+    while pending.len() < worker.max_pipeline_depth && !client.hold_until_replied {
         match decoder.decode(input) {
             Ok(Some(command)) => {
                 pending.push(dispatch(

@@ -104,6 +104,7 @@ pub fn execute(
             if emulation.writes() {
                 client.writes.note_elsewhere();
             }
+            client.hold_until_replied = true;
             Reply::later(super::emulate::run(
                 worker.clone(),
                 spec.name.clone(),
