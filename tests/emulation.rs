@@ -290,6 +290,9 @@ fn rename_copy_and_moves_across_slots_match_one_redis() {
     p.same(&["COPY", b, a, "BOGUS"]);
     p.same(&["COPY", b, a]);
     p.same(&["GET", a]);
+    p.same(&["COPY", c, a, "DB", "0", "REPLACE"]);
+    p.same(&["COPY", c, a, "DB", "x"]);
+    p.same(&["TYPE", a]);
     // SMOVE.
     let (s1, s2, st) = (&k[5], &k[6], &k[7]);
     p.same(&["SADD", s1, "m", "n"]);
@@ -364,6 +367,8 @@ fn sort_with_by_and_get_patterns_matches_one_redis() {
     p.same(&["SORT", &ids, "GET", &name, "GET", "#"]);
     p.same(&["SORT", &ids, "BY", "nosort", "GET", &name]);
     p.same(&["SORT_RO", &ids, "BY", &by, "GET", &name]);
+    p.same(&["SORT", &ids, "BY", &name, "ALPHA", "DESC"]);
+    p.same(&["SORT", &ids, "BY", &name, "GET", &by]);
     p.same(&["SORT", &set, "ALPHA", "GET", &string, "GET", "#"]);
     p.same(&["SORT", &set, "BY", "nosort", "GET", &string, "STORE", &dest]);
     p.same(&["LRANGE", &dest, "0", "-1"]);
