@@ -144,6 +144,7 @@ fn planning(c: &mut Criterion) {
     ]);
     let allowed = Allowed {
         admin_commands: false,
+        cross_slot: slotproxy::config::CrossSlot::Refuse,
     };
     let value = "v".repeat(64);
     let mut mget_args = vec!["MGET".to_string()];

@@ -76,6 +76,10 @@ fn describe() {
         "Commands received, by command name"
     );
     describe_counter!(
+        "slotproxy_emulated_commands_total",
+        "Commands whose keys span several slots carried out by the proxy itself (cross_slot = \"emulate\"), by command name"
+    );
+    describe_counter!(
         "slotproxy_errors_total",
         "Errors: failed backend round trips, and errors the proxy answered itself (CROSSSLOT, NOAUTH, protocol errors...), by kind"
     );

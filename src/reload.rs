@@ -193,6 +193,11 @@ mod tests {
                 &["admin_commands"],
             ),
             (
+                "cross_slot",
+                |c| c.admin.cross_slot = crate::config::CrossSlot::Emulate,
+                &["cross_slot"],
+            ),
+            (
                 "upstreams",
                 |c| c.cluster.upstreams = parse_upstreams(&["redis://b:2".into()]).unwrap(),
                 &["upstreams"],

@@ -126,6 +126,18 @@ async fn run<S: ClientStream>(
         }
         // Everything already complete goes out in one write.
         pending.drain_ready(&mut output);
+        // A command carried out in steps held the ones after it back until its reply was out.
+        if client.hold_until_replied && pending.is_empty() && !input_done && held.is_none() {
+            input_done = dispatch_decoded(
+                worker,
+                client,
+                &mut decoder,
+                &mut input,
+                &mut pending,
+                &mut held,
+            );
+            pending.drain_ready(&mut output);
+        }
         if output_limit > 0 && output.len() > output_limit {
             metrics::counter!("slotproxy_errors_total", "kind" => "client_output_buffer")
                 .increment(1);
@@ -154,6 +166,7 @@ async fn run<S: ClientStream>(
         }
         let can_read = !input_done
             && pending.len() < worker.max_pipeline_depth
+            && !client.hold_until_replied
             && (held.is_none() || input.len() < HELD_INPUT_LIMIT);
         let held_write = held.as_ref().map(|(_, write)| *write);
         tokio::select! {
@@ -222,9 +235,15 @@ fn dispatch_decoded(
     pending: &mut ReplyQueue,
     held: &mut Option<(Command, bool)>,
 ) -> bool {
+    if client.hold_until_replied {
+        if !pending.is_empty() {
+            return false;
+        }
+        client.hold_until_replied = false;
+    }
     // One clock read for the latency of every command of this read.
     let mut arrived = None;
-    while pending.len() < worker.max_pipeline_depth {
+    while pending.len() < worker.max_pipeline_depth && !client.hold_until_replied {
         match decoder.decode(input) {
             Ok(Some(command)) => {
                 // One relaxed load per command while no pause was ever set.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::duration;
 use super::layer::{BackendTable, BackendTlsLayer, ClientTable, ClientTlsLayer, Layer};
-use super::{LogFormat, ReadFrom, Secret};
+use super::{CrossSlot, LogFormat, ReadFrom, Secret};
 
 /// Every setting that has a flag, grouped by section.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -65,6 +65,9 @@ pub struct AdminFlags {
     /// Run CONFIG SET, CONFIG RESETSTAT, keyless DEBUG, ACL SETUSER/DELUSER on every node
     #[arg(long, env = "SLOTPROXY_ADMIN_COMMANDS")]
     pub admin_commands: bool,
+    /// Commands whose keys span several slots: refuse (CROSSSLOT) or emulate [default: refuse]
+    #[arg(long, env = "SLOTPROXY_CROSS_SLOT")]
+    pub cross_slot: Option<CrossSlot>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -158,6 +161,7 @@ impl Flags {
             read_from: backend.read_from,
             admin_listen: admin.admin_listen,
             admin_commands: admin.admin_commands.then_some(true),
+            cross_slot: admin.cross_slot,
             log_level: logging.log_level,
             log_format: logging.log_format,
             requirepass: auth.requirepass,

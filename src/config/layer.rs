@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::{parse_upstreams, Config, LogFormat, ReadFrom, Secret};
+use super::{parse_upstreams, Config, CrossSlot, LogFormat, ReadFrom, Secret};
 
 /// One source's settings, named and nested exactly as in the TOML file. Unknown keys are
 /// refused (a typo would otherwise be silently ignored).
@@ -49,6 +49,7 @@ pub struct Layer {
     pub read_from: Option<ReadFrom>,
     pub max_replica_lag: Option<u64>,
     pub admin_commands: Option<bool>,
+    pub cross_slot: Option<CrossSlot>,
     pub metrics: Option<bool>,
     pub requirepass: Option<Secret>,
     pub users_file: Option<String>,
@@ -155,6 +156,7 @@ impl Layer {
             read_from,
             max_replica_lag,
             admin_commands,
+            cross_slot,
             metrics,
             requirepass,
             users_file,
@@ -172,6 +174,7 @@ impl Layer {
         set(&mut c.admin.listen, admin_listen.map(Some));
         set(&mut c.admin.metrics, metrics);
         set(&mut c.admin.commands, admin_commands);
+        set(&mut c.admin.cross_slot, cross_slot);
         set(&mut c.cluster.refresh_interval, refresh_interval_ms);
         set(&mut c.cluster.refresh_min_interval, refresh_min_interval_ms);
         set(&mut c.backend.connect_timeout, connect_timeout_ms);
@@ -347,7 +350,16 @@ mod tests {
         flags: Flags,
     }
 
+    /// clap reads the process's `SLOTPROXY_*` variables while it parses: the one test that
+    /// sets them holds this lock, and every parse takes it, so no other test sees them.
+    static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn flags(args: &[&str]) -> Layer {
+        let _environment = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        parse_flags(args)
+    }
+
+    fn parse_flags(args: &[&str]) -> Layer {
         let args = std::iter::once("slotproxy").chain(args.iter().copied());
         Cli::try_parse_from(args).unwrap().flags.layer()
     }
@@ -386,6 +398,7 @@ mod tests {
             read_from = "prefer-replica"
             max_replica_lag = 16
             admin_commands = true
+            cross_slot = "emulate"
             metrics = false
             requirepass = "pw"
             users_file = "users.acl"
@@ -417,6 +430,7 @@ mod tests {
                 listen: Some("0.0.0.0:2".into()),
                 metrics: false,
                 commands: true,
+                cross_slot: CrossSlot::Emulate,
             },
             cluster: super::super::Cluster {
                 upstreams: parse_upstreams(&["rediss://u:p@a:1,rediss://b:2,rediss://c:3".into()])
@@ -523,6 +537,16 @@ mod tests {
                 true,
             ),
         ];
+        let emulating =
+            Config::layered(vec![file(), flags(&["--cross-slot", "emulate"])], no_env).unwrap();
+        assert_eq!(emulating.admin.cross_slot, CrossSlot::Emulate);
+        assert_eq!(
+            Config::layered(vec![file()], no_env)
+                .unwrap()
+                .admin
+                .cross_slot,
+            CrossSlot::Refuse
+        );
         for (layers, max_clients, workers, grace, admin_commands) in cases {
             let config = Config::layered(layers.clone(), no_env).unwrap();
             let got = (
@@ -543,15 +567,16 @@ mod tests {
     /// both are there. The variables are the process's, so one test sets them all.
     #[test]
     fn environment_sits_between_the_file_and_the_flags() {
+        let environment = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("SLOTPROXY_WORKERS", "6");
         std::env::set_var("SLOTPROXY_READ_FROM", "replica");
         std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
         let base = || file("workers = 2\nread_from = \"any\"\nupstreams = [\"a:1\"]");
-        let from_env = Config::layered([base(), flags(&[])], no_env).unwrap();
+        let from_env = Config::layered([base(), parse_flags(&[])], no_env).unwrap();
         let flagged = Config::layered(
             [
                 base(),
-                flags(&["--workers", "8", "--read-from", "prefer-replica"]),
+                parse_flags(&["--workers", "8", "--read-from", "prefer-replica"]),
             ],
             no_env,
         )
@@ -559,6 +584,7 @@ mod tests {
         std::env::remove_var("SLOTPROXY_WORKERS");
         std::env::remove_var("SLOTPROXY_READ_FROM");
         std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
+        drop(environment);
         assert_eq!(
             (from_env.listener.workers, from_env.backend.read_from),
             (6, ReadFrom::Replica)

@@ -72,6 +72,9 @@ pub struct Admin {
     /// keyless DEBUG, ACL SETUSER/DELUSER); they then run on all nodes.
     #[serde(rename = "admin_commands")]
     pub commands: bool,
+    /// What a command whose keys span several slots gets: Redis Cluster's CROSSSLOT error
+    /// (`refuse`), or the proxy carrying it out itself (`emulate`, `dispatch::emulate`).
+    pub cross_slot: CrossSlot,
 }
 
 impl Default for Admin {
@@ -80,6 +83,7 @@ impl Default for Admin {
             listen: Some("127.0.0.1:9180".to_string()),
             metrics: true,
             commands: false,
+            cross_slot: CrossSlot::Refuse,
         }
     }
 }
@@ -353,6 +357,21 @@ pub enum ReadFrom {
     Replica,
     /// Reads spread over the primary and its replicas.
     Any,
+}
+
+/// What a command whose keys span several slots gets (`cross_slot`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossSlot {
+    /// Redis Cluster's own `-CROSSSLOT Keys in request don't hash to the same slot`.
+    #[default]
+    Refuse,
+    /// The proxy reads the sources from their owners and writes the result itself (RENAME,
+    /// SMOVE, SUNIONSTORE, SORT ... BY/GET, ...): the result of one Redis, without its
+    /// atomicity.
+    Emulate,
 }
 
 impl Config {

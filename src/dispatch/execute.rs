@@ -109,6 +109,18 @@ pub fn execute(
             note_write(worker, client, map, &send);
             Reply::later(scripts::evalsha(worker.clone(), started, cmd, send))
         }
+        Plan::Emulate(emulation) => {
+            if emulation.writes() {
+                client.writes.note_elsewhere();
+            }
+            client.hold_until_replied = true;
+            Reply::later(super::emulate::run(
+                worker.clone(),
+                spec.name.clone(),
+                cmd,
+                emulation,
+            ))
+        }
         Plan::Fail(error) => error.answer().into(),
     }
 }

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod cluster_wide;
 pub mod decision;
 pub mod driver;
+pub mod emulate;
 pub mod error;
 pub mod execute;
 pub mod info;
@@ -94,6 +95,7 @@ fn dispatch_command(
     client.entry().note_command(spec.id);
     let allowed = Allowed {
         admin_commands: worker.shared.config.admin.commands,
+        cross_slot: worker.shared.config.admin.cross_slot,
     };
     let planned = plan(spec, &cmd, allowed, &map);
     if !worker.shared.config.admin.metrics {

@@ -3,13 +3,15 @@
 //! carries the plan out.
 
 use super::driver::{Resend, Target};
-use super::error::ProxyError;
+use super::emulate::{self, Emulation};
+use super::error::{ErrorKind, ProxyError};
 use super::split::{split_by_slot, SlotPart};
 use crate::cluster::{Slot, SlotMap};
 use crate::command::route::{
     Local, Merge, Route, Script, SessionCommand, SplitKind, Subscription, Walk,
 };
 use crate::command::CommandSpec;
+use crate::config::CrossSlot;
 use crate::resp::Command;
 
 /// One request to one node.
@@ -58,6 +60,8 @@ pub enum Plan {
     Eval(Send),
     /// EVALSHA: sent by its keys, repaired on NOSCRIPT.
     EvalSha(Send),
+    /// Keys in several slots, carried out by the proxy (`cross_slot = "emulate"`).
+    Emulate(Emulation),
     /// Answered with this error.
     Fail(ProxyError),
 }
@@ -67,6 +71,8 @@ pub enum Plan {
 pub struct Allowed {
     /// `--admin-commands`: commands that change every node's configuration.
     pub admin_commands: bool,
+    /// `cross_slot`: whether keys in several slots are refused (CROSSSLOT) or emulated.
+    pub cross_slot: CrossSlot,
 }
 
 /// The plan for `cmd` (whose table entry is `spec`) against the slot map `map`.
@@ -74,6 +80,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
     let name = spec.name.as_str();
     match spec.route {
         Route::Local(local) => Plan::Local(local),
+        Route::Keyed if allowed.cross_slot == CrossSlot::Emulate => emulated(spec, cmd, map),
         Route::Keyed => keyed(spec, cmd, map),
         Route::AnyPrimary => Plan::Send(any_primary()),
         Route::FirstPrimary => Plan::Send(read(first_primary(map))),
@@ -191,6 +198,24 @@ fn keyed(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Plan {
     }
 }
 
+/// `keyed`, except that where that is CROSSSLOT the command is emulated if it can be (and
+/// SORT with BY/GET patterns always is: cluster nodes refuse patterns).
+fn emulated(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Plan {
+    if !emulate::applies(map) {
+        return keyed(spec, cmd, map);
+    }
+    if let Some(sort) = emulate::sort_with_patterns(spec, cmd) {
+        return sort.map_or_else(Plan::Fail, Plan::Emulate);
+    }
+    match target_of(spec, cmd, map) {
+        Ok(target) => Plan::Send(keyed_send(spec, target)),
+        Err(error) if error.kind == ErrorKind::CrossSlot => {
+            emulate::plan(spec, cmd).map_or_else(Plan::Fail, Plan::Emulate)
+        }
+        Err(error) => Plan::Fail(error),
+    }
+}
+
 fn keyed_send(spec: &CommandSpec, target: Target) -> Send {
     let resend = resend_of(spec);
     let write_to = match (&target, resend) {
@@ -289,9 +314,15 @@ mod tests {
 
     const DEFAULT: Allowed = Allowed {
         admin_commands: false,
+        cross_slot: CrossSlot::Refuse,
     };
     const ADMIN: Allowed = Allowed {
         admin_commands: true,
+        cross_slot: CrossSlot::Refuse,
+    };
+    const EMULATE: Allowed = Allowed {
+        admin_commands: false,
+        cross_slot: CrossSlot::Emulate,
     };
 
     fn slot(key: &str) -> Slot {
@@ -556,6 +587,55 @@ mod tests {
         for (args, expected) in cases {
             assert_eq!(planned(args, DEFAULT, &map), expected, "{args:?}");
         }
+    }
+
+    /// With `cross_slot = "emulate"` only what would be CROSSSLOT changes (and SORT with
+    /// patterns); same-slot commands, scripts and blocking commands plan as before.
+    #[test]
+    fn emulation_replaces_only_crossslot() {
+        let map = cluster();
+        for args in [
+            &["GET", "foo"][..],
+            &["RENAME", "{a}1", "{a}2"],
+            &["SUNIONSTORE", "{t}d", "{t}a", "{t}b"],
+            &["SORT", "k", "STORE", "{k}x"],
+            &["SORT", "k", "BY", "nosort"],
+            &["EVAL", "return 1", "2", "a", "b"],
+            &["BLPOP", "q1", "q2", "0"],
+            &["MGET", "a", "b"],
+        ] {
+            assert_eq!(
+                planned(args, EMULATE, &map),
+                planned(args, DEFAULT, &map),
+                "{args:?}"
+            );
+        }
+        assert!(matches!(
+            planned(&["RENAME", "foo", "bar"], EMULATE, &map),
+            Plan::Emulate(Emulation::Rename { nx: false })
+        ));
+        assert!(matches!(
+            planned(&["SORT", "{k}a", "BY", "{k}w_*"], EMULATE, &map),
+            Plan::Emulate(Emulation::Sort(_))
+        ));
+        assert_eq!(
+            planned(&["LMOVE", "a", "b", "UP", "LEFT"], EMULATE, &map),
+            fail("ERR syntax error")
+        );
+        assert_eq!(
+            planned(&["XREAD", "STREAMS", "a", "b", "0", "0"], EMULATE, &map),
+            Plan::Fail(ProxyError::cross_slot())
+        );
+        // One Redis behind the proxy: nothing to emulate.
+        let standalone = SlotMap::standalone(NodeAddr::from("127.0.0.1:6379"));
+        assert_eq!(
+            planned(&["SORT", "k", "BY", "w_*"], EMULATE, &standalone),
+            Plan::Send(Send {
+                target: Target::Slot(slot("k")),
+                resend: Resend::Never,
+                write_to: Some(slot("k")),
+            })
+        );
     }
 
     #[test]

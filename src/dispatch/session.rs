@@ -27,6 +27,11 @@ pub struct ClientState {
     pub protocol: Protocol,
     /// Set by QUIT: close once the replies queued so far are written.
     pub closing: bool,
+    /// Set by a command carried out in several steps (cross-slot emulation): the client's
+    /// later commands are dispatched only once every reply before them is out, so they can't
+    /// overtake its steps (a pipelined `RENAME a b` then `GET b` sees the renamed value, as
+    /// on one Redis). The client layer clears it when its reply queue is empty.
+    pub hold_until_replied: bool,
     /// MULTI queue and WATCH connection.
     pub tx: TxState,
     /// Which connections carried the client's writes, for WAIT.
@@ -58,6 +63,7 @@ impl ClientState {
             user: None,
             protocol: Protocol::Resp2,
             closing: false,
+            hold_until_replied: false,
             tx: TxState::default(),
             writes: Writes::default(),
             subs: None,
