@@ -838,3 +838,53 @@ fn admin_commands_are_merged_or_gated_by_the_admin_flag() {
         Reply::Simple("OK".into())
     );
 }
+
+/// DEBUG goes where its subcommand acts: by key, to any one node for what only concerns the
+/// connection (PROTOCOL's reply types come back intact), to every node for server state.
+/// PING's arity is Redis's.
+#[test]
+fn debug_subcommands_go_where_they_act_and_local_errors_are_redis_own() {
+    let cluster = shared();
+    let proxy = start_proxy(cluster);
+    let p = unique_prefix("debug");
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let (a, b) = (format!("{{{p}}}:a"), format!("{{{p}}}:b"));
+    assert_eq!(raw.call(&["RPUSH", &a, "x", "y"]), Reply::Int(2));
+    assert_eq!(
+        raw.call(&["COPY", &a, &b]),
+        Reply::Int(1),
+        "COPY in one slot"
+    );
+    // Equal values have equal digests, however many slots' keys are asked about.
+    let Reply::Array(Some(digests)) = raw.call(&["DEBUG", "DIGEST-VALUE", &a, &b]) else {
+        panic!("DIGEST-VALUE answers an array");
+    };
+    assert_eq!(digests.len(), 2);
+    assert_eq!(digests[0], digests[1]);
+    let small_hash = format!("{{{p}}}:h");
+    assert_eq!(raw.call(&["HSET", &small_hash, "f", "v"]), Reply::Int(1));
+    // The node prints the listpack to its log; a node without the key would have refused.
+    assert!(matches!(
+        raw.call(&["DEBUG", "LISTPACK", &small_hash]),
+        Reply::Simple(_)
+    ));
+    assert_eq!(
+        raw.call(&["DEBUG", "DIGEST-VALUE", &a, &format!("{p}:elsewhere")])
+            .error(),
+        "CROSSSLOT Keys in request don't hash to the same slot"
+    );
+    assert_eq!(raw.call(&["DEBUG", "PROTOCOL", "true"]), Reply::Int(1));
+    assert_eq!(
+        raw.call(&["DEBUG", "PROTOCOL", "bignum"]),
+        Reply::Bulk(Some(b"1234567999999999999999999999999999999".to_vec()))
+    );
+    assert_eq!(
+        raw.call(&["DEBUG", "SLEEP", "0"]),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        raw.call(&["PING", "x", "y", "z"]).error(),
+        "ERR wrong number of arguments for 'ping' command"
+    );
+    assert_eq!(raw.call(&["PING", "x"]), Reply::Bulk(Some(b"x".to_vec())));
+}

@@ -134,8 +134,8 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
     let subscribed =
         client.protocol == Protocol::Resp2 && client.subs.as_ref().is_some_and(|s| s.active());
     match command {
-        Local::Ping if subscribed => local::subscribed_ping(cmd).into(),
-        Local::Ping => local::ping(cmd).into(),
+        Local::Ping if subscribed => answer(local::subscribed_ping(cmd)),
+        Local::Ping => answer(local::ping(cmd)),
         Local::Echo => local::echo(cmd).into(),
         Local::Quit => {
             client.closing = true;

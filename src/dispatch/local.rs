@@ -11,20 +11,31 @@ use crate::cluster::Slot;
 use crate::resp::{encode, Command, Protocol};
 use crate::shared::Counters;
 
-pub fn ping(cmd: &Command) -> Bytes {
-    match cmd.arg(1) {
+/// `PING [message]`; more arguments get Redis's arity error (its table says "at least one").
+pub fn ping(cmd: &Command) -> Result<Bytes, ProxyError> {
+    if cmd.argc() > 2 {
+        return Err(ping_arity());
+    }
+    Ok(match cmd.arg(1) {
         None => Bytes::from_static(b"+PONG\r\n"),
         Some(message) => reply::bulk(message),
-    }
+    })
+}
+
+fn ping_arity() -> ProxyError {
+    ProxyError::bad_request("ERR wrong number of arguments for 'ping' command")
 }
 
 /// PING in subscriber mode answers `["pong", message]`, as Redis does.
-pub fn subscribed_ping(cmd: &Command) -> Bytes {
+pub fn subscribed_ping(cmd: &Command) -> Result<Bytes, ProxyError> {
+    if cmd.argc() > 2 {
+        return Err(ping_arity());
+    }
     let mut out = BytesMut::with_capacity(32);
     encode::array_header(&mut out, 2);
     encode::bulk(&mut out, b"pong");
     encode::bulk(&mut out, cmd.arg(1).unwrap_or_default());
-    out.freeze()
+    Ok(out.freeze())
 }
 
 pub fn echo(cmd: &Command) -> Bytes {

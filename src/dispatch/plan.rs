@@ -106,13 +106,11 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         },
         Route::BroadcastAside(merge) => Plan::BroadcastAside(merge),
         Route::EveryNode => every_node(name, allowed),
-        Route::Debug if is_debug_object(cmd) => match cmd.arg(2) {
-            Some(key) => Plan::Send(read(Target::Slot(Slot::of(key)))),
-            None => Plan::Fail(ProxyError::bad_request(
-                "ERR wrong number of arguments for 'debug|object' command",
-            )),
+        Route::Debug => match debug_scope(cmd) {
+            DebugScope::Keys => keyed_debug(spec, cmd, map),
+            DebugScope::AnyNode => Plan::Send(any_primary()),
+            DebugScope::EveryNode => every_node(name, allowed),
         },
-        Route::Debug => every_node(name, allowed),
         Route::ConfigSet => match every_node(name, allowed) {
             Plan::EveryNode => Plan::ConfigSet,
             refused => refused,
@@ -271,9 +269,58 @@ fn every_node(name: &str, allowed: Allowed) -> Plan {
     }
 }
 
-fn is_debug_object(cmd: &Command) -> bool {
-    cmd.arg(1)
-        .is_some_and(|a| a.eq_ignore_ascii_case(b"OBJECT"))
+/// Where a `DEBUG` subcommand acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DebugScope {
+    /// On keys given from argv\[2\] on (`OBJECT`, `DIGEST-VALUE`, `LISTPACK`...): their slot's owner.
+    Keys,
+    /// Only on the connection that sent it, changing nothing on the server (`PROTOCOL`,
+    /// `STRINGMATCH-LEN`, `SLEEP`, `HELP`): any one node, whose answer goes back as it is.
+    AnyNode,
+    /// On the server's state or settings (`RELOAD`, `SET-ACTIVE-EXPIRE`,
+    /// `QUICKLIST-PACKED-THRESHOLD`...): every node, with `--admin-commands`.
+    EveryNode,
+}
+
+fn debug_scope(cmd: &Command) -> DebugScope {
+    const KEYS: [&[u8]; 5] = [
+        b"OBJECT",
+        b"DIGEST-VALUE",
+        b"LISTPACK",
+        b"QUICKLIST",
+        b"SDSLEN",
+    ];
+    const ANY_NODE: [&[u8]; 5] = [b"PROTOCOL", b"STRINGMATCH-LEN", b"SLEEP", b"HELP", b"LOG"];
+    let sub = cmd.arg(1).unwrap_or_default();
+    if KEYS.iter().any(|k| sub.eq_ignore_ascii_case(k)) {
+        DebugScope::Keys
+    } else if ANY_NODE.iter().any(|k| sub.eq_ignore_ascii_case(k)) {
+        DebugScope::AnyNode
+    } else {
+        DebugScope::EveryNode
+    }
+}
+
+/// `DEBUG <sub> key [key...]`: the keys' slot (all in one).
+fn keyed_debug(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Plan {
+    let mut slot: Option<Slot> = None;
+    for key in cmd.args().skip(2) {
+        let s = Slot::of(key);
+        match slot {
+            Some(first) if first != s && !map.is_standalone() => {
+                return Plan::Fail(ProxyError::cross_slot())
+            }
+            _ => slot = Some(s),
+        }
+    }
+    match slot {
+        Some(slot) => Plan::Send(read(Target::Slot(slot))),
+        None => Plan::Fail(ProxyError::bad_request(format!(
+            "ERR wrong number of arguments for '{}|{}' command",
+            spec.name,
+            String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase()
+        ))),
+    }
 }
 
 /// XREAD/XREADGROUP with `BLOCK` before `STREAMS`.
@@ -574,15 +621,30 @@ mod tests {
                     "it acts on one node of the cluster",
                 )),
             ),
-            (
-                &["DEBUG", "SLEEP", "0"],
-                Plan::Fail(ProxyError::admin_commands_off("debug")),
-            ),
+            (&["DEBUG", "SLEEP", "0"], Plan::Send(any_primary())),
             (
                 &["CONFIG", "SET", "maxmemory", "0"],
                 Plan::Fail(ProxyError::admin_commands_off("config|set")),
             ),
             (&["DEBUG", "OBJECT", "k"], read_of("k")),
+            (&["debug", "digest-value", "{k}1", "{k}2"], read_of("{k}1")),
+            (&["DEBUG", "LISTPACK", "k"], read_of("k")),
+            (
+                &["DEBUG", "DIGEST-VALUE", "a", "b"],
+                Plan::Fail(ProxyError::cross_slot()),
+            ),
+            (
+                &["DEBUG", "OBJECT"],
+                Plan::Fail(ProxyError::bad_request(
+                    "ERR wrong number of arguments for 'debug|object' command",
+                )),
+            ),
+            (&["DEBUG", "PROTOCOL", "attrib"], Plan::Send(any_primary())),
+            (&["DEBUG", "STRINGMATCH-LEN"], Plan::Send(any_primary())),
+            (
+                &["DEBUG", "SET-ACTIVE-EXPIRE", "0"],
+                Plan::Fail(ProxyError::admin_commands_off("debug")),
+            ),
         ];
         for (args, expected) in cases {
             assert_eq!(planned(args, DEFAULT, &map), expected, "{args:?}");
@@ -648,7 +710,8 @@ mod tests {
         for args in [
             &["CONFIG", "RESETSTAT"][..],
             &["ACL", "SETUSER", "u"],
-            &["DEBUG", "SLEEP", "0"],
+            &["DEBUG", "SET-ACTIVE-EXPIRE", "0"],
+            &["DEBUG", "RELOAD"],
         ] {
             assert_eq!(planned(args, ADMIN, &map), Plan::EveryNode, "{args:?}");
         }
