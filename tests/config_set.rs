@@ -270,3 +270,40 @@ fn settings_reach_nodes_that_are_promoted_or_join() {
         },
     );
 }
+
+/// What the proxy's own node connections depend on can't be changed through it: a client
+/// that set `requirepass` or switched the proxy's user off would cut every other client off.
+#[test]
+fn settings_and_the_user_the_proxy_relies_on_are_refused() {
+    let cluster = shared();
+    let proxy = admin_proxy(cluster);
+    let mut raw = RawClient::connect(proxy.local_addr());
+    for args in [
+        &["CONFIG", "SET", "requirepass", "secret"][..],
+        &[
+            "CONFIG",
+            "SET",
+            "maxmemory-policy",
+            "noeviction",
+            "port",
+            "1",
+        ],
+        &["ACL", "SETUSER", "default", "off"],
+        &["ACL", "DELUSER", "default"],
+    ] {
+        let Reply::Error(error) = raw.call(args) else {
+            panic!("{args:?} was not refused");
+        };
+        assert!(error.starts_with("ERR slotproxy:"), "{args:?}: {error}");
+    }
+    // Nothing reached any node, and the proxy still opens new connections to them.
+    for port in cluster.ports() {
+        assert_eq!(config_get(port, "requirepass"), "");
+    }
+    let mut fresh = RawClient::connect(proxy.local_addr());
+    assert_eq!(fresh.call(&["SET", "guard:k", "v"]), ok());
+    // Another user is the operator's business.
+    let user = format!("guard-{}", std::process::id());
+    assert_eq!(raw.call(&["ACL", "SETUSER", &user, "on", ">p"]), ok());
+    assert_eq!(raw.call(&["ACL", "DELUSER", &user]), Reply::Int(1));
+}

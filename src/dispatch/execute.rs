@@ -52,11 +52,12 @@ pub fn execute(
             cluster_wide::primaries_of(map),
             merge,
         )),
+        // Every node answers the same as one server would (OK; ACL DELUSER's count).
         Plan::EveryNode => broadcast(
             worker,
             cmd,
             cluster_wide::nodes_of(map),
-            Merge::AllOk,
+            Merge::Same,
             Resend::Never,
         ),
         Plan::ConfigSet => {

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod emulate;
 pub mod error;
 pub mod execute;
+pub mod guard;
 pub mod info;
 pub mod local;
 pub mod merge;
@@ -93,6 +94,13 @@ fn dispatch_command(
     };
     // `cmd=` of CLIENT LIST: one relaxed store.
     client.entry().note_command(spec.id);
+    if matches!(spec.route, Route::EveryNode | Route::ConfigSet) {
+        let credentials = worker.shared.topology.credentials();
+        let user = credentials.username.as_deref().unwrap_or("default");
+        if let Some(refusal) = guard::refusal(&spec.name, &cmd, user) {
+            return Dispatched::untimed(refusal.answer());
+        }
+    }
     let allowed = Allowed {
         admin_commands: worker.shared.config.admin.commands,
         cross_slot: worker.shared.config.admin.cross_slot,
