@@ -59,25 +59,47 @@ pub fn merge(texts: &[String]) -> String {
         out.push_str(&merged);
         out.push_str("\r\n");
     }
-    // Keyspace lines only the other nodes have (a database empty on the first primary).
+    // Lines only other nodes have: a database empty on the first primary, a command or an
+    // error only another primary has seen.
     for text in rest {
-        for (key, value) in section_fields(text, "keyspace") {
-            if !seen_keys.iter().any(|(s, k)| s == "keyspace" && k == key) {
-                seen_keys.push(("keyspace".into(), key.to_string()));
+        for section in SUMMED_SECTIONS {
+            for (key, value) in section_fields(text, section) {
+                if seen_keys.iter().any(|(s, k)| s == section && k == key) {
+                    continue;
+                }
+                seen_keys.push((section.to_string(), key.to_string()));
                 let others: Vec<Option<&str>> = texts
                     .iter()
                     .filter(|t| !std::ptr::eq(*t, text))
-                    .map(|t| field(t, "keyspace", key))
+                    .map(|t| field(t, section, key))
                     .collect();
                 let line = format!("{key}:{}\r\n", sum_value(key, value, &others));
-                match out.find("# Keyspace\r\n") {
-                    Some(at) => out.insert_str(at + "# Keyspace\r\n".len(), &line),
-                    None => out.push_str(&line),
-                }
+                let at = section_end(&out, section).unwrap_or(out.len());
+                out.insert_str(at, &line);
             }
         }
     }
     out
+}
+
+/// Where a line added to `section` of `out` goes: after its last field (`None`: no such
+/// section in `out`).
+fn section_end(out: &str, section: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut inside = false;
+    for line in out.split_inclusive("\r\n") {
+        let bare = line.trim_end_matches("\r\n");
+        if let Some(name) = bare.strip_prefix("# ") {
+            if inside {
+                return Some(offset);
+            }
+            inside = name.eq_ignore_ascii_case(section);
+        } else if inside && bare.is_empty() {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    inside.then_some(out.len())
 }
 
 fn section_fields<'a>(text: &'a str, wanted: &str) -> Vec<(&'a str, &'a str)> {
@@ -178,6 +200,27 @@ mod tests {
         let merged = merge(&[a.to_string(), b.to_string()]);
         assert!(
             merged.contains("db0:keys=7,expires=0,avg_ttl=0\r\n"),
+            "{merged}"
+        );
+    }
+
+    /// An error or a command only another primary has seen still counts, in its section.
+    #[test]
+    fn stats_lines_only_other_nodes_have_are_added_to_their_section() {
+        let a = "# Commandstats\r\ncmdstat_get:calls=2,usec=4,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\r\n# Errorstats\r\nerrorstat_ERR:count=1\r\n\r\n# Keyspace\r\n";
+        let b = "# Commandstats\r\ncmdstat_xreadgroup:calls=1,usec=9,usec_per_call=9.00,rejected_calls=0,failed_calls=1\r\n\r\n# Errorstats\r\nerrorstat_ERR:count=2\r\nerrorstat_NOGROUP:count=1\r\n\r\n# Keyspace\r\n";
+        let merged = merge(&[a.to_string(), b.to_string()]);
+        let errorstats = merged
+            .split("# Errorstats\r\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n\r\n").next())
+            .unwrap_or_default();
+        assert_eq!(
+            errorstats, "errorstat_ERR:count=3\r\nerrorstat_NOGROUP:count=1",
+            "{merged}"
+        );
+        assert!(
+            merged.contains("# Commandstats\r\ncmdstat_get:calls=2,usec=4,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\ncmdstat_xreadgroup:calls=1,"),
             "{merged}"
         );
     }
