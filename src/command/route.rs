@@ -264,6 +264,9 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("move", Route::Refuse(ONE_NODE)),
     ("xread", Route::MaybeBlocking),
     ("xreadgroup", Route::MaybeBlocking),
+    // HyperLogLog diagnostics: by key, and a self-test that touches no data.
+    ("pfdebug", Route::Keyed),
+    ("pfselftest", Route::AnyPrimary),
     ("config|get", Route::FirstPrimary),
     ("time", Route::AnyPrimary),
     ("lastsave", Route::AnyPrimary),
