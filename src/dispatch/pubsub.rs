@@ -420,7 +420,7 @@ impl Subscriptions {
             waiting.push(rx);
             if fresh {
                 for (k, other) in self.keyspace_names() {
-                    if !(k == kind && &other == name) {
+                    if !(k == kind && other == name) {
                         self.send_to(worker, map, key.clone(), &[k.subscribe(), &other], None);
                     }
                 }
