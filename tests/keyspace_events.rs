@@ -183,3 +183,91 @@ fn keyspace_notifications_come_from_every_primary_once() {
         assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
     }
 }
+
+/// Sets fresh keys in `slot_of`'s slot through `writer` until `sub` gets the keyspace
+/// notification of one of them (a subscription on a new primary is in place once it does).
+fn set_until_notified(
+    writer: &mut RawClient,
+    sub: &mut RawClient,
+    prefix: &str,
+    cluster: &Cluster,
+    node: u16,
+) {
+    let deadline = std::time::Instant::now() + common::CLUSTER_DEADLINE;
+    sub.set_read_timeout(Duration::from_millis(300));
+    for i in 0.. {
+        let key = format!("{prefix}:{node}:{i}");
+        if cluster.primary_for_slot(local_keyslot(key.as_bytes())) != node {
+            continue;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification from node {node}"
+        );
+        assert_eq!(writer.call(&["SET", &key, "v"]), Reply::Simple("OK".into()));
+        let channel = format!("__keyspace@0__:{key}");
+        while let Ok(reply) = sub.try_read_reply() {
+            if reply
+                == array(vec![
+                    bulk("pmessage"),
+                    bulk("__keyspace@0__:*"),
+                    bulk(&channel),
+                    bulk("set"),
+                ])
+            {
+                sub.set_read_timeout(Duration::from_secs(10));
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn keyspace_subscriptions_follow_failovers() {
+    let cluster = Cluster::start(3, 1);
+    for port in cluster.ports() {
+        assert_eq!(
+            cluster
+                .cli(port, &["CONFIG", "SET", "notify-keyspace-events", "KEA"])
+                .trim(),
+            "OK"
+        );
+    }
+    let proxy = start_proxy(&cluster);
+    let p = unique_prefix("ksfailover");
+    let space = "__keyspace@0__:*";
+    let mut sub = RawClient::connect(proxy.local_addr());
+    let mut writer = RawClient::connect(proxy.local_addr());
+    assert_eq!(
+        sub.call(&["PSUBSCRIBE", space]),
+        confirmation("psubscribe", space, 1)
+    );
+    for node in cluster.primaries() {
+        set_until_notified(&mut writer, &mut sub, &p, &cluster, node);
+    }
+    // Every shard fails over: the home connection and the others move to the new primaries.
+    for primary in cluster.primaries() {
+        let replica = cluster.replicas_of(primary)[0];
+        cluster.failover(replica);
+    }
+    for node in cluster.primaries() {
+        set_until_notified(&mut writer, &mut sub, &p, &cluster, node);
+    }
+    // Once each: one key per primary, three notifications, nothing more.
+    drain(&mut sub);
+    let mut want = Vec::new();
+    for node in cluster.primaries() {
+        let key = (0..)
+            .map(|i| format!("{p}:last{i}"))
+            .find(|k| cluster.primary_for_slot(local_keyslot(k.as_bytes())) == node)
+            .unwrap_or_default();
+        assert_eq!(writer.call(&["SET", &key, "v"]), Reply::Simple("OK".into()));
+        want.push(array(vec![
+            bulk("pmessage"),
+            bulk(space),
+            bulk(&format!("__keyspace@0__:{key}")),
+            bulk("set"),
+        ]));
+    }
+    assert_eq!(sorted(drain(&mut sub)), sorted(want));
+}
