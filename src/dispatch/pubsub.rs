@@ -540,9 +540,7 @@ impl Subscriptions {
                     self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
-            Event::Retry(Retry::Conn(ConnKey::Keyspace(_))) | Event::Topology => {
-                self.sync_keyspace(worker)
-            }
+            Event::Topology => self.sync_keyspace(worker),
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
             Event::Refused(key, reply) => self.refused(worker, key, &reply),
         }
@@ -599,7 +597,18 @@ impl Subscriptions {
     /// on a connection that still has it is harmless (the node ignores it).
     fn resubscribe(&mut self, worker: &Worker, lost: ConnKey) {
         let (kind, names): (Vec<Kind>, Vec<Bytes>) = match &lost {
-            ConnKey::Keyspace(_) => return self.sync_keyspace(worker),
+            ConnKey::Keyspace(addr) => {
+                // Refused (the connection stays) or lost (it is gone): subscribe its names
+                // again if it is still wanted, then open what else is missing.
+                let key = ConnKey::Keyspace(addr.clone());
+                if self.conns.contains_key(&key) {
+                    let map = worker.shared.topology.map();
+                    for (kind, name) in self.keyspace_names() {
+                        self.send_to(worker, &map, key.clone(), &[kind.subscribe(), &name], None);
+                    }
+                }
+                return self.sync_keyspace(worker);
+            }
             ConnKey::Home => self
                 .channels
                 .iter()
