@@ -1,6 +1,13 @@
 //! Pub/Sub for one client: SUBSCRIBE/PSUBSCRIBE on a connection of the client's own to one
-//! primary (a cluster PUBLISH reaches every node), SSUBSCRIBE on one connection per node that
-//! owns the shard channels' slots.
+//! primary, its home (a cluster PUBLISH reaches every node), SSUBSCRIBE on one connection per
+//! node that owns the shard channels' slots.
+//!
+//! Keyspace notifications (`__keyspace@<db>__:<key>`, `__keyevent@<db>__:<event>`) are
+//! published only on the key's node: a channel or pattern that can match one is subscribed on
+//! every primary, the home connection and one more connection per other primary. Those extra
+//! connections forward only notification messages (a PUBLISH reaches every node, so anything
+//! else arrives once already, from the home node). Their set follows the topology: primaries
+//! that appear get one, gone ones are closed, a home that is no longer a primary is replaced.
 //!
 //! The proxy keeps the client's subscriptions itself and answers the (un)subscribe
 //! confirmations, so the counts are the client's totals however many nodes serve it; only
@@ -61,10 +68,12 @@ enum Event {
     /// A (un)subscribe was refused with a redirect or retry error (a shard channel's slot
     /// moved, is migrating, or the cluster is down), on this connection.
     Refused(ConnKey, Bytes),
-    /// The connection to this node is gone (the global one when `None`).
-    Lost(Option<NodeAddr>),
+    /// The connection is gone.
+    Lost(ConnKey),
     /// Time to subscribe again what a lost connection or a moved slot took away.
     Retry(Retry),
+    /// The topology changed: keyspace subscriptions follow the primaries.
+    Topology,
 }
 
 enum Retry {
@@ -72,8 +81,45 @@ enum Retry {
     Conn(ConnKey),
 }
 
-/// Which connection: the global one, or a shard node's.
-type ConnKey = Option<NodeAddr>;
+/// Which connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ConnKey {
+    /// The home connection: channels and patterns; every message forwarded.
+    Home,
+    /// A shard node's: shard channels.
+    Shard(NodeAddr),
+    /// Another primary's than the home's: the keyspace notification channels and patterns
+    /// (see [`is_keyspace`]); only notification messages forwarded.
+    Keyspace(NodeAddr),
+}
+
+/// Whether `channel` is a keyspace or keyevent notification channel.
+fn is_notification(channel: &[u8]) -> bool {
+    channel.starts_with(b"__keyspace@") || channel.starts_with(b"__keyevent@")
+}
+
+/// Whether a subscription can match a notification channel, decided conservatively: a
+/// notification channel, or a pattern whose literal start (up to its first glob or escape
+/// character) is compatible with `__keyspace@` or `__keyevent@` (so `*`, `__key*`,
+/// `__keyevent@*__:expired`, `?x`, but not `news.*`).
+pub fn is_keyspace(kind: Kind, name: &[u8]) -> bool {
+    match kind {
+        Kind::Shard => false,
+        Kind::Channel => is_notification(name),
+        Kind::Pattern => {
+            let literal = name
+                .iter()
+                .position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'))
+                .map_or(name, |end| &name[..end]);
+            [b"__keyspace@".as_slice(), b"__keyevent@"]
+                .iter()
+                .any(|prefix| prefix.starts_with(literal) || literal.starts_with(prefix))
+        }
+    }
+}
+
+/// How often a client with keyspace subscriptions checks the topology for new primaries.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// A (un)subscribe for a node connection, and who waits for the node to confirm it.
 struct Outgoing {
@@ -99,6 +145,10 @@ pub struct Subscriptions {
     patterns: BTreeSet<Bytes>,
     shard_channels: BTreeSet<Bytes>,
     conns: HashMap<ConnKey, mpsc::UnboundedSender<Outgoing>>,
+    /// The primary of the home connection, once opened.
+    home: Option<NodeAddr>,
+    /// A task watches the topology (started with the first keyspace subscription).
+    watching: bool,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     /// Messages that arrived while replies to earlier commands were still owed.
@@ -117,6 +167,8 @@ impl Subscriptions {
             patterns: BTreeSet::new(),
             shard_channels: BTreeSet::new(),
             conns: HashMap::new(),
+            home: None,
+            watching: false,
             events_tx,
             events,
             held: Vec::new(),
@@ -178,6 +230,9 @@ impl Subscriptions {
                 };
                 self.send(worker, map, kind, &[kind.subscribe(), &name], Some(waiter));
                 waiting.push(rx);
+                if is_keyspace(kind, &name) {
+                    self.subscribe_elsewhere(worker, map, kind, &name, &mut waiting);
+                }
             }
             confirmation(
                 &mut out,
@@ -224,6 +279,9 @@ impl Subscriptions {
             if self.set(kind).remove(&name) {
                 self.counts.remove(kind, &name);
                 self.send(worker, map, kind, &[kind.unsubscribe(), &name], None);
+                if is_keyspace(kind, &name) {
+                    self.unsubscribe_elsewhere(kind, &name);
+                }
             }
             confirmation(
                 &mut out,
@@ -246,16 +304,29 @@ impl Subscriptions {
         args: &[&[u8]],
         confirmed: Option<Waiter>,
     ) {
-        let key: ConnKey = match kind {
+        let key = match kind {
             Kind::Shard => {
                 let slot = Slot::of(args.get(1).copied().unwrap_or_default());
                 match map.primary(slot) {
-                    Some(addr) => Some(addr.clone()),
+                    Some(addr) => ConnKey::Shard(addr.clone()),
                     None => return, // no owner yet: subscribed again once the map heals
                 }
             }
-            _ => None,
+            _ => ConnKey::Home,
         };
+        self.send_to(worker, map, key, args, confirmed);
+    }
+
+    /// Sends a (un)subscribe on the connection `key`, opening it if needed (a home
+    /// connection at a random primary).
+    fn send_to(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        key: ConnKey,
+        args: &[&[u8]],
+        confirmed: Option<Waiter>,
+    ) {
         let mut outgoing = Outgoing {
             payload: Command::from_args(args).into_raw(),
             confirmed,
@@ -267,8 +338,8 @@ impl Subscriptions {
             }
         }
         let addr = match &key {
-            Some(addr) => addr.clone(),
-            None => {
+            ConnKey::Shard(addr) | ConnKey::Keyspace(addr) => addr.clone(),
+            ConnKey::Home => {
                 let shards = map.shards();
                 match shards.get(fastrand::usize(..shards.len().max(1))) {
                     Some(shard) => shard.primary.clone(),
@@ -276,6 +347,12 @@ impl Subscriptions {
                 }
             }
         };
+        if key == ConnKey::Home {
+            // A new home: its keyspace connection would duplicate its notifications (the old
+            // home's primary gets one when the lost home is synced again).
+            self.conns.remove(&ConnKey::Keyspace(addr.clone()));
+            self.home = Some(addr.clone());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(outgoing);
         let credentials = worker.shared.topology.credentials().clone();
@@ -289,6 +366,152 @@ impl Subscriptions {
             self.events_tx.clone(),
         ));
         self.conns.insert(key, tx);
+    }
+
+    /// The primaries other than the home connection's (none before it is opened).
+    fn other_primaries(&self, map: &SlotMap) -> Vec<NodeAddr> {
+        let Some(home) = &self.home else {
+            return Vec::new();
+        };
+        map.shards()
+            .iter()
+            .map(|s| s.primary.clone())
+            .filter(|p| p != home)
+            .collect()
+    }
+
+    /// The channels and patterns that are subscribed on every primary.
+    fn keyspace_names(&self) -> Vec<(Kind, Bytes)> {
+        self.channels
+            .iter()
+            .map(|c| (Kind::Channel, c))
+            .chain(self.patterns.iter().map(|p| (Kind::Pattern, p)))
+            .filter(|(kind, name)| is_keyspace(*kind, name))
+            .map(|(kind, name)| (kind, name.clone()))
+            .collect()
+    }
+
+    /// Subscribes a keyspace `name` on every primary but the home one (already sent), each
+    /// confirmation awaited. A primary without a connection yet gets every keyspace name.
+    fn subscribe_elsewhere(
+        &mut self,
+        worker: &Worker,
+        map: &SlotMap,
+        kind: Kind,
+        name: &Bytes,
+        waiting: &mut Vec<oneshot::Receiver<()>>,
+    ) {
+        for addr in self.other_primaries(map) {
+            let key = ConnKey::Keyspace(addr);
+            let fresh = !self.conns.contains_key(&key);
+            let (tx, rx) = oneshot::channel();
+            let waiter = Waiter {
+                kind: kind.subscribe(),
+                name: name.clone(),
+                tx,
+            };
+            self.send_to(
+                worker,
+                map,
+                key.clone(),
+                &[kind.subscribe(), name],
+                Some(waiter),
+            );
+            waiting.push(rx);
+            if fresh {
+                for (k, other) in self.keyspace_names() {
+                    if !(k == kind && other == name) {
+                        self.send_to(worker, map, key.clone(), &[k.subscribe(), &other], None);
+                    }
+                }
+            }
+        }
+        self.watch(worker);
+    }
+
+    /// Unsubscribes a keyspace `name` on the other primaries; their connections close once
+    /// no keyspace subscription is left.
+    fn unsubscribe_elsewhere(&mut self, kind: Kind, name: &[u8]) {
+        if self.keyspace_names().is_empty() {
+            self.conns.retain(|k, _| !matches!(k, ConnKey::Keyspace(_)));
+            return;
+        }
+        let payload = Command::from_args(&[kind.unsubscribe(), name]).into_raw();
+        for (key, tx) in &self.conns {
+            if matches!(key, ConnKey::Keyspace(_)) {
+                let _ = tx.send(Outgoing {
+                    payload: payload.clone(),
+                    confirmed: None,
+                });
+            }
+        }
+    }
+
+    /// Starts the task that reports topology changes (once per client; it ends with the
+    /// client's subscriptions).
+    fn watch(&mut self, worker: &Worker) {
+        if self.watching {
+            return;
+        }
+        self.watching = true;
+        let shared = worker.shared.clone();
+        let events = self.events_tx.clone();
+        tokio::task::spawn_local(async move {
+            let mut seen = shared.topology.generation();
+            loop {
+                tokio::time::sleep(TOPOLOGY_CHECK).await;
+                if events.is_closed() {
+                    return;
+                }
+                let now = shared.topology.generation();
+                if now != seen {
+                    seen = now;
+                    if events.send(Event::Topology).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Brings the keyspace connections in line with the current primaries: one per primary
+    /// other than the home one, each with every keyspace subscription. A home connection whose
+    /// node is no longer a primary is moved to a primary first (its notifications would
+    /// otherwise be missed, or duplicated by the promoted node's).
+    fn sync_keyspace(&mut self, worker: &Worker) {
+        if self.keyspace_names().is_empty() {
+            self.conns.retain(|k, _| !matches!(k, ConnKey::Keyspace(_)));
+            return;
+        }
+        if !self.conns.contains_key(&ConnKey::Home) {
+            return; // being subscribed again: synced once it is
+        }
+        let map = worker.shared.topology.map();
+        let home_is_primary = self
+            .home
+            .as_ref()
+            .is_some_and(|h| map.shards().iter().any(|s| &s.primary == h));
+        if !home_is_primary && !map.shards().is_empty() {
+            self.conns.remove(&ConnKey::Home);
+            self.home = None;
+            self.resubscribe(worker, ConnKey::Home); // syncs again
+            return;
+        }
+        let targets = self.other_primaries(&map);
+        self.conns.retain(|k, _| match k {
+            ConnKey::Keyspace(addr) => targets.contains(addr),
+            _ => true,
+        });
+        let names = self.keyspace_names();
+        for addr in targets {
+            let key = ConnKey::Keyspace(addr);
+            if self.conns.contains_key(&key) {
+                continue;
+            }
+            for (kind, name) in &names {
+                self.send_to(worker, &map, key.clone(), &[kind.subscribe(), name], None);
+            }
+        }
     }
 
     /// Waits for the next thing to do: a message, or a subscription to re-establish.
@@ -317,6 +540,7 @@ impl Subscriptions {
                     self.send(worker, &map, Kind::Shard, &[b"ssubscribe", &channel], None);
                 }
             }
+            Event::Topology => self.sync_keyspace(worker),
             Event::Retry(Retry::Conn(key)) => self.resubscribe(worker, key),
             Event::Refused(key, reply) => self.refused(worker, key, &reply),
         }
@@ -372,14 +596,26 @@ impl Subscriptions {
     /// Subscribes again everything the lost connection carried. A duplicate subscription
     /// on a connection that still has it is harmless (the node ignores it).
     fn resubscribe(&mut self, worker: &Worker, lost: ConnKey) {
-        let (kind, names): (Vec<Kind>, Vec<Bytes>) = match lost {
-            None => self
+        let (kind, names): (Vec<Kind>, Vec<Bytes>) = match &lost {
+            ConnKey::Keyspace(addr) => {
+                // Refused (the connection stays) or lost (it is gone): subscribe its names
+                // again if it is still wanted, then open what else is missing.
+                let key = ConnKey::Keyspace(addr.clone());
+                if self.conns.contains_key(&key) {
+                    let map = worker.shared.topology.map();
+                    for (kind, name) in self.keyspace_names() {
+                        self.send_to(worker, &map, key.clone(), &[kind.subscribe(), &name], None);
+                    }
+                }
+                return self.sync_keyspace(worker);
+            }
+            ConnKey::Home => self
                 .channels
                 .iter()
                 .map(|c| (Kind::Channel, c.clone()))
                 .chain(self.patterns.iter().map(|p| (Kind::Pattern, p.clone())))
                 .unzip(),
-            Some(_) => self
+            ConnKey::Shard(_) => self
                 .shard_channels
                 .iter()
                 .map(|c| (Kind::Shard, c.clone()))
@@ -388,6 +624,9 @@ impl Subscriptions {
         let map = worker.shared.topology.map();
         for (kind, name) in kind.into_iter().zip(names) {
             self.send(worker, &map, kind, &[kind.subscribe(), &name], None);
+        }
+        if lost == ConnKey::Home {
+            self.sync_keyspace(worker);
         }
     }
 
@@ -613,7 +852,16 @@ fn classify(reply: Bytes, key: &ConnKey) -> Option<Event> {
     let (value, _) = Value::parse(&reply).ok()??;
     let kind = value.as_array()?.first()?.as_bytes()?.to_ascii_lowercase();
     match kind.as_slice() {
-        b"message" | b"pmessage" | b"smessage" => Some(Event::Message(reply)),
+        b"message" | b"pmessage" | b"smessage" => {
+            if let ConnKey::Keyspace(_) = key {
+                // Only notifications: the home node forwards everything else.
+                let at = if kind.as_slice() == b"pmessage" { 2 } else { 1 };
+                if !is_notification(value.as_array()?.get(at)?.as_bytes()?) {
+                    return None;
+                }
+            }
+            Some(Event::Message(reply))
+        }
         b"sunsubscribe" => {
             let channel = value.as_array()?.get(1)?.as_bytes()?;
             Some(Event::ShardDropped(Bytes::copy_from_slice(channel)))
@@ -700,6 +948,55 @@ mod tests {
         // An error can't be matched: it releases every waiter.
         confirm(&mut waiters, b"-MOVED 1 127.0.0.1:7001\r\n");
         assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn keyspace_subscriptions_are_recognised() {
+        let cases: &[(Kind, &str, bool)] = &[
+            (Kind::Channel, "__keyspace@0__:foo", true),
+            (Kind::Channel, "__keyevent@0__:set", true),
+            (Kind::Channel, "news", false),
+            (Kind::Channel, "__key", false),
+            (Kind::Pattern, "__keyspace@0__:*", true),
+            (Kind::Pattern, "__key*__:*", true),
+            (Kind::Pattern, "__keyevent@*__:expired", true),
+            (Kind::Pattern, "*", true),
+            (Kind::Pattern, "?x", true),
+            (Kind::Pattern, "[_]*", true),
+            (Kind::Pattern, "_*", true),
+            (Kind::Pattern, "news.*", false),
+            (Kind::Pattern, "__keyfoo*", false),
+            (Kind::Shard, "__keyspace@0__:foo", false),
+        ];
+        for (kind, name, want) in cases {
+            assert_eq!(
+                is_keyspace(*kind, name.as_bytes()),
+                *want,
+                "{kind:?} {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_primaries_forward_only_notifications() {
+        let other = ConnKey::Keyspace(NodeAddr::from("127.0.0.1:7001"));
+        let notification = Bytes::from_static(
+            b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$18\r\n__keyspace@0__:foo\r\n$3\r\nset\r\n",
+        );
+        let published =
+            Bytes::from_static(b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$4\r\nnews\r\n$2\r\nhi\r\n");
+        let channel = Bytes::from_static(
+            b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$3\r\nfoo\r\n",
+        );
+        let forwarded = |reply: &Bytes, key: &ConnKey| {
+            matches!(classify(reply.clone(), key), Some(Event::Message(_)))
+        };
+        assert!(forwarded(&notification, &other));
+        assert!(forwarded(&channel, &other));
+        assert!(!forwarded(&published, &other));
+        for m in [&notification, &published, &channel] {
+            assert!(forwarded(m, &ConnKey::Home));
+        }
     }
 
     #[test]
