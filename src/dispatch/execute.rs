@@ -100,14 +100,7 @@ pub fn execute(
             send_one(worker, client, map, cmd, send)
         }
         Plan::EvalSha(send) => {
-            let started = driver::start(
-                worker,
-                map,
-                cmd.raw().clone(),
-                send.target.clone(),
-                send.resend,
-            );
-            note_write(worker, client, map, &send);
+            let started = start_send(worker, client, map, cmd.raw().clone(), &send);
             Reply::later(scripts::evalsha(worker.clone(), started, cmd, send))
         }
         Plan::Emulate(emulation) => {
@@ -188,6 +181,19 @@ fn note_write(worker: &Worker, client: &mut ClientState, map: &SlotMap, send: &S
     }
 }
 
+/// Sends `payload` as `send` says and notes a write for WAIT.
+fn start_send(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    payload: Bytes,
+    send: &Send,
+) -> Started {
+    let started = driver::start(worker, map, payload, send.target.clone(), send.resend);
+    note_write(worker, client, map, send);
+    started
+}
+
 fn send_one(
     worker: &Rc<Worker>,
     client: &mut ClientState,
@@ -195,15 +201,7 @@ fn send_one(
     cmd: Command,
     send: Send,
 ) -> Reply {
-    let started = driver::start(
-        worker,
-        map,
-        cmd.into_raw(),
-        send.target.clone(),
-        send.resend,
-    );
-    note_write(worker, client, map, &send);
-    match started {
+    match start_send(worker, client, map, cmd.into_raw(), &send) {
         Started::InFlight(in_flight) => Reply::InFlight(in_flight),
         Started::Deferred {
             payload,
@@ -224,14 +222,7 @@ fn publish(
     send: Send,
 ) -> Reply {
     let channel = Bytes::copy_from_slice(cmd.arg(1).unwrap_or_default());
-    let started = driver::start(
-        worker,
-        map,
-        cmd.into_raw(),
-        send.target.clone(),
-        send.resend,
-    );
-    note_write(worker, client, map, &send);
+    let started = start_send(worker, client, map, cmd.into_raw(), &send);
     let worker = worker.clone();
     Reply::later(async move {
         let reply = started.reply(worker.clone()).await;

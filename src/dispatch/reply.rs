@@ -56,6 +56,14 @@ pub fn nil(protocol: Protocol) -> Bytes {
     }
 }
 
+/// The null array of `protocol` (EXEC's reply when a watched transaction did not run).
+pub fn null_array(protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Resp2 => Bytes::from_static(b"*-1\r\n"),
+        Protocol::Resp3 => Bytes::from_static(b"_\r\n"),
+    }
+}
+
 /// A null reply in either protocol (a backend's answer on a RESP2 or a RESP3 connection).
 pub fn is_nil(reply: &[u8]) -> bool {
     matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")

@@ -34,10 +34,11 @@ use crate::backend::NodeAddr;
 use crate::cluster::redirect::classify;
 use crate::cluster::{Slot, SlotMap};
 use crate::command::CommandSpec;
-use crate::resp::{Command, Protocol};
+use crate::resp::Command;
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+const QUEUED: &[u8] = b"+QUEUED\r\n";
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 
@@ -150,7 +151,7 @@ pub fn queue(
     }
     let Some(slot) = slot else {
         // No node yet: queued in the proxy until the first key (or EXEC) says where.
-        return Bytes::from_static(b"+QUEUED\r\n").into();
+        return Bytes::from_static(QUEUED).into();
     };
     // The first keyed command: MULTI, what was queued so far and this command go to the node.
     queued.live = true;
@@ -170,14 +171,6 @@ pub fn queue(
         }
     };
     Reply::later(queuing_answer(answer))
-}
-
-/// EXEC's reply when a watched transaction did not run.
-fn null_array(protocol: Protocol) -> Bytes {
-    match protocol {
-        Protocol::Resp2 => Bytes::from_static(b"*-1\r\n"),
-        Protocol::Resp3 => Bytes::from_static(b"_\r\n"),
-    }
 }
 
 /// MULTI, the commands and (when `exec`) EXEC, back to back.
@@ -200,7 +193,7 @@ fn transaction_payload(commands: &[Command], exec: bool) -> Bytes {
 async fn queuing_answer(job: Answer) -> Bytes {
     match job.get().await {
         Ok(mut replies) => match replies.pop() {
-            Some(reply) if is_redirect(&reply) => Bytes::from_static(b"+QUEUED\r\n"),
+            Some(reply) if is_redirect(&reply) => Bytes::from_static(QUEUED),
             Some(reply) => reply,
             None => ProxyError::exec_abort().to_reply(),
         },
@@ -223,19 +216,22 @@ pub fn discard(state: &mut TxState) -> Bytes {
     };
     state.watching = false;
     if let Some(pinned) = state.pinned.take() {
-        // The node's answer changes nothing: it runs in the background, in order.
-        drop(pinned.finish(
-            Bytes::from_static(if queued.live { DISCARD } else { UNWATCH }),
-            1,
-        ));
+        abandon(pinned, queued.live);
     }
     reply::ok()
+}
+
+/// Ends what the node holds for the client (its MULTI when `live`, else its WATCH) and gives
+/// the connection back. The node's answer changes nothing: it runs in the background, in
+/// order after the client's earlier commands.
+fn abandon(pinned: Pinned, live: bool) {
+    drop(pinned.finish(Bytes::from_static(if live { DISCARD } else { UNWATCH }), 1));
 }
 
 pub fn unwatch(state: &mut TxState) -> Bytes {
     state.watching = false;
     if let Some(pinned) = state.pinned.take() {
-        drop(pinned.finish(Bytes::from_static(UNWATCH), 1));
+        abandon(pinned, false);
     }
     reply::ok()
 }
@@ -255,10 +251,7 @@ pub fn exec(worker: &Rc<Worker>, state: &mut TxState) -> Reply {
     let pinned = state.pinned.take();
     if queued.failed {
         if let Some(pinned) = pinned {
-            drop(pinned.finish(
-                Bytes::from_static(if queued.live { DISCARD } else { UNWATCH }),
-                1,
-            ));
+            abandon(pinned, queued.live);
         }
         return ProxyError::exec_abort().answer().into();
     }
@@ -282,7 +275,7 @@ pub fn exec(worker: &Rc<Worker>, state: &mut TxState) -> Reply {
                     (true, false) => run_exec(worker, &queued.commands, queued.slot).await,
                     // The watching node can no longer check it: as for a watched key that
                     // changed, the transaction did not run and the client may try again.
-                    (true, true) => null_array(worker.protocol),
+                    (true, true) => reply::null_array(worker.protocol),
                     (false, _) => reply,
                 }
             })
