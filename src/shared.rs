@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Users;
 use crate::cluster::topology::Topology;
+use crate::cluster::Slot;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;
@@ -49,6 +50,12 @@ pub struct Shared {
     pub clients: Arc<Registry>,
     /// Every client's Pub/Sub subscriptions, counted (PUBLISH's reply, PUBSUB).
     pub subscribers: Arc<pubsub::SubscriberCounts>,
+    /// The slot whose owner carries this proxy's classic Pub/Sub: every client's SUBSCRIBE
+    /// and PSUBSCRIBE, and every PUBLISH. A cluster spreads a PUBLISH to the other nodes
+    /// asynchronously, so a subscription on another node than the PUBLISH's could still
+    /// receive a message published before it was made; on one node the order is one
+    /// server's. Chosen at random per process, so that many sidecars spread over the nodes.
+    pub pubsub_slot: Slot,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -114,6 +121,7 @@ impl Shared {
             latency: LatencyTotals::default(),
             clients: Arc::new(Registry::default()),
             subscribers: Arc::default(),
+            pubsub_slot: Slot::random(),
             config,
         }
     }

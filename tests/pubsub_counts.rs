@@ -243,3 +243,25 @@ fn shard_channels_are_counted_apart() {
     );
     assert_eq!(publisher.call(&["PUBSUB", "SHARDCHANNELS"]), array(vec![]));
 }
+
+/// As on one server, a message published before a subscription is never delivered to it: the
+/// cluster spreads a PUBLISH to the other nodes asynchronously, so the proxy subscribes and
+/// publishes on one node. Each round publishes before and after subscribing a new channel;
+/// the next message the subscriber reads must be the later one.
+#[test]
+fn a_message_published_before_a_subscription_is_not_delivered() {
+    let proxy = start_proxy(shared());
+    let p = unique_prefix("order");
+    let mut publisher = RawClient::connect(proxy.local_addr());
+    let mut subscriber = RawClient::connect(proxy.local_addr());
+    for round in 0..150 {
+        let chan = format!("{p}:{round}");
+        assert_eq!(publisher.call(&["PUBLISH", &chan, "early"]), Reply::Int(0));
+        assert_eq!(
+            subscriber.call(&["SUBSCRIBE", &chan]),
+            confirmation("subscribe", &chan, round + 1)
+        );
+        assert_eq!(publisher.call(&["PUBLISH", &chan, "late"]), Reply::Int(1));
+        assert_eq!(subscriber.read_reply(), message(&chan, "late"), "round {round}");
+    }
+}

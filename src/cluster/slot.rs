@@ -18,6 +18,11 @@ impl Slot {
         (n < SLOT_COUNT as u64).then_some(Slot(n as u16))
     }
 
+    /// A slot picked at random (spreading one choice per process over the cluster).
+    pub fn random() -> Slot {
+        Slot(fastrand::u16(..SLOT_COUNT as u16))
+    }
+
     pub fn get(self) -> u16 {
         self.0
     }

@@ -222,6 +222,14 @@ fn publish(
     send: Send,
 ) -> Reply {
     let channel = Bytes::copy_from_slice(cmd.arg(1).unwrap_or_default());
+    let send = match kind {
+        // To the node of this proxy's subscriptions (see `Shared::pubsub_slot`).
+        Subscription::Channel => Send {
+            target: Target::Slot(worker.shared.pubsub_slot),
+            ..send
+        },
+        _ => send,
+    };
     let started = start_send(worker, client, map, cmd.into_raw(), &send);
     let worker = worker.clone();
     Reply::later(async move {

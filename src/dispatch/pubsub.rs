@@ -118,7 +118,19 @@ pub fn is_keyspace(kind: Kind, name: &[u8]) -> bool {
     }
 }
 
-/// How often a client with keyspace subscriptions checks the topology for new primaries.
+/// The primary that serves this proxy's channels and patterns: the owner of its Pub/Sub slot
+/// (see `Shared::pubsub_slot`), or, while the map has no owner for it, any primary.
+fn home_primary(worker: &Worker, map: &SlotMap) -> Option<NodeAddr> {
+    map.primary(worker.shared.pubsub_slot).cloned().or_else(|| {
+        let shards = map.shards();
+        shards
+            .get(fastrand::usize(..shards.len().max(1)))
+            .map(|shard| shard.primary.clone())
+    })
+}
+
+/// How often a subscribed client checks the topology (its home follows the Pub/Sub slot's
+/// owner; keyspace subscriptions follow the primaries).
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// A (un)subscribe for a node connection, and who waits for the node to confirm it.
@@ -339,19 +351,17 @@ impl Subscriptions {
         }
         let addr = match &key {
             ConnKey::Shard(addr) | ConnKey::Keyspace(addr) => addr.clone(),
-            ConnKey::Home => {
-                let shards = map.shards();
-                match shards.get(fastrand::usize(..shards.len().max(1))) {
-                    Some(shard) => shard.primary.clone(),
-                    None => return,
-                }
-            }
+            ConnKey::Home => match home_primary(worker, map) {
+                Some(primary) => primary,
+                None => return,
+            },
         };
         if key == ConnKey::Home {
             // A new home: its keyspace connection would duplicate its notifications (the old
             // home's primary gets one when the lost home is synced again).
             self.conns.remove(&ConnKey::Keyspace(addr.clone()));
             self.home = Some(addr.clone());
+            self.watch(worker);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(outgoing);
@@ -476,26 +486,25 @@ impl Subscriptions {
 
     /// Brings the keyspace connections in line with the current primaries: one per primary
     /// other than the home one, each with every keyspace subscription. A home connection whose
-    /// node is no longer a primary is moved to a primary first (its notifications would
-    /// otherwise be missed, or duplicated by the promoted node's).
+    /// node no longer owns the proxy's Pub/Sub slot is moved to its owner first (PUBLISH goes
+    /// there; a home that is no longer a primary would also miss notifications, or duplicate
+    /// the promoted node's).
     fn sync_keyspace(&mut self, worker: &Worker) {
+        let map = worker.shared.topology.map();
+        let owner = map.primary(worker.shared.pubsub_slot);
+        if self.conns.contains_key(&ConnKey::Home) && owner.is_some() && self.home.as_ref() != owner
+        {
+            self.conns.remove(&ConnKey::Home);
+            self.home = None;
+            self.resubscribe(worker, ConnKey::Home); // syncs again
+            return;
+        }
         if self.keyspace_names().is_empty() {
             self.conns.retain(|k, _| !matches!(k, ConnKey::Keyspace(_)));
             return;
         }
         if !self.conns.contains_key(&ConnKey::Home) {
             return; // being subscribed again: synced once it is
-        }
-        let map = worker.shared.topology.map();
-        let home_is_primary = self
-            .home
-            .as_ref()
-            .is_some_and(|h| map.shards().iter().any(|s| &s.primary == h));
-        if !home_is_primary && !map.shards().is_empty() {
-            self.conns.remove(&ConnKey::Home);
-            self.home = None;
-            self.resubscribe(worker, ConnKey::Home); // syncs again
-            return;
         }
         let targets = self.other_primaries(&map);
         self.conns.retain(|k, _| match k {
