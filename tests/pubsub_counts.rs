@@ -262,6 +262,10 @@ fn a_message_published_before_a_subscription_is_not_delivered() {
             confirmation("subscribe", &chan, round + 1)
         );
         assert_eq!(publisher.call(&["PUBLISH", &chan, "late"]), Reply::Int(1));
-        assert_eq!(subscriber.read_reply(), message(&chan, "late"), "round {round}");
+        assert_eq!(
+            subscriber.read_reply(),
+            message(&chan, "late"),
+            "round {round}"
+        );
     }
 }
