@@ -16,9 +16,11 @@ use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;
 use crate::registry::Registry;
+use running::RunningScripts;
 
 pub mod glob;
 pub mod pubsub;
+pub mod running;
 
 pub struct Shared {
     pub config: Config,
@@ -34,6 +36,10 @@ pub struct Shared {
     pub counters: Counters,
     /// One permit per backend connection held by a blocked client (`max_blocking_connections`).
     pub blocking_permits: Arc<tokio::sync::Semaphore>,
+    /// One permit per backend connection a script runs on (`max_script_connections`).
+    pub script_permits: Arc<tokio::sync::Semaphore>,
+    /// Scripts and functions in flight, for PING's busy check.
+    pub running_scripts: Arc<RunningScripts>,
     /// Script bodies seen, to repair NOSCRIPT after a failover.
     pub scripts: ScriptCache,
     /// Who may connect (`requirepass`, `users_file`); swapped whole on a reload.
@@ -104,6 +110,9 @@ impl Shared {
         let blocking_permits = Arc::new(tokio::sync::Semaphore::new(
             config.backend.max_blocking_connections,
         ));
+        let script_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.backend.max_script_connections,
+        ));
         Shared {
             topology,
             commands: ArcSwap::from_pointee(CommandTable::builtin().clone()),
@@ -113,6 +122,8 @@ impl Shared {
             workers,
             counters: Counters::default(),
             blocking_permits,
+            script_permits,
+            running_scripts: Arc::default(),
             scripts: ScriptCache::default(),
             users: ArcSwap::from_pointee(users),
             shutdown: CancellationToken::new(),

@@ -64,35 +64,156 @@ fn evalsha_survives_a_node_that_forgot_the_script() {
     assert!(err.error().starts_with("NOSCRIPT"), "{err:?}");
 }
 
+/// Waits until `port` answers a direct PING with BUSY: a script runs there past the busy
+/// threshold.
+fn wait_busy(port: u16) {
+    wait_until(
+        "the node is busy with the script",
+        CLUSTER_DEADLINE,
+        || match try_query::<String>(port, &["PING"]) {
+            Err(e) if e.contains("BUSY") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
+
+/// Whether `reply` holds the bulk string `text`, at any depth.
+fn mentions(reply: &Reply, text: &str) -> bool {
+    match reply {
+        Reply::Bulk(Some(bytes)) => bytes == text.as_bytes(),
+        Reply::Array(Some(items)) => items.iter().any(|item| mentions(item, text)),
+        _ => false,
+    }
+}
+
+/// A busy script holds back its own node and nothing else, as one server's script holds back
+/// that server: other clients' commands for that node get BUSY at once (the shared pipe is not
+/// stuck behind the script), other nodes answer as usual, PING answers BUSY as one server's
+/// would, FUNCTION STATS shows the running function, and SCRIPT KILL / FUNCTION KILL reach the
+/// node that runs it, whichever that is.
 #[test]
-fn script_kill_reaches_the_node_running_the_script() {
+fn a_busy_script_holds_back_only_its_own_node() {
     let cluster = Cluster::start(3, 0);
-    // Asked now: a busy node answers nothing but BUSY.
-    let primaries = cluster.primaries();
     // Nodes answer other connections (BUSY, SCRIPT KILL) 100 ms into a script, not 5 s.
-    for &port in &primaries {
+    for &port in &cluster.primaries() {
         let _: String = query(port, &["CONFIG", "SET", "busy-reply-threshold", "100"]);
     }
     let proxy = start_proxy(&cluster);
-    // A keyless script runs on any primary, over the shared pipe to it.
+    let (busy_key, other_key) = cluster.names_on_two_primaries(&unique_prefix("busy"));
+    let busy_node = cluster.primary_for_slot(local_keyslot(busy_key.as_bytes()));
+    let mut other = RawClient::connect(proxy.local_addr());
+
+    // A read-only script (killable) that never ends, on the node of `busy_key`.
     let mut runner = RawClient::connect(proxy.local_addr());
-    runner.send(&[b"EVAL", b"while true do end", b"0"]);
-    wait_until("a node is busy with the script", CLUSTER_DEADLINE, || {
-        let busy = primaries.iter().any(
-            |&port| matches!(try_query::<String>(port, &["PING"]), Err(e) if e.contains("BUSY")),
-        );
-        if busy {
-            Ok(())
-        } else {
-            Err("every primary answers PING".to_string())
-        }
-    });
-    let mut killer = RawClient::connect(proxy.local_addr());
-    assert_eq!(killer.call(&["SCRIPT", "KILL"]), Reply::Simple("OK".into()));
+    let spin = "redis.call('GET', KEYS[1]) while true do end";
+    runner.send(&[b"EVAL", spin.as_bytes(), b"1", busy_key.as_bytes()]);
+    wait_busy(busy_node);
+    assert!(other.call(&["GET", &busy_key]).error().starts_with("BUSY"));
+    assert_eq!(
+        other.call(&["SET", &other_key, "v"]),
+        Reply::Simple("OK".into())
+    );
+    assert!(other.call(&["PING"]).error().starts_with("BUSY"));
+    assert_eq!(other.call(&["SCRIPT", "KILL"]), Reply::Simple("OK".into()));
     let killed = runner.read_reply();
     assert!(killed.error().contains("killed"), "{killed:?}");
     // Nothing is busy any more: the next kill finds no script, and the runner goes on.
-    let again = killer.call(&["SCRIPT", "KILL"]);
+    let again = other.call(&["SCRIPT", "KILL"]);
     assert!(again.error().starts_with("NOTBUSY"), "{again:?}");
     assert_eq!(runner.call(&["PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(other.call(&["PING"]), Reply::Simple("PONG".into()));
+
+    // The same for a function, pipelined behind its FUNCTION LOAD (so on the shared pipe).
+    let library = "#!lua name=spinlib\nredis.register_function{function_name='spin', \
+                   callback=function(keys) redis.call('GET', keys[1]) while true do end end, \
+                   flags={'no-writes'}}";
+    let mut pipelined = Vec::new();
+    for args in [
+        vec![
+            b"FUNCTION".as_slice(),
+            b"LOAD",
+            b"REPLACE",
+            library.as_bytes(),
+        ],
+        vec![b"FCALL", b"spin", b"1", busy_key.as_bytes()],
+    ] {
+        pipelined.extend_from_slice(&common::raw::encode(&args));
+    }
+    runner.send_raw(&pipelined);
+    wait_busy(busy_node);
+    assert!(other.call(&["PING"]).error().starts_with("BUSY"));
+    let stats = other.call(&["FUNCTION", "STATS"]);
+    assert!(mentions(&stats, "spin"), "{stats:?}");
+    assert_eq!(
+        other.call(&["FUNCTION", "KILL"]),
+        Reply::Simple("OK".into())
+    );
+    // As from one server, the load's reply comes with the function's: a node writes nothing
+    // to a connection while a script of that connection runs.
+    assert_eq!(runner.read_reply().text(), "spinlib");
+    let killed = runner.read_reply();
+    assert!(killed.error().contains("killed"), "{killed:?}");
+    assert_eq!(other.call(&["GET", &busy_key]), Reply::Bulk(None));
+}
+
+/// A script waits for the client's earlier commands and holds back its later ones, on
+/// whichever connection it runs: pipelined, every reply is what one server gives.
+#[test]
+fn scripts_keep_their_place_in_a_pipeline() {
+    let proxy = start_proxy(shared());
+    let key = format!("{}:k", unique_prefix("script-order"));
+    let get = "return redis.call('GET', KEYS[1])";
+    let set = "return redis.call('SET', KEYS[1], ARGV[1])";
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let mut pipelined = Vec::new();
+    for round in 0..20 {
+        let value = format!("v{round}");
+        for args in [
+            vec!["SET", &key, &value],
+            vec!["EVAL", get, "1", &key],
+            vec!["EVAL", set, "1", &key, "by-script"],
+            vec!["GET", &key],
+        ] {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            pipelined.extend_from_slice(&common::raw::encode(&args));
+        }
+    }
+    raw.send_raw(&pipelined);
+    for round in 0..20 {
+        assert_eq!(raw.read_reply(), Reply::Simple("OK".into()));
+        assert_eq!(raw.read_reply().text(), format!("v{round}"));
+        assert_eq!(raw.read_reply(), Reply::Simple("OK".into()));
+        assert_eq!(raw.read_reply().text(), "by-script");
+    }
+    // A function called right behind its load, in one pipeline: the load reached every
+    // primary first.
+    let name = unique_prefix("lib").replace([':', '-'], "_");
+    let library = format!(
+        "#!lua name={name}\nredis.register_function{{function_name='{name}_get', \
+         callback=function(keys) return redis.call('GET', keys[1]) end, flags={{'no-writes'}}}}"
+    );
+    let fcall_name = format!("{name}_get");
+    let mut pipelined = common::raw::encode(&[b"FUNCTION", b"LOAD", library.as_bytes()]);
+    pipelined.extend_from_slice(&common::raw::encode(&[
+        b"FCALL_RO",
+        fcall_name.as_bytes(),
+        b"1",
+        key.as_bytes(),
+    ]));
+    raw.send_raw(&pipelined);
+    assert_eq!(raw.read_reply().text(), name);
+    assert_eq!(raw.read_reply().text(), "by-script");
+    assert_eq!(
+        raw.call(&["FUNCTION", "DELETE", &name]),
+        Reply::Simple("OK".into())
+    );
+
+    // One at a time too (each script then runs on a connection of its own).
+    for round in 0..5 {
+        let value = format!("w{round}");
+        assert_eq!(raw.call(&["SET", &key, &value]), Reply::Simple("OK".into()));
+        assert_eq!(raw.call(&["EVAL", get, "1", &key]).text(), value);
+        let missing = raw.call(&["FCALL_RO", "no-such-function", "1", &key]);
+        assert!(missing.error().starts_with("ERR"), "{missing:?}");
+    }
 }

@@ -178,6 +178,7 @@ async fn run<S: ClientStream>(
             () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
                 if let Some((command, _)) = held.take() {
                     client.entry().set_flag(flag::BLOCKED, false);
+                    client.nothing_in_flight = pending.is_empty();
                     pending.push(dispatch(worker.speaking_to(client.protocol), client, command, &mut None));
                     if client.closing {
                         input_done = true;
@@ -254,6 +255,7 @@ fn dispatch_decoded(
                         return false;
                     }
                 }
+                client.nothing_in_flight = pending.is_empty();
                 pending.push(dispatch(
                     worker.speaking_to(client.protocol),
                     client,

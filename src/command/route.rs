@@ -28,6 +28,8 @@ pub enum Merge {
     /// The first node that succeeded, else the first error (SCRIPT KILL: only the node running
     /// the script can kill it; the others answer NOTBUSY).
     OneSucceeded,
+    /// The reply of the node running a script, else any (FUNCTION STATS).
+    RunningScript,
 }
 
 /// How a multi-key command is split per slot and its parts merged.
@@ -100,6 +102,8 @@ pub enum Script {
     Eval,
     /// EVALSHA/EVALSHA_RO: routed by its keys, repaired on NOSCRIPT.
     EvalSha,
+    /// FCALL/FCALL_RO: routed by its keys (functions are loaded on every primary).
+    Function,
 }
 
 /// Where a command goes: one per command table entry.
@@ -203,6 +207,8 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("eval_ro", Route::Script(Script::Eval)),
     ("evalsha", Route::Script(Script::EvalSha)),
     ("evalsha_ro", Route::Script(Script::EvalSha)),
+    ("fcall", Route::Script(Script::Function)),
+    ("fcall_ro", Route::Script(Script::Function)),
     ("function|load", Route::Broadcast(Merge::Same)),
     ("function|restore", Route::Broadcast(Merge::Same)),
     ("multi", Route::Session(SessionCommand::Multi)),
@@ -281,7 +287,12 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("memory|doctor", Route::AnyPrimary),
     ("function|list", Route::AnyPrimary),
     ("function|dump", Route::AnyPrimary),
-    ("function|stats", Route::AnyPrimary),
+    // Asked of every primary aside the shared pipes (allowed while a node is busy): one
+    // server's stats show the script it runs, wherever the cluster runs it.
+    (
+        "function|stats",
+        Route::BroadcastAside(Merge::RunningScript),
+    ),
     // The tips say all_shards/all_succeeded; the proxy has sent these to one primary so far
     // (issue 10 decides how they reach every node).
     ("memory|purge", Route::Keyed),

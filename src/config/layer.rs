@@ -46,6 +46,7 @@ pub struct Layer {
     #[serde(deserialize_with = "duration::millis")]
     pub reconnect_backoff_ms: Option<Duration>,
     pub max_blocking_connections: Option<usize>,
+    pub max_script_connections: Option<usize>,
     pub read_from: Option<ReadFrom>,
     pub max_replica_lag: Option<u64>,
     pub admin_commands: Option<bool>,
@@ -153,6 +154,7 @@ impl Layer {
             refresh_min_interval_ms,
             reconnect_backoff_ms,
             max_blocking_connections,
+            max_script_connections,
             read_from,
             max_replica_lag,
             admin_commands,
@@ -188,6 +190,10 @@ impl Layer {
         set(
             &mut c.backend.max_blocking_connections,
             max_blocking_connections,
+        );
+        set(
+            &mut c.backend.max_script_connections,
+            max_script_connections,
         );
         set(&mut c.backend.read_from, read_from);
         set(&mut c.limits.max_bulk_len, max_bulk_len);
@@ -395,6 +401,7 @@ mod tests {
             refresh_min_interval_ms = 13
             reconnect_backoff_ms = 14
             max_blocking_connections = 15
+            max_script_connections = 20
             read_from = "prefer-replica"
             max_replica_lag = 16
             admin_commands = true
@@ -445,6 +452,7 @@ mod tests {
                 max_redirects: 11,
                 reconnect_backoff: ms(14),
                 max_blocking_connections: 15,
+                max_script_connections: 20,
                 read_from: ReadFrom::PreferReplica,
             },
             limits: super::super::Limits {

@@ -133,6 +133,10 @@ pub struct Backend {
     /// Backend connections that blocked clients (BLPOP, XREAD BLOCK, ...) may hold at once,
     /// over all workers; a blocking command past it gets an error instead of a connection.
     pub max_blocking_connections: usize,
+    /// Backend connections that scripts and functions (EVAL, EVALSHA, FCALL) may run on at
+    /// once, over all workers, so a long script never holds back the shared pipes; past it
+    /// a script goes on the shared pipe.
+    pub max_script_connections: usize,
     /// Where read-only commands go: `primary`, `prefer-replica`, `replica` or `any`.
     pub read_from: ReadFrom,
 }
@@ -146,6 +150,7 @@ impl Default for Backend {
             max_redirects: 5,
             reconnect_backoff: Duration::from_millis(200),
             max_blocking_connections: 1000,
+            max_script_connections: 256,
             read_from: ReadFrom::Primary,
         }
     }

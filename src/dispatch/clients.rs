@@ -24,7 +24,10 @@ use crate::resp::{encode, Command, Protocol};
 pub fn client(worker: &Rc<Worker>, client: &mut ClientState, cmd: &Command) -> Reply {
     let sub = String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).to_lowercase();
     let result = match sub.as_str() {
-        "unblock" => return unblock(worker, cmd),
+        "unblock" => {
+            client.hold_until_replied = true;
+            return unblock(worker, cmd);
+        }
         "help" => {
             // Redis's own help text, from any node.
             return Reply::later(driver::execute(

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
-use super::driver::{execute, execute_dedicated, Resend, Target};
+use super::driver::{execute, execute_dedicated, Resend, Started, Target};
 use super::error::ProxyError;
 use super::merge;
 use super::reply;
@@ -69,6 +69,15 @@ pub async fn broadcast_aside(
     .await
 }
 
+/// The replies of requests already sent, merged.
+pub async fn gather_started(worker: Rc<Worker>, started: Vec<Started>, merge: Merge) -> Bytes {
+    if started.is_empty() {
+        return ProxyError::cluster_down().answer();
+    }
+    let parts: Vec<Bytes> = join_all(started.into_iter().map(|s| s.reply(worker.clone()))).await;
+    merged(merge, &parts)
+}
+
 /// Runs `request` for every target at once and merges the replies.
 async fn gather<F, R>(targets: Vec<Target>, merge: Merge, request: F) -> Bytes
 where
@@ -92,6 +101,7 @@ fn merged(merge: Merge, parts: &[Bytes]) -> Bytes {
         Merge::Union => merge::union(parts),
         Merge::SumPairs => merge::sum_pairs(parts),
         Merge::OneSucceeded => merge::one_succeeded(parts),
+        Merge::RunningScript => merge::running_script(parts),
     }
 }
 

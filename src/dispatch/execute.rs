@@ -21,7 +21,7 @@ use super::transaction;
 use super::wait;
 use super::worker::Worker;
 use crate::cluster::SlotMap;
-use crate::command::route::{Local, Merge, SessionCommand, SplitKind, Subscription};
+use crate::command::route::{Local, Merge, Script, SessionCommand, SplitKind, Subscription};
 use crate::command::CommandSpec;
 use crate::registry::flag;
 use crate::resp::{Command, Protocol};
@@ -43,37 +43,48 @@ pub fn execute(
             parts,
             resend,
         } => split(worker, client, map, kind, parts, resend),
-        Plan::Broadcast { merge, resend } => {
-            broadcast(worker, cmd, cluster_wide::primaries_of(map), merge, resend)
-        }
-        Plan::BroadcastAside(merge) => Reply::later(cluster_wide::broadcast_aside(
-            worker.clone(),
-            cmd.into_raw(),
+        Plan::Broadcast { merge, resend } => broadcast(
+            worker,
+            map,
+            cmd,
             cluster_wide::primaries_of(map),
             merge,
-        )),
+            resend,
+        ),
+        Plan::BroadcastAside(merge) => {
+            client.hold_until_replied = true;
+            Reply::later(cluster_wide::broadcast_aside(
+                worker.clone(),
+                cmd.into_raw(),
+                cluster_wide::primaries_of(map),
+                merge,
+            ))
+        }
         // Every node answers the same as one server would (OK; ACL DELUSER's count).
         Plan::EveryNode => broadcast(
             worker,
+            map,
             cmd,
             cluster_wide::nodes_of(map),
             Merge::Same,
             Resend::Never,
         ),
         Plan::ConfigSet => {
+            client.hold_until_replied = true;
             Reply::later(server_config::config_set(worker.clone(), cmd, map.nodes()))
         }
         Plan::Publish(kind, send) => publish(worker, client, map, cmd, kind, send),
         Plan::Walk(walk) => {
             use crate::command::route::Walk;
             let worker = worker.clone();
+            client.hold_until_replied = true;
             match walk {
                 Walk::Keys => Reply::later(cluster_wide::keys(worker, cmd)),
                 Walk::Scan => Reply::later(cluster_wide::scan(worker, cmd)),
                 Walk::RandomKey => Reply::later(cluster_wide::random_key(worker, cmd)),
             }
         }
-        Plan::Info => info(worker, cluster_wide::primaries_of(map), cmd),
+        Plan::Info => info(worker, client, cluster_wide::primaries_of(map), cmd),
         Plan::Blocking { target, write } => {
             if write {
                 client.writes.note_elsewhere();
@@ -91,17 +102,15 @@ pub fn execute(
                 worker.shared.scripts.remember(body);
             }
             let primaries = cluster_wide::primaries_of(map);
-            broadcast(worker, cmd, primaries, Merge::Same, Resend::Safe)
+            broadcast(worker, map, cmd, primaries, Merge::Same, Resend::Safe)
         }
-        Plan::Eval(send) => {
-            if let Some(body) = cmd.arg(1) {
-                worker.shared.scripts.remember(body);
+        Plan::Script(script, send) => {
+            if script == Script::Eval {
+                if let Some(body) = cmd.arg(1) {
+                    worker.shared.scripts.remember(body);
+                }
             }
-            send_one(worker, client, map, cmd, send)
-        }
-        Plan::EvalSha(send) => {
-            let started = start_send(worker, client, map, cmd.raw().clone(), &send);
-            Reply::later(scripts::evalsha(worker.clone(), started, cmd, send))
+            run_script(worker, client, map, script, cmd, send)
         }
         Plan::Emulate(emulation) => {
             if emulation.writes() {
@@ -129,7 +138,13 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
         client.protocol == Protocol::Resp2 && client.subs.as_ref().is_some_and(|s| s.active());
     match command {
         Local::Ping if subscribed => answer(local::subscribed_ping(cmd)),
-        Local::Ping => answer(local::ping(cmd)),
+        Local::Ping => match local::ping(cmd) {
+            Ok(pong) if worker.shared.running_scripts.any() => {
+                client.hold_until_replied = true;
+                Reply::later(scripts::ping(worker.clone(), pong))
+            }
+            pong => answer(pong),
+        },
         Local::Echo => local::echo(cmd).into(),
         Local::Quit => {
             client.closing = true;
@@ -211,6 +226,50 @@ fn send_one(
     }
 }
 
+/// A script on a connection of its own when its client has nothing else in flight and a
+/// permit is free, else on the shared pipe (see `dispatch::scripts`).
+fn run_script(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    map: &SlotMap,
+    script: Script,
+    cmd: Command,
+    send: Send,
+) -> Reply {
+    let running = worker.shared.running_scripts.start();
+    let own = client
+        .nothing_in_flight
+        .then(|| {
+            worker
+                .shared
+                .script_permits
+                .clone()
+                .try_acquire_owned()
+                .ok()
+        })
+        .flatten();
+    let connection = match own {
+        Some(permit) => {
+            client.hold_until_replied = true;
+            if send.write_to.is_some() {
+                client.writes.note_elsewhere();
+            }
+            scripts::Connection::Own(permit)
+        }
+        None => {
+            scripts::Connection::Pipe(start_send(worker, client, map, cmd.raw().clone(), &send))
+        }
+    };
+    Reply::later(scripts::run(
+        worker.clone(),
+        connection,
+        running,
+        script,
+        cmd,
+        send,
+    ))
+}
+
 /// PUBLISH/SPUBLISH goes to the cluster (subscribers on the nodes and behind other proxies
 /// get the message too); the reply counts the proxy's own clients that receive it.
 fn publish(
@@ -281,20 +340,22 @@ fn split(
 }
 
 /// To each of `targets` (from the command's snapshot), merged.
+/// Sent to every target now, as one command is (a command pipelined after it must not
+/// overtake it: FLUSHALL then SET, FUNCTION LOAD then FCALL); the replies merged as they come.
 fn broadcast(
     worker: &Rc<Worker>,
+    map: &SlotMap,
     cmd: Command,
     targets: Vec<Target>,
     merge: Merge,
     resend: Resend,
 ) -> Reply {
-    Reply::later(cluster_wide::broadcast_to(
-        worker.clone(),
-        cmd.into_raw(),
-        targets,
-        merge,
-        resend,
-    ))
+    let payload = cmd.into_raw();
+    let started: Vec<Started> = targets
+        .into_iter()
+        .map(|target| driver::start(worker, map, payload.clone(), target, resend))
+        .collect();
+    Reply::later(cluster_wide::gather_started(worker.clone(), started, merge))
 }
 
 fn session(
@@ -346,10 +407,17 @@ fn subscriptions<'c>(
     subs
 }
 
-fn info(worker: &Rc<Worker>, targets: Vec<Target>, cmd: Command) -> Reply {
+fn info(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    targets: Vec<Target>,
+    cmd: Command,
+) -> Reply {
     if local::only_proxy_section(&cmd) {
         return reply::bulk(local::proxy_info(worker).as_bytes()).into();
     }
+    // Sent when first polled: the client's next commands wait, so they can't overtake it.
+    client.hold_until_replied = true;
     let wants_proxy = local::wants_proxy_section(&cmd);
     let worker = worker.clone();
     Reply::later(async move {

@@ -118,12 +118,50 @@ pub fn same(parts: &[Bytes]) -> Bytes {
 }
 
 /// SCRIPT KILL, FUNCTION KILL: the first reply that is not an error (the node that ran the
-/// script), else the first error (NOTBUSY everywhere: no script was running).
+/// script), else the error of the node that has a script (UNKILLABLE: it wrote), else the
+/// first error (NOTBUSY everywhere: no script was running).
 pub fn one_succeeded(parts: &[Bytes]) -> Bytes {
     match parts.iter().find(|p| !is_error_reply(p)) {
         Some(ok) => ok.clone(),
-        None => first_error(parts).unwrap_or_else(malformed),
+        None => parts
+            .iter()
+            .find(|p| !p.starts_with(b"-NOTBUSY"))
+            .or(parts.first())
+            .cloned()
+            .unwrap_or_else(malformed),
     }
+}
+
+/// FUNCTION STATS: the reply of the node running a script or function (its `running_script`
+/// is not null), else the first reply; the libraries and engines are the same everywhere
+/// (functions are loaded on every primary).
+pub fn running_script(parts: &[Bytes]) -> Bytes {
+    if let Some(e) = first_error(parts) {
+        return e;
+    }
+    parts
+        .iter()
+        .find(|p| running_script_is_set(p))
+        .or(parts.first())
+        .cloned()
+        .unwrap_or_else(malformed)
+}
+
+/// Whether a FUNCTION STATS reply (an array or a RESP3 map, `running_script` first) names a
+/// running script.
+fn running_script_is_set(reply: &[u8]) -> bool {
+    let Some(header_end) = reply.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let rest = &reply[header_end + 1..];
+    let Ok(Some(name_len)) = ReplyScanner::default().scan(rest) else {
+        return false;
+    };
+    let value = &rest[name_len..];
+    !(value.is_empty()
+        || value.starts_with(b"*-1")
+        || value.starts_with(b"$-1")
+        || value.starts_with(b"_"))
 }
 
 /// KEYS: the concatenation of the parts' arrays.
@@ -268,6 +306,11 @@ mod tests {
             b("+OK\r\n")
         );
         assert_eq!(one_succeeded(&[notbusy(), notbusy()]), notbusy());
+        let unkillable = b("-UNKILLABLE Sorry the script already executed write commands\r\n");
+        assert_eq!(
+            one_succeeded(&[notbusy(), unkillable.clone(), notbusy()]),
+            unkillable
+        );
     }
 
     #[test]
@@ -298,5 +341,33 @@ mod tests {
                 .len(),
             2
         );
+    }
+}
+
+#[cfg(test)]
+mod function_stats_tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn function_stats_comes_from_the_node_running_a_script() {
+        let engines = "$7\r\nengines\r\n*2\r\n$3\r\nLUA\r\n*4\r\n$15\r\nlibraries_count\r\n:1\r\n$15\r\nfunctions_count\r\n:1\r\n";
+        let idle = b(&format!("*4\r\n$14\r\nrunning_script\r\n*-1\r\n{engines}"));
+        let idle3 = b(&format!("%2\r\n$14\r\nrunning_script\r\n_\r\n{engines}"));
+        let busy = b(&format!(
+            "*4\r\n$14\r\nrunning_script\r\n*6\r\n$4\r\nname\r\n$4\r\ntest\r\n$7\r\ncommand\r\n*3\r\n$5\r\nfcall\r\n$4\r\ntest\r\n$1\r\n0\r\n$11\r\nduration_ms\r\n:812\r\n{engines}"
+        ));
+        let cases: &[(&[Bytes], Bytes)] = &[
+            (&[idle.clone(), busy.clone(), idle.clone()], busy.clone()),
+            (&[idle.clone(), idle.clone()], idle.clone()),
+            (&[idle3.clone(), idle3.clone()], idle3.clone()),
+            (std::slice::from_ref(&busy), busy.clone()),
+        ];
+        for (parts, want) in cases {
+            assert_eq!(&running_script(parts), want);
+        }
     }
 }

@@ -56,10 +56,9 @@ pub enum Plan {
     Session(SessionCommand),
     /// SCRIPT LOAD: remembered and loaded on every primary.
     ScriptLoad,
-    /// EVAL: remembered, then sent by its keys.
-    Eval(Send),
-    /// EVALSHA: sent by its keys, repaired on NOSCRIPT.
-    EvalSha(Send),
+    /// EVAL (remembered), EVALSHA (repaired on NOSCRIPT) or FCALL: sent by its keys, on a
+    /// connection of its own when it can (see `dispatch::scripts`).
+    Script(Script, Send),
     /// Keys in several slots, carried out by the proxy (`cross_slot = "emulate"`).
     Emulate(Emulation),
     /// Answered with this error.
@@ -126,12 +125,8 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         Route::Blocking => blocking(spec, cmd, map),
         Route::Session(command) => Plan::Session(command),
         Route::Script(Script::Load) => Plan::ScriptLoad,
-        Route::Script(Script::Eval) => match keyed(spec, cmd, map) {
-            Plan::Send(send) => Plan::Eval(send),
-            other => other,
-        },
-        Route::Script(Script::EvalSha) => match keyed(spec, cmd, map) {
-            Plan::Send(send) => Plan::EvalSha(send),
+        Route::Script(script) => match keyed(spec, cmd, map) {
+            Plan::Send(send) => Plan::Script(script, send),
             other => other,
         },
         Route::Refuse(why) => Plan::Fail(ProxyError::unsupported(name, why)),
@@ -577,23 +572,33 @@ mod tests {
             (&["SCRIPT", "LOAD", "return 1"], Plan::ScriptLoad),
             (
                 &["EVAL", "return 1", "1", "k"],
-                Plan::Eval(Send {
-                    target: Target::Slot(slot("k")),
-                    resend: Resend::Never,
-                    write_to: Some(slot("k")),
-                }),
+                Plan::Script(
+                    Script::Eval,
+                    Send {
+                        target: Target::Slot(slot("k")),
+                        resend: Resend::Never,
+                        write_to: Some(slot("k")),
+                    },
+                ),
             ),
             (
                 &["EVAL_RO", "return 1", "1", "k"],
-                Plan::Eval(read(Target::Slot(slot("k")))),
+                Plan::Script(Script::Eval, read(Target::Slot(slot("k")))),
             ),
             (
                 &["EVALSHA", "abc", "0"],
-                Plan::EvalSha(Send {
-                    target: Target::Any,
-                    resend: Resend::Never,
-                    write_to: None,
-                }),
+                Plan::Script(
+                    Script::EvalSha,
+                    Send {
+                        target: Target::Any,
+                        resend: Resend::Never,
+                        write_to: None,
+                    },
+                ),
+            ),
+            (
+                &["FCALL_RO", "f", "1", "k"],
+                Plan::Script(Script::Function, read(Target::Slot(slot("k")))),
             ),
             (
                 &["EVAL", "return 1", "2", "a", "b"],

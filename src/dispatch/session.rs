@@ -32,6 +32,10 @@ pub struct ClientState {
     /// overtake its steps (a pipelined `RENAME a b` then `GET b` sees the renamed value, as
     /// on one Redis). The client layer clears it when its reply queue is empty.
     pub hold_until_replied: bool,
+    /// Set before each command is dispatched: no earlier command of the client awaits its
+    /// reply, so this one may go on another connection than the shared pipe without being
+    /// reordered against them (a script on a connection of its own).
+    pub nothing_in_flight: bool,
     /// MULTI queue and WATCH connection.
     pub tx: TxState,
     /// Which connections carried the client's writes, for WAIT.
@@ -64,6 +68,7 @@ impl ClientState {
             protocol: Protocol::Resp2,
             closing: false,
             hold_until_replied: false,
+            nothing_in_flight: false,
             tx: TxState::default(),
             writes: Writes::default(),
             subs: None,
