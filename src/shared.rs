@@ -180,6 +180,14 @@ impl ScriptCache {
         }
     }
 
+    /// SCRIPT FLUSH: every body forgotten, so an EVALSHA after it gets NOSCRIPT, as from one
+    /// server.
+    pub fn forget_all(&self) {
+        if let Ok(mut bodies) = self.bodies.lock() {
+            bodies.clear();
+        }
+    }
+
     pub fn body(&self, sha: &[u8]) -> Option<Bytes> {
         let sha = std::str::from_utf8(sha).ok()?.to_ascii_lowercase();
         self.bodies.lock().ok()?.get(&sha).cloned()

@@ -154,6 +154,25 @@ fn a_busy_script_holds_back_only_its_own_node() {
     let killed = runner.read_reply();
     assert!(killed.error().contains("killed"), "{killed:?}");
     assert_eq!(other.call(&["GET", &busy_key]), Reply::Bulk(None));
+
+    // SCRIPT EXISTS and SCRIPT FLUSH as one server: a keyless EVAL is cached on one node but
+    // runs anywhere through the proxy, so it exists; after a flush it is gone everywhere,
+    // the proxy's own memory of it included (no repair of NOSCRIPT).
+    let body = "return 'cached'";
+    let sha = sha1_smol::Sha1::from(body).digest().to_string();
+    assert_eq!(other.call(&["EVAL", body, "0"]).text(), "cached");
+    let unknown = "0000000000000000000000000000000000000000";
+    assert_eq!(
+        other.call(&["SCRIPT", "EXISTS", &sha, unknown]),
+        Reply::Array(Some(vec![Reply::Int(1), Reply::Int(0)]))
+    );
+    assert_eq!(other.call(&["SCRIPT", "FLUSH"]), Reply::Simple("OK".into()));
+    let flushed = other.call(&["EVALSHA", &sha, "0"]);
+    assert!(flushed.error().starts_with("NOSCRIPT"), "{flushed:?}");
+    assert_eq!(
+        other.call(&["SCRIPT", "EXISTS", &sha]),
+        Reply::Array(Some(vec![Reply::Int(0)]))
+    );
 }
 
 /// A script waits for the client's earlier commands and holds back its later ones, on

@@ -19,8 +19,12 @@ pub enum Merge {
     Same,
     /// Arrays concatenated (SLOWLOG GET).
     Concat,
-    /// Arrays of 0/1 combined element-wise with AND (SCRIPT EXISTS).
+    /// Arrays of 0/1 combined element-wise with AND.
     LogicalAnd,
+    /// Arrays of 0/1 combined element-wise with OR (SCRIPT EXISTS: a script any primary
+    /// holds runs through the proxy on every node, since EVALSHA answered NOSCRIPT is repaired
+    /// with the body the proxy saw; an EVAL without keys is cached on one node only).
+    LogicalOr,
     /// Arrays merged without duplicates (PUBSUB CHANNELS).
     Union,
     /// Flat name/count arrays with the counts of equal names added (PUBSUB NUMSUB).
@@ -98,6 +102,9 @@ pub enum Walk {
 pub enum Script {
     /// SCRIPT LOAD: remembered, loaded on every primary.
     Load,
+    /// SCRIPT FLUSH: forgotten by the proxy too (no NOSCRIPT repair after it), flushed on
+    /// every primary.
+    Flush,
     /// EVAL/EVAL_RO: remembered, then routed by its keys.
     Eval,
     /// EVALSHA/EVALSHA_RO: routed by its keys, repaired on NOSCRIPT.
@@ -202,7 +209,8 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("publish", Route::Publish(Subscription::Channel)),
     ("spublish", Route::Publish(Subscription::Shard)),
     ("script|load", Route::Script(Script::Load)),
-    ("script|flush", Route::Broadcast(Merge::AllOk)),
+    ("script|flush", Route::Script(Script::Flush)),
+    ("script|exists", Route::Broadcast(Merge::LogicalOr)),
     ("eval", Route::Script(Script::Eval)),
     ("eval_ro", Route::Script(Script::Eval)),
     ("evalsha", Route::Script(Script::EvalSha)),

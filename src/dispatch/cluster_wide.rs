@@ -98,6 +98,7 @@ fn merged(merge: Merge, parts: &[Bytes]) -> Bytes {
         Merge::Same => merge::same(parts),
         Merge::Concat => merge::concat(parts),
         Merge::LogicalAnd => merge::logical_and(parts),
+        Merge::LogicalOr => merge::logical_or(parts),
         Merge::Union => merge::union(parts),
         Merge::SumPairs => merge::sum_pairs(parts),
         Merge::OneSucceeded => merge::one_succeeded(parts),

@@ -104,6 +104,11 @@ pub fn execute(
             let primaries = cluster_wide::primaries_of(map);
             broadcast(worker, map, cmd, primaries, Merge::Same, Resend::Safe)
         }
+        Plan::ScriptFlush => {
+            worker.shared.scripts.forget_all();
+            let primaries = cluster_wide::primaries_of(map);
+            broadcast(worker, map, cmd, primaries, Merge::AllOk, Resend::Safe)
+        }
         Plan::Script(script, send) => {
             if script == Script::Eval {
                 if let Some(body) = cmd.arg(1) {
@@ -139,7 +144,9 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
     match command {
         Local::Ping if subscribed => answer(local::subscribed_ping(cmd)),
         Local::Ping => match local::ping(cmd) {
-            Ok(pong) if worker.shared.running_scripts.any() => {
+            // Asked only when nothing of the client's own is in flight: a PING behind its
+            // own script runs after it, as on one server.
+            Ok(pong) if worker.shared.running_scripts.any() && client.nothing_in_flight => {
                 client.hold_until_replied = true;
                 Reply::later(scripts::ping(worker.clone(), pong))
             }

@@ -26,6 +26,14 @@ const NOT_SUMMED: &[&str] = &[
     "instantaneous_output_kbps",
 ];
 
+/// Counts of what the proxy loads on every primary (SCRIPT LOAD, FUNCTION LOAD): one server
+/// holds each once, so the largest count is the one server's, not the sum.
+const LARGEST: &[&str] = &[
+    "number_of_cached_scripts",
+    "number_of_functions",
+    "number_of_libraries",
+];
+
 /// Merges the INFO texts of several nodes (the first one leads the order of sections and fields).
 pub fn merge(texts: &[String]) -> String {
     let Some((first, rest)) = texts.split_first() else {
@@ -131,6 +139,14 @@ fn sum_value(key: &str, value: &str, others: &[Option<&str>]) -> String {
         return value.to_string();
     }
     if let Ok(mine) = value.parse::<i64>() {
+        if LARGEST.contains(&key) {
+            let largest = others
+                .iter()
+                .flatten()
+                .filter_map(|v| v.parse::<i64>().ok())
+                .fold(mine, i64::max);
+            return largest.to_string();
+        }
         let total = others
             .iter()
             .flatten()
@@ -191,6 +207,18 @@ mod tests {
             merged.contains("db0:keys=12,expires=3,avg_ttl=100\r\n"),
             "{merged}"
         );
+    }
+
+    #[test]
+    fn scripts_loaded_everywhere_count_once() {
+        let a = "# Memory\r\nused_memory_scripts:200\r\nnumber_of_cached_scripts:100\r\n";
+        let b = "# Memory\r\nused_memory_scripts:300\r\nnumber_of_cached_scripts:101\r\n";
+        let merged = merge(&[a.to_string(), b.to_string()]);
+        assert!(
+            merged.contains("number_of_cached_scripts:101\r\n"),
+            "{merged}"
+        );
+        assert!(merged.contains("used_memory_scripts:500\r\n"), "{merged}");
     }
 
     #[test]

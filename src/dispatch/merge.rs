@@ -233,8 +233,18 @@ pub fn sum_pairs(parts: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// SCRIPT EXISTS: 1 at a position only if every node has that script.
+/// 1 at a position only if every node answered 1 there.
 pub fn logical_and(parts: &[Bytes]) -> Bytes {
+    combine_flags(parts, |a, b| a && b)
+}
+
+/// SCRIPT EXISTS: 1 at a position if any node has that script (see `Merge::LogicalOr`).
+pub fn logical_or(parts: &[Bytes]) -> Bytes {
+    combine_flags(parts, |a, b| a || b)
+}
+
+/// Arrays of 0/1 combined position by position with `op`.
+fn combine_flags(parts: &[Bytes], op: fn(bool, bool) -> bool) -> Bytes {
     if let Some(e) = first_error(parts) {
         return e;
     }
@@ -255,7 +265,7 @@ pub fn logical_and(parts: &[Bytes]) -> Bytes {
             Some(acc) if acc.len() == values.len() => acc
                 .iter()
                 .zip(&values)
-                .map(|(a, b)| i64::from(*a != 0 && *b != 0))
+                .map(|(a, b)| i64::from(op(*a != 0, *b != 0)))
                 .collect(),
             Some(_) => return malformed(),
         });
@@ -321,6 +331,10 @@ mod tests {
         assert_eq!(
             concat(&[b("*1\r\n$1\r\na\r\n"), b("*0\r\n")]),
             b("*1\r\n$1\r\na\r\n")
+        );
+        assert_eq!(
+            logical_or(&[b("*3\r\n:1\r\n:0\r\n:0\r\n"), b("*3\r\n:0\r\n:0\r\n:1\r\n")]),
+            b("*3\r\n:1\r\n:0\r\n:1\r\n")
         );
         assert_eq!(
             logical_and(&[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]),

@@ -56,6 +56,8 @@ pub enum Plan {
     Session(SessionCommand),
     /// SCRIPT LOAD: remembered and loaded on every primary.
     ScriptLoad,
+    /// SCRIPT FLUSH: forgotten by the proxy and flushed on every primary.
+    ScriptFlush,
     /// EVAL (remembered), EVALSHA (repaired on NOSCRIPT) or FCALL: sent by its keys, on a
     /// connection of its own when it can (see `dispatch::scripts`).
     Script(Script, Send),
@@ -125,6 +127,7 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         Route::Blocking => blocking(spec, cmd, map),
         Route::Session(command) => Plan::Session(command),
         Route::Script(Script::Load) => Plan::ScriptLoad,
+        Route::Script(Script::Flush) => Plan::ScriptFlush,
         Route::Script(script) => match keyed(spec, cmd, map) {
             Plan::Send(send) => Plan::Script(script, send),
             other => other,
@@ -466,17 +469,11 @@ mod tests {
             (
                 &["SCRIPT", "EXISTS", "abc"],
                 Plan::Broadcast {
-                    merge: Merge::LogicalAnd,
+                    merge: Merge::LogicalOr,
                     resend: Resend::Safe,
                 },
             ),
-            (
-                &["SCRIPT", "FLUSH"],
-                Plan::Broadcast {
-                    merge: Merge::AllOk,
-                    resend: Resend::Safe,
-                },
-            ),
+            (&["SCRIPT", "FLUSH"], Plan::ScriptFlush),
             (
                 &["FUNCTION", "LOAD", "code"],
                 Plan::Broadcast {
