@@ -48,8 +48,10 @@ Options:
   --peer NAME=PATH    also benchmark another proxy, the same way (pinned to the proxy core, one
                       thread). Repeatable. Supported: predixy (generated config with
                       WorkerThreads 1 and a ClusterServerPool of the 6 nodes) and
-                      redis-cluster-proxy (--threads 1 --enable-cross-slot). The kind is taken
-                      from NAME or from the binary's file name
+                      redis-cluster-proxy (--threads 1 --enable-cross-slot), and another
+                      slotproxy build (--workers 1; e.g. slotproxy-base=PATH, for before/after
+                      tables in one run). The kind is taken from NAME or from the binary's
+                      file name
   --metrics-off       also run a second slotproxy with `metrics = false` (no recorder) the same
                       way, as target `slotproxy-nometrics`: what recording metrics costs
   --workers-scaling   extra workload `scaling`: GET -P 16, 100 clients, through slotproxy with
@@ -172,9 +174,10 @@ for spec in "${PEERS[@]+"${PEERS[@]}"}"; do
         case "$probe" in
             *redis-cluster-proxy* | *redis_cluster_proxy*) kind=rcp; break ;;
             *predixy*) kind=predixy; break ;;
+            *slotproxy*) kind=slotproxy; break ;;
         esac
     done
-    [ -n "$kind" ] || die_usage "peer '$name': unsupported proxy (supported: predixy, redis-cluster-proxy)"
+    [ -n "$kind" ] || die_usage "peer '$name': unsupported proxy (supported: predixy, redis-cluster-proxy, slotproxy: another build, e.g. slotproxy-base=PATH for before/after tables)"
     PEER_NAMES+=("$name")
     PEER_PATH[$name]=$path
     PEER_KIND[$name]=$kind
@@ -594,6 +597,12 @@ start_peer() { # name
             } >"$conf"
             log "starting peer $name (predixy, WorkerThreads 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port"
             taskset -c "$PROXY_CPU" "$path" "$conf" >"$logf" 2>&1 &
+            ;;
+        slotproxy)
+            # Another build of slotproxy (before/after comparisons in one run), run as the main one.
+            log "starting peer $name (slotproxy --workers 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port"
+            NO_COLOR=1 taskset -c "$PROXY_CPU" "$path" --listen "127.0.0.1:$port" \
+                --upstream "redis://127.0.0.1:$SEED" --admin-listen 127.0.0.1:0 --workers 1 >"$logf" 2>&1 &
             ;;
         rcp)
             help=$("$path" --help 2>&1 || true)

@@ -155,6 +155,22 @@ fn a_busy_script_holds_back_only_its_own_node() {
     assert!(killed.error().contains("killed"), "{killed:?}");
     assert_eq!(other.call(&["GET", &busy_key]), Reply::Bulk(None));
 
+    // A script whose client hangs up is killed: nobody waits for it, and it would keep the
+    // node busy for everyone else.
+    let mut leaver = RawClient::connect(proxy.local_addr());
+    leaver.send(&[b"EVAL", spin.as_bytes(), b"1", busy_key.as_bytes()]);
+    wait_busy(busy_node);
+    drop(leaver);
+    wait_until(
+        "the abandoned script is killed",
+        CLUSTER_DEADLINE,
+        || match try_query::<String>(busy_node, &["PING"]) {
+            Ok(pong) if pong == "PONG" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(other.call(&["PING"]), Reply::Simple("PONG".into()));
+
     // SCRIPT EXISTS and SCRIPT FLUSH as one server: a keyless EVAL is cached on one node but
     // runs anywhere through the proxy, so it exists; after a flush it is gone everywhere,
     // the proxy's own memory of it included (no repair of NOSCRIPT).

@@ -96,6 +96,9 @@ async fn run<S: ClientStream>(
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
     let mut input_done = false;
+    // The client shut its sending side: what it sent is still carried out, as far as the
+    // commands holding the rest allow, then input is over.
+    let mut peer_closed = false;
     let mut idle = Idle::default();
     let idle_timer = tokio::time::sleep(IDLE_TIMER_OFF);
     tokio::pin!(idle_timer);
@@ -138,6 +141,16 @@ async fn run<S: ClientStream>(
             );
             pending.drain_ready(&mut output);
         }
+        if peer_closed
+            && !input_done
+            && held.is_none()
+            && !client.hold_until_replied
+            && pending.len() < worker.max_pipeline_depth
+        {
+            // Nothing holds the input back and the pipeline had room: every complete command
+            // it held has been dispatched.
+            input_done = true;
+        }
         if output_limit > 0 && output.len() > output_limit {
             metrics::counter!("slotproxy_errors_total", "kind" => "client_output_buffer")
                 .increment(1);
@@ -164,10 +177,14 @@ async fn run<S: ClientStream>(
         {
             input = BytesMut::new();
         }
+        // While a command holds the ones after it (a pause, a command carried out in steps,
+        // a script), input is still read up to a bound: a client that hangs up is noticed
+        // (its parked command abandoned), one that keeps sending is not buffered without end.
+        let holding = held.is_some() || client.hold_until_replied;
         let can_read = !input_done
+            && !peer_closed
             && pending.len() < worker.max_pipeline_depth
-            && !client.hold_until_replied
-            && (held.is_none() || input.len() < HELD_INPUT_LIMIT);
+            && (!holding || input.len() < HELD_INPUT_LIMIT);
         let held_write = held.as_ref().map(|(_, write)| *write);
         tokio::select! {
             _ = pending.progress(), if !pending.is_empty() => {}
@@ -198,7 +215,7 @@ async fn run<S: ClientStream>(
                     // sent, then close; unless a command is parked waiting for data, which
                     // may never come (Redis too frees a blocked client that disconnects).
                     Ok(0) if pending.has_parked() => return Ok(()),
-                    Ok(0) => input_done = true,
+                    Ok(0) => peer_closed = true,
                     Ok(n) => {
                         bytes_in.increment(n as u64);
                         idle.touch();

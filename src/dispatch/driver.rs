@@ -81,6 +81,25 @@ impl Exchange for ViaDedicated<'_> {
     }
 }
 
+/// A connection of its own whose node is told to `noted` as each attempt picks it (a script's:
+/// killed there if its client goes away).
+struct ViaNoted<'a> {
+    payload: &'a [u8],
+    noted: &'a dyn Fn(&NodeAddr),
+}
+
+impl Exchange for ViaNoted<'_> {
+    const REPLICA_READS: bool = false;
+
+    async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
+        (self.noted)(addr);
+        worker
+            .dedicated
+            .round_trip(addr, self.payload, asking)
+            .await
+    }
+}
+
 /// A blocking command's connection of its own, whose id on its node is noted in the client's
 /// entry while the command waits (for `CLIENT UNBLOCK`).
 struct ViaBlocked<'a> {
@@ -494,6 +513,23 @@ impl Drop for Blocked {
 pub async fn execute_dedicated(worker: Rc<Worker>, payload: Bytes, target: Target) -> Bytes {
     let rules = rules(&worker, Resend::Never);
     drive(&worker, &mut ViaDedicated(&payload), &target, rules, None)
+        .await
+        .unwrap_or_else(|e| e.answer())
+}
+
+/// [`execute_dedicated`], telling `noted` the node of each attempt before it is sent.
+pub async fn execute_dedicated_noting(
+    worker: Rc<Worker>,
+    payload: Bytes,
+    target: Target,
+    noted: &dyn Fn(&NodeAddr),
+) -> Bytes {
+    let rules = rules(&worker, Resend::Never);
+    let mut via = ViaNoted {
+        payload: &payload,
+        noted,
+    };
+    drive(&worker, &mut via, &target, rules, None)
         .await
         .unwrap_or_else(|e| e.answer())
 }

@@ -267,14 +267,15 @@ fn run_script(
             scripts::Connection::Pipe(start_send(worker, client, map, cmd.raw().clone(), &send))
         }
     };
-    Reply::later(scripts::run(
-        worker.clone(),
-        connection,
-        running,
-        script,
-        cmd,
-        send,
-    ))
+    // On a connection of its own, parked like a blocking command: a client that hangs up
+    // abandons it, and the script is killed (see `scripts::Abandoned`). On the pipe, awaited.
+    let own = matches!(connection, scripts::Connection::Own(_));
+    let reply = scripts::run(worker.clone(), connection, running, script, cmd, send);
+    if own {
+        Reply::Parked(Box::pin(reply))
+    } else {
+        Reply::later(reply)
+    }
 }
 
 /// PUBLISH/SPUBLISH goes to the cluster (subscribers on the nodes and behind other proxies

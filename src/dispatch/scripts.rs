@@ -15,15 +15,19 @@
 //!
 //! While any script is in flight, PING asks the primaries whether one is busy ([`ping`]).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::driver::{execute, execute_dedicated, Resend, Started, Target};
+use super::driver::{
+    execute, execute_dedicated, execute_dedicated_noting, Resend, Started, Target,
+};
 use super::plan::Send;
 use super::worker::Worker;
+use crate::backend::NodeAddr;
 use crate::command::route::Script;
 use crate::resp::Command;
 use crate::shared::running::Running;
@@ -53,8 +57,12 @@ pub async fn run(
     let _running = running;
     let (answer, permit) = match connection {
         Connection::Own(permit) => {
+            let mut abandoned = Abandoned::new(&worker, script);
             let payload = cmd.raw().clone();
-            let answer = execute_dedicated(worker.clone(), payload, send.target.clone()).await;
+            let target = send.target.clone();
+            let noted = |node: &NodeAddr| abandoned.note(node);
+            let answer = execute_dedicated_noting(worker.clone(), payload, target, &noted).await;
+            abandoned.answered();
             (answer, Some(permit))
         }
         Connection::Pipe(started) => (started.reply(worker.clone()).await, None),
@@ -69,6 +77,62 @@ pub async fn run(
     match permit {
         Some(_permit) => execute_dedicated(worker, payload, send.target).await,
         None => execute(worker, payload, send.target, send.resend).await,
+    }
+}
+
+/// Kills a script whose client went away before its reply (the client's session dropped the
+/// request, which closes the script's connection): nobody waits for its result, and a node
+/// keeps running a script whose client is gone until it ends, answering everyone else BUSY.
+/// `SCRIPT KILL` (or `FUNCTION KILL`) on that node stops it unless it already wrote (then the
+/// node answers UNKILLABLE and it runs to its end, as on one server). A node runs one script
+/// at a time, so the script running there is this one; the kill goes out right after the
+/// connection closes.
+struct Abandoned {
+    worker: Rc<Worker>,
+    script: Script,
+    node: RefCell<Option<NodeAddr>>,
+    answered: bool,
+}
+
+impl Abandoned {
+    fn new(worker: &Rc<Worker>, script: Script) -> Abandoned {
+        Abandoned {
+            worker: worker.clone(),
+            script,
+            node: RefCell::new(None),
+            answered: false,
+        }
+    }
+
+    /// The script was sent to `node` (each attempt: a redirect moves it).
+    fn note(&self, node: &NodeAddr) {
+        *self.node.borrow_mut() = Some(node.clone());
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(node) = self.node.take() else {
+            return;
+        };
+        if self.answered {
+            return;
+        }
+        let kill: &[&[u8]] = match self.script {
+            Script::Function => &[b"FUNCTION", b"KILL"],
+            _ => &[b"SCRIPT", b"KILL"],
+        };
+        let payload = Command::from_args(kill).into_raw();
+        let worker = self.worker.clone();
+        tracing::debug!(%node, "killing the script of a client that went away");
+        metrics::counter!("slotproxy_scripts_abandoned_total").increment(1);
+        tokio::task::spawn_local(async move {
+            let _ = execute_dedicated(worker, payload, Target::Node(node)).await;
+        });
     }
 }
 

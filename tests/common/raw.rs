@@ -86,6 +86,14 @@ impl RawClient {
         self.writer.write_all(bytes).expect("write to server");
     }
 
+    /// Shuts the sending side (half-close): the server sees the end of input and still owes
+    /// the replies to what was sent.
+    pub fn shutdown_write(&mut self) {
+        self.writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut down the sending side");
+    }
+
     /// Sends one command encoded as a RESP array of bulk strings.
     pub fn send(&mut self, args: &[&[u8]]) {
         self.send_raw(&encode(args));
