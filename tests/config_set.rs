@@ -307,3 +307,33 @@ fn settings_and_the_user_the_proxy_relies_on_are_refused() {
     assert_eq!(raw.call(&["ACL", "SETUSER", &user, "on", ">p"]), ok());
     assert_eq!(raw.call(&["ACL", "DELUSER", &user]), Reply::Int(1));
 }
+
+/// `DEBUG LOADAOF` right after `CONFIG SET appendonly yes` (which starts an AOF rewrite on
+/// every node at once) waits, node by node, for the rewrite to end: Redis 7.0 exits when a
+/// LOADAOF meets one. Every node stays up and the data is still there.
+#[test]
+fn loadaof_right_after_turning_aof_on_keeps_every_node_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = shared();
+    let proxy = admin_proxy(cluster);
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let keys: Vec<String> = (0..200).map(|i| format!("loadaof:{i}")).collect();
+    for key in &keys {
+        assert_eq!(raw.call(&["SET", key, "v"]), ok());
+    }
+    for round in 0..3 {
+        assert_eq!(raw.call(&["CONFIG", "SET", "appendonly", "yes"]), ok());
+        assert_eq!(raw.call(&["DEBUG", "LOADAOF"]), ok(), "round {round}");
+        for port in cluster.ports() {
+            assert_eq!(
+                try_query::<String>(port, &["PING"]).as_deref(),
+                Ok("PONG"),
+                "node {port}, round {round}"
+            );
+        }
+        assert_eq!(raw.call(&["CONFIG", "SET", "appendonly", "no"]), ok());
+    }
+    for key in &keys {
+        assert_eq!(raw.call(&["GET", key]), Reply::Bulk(Some(b"v".to_vec())));
+    }
+}

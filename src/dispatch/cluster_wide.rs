@@ -2,9 +2,11 @@
 //! by shard (SCAN).
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
+use tokio::time::Instant;
 
 use super::driver::{execute, execute_dedicated, Resend, Started, Target};
 use super::error::ProxyError;
@@ -67,6 +69,43 @@ pub async fn broadcast_aside(
         execute_dedicated(worker.clone(), payload.clone(), t)
     })
     .await
+}
+
+/// How long `DEBUG LOADAOF` waits for a node's background AOF rewrite to end.
+const REWRITE_WAIT: Duration = Duration::from_secs(10);
+const REWRITE_POLL: Duration = Duration::from_millis(20);
+
+/// Sends `payload` (`DEBUG LOADAOF`) to each of `targets` once no background AOF rewrite
+/// runs there: Redis 7.0 exits when one meets a rewrite in progress (right after `CONFIG SET
+/// appendonly yes`, which starts one on every node at once). A rewrite still running after
+/// [`REWRITE_WAIT`] is the node's to handle.
+pub async fn every_node_settled(worker: Rc<Worker>, payload: Bytes, targets: Vec<Target>) -> Bytes {
+    gather(targets, Merge::Same, |target| {
+        let (worker, payload) = (worker.clone(), payload.clone());
+        async move {
+            wait_for_no_rewrite(&worker, &target).await;
+            execute(worker, payload, target, Resend::Never).await
+        }
+    })
+    .await
+}
+
+async fn wait_for_no_rewrite(worker: &Rc<Worker>, target: &Target) {
+    let info = Command::from_args(&[b"INFO".as_slice(), b"persistence"]).into_raw();
+    let deadline = Instant::now() + REWRITE_WAIT;
+    while Instant::now() < deadline {
+        let reply = execute(worker.clone(), info.clone(), target.clone(), Resend::Safe).await;
+        let rewriting = [
+            b"aof_rewrite_in_progress:1".as_slice(),
+            b"aof_rewrite_scheduled:1",
+        ]
+        .iter()
+        .any(|field| reply.windows(field.len()).any(|w| w == *field));
+        if !rewriting {
+            return;
+        }
+        tokio::time::sleep(REWRITE_POLL).await;
+    }
 }
 
 /// The replies of requests already sent, merged.

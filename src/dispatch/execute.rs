@@ -69,6 +69,14 @@ pub fn execute(
             Merge::Same,
             Resend::Never,
         ),
+        Plan::EveryNodeSettled => {
+            client.hold_until_replied = true;
+            Reply::later(cluster_wide::every_node_settled(
+                worker.clone(),
+                cmd.into_raw(),
+                cluster_wide::nodes_of(map),
+            ))
+        }
         Plan::ConfigSet => {
             client.hold_until_replied = true;
             Reply::later(server_config::config_set(worker.clone(), cmd, map.nodes()))

@@ -42,6 +42,9 @@ pub enum Plan {
     BroadcastAside(Merge),
     /// To every node, replicas included (allowed by `--admin-commands`).
     EveryNode,
+    /// As [`Plan::EveryNode`], on each node once no background AOF rewrite runs there
+    /// (`DEBUG LOADAOF`).
+    EveryNodeSettled,
     /// CONFIG SET on every node or none (allowed by `--admin-commands`).
     ConfigSet,
     /// PUBLISH/SPUBLISH: sent as planned, answered with the proxy's subscriber count.
@@ -111,6 +114,10 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
             DebugScope::Keys => keyed_debug(spec, cmd, map),
             DebugScope::AnyNode => Plan::Send(any_primary()),
             DebugScope::EveryNode => every_node(name, allowed),
+            DebugScope::EveryNodeSettled => match every_node(name, allowed) {
+                Plan::EveryNode => Plan::EveryNodeSettled,
+                refused => refused,
+            },
         },
         Route::ConfigSet => match every_node(name, allowed) {
             Plan::EveryNode => Plan::ConfigSet,
@@ -278,6 +285,9 @@ enum DebugScope {
     /// On the server's state or settings (`RELOAD`, `SET-ACTIVE-EXPIRE`,
     /// `QUICKLIST-PACKED-THRESHOLD`...): every node, with `--admin-commands`.
     EveryNode,
+    /// `LOADAOF`: every node, each once no background AOF rewrite runs there (Redis 7.0
+    /// exits on a `LOADAOF` that meets one, as right after `CONFIG SET appendonly yes`).
+    EveryNodeSettled,
 }
 
 fn debug_scope(cmd: &Command) -> DebugScope {
@@ -292,6 +302,8 @@ fn debug_scope(cmd: &Command) -> DebugScope {
     let sub = cmd.arg(1).unwrap_or_default();
     if KEYS.iter().any(|k| sub.eq_ignore_ascii_case(k)) {
         DebugScope::Keys
+    } else if sub.eq_ignore_ascii_case(b"LOADAOF") {
+        DebugScope::EveryNodeSettled
     } else if ANY_NODE.iter().any(|k| sub.eq_ignore_ascii_case(k)) {
         DebugScope::AnyNode
     } else {
@@ -717,6 +729,14 @@ mod tests {
         ] {
             assert_eq!(planned(args, ADMIN, &map), Plan::EveryNode, "{args:?}");
         }
+        assert_eq!(
+            planned(&["DEBUG", "LOADAOF"], ADMIN, &map),
+            Plan::EveryNodeSettled
+        );
+        assert_eq!(
+            planned(&["DEBUG", "LOADAOF"], DEFAULT, &map),
+            Plan::Fail(ProxyError::admin_commands_off("debug"))
+        );
     }
 
     #[test]
