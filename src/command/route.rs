@@ -139,6 +139,10 @@ pub enum Route {
     /// Server configuration of every node, replicas included, when the operator allowed it
     /// (`--admin-commands`); otherwise refused with an error naming the flag.
     EveryNode,
+    /// As [`Route::EveryNode`], on each node once no background AOF rewrite runs there
+    /// (`BGREWRITEAOF`, which would answer "already in progress" right after `CONFIG SET
+    /// appendonly yes`).
+    EveryNodeSettled,
     /// DEBUG: `DEBUG OBJECT key` goes to the key's slot; the rest is [`Route::EveryNode`].
     Debug,
     /// CONFIG SET: every node or none, remembered and applied to nodes that join later
@@ -273,7 +277,7 @@ pub const OVERRIDES: &[(&str, Route)] = &[
     ("failover", Route::Refuse(ONE_NODE)),
     ("save", Route::Refuse(ONE_NODE)),
     ("bgsave", Route::Refuse(ONE_NODE)),
-    ("bgrewriteaof", Route::Refuse(ONE_NODE)),
+    ("bgrewriteaof", Route::EveryNodeSettled),
     ("swapdb", Route::Refuse(ONE_NODE)),
     ("move", Route::Refuse(ONE_NODE)),
     ("xread", Route::MaybeBlocking),

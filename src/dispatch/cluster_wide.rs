@@ -75,10 +75,11 @@ pub async fn broadcast_aside(
 const REWRITE_WAIT: Duration = Duration::from_secs(10);
 const REWRITE_POLL: Duration = Duration::from_millis(20);
 
-/// Sends `payload` (`DEBUG LOADAOF`) to each of `targets` once no background AOF rewrite
-/// runs there: Redis 7.0 exits when one meets a rewrite in progress (right after `CONFIG SET
-/// appendonly yes`, which starts one on every node at once). A rewrite still running after
-/// [`REWRITE_WAIT`] is the node's to handle.
+/// Sends `payload` (`DEBUG LOADAOF`, `BGREWRITEAOF`) to each of `targets` once no background
+/// AOF rewrite runs there: Redis 7.0 exits when a LOADAOF meets a rewrite in progress, and
+/// BGREWRITEAOF answers "already in progress" (both right after `CONFIG SET appendonly yes`,
+/// which starts one on every node at once). A rewrite still running after [`REWRITE_WAIT`] is
+/// the node's to handle.
 pub async fn every_node_settled(worker: Rc<Worker>, payload: Bytes, targets: Vec<Target>) -> Bytes {
     gather(targets, Merge::Same, |target| {
         let (worker, payload) = (worker.clone(), payload.clone());

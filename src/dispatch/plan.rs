@@ -110,14 +110,12 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
         },
         Route::BroadcastAside(merge) => Plan::BroadcastAside(merge),
         Route::EveryNode => every_node(name, allowed),
+        Route::EveryNodeSettled => settled(every_node(name, allowed)),
         Route::Debug => match debug_scope(cmd) {
             DebugScope::Keys => keyed_debug(spec, cmd, map),
             DebugScope::AnyNode => Plan::Send(any_primary()),
             DebugScope::EveryNode => every_node(name, allowed),
-            DebugScope::EveryNodeSettled => match every_node(name, allowed) {
-                Plan::EveryNode => Plan::EveryNodeSettled,
-                refused => refused,
-            },
+            DebugScope::EveryNodeSettled => settled(every_node(name, allowed)),
         },
         Route::ConfigSet => match every_node(name, allowed) {
             Plan::EveryNode => Plan::ConfigSet,
@@ -271,6 +269,14 @@ fn every_node(name: &str, allowed: Allowed) -> Plan {
         Plan::EveryNode
     } else {
         Plan::Fail(ProxyError::admin_commands_off(name))
+    }
+}
+
+/// [`Plan::EveryNode`] made to wait for each node's background AOF rewrite; a refusal as it is.
+fn settled(plan: Plan) -> Plan {
+    match plan {
+        Plan::EveryNode => Plan::EveryNodeSettled,
+        refused => refused,
     }
 }
 
@@ -629,9 +635,9 @@ mod tests {
                 )),
             ),
             (
-                &["BGREWRITEAOF"],
+                &["BGSAVE"],
                 Plan::Fail(ProxyError::unsupported(
-                    "bgrewriteaof",
+                    "bgsave",
                     "it acts on one node of the cluster",
                 )),
             ),
@@ -732,6 +738,14 @@ mod tests {
         assert_eq!(
             planned(&["DEBUG", "LOADAOF"], ADMIN, &map),
             Plan::EveryNodeSettled
+        );
+        assert_eq!(
+            planned(&["BGREWRITEAOF"], ADMIN, &map),
+            Plan::EveryNodeSettled
+        );
+        assert_eq!(
+            planned(&["BGREWRITEAOF"], DEFAULT, &map),
+            Plan::Fail(ProxyError::admin_commands_off("bgrewriteaof"))
         );
         assert_eq!(
             planned(&["DEBUG", "LOADAOF"], DEFAULT, &map),
