@@ -252,3 +252,63 @@ fn scripts_keep_their_place_in_a_pipeline() {
         assert!(missing.error().starts_with("ERR"), "{missing:?}");
     }
 }
+
+/// A script that declares no keys but touches one runs where that key lives, as on one
+/// server: the node it first went to refuses it at that key before touching anything, and
+/// the proxy runs it on the other primaries in turn. Keys on every shard are tried, EVAL,
+/// EVALSHA and FCALL alike. A script that may have written before the refusal
+/// (`allow-cross-slot-keys`) or that publishes is never run twice: it keeps the node's error.
+#[test]
+fn a_script_without_declared_keys_runs_where_its_key_lives() {
+    let proxy = start_proxy(shared());
+    let p = unique_prefix("undeclared");
+    let mut raw = RawClient::connect(proxy.local_addr());
+    let name = p.replace([':', '-'], "_");
+    let library = format!(
+        "#!lua name={name}\nredis.register_function('{name}_incr', \
+         function(keys, args) return redis.call('INCR', args[1]) end)"
+    );
+    assert_eq!(raw.call(&["FUNCTION", "LOAD", &library]).text(), name);
+    let incr = "return redis.call('INCR', ARGV[1])";
+    let sha = raw.call(&["SCRIPT", "LOAD", incr]).text();
+    let fcall = format!("{name}_incr");
+    // 24 keys spread over the shards; each is incremented once by each form.
+    for i in 0..24 {
+        let key = format!("{p}:{i}");
+        assert_eq!(raw.call(&["EVAL", incr, "0", &key]), Reply::Int(1), "{key}");
+        assert_eq!(raw.call(&["EVALSHA", &sha, "0", &key]), Reply::Int(2));
+        assert_eq!(raw.call(&["FCALL", &fcall, "0", &key]), Reply::Int(3));
+        let read = raw.call(&["EVAL_RO", "return redis.call('GET', ARGV[1])", "0", &key]);
+        assert_eq!(read.text(), "3");
+        assert_eq!(raw.call(&["GET", &key]).text(), "3");
+    }
+    assert_eq!(
+        raw.call(&["FUNCTION", "DELETE", &name]),
+        Reply::Simple("OK".into())
+    );
+
+    // Never run twice: one of these keys lives elsewhere than where the script first runs,
+    // so some tries fail, and when one does its key must still be untouched.
+    let publishing = "redis.call('PUBLISH', 'undeclared-channel', 'm') \
+                      return redis.call('INCR', ARGV[1])";
+    let cross = "#!lua flags=allow-cross-slot-keys\nreturn redis.call('INCR', ARGV[1])";
+    let mut refused = 0;
+    for i in 0..24 {
+        for body in [publishing, cross] {
+            let key = format!("{p}:once:{i}:{}", body.len());
+            match raw.call(&["EVAL", body, "0", &key]) {
+                Reply::Int(1) => {}
+                Reply::Error(e) => {
+                    assert!(e.contains("non local key"), "{e}");
+                    refused += 1;
+                    assert_eq!(raw.call(&["GET", &key]), Reply::Bulk(None));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "with 3 primaries, some of 48 keys live elsewhere"
+    );
+}

@@ -2,7 +2,8 @@
 //! keyspace summed), plus the proxy's own `# Proxy` section.
 //!
 //! Sections that describe one process (`# Server`, `# Replication`, `# Persistence`,
-//! `# Cluster`, ...) come from the first primary; in sections that describe load and data
+//! `# Cluster`, ...) come from the first primary (but writes since the last save are summed
+//! and a "loading"/"in progress" flag is set if any primary's is); in sections that describe load and data
 //! (`# Clients`, `# Memory`, `# Stats`, `# CPU`, `# Keyspace`, `# Commandstats`,
 //! `# Errorstats`) numeric values are summed over the primaries, including the numbers inside
 //! `key=value,...` lists such as `db0:keys=10,expires=0,avg_ttl=0`; values that are not
@@ -24,6 +25,17 @@ const NOT_SUMMED: &[&str] = &[
     "mem_fragmentation_ratio",
     "instantaneous_input_kbps",
     "instantaneous_output_kbps",
+];
+
+/// Fields of one-process sections (`# Persistence`) that one server would report for all of
+/// its keys: writes since the last save add up; "in progress" flags are 1 if any node's is.
+const SUMMED_ELSEWHERE: &[&str] = &["rdb_changes_since_last_save"];
+const ANY_NODE: &[&str] = &[
+    "loading",
+    "async_loading",
+    "rdb_bgsave_in_progress",
+    "aof_rewrite_in_progress",
+    "aof_rewrite_scheduled",
 ];
 
 /// Counts of what the proxy loads on every primary (SCRIPT LOAD, FUNCTION LOAD): one server
@@ -56,7 +68,10 @@ pub fn merge(texts: &[String]) -> String {
             continue;
         };
         seen_keys.push((section.clone(), key.to_string()));
-        let merged = if SUMMED_SECTIONS.contains(&section.as_str()) {
+        let merged = if SUMMED_SECTIONS.contains(&section.as_str())
+            || SUMMED_ELSEWHERE.contains(&key)
+            || ANY_NODE.contains(&key)
+        {
             let others: Vec<Option<&str>> = rest.iter().map(|t| field(t, &section, key)).collect();
             sum_value(key, value, &others)
         } else {
@@ -139,7 +154,7 @@ fn sum_value(key: &str, value: &str, others: &[Option<&str>]) -> String {
         return value.to_string();
     }
     if let Ok(mine) = value.parse::<i64>() {
-        if LARGEST.contains(&key) {
+        if LARGEST.contains(&key) || ANY_NODE.contains(&key) {
             let largest = others
                 .iter()
                 .flatten()
@@ -251,5 +266,19 @@ mod tests {
             merged.contains("# Commandstats\r\ncmdstat_get:calls=2,usec=4,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\ncmdstat_xreadgroup:calls=1,"),
             "{merged}"
         );
+    }
+
+    #[test]
+    fn persistence_counts_writes_of_every_primary() {
+        let a = "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:5\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:100\r\n";
+        let b = "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:7\r\nrdb_bgsave_in_progress:1\r\nrdb_last_save_time:200\r\n";
+        let merged = merge(&[a.to_string(), b.to_string()]);
+        assert!(
+            merged.contains("rdb_changes_since_last_save:12\r\n"),
+            "{merged}"
+        );
+        assert!(merged.contains("rdb_bgsave_in_progress:1\r\n"), "{merged}");
+        assert!(merged.contains("loading:0\r\n"), "{merged}");
+        assert!(merged.contains("rdb_last_save_time:100\r\n"), "{merged}");
     }
 }

@@ -29,7 +29,7 @@ use super::plan::Send;
 use super::worker::Worker;
 use crate::backend::NodeAddr;
 use crate::command::route::Script;
-use crate::resp::Command;
+use crate::resp::{Command, Value};
 use crate::shared::running::Running;
 
 /// How long PING waits for the primaries' own PING while scripts are in flight: a node busy
@@ -57,12 +57,12 @@ pub async fn run(
     let _running = running;
     let (answer, permit) = match connection {
         Connection::Own(permit) => {
-            let mut abandoned = Abandoned::new(&worker, script);
-            let payload = cmd.raw().clone();
-            let target = send.target.clone();
-            let noted = |node: &NodeAddr| abandoned.note(node);
-            let answer = execute_dedicated_noting(worker.clone(), payload, target, &noted).await;
-            abandoned.answered();
+            let (answer, ran_on) = run_own(&worker, script, &cmd, send.target.clone()).await;
+            let answer = if send.target == Target::Any && answer.starts_with(NON_LOCAL_KEY) {
+                rerun_elsewhere(&worker, script, &cmd, ran_on, answer).await
+            } else {
+                answer
+            };
             (answer, Some(permit))
         }
         Connection::Pipe(started) => (started.reply(worker.clone()).await, None),
@@ -78,6 +78,114 @@ pub async fn run(
         Some(_permit) => execute_dedicated(worker, payload, send.target).await,
         None => execute(worker, payload, send.target, send.resend).await,
     }
+}
+
+/// Runs the script on a connection of its own; its answer and the node that gave it.
+async fn run_own(
+    worker: &Rc<Worker>,
+    script: Script,
+    cmd: &Command,
+    target: Target,
+) -> (Bytes, Option<NodeAddr>) {
+    let mut abandoned = Abandoned::new(worker, script);
+    let payload = cmd.raw().clone();
+    let noted = |node: &NodeAddr| abandoned.note(node);
+    let answer = execute_dedicated_noting(worker.clone(), payload, target, &noted).await;
+    abandoned.answered();
+    (answer, abandoned.node.take())
+}
+
+/// A node's refusal of a script that touched a key of a slot it does not serve.
+const NON_LOCAL_KEY: &[u8] = b"-ERR Script attempted to access a non local key in a cluster node";
+
+/// A script that declares no keys runs on any primary, as it would on one server; when its
+/// first key lives on another node, that node refuses it with [`NON_LOCAL_KEY`] before it
+/// touched any key. One server would have run it, so it runs again on each other primary in
+/// turn (at most once each) until one serves that key, if [`may_rerun_elsewhere`] allows.
+async fn rerun_elsewhere(
+    worker: &Rc<Worker>,
+    script: Script,
+    cmd: &Command,
+    ran_on: Option<NodeAddr>,
+    refused: Bytes,
+) -> Bytes {
+    let read_only = cmd
+        .name()
+        .get(cmd.name().len().saturating_sub(3)..)
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(b"_ro"));
+    let code = match script {
+        Script::Eval => cmd.arg(1).map(Bytes::copy_from_slice),
+        Script::EvalSha => cmd.arg(1).and_then(|sha| worker.shared.scripts.body(sha)),
+        Script::Function => match cmd.arg(1) {
+            Some(name) => function_code(worker, name).await,
+            None => None,
+        },
+        Script::Load | Script::Flush => None,
+    };
+    if !may_rerun_elsewhere(code.as_deref(), read_only) {
+        return refused;
+    }
+    let primaries: Vec<NodeAddr> = worker
+        .shared
+        .topology
+        .map()
+        .shards()
+        .iter()
+        .map(|shard| shard.primary.clone())
+        .filter(|primary| Some(primary) != ran_on.as_ref())
+        .collect();
+    let mut answer = refused;
+    for primary in primaries {
+        metrics::counter!("slotproxy_scripts_rerun_total").increment(1);
+        (answer, _) = run_own(worker, script, cmd, Target::Node(primary)).await;
+        if !answer.starts_with(NON_LOCAL_KEY) {
+            break;
+        }
+    }
+    answer
+}
+
+/// Whether a script a node refused with [`NON_LOCAL_KEY`] may run again elsewhere. The node
+/// stops a script at its first key when that key is not local, and every later key of a
+/// script must share the first one's slot, so it wrote nothing, unless it may touch keys of
+/// several slots (the `allow-cross-slot-keys` flag: an earlier key may have been written).
+/// A `PUBLISH` before the first key would be repeated, so a script that may publish does not
+/// run again either. `code` is the script's body or its function library's code; when it is
+/// unknown, only a read-only form (`_RO`: no writes, no PUBLISH) runs again.
+pub fn may_rerun_elsewhere(code: Option<&[u8]>, read_only: bool) -> bool {
+    let Some(code) = code else {
+        return read_only;
+    };
+    let mentions = |word: &[u8]| {
+        code.windows(word.len())
+            .any(|window| window.eq_ignore_ascii_case(word))
+    };
+    !mentions(b"allow-cross-slot-keys") && !mentions(b"publish")
+}
+
+/// The code of the function library that holds function `name` (FUNCTION LIST WITHCODE on
+/// any primary: every primary holds the same libraries); `None` if not found.
+async fn function_code(worker: &Rc<Worker>, name: &[u8]) -> Option<Bytes> {
+    let list = Command::from_args(&[b"FUNCTION".as_slice(), b"LIST", b"WITHCODE"]).into_raw();
+    let reply = execute(worker.clone(), list, Target::Any, Resend::Safe).await;
+    let (libraries, _) = Value::parse(&reply).ok().flatten()?;
+    libraries.as_array()?.iter().find_map(|library| {
+        let functions = library.field("functions")?.as_array()?;
+        let holds = functions.iter().any(|function| {
+            function
+                .field("name")
+                .and_then(Value::as_bytes)
+                .is_some_and(|n| n == name)
+        });
+        holds
+            .then(|| {
+                library
+                    .field("library_code")?
+                    .as_bytes()
+                    .map(Bytes::copy_from_slice)
+            })
+            .flatten()
+    })
 }
 
 /// Kills a script whose client went away before its reply (the client's session dropped the
@@ -177,4 +285,51 @@ pub async fn ping(worker: Rc<Worker>, pong: Bytes) -> Bytes {
         .into_iter()
         .find(|answer| answer.starts_with(b"-BUSY"))
         .unwrap_or(pong)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_rerun_elsewhere;
+
+    #[test]
+    fn only_scripts_that_wrote_and_published_nothing_run_again() {
+        let cases: &[(Option<&str>, bool, bool)] = &[
+            (Some("return redis.call('GET', ARGV[1])"), false, true),
+            (Some("return redis.call('INCR', ARGV[1])"), false, true),
+            (
+                Some("#!lua flags=no-writes\nreturn redis.call('GET', ARGV[1])"),
+                true,
+                true,
+            ),
+            (
+                Some("#!lua flags=allow-cross-slot-keys\nreturn 1"),
+                false,
+                false,
+            ),
+            (
+                Some("#!lua flags=allow-cross-slot-keys\nreturn 1"),
+                true,
+                false,
+            ),
+            (
+                Some("redis.call('Publish', 'c', 'm') return 1"),
+                false,
+                false,
+            ),
+            (
+                Some("redis.call('SPUBLISH', 'c', 'm') return 1"),
+                false,
+                false,
+            ),
+            (None, true, true),
+            (None, false, false),
+        ];
+        for &(code, read_only, expected) in cases {
+            assert_eq!(
+                may_rerun_elsewhere(code.map(str::as_bytes), read_only),
+                expected,
+                "{code:?} read_only={read_only}"
+            );
+        }
+    }
 }
