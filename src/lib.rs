@@ -22,6 +22,7 @@ pub mod resp;
 pub mod server;
 pub mod shared;
 pub mod tls;
+pub mod tracking;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -20,6 +20,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::backend::NodeAddr;
+use crate::tracking::Invalidation;
 
 /// The proxy's clients, by id (so `CLIENT LIST` is in connection order, as in Redis).
 pub struct Registry {
@@ -68,6 +69,8 @@ impl Registry {
             resp: AtomicU8::new(2),
             killed: AtomicBool::new(false),
             kill_waker: AtomicWaker::new(),
+            inbox: Mutex::new(Vec::new()),
+            inbox_full: AtomicBool::new(false),
             details: Mutex::new(Details::default()),
         });
         lock(&self.clients).insert(id, entry.clone());
@@ -205,8 +208,12 @@ pub struct ClientEntry {
     resp: AtomicU8,
     /// Set by `CLIENT KILL`: the session closes at once.
     killed: AtomicBool,
-    /// The session waiting for a kill (lock-free: polled on every wake-up of the session).
+    /// The session waiting for a kill or an invalidation (lock-free: polled on every wake-up
+    /// of the session).
     kill_waker: AtomicWaker,
+    /// Invalidations for this client (`CLIENT TRACKING`) its session has not taken yet.
+    inbox: Mutex<Vec<Invalidation>>,
+    inbox_full: AtomicBool,
     details: Mutex<Details>,
 }
 
@@ -271,24 +278,44 @@ impl ClientEntry {
         self.killed.load(Ordering::Acquire)
     }
 
-    /// Completes once the client is killed. Lock-free to poll, so the session can keep it
-    /// among the things it waits for on every turn.
+    /// Completes once the client is killed or has invalidations to take. Lock-free to poll,
+    /// so the session can keep it among the things it waits for on every turn.
     ///
     /// # Cancel safety
-    /// Safe: it only looks at a flag.
-    pub async fn killed(&self) {
+    /// Safe: it only looks at flags.
+    pub async fn attention(&self) {
+        let wanted = || self.is_killed() || self.inbox_full.load(Ordering::Acquire);
         std::future::poll_fn(|cx| {
-            if self.is_killed() {
+            if wanted() {
                 return std::task::Poll::Ready(());
             }
             self.kill_waker.register(cx.waker());
-            if self.is_killed() {
+            if wanted() {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
             }
         })
         .await
+    }
+
+    /// Hands the client an invalidation (`CLIENT TRACKING`), from any thread; its session
+    /// writes it between replies.
+    pub fn push_invalidation(&self, what: Invalidation) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(what);
+        self.inbox_full.store(true, Ordering::Release);
+        self.kill_waker.wake();
+    }
+
+    /// The invalidations handed to the client so far (its session's part).
+    pub fn take_invalidations(&self) -> Vec<Invalidation> {
+        if !self.inbox_full.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The client sent something (`idle=`). `now_ms`: [`Registry::now_ms`].

@@ -16,6 +16,7 @@ use crate::command::CommandTable;
 use crate::config::Config;
 use crate::latency::LatencyTotals;
 use crate::registry::Registry;
+use crate::tracking::Tracking;
 use running::RunningScripts;
 
 pub mod glob;
@@ -62,6 +63,8 @@ pub struct Shared {
     /// receive a message published before it was made; on one node the order is one
     /// server's. Chosen at random per process, so that many sidecars spread over the nodes.
     pub pubsub_slot: Slot,
+    /// `CLIENT TRACKING`: who read which key, and the invalidation feed's state.
+    pub tracking: Tracking,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -133,6 +136,7 @@ impl Shared {
             clients: Arc::new(Registry::default()),
             subscribers: Arc::default(),
             pubsub_slot: Slot::random(),
+            tracking: Tracking::new(config.limits.max_tracked_keys),
             config,
         }
     }

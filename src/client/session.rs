@@ -19,6 +19,7 @@ use super::io::ClientStream;
 use super::replies::ReplyQueue;
 use crate::dispatch::clients;
 use crate::dispatch::pubsub::Subscriptions;
+use crate::dispatch::tracking;
 use crate::dispatch::Worker;
 use crate::dispatch::{dispatch, flag, ClientState, Dispatched, ProxyError};
 use crate::resp::{Command, RequestDecoder};
@@ -76,6 +77,7 @@ pub async fn serve<S: ClientStream>(
     if let Err(error) = run(&worker, stream, &mut client, shutdown).await {
         tracing::debug!(client = id, %error, "client connection error");
     }
+    tracking::stop(&shared, &mut client);
     tracing::debug!(client = id, "client disconnected");
     shared.client_disconnected();
 }
@@ -102,10 +104,10 @@ async fn run<S: ClientStream>(
     let mut idle = Idle::default();
     let idle_timer = tokio::time::sleep(IDLE_TIMER_OFF);
     tokio::pin!(idle_timer);
-    // CLIENT KILL from any client: close at once.
+    // CLIENT KILL from any client: close at once. Invalidations (CLIENT TRACKING) come the
+    // same way and wait here until they can go out between replies.
     let entry = client.entry().clone();
-    let killed = entry.killed();
-    tokio::pin!(killed);
+    let mut invalidations = Vec::new();
     // A command CLIENT PAUSE holds, and whether a WRITE pause holds it (else only ALL):
     // nothing after it is dispatched until the pause is over, as Redis blocks the client.
     let mut held: Option<(Command, bool)> = None;
@@ -167,6 +169,9 @@ async fn run<S: ClientStream>(
             if let Some(subs) = client.subs.as_mut() {
                 subs.flush(&mut output);
             }
+            if !invalidations.is_empty() {
+                tracking::write_invalidations(client, invalidations.drain(..), &mut output);
+            }
         }
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
@@ -188,9 +193,12 @@ async fn run<S: ClientStream>(
         let held_write = held.as_ref().map(|(_, write)| *write);
         tokio::select! {
             _ = pending.progress(), if !pending.is_empty() => {}
-            () = &mut killed => {
-                tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
-                return Ok(());
+            () = entry.attention() => {
+                if entry.is_killed() {
+                    tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
+                    return Ok(());
+                }
+                invalidations.extend(entry.take_invalidations());
             }
             () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
                 if let Some((command, _)) = held.take() {

@@ -31,6 +31,7 @@ pub struct Layer {
     pub max_query_buffer: Option<usize>,
     pub max_inline_len: Option<usize>,
     pub max_pipeline_depth: Option<usize>,
+    pub max_tracked_keys: Option<usize>,
     #[serde(deserialize_with = "duration::millis")]
     pub connect_timeout_ms: Option<Duration>,
     /// 0 = never.
@@ -146,6 +147,7 @@ impl Layer {
             max_query_buffer,
             max_inline_len,
             max_pipeline_depth,
+            max_tracked_keys,
             connect_timeout_ms,
             command_timeout_ms,
             retry_deadline_ms,
@@ -201,6 +203,7 @@ impl Layer {
         set(&mut c.limits.max_query_buffer, max_query_buffer);
         set(&mut c.limits.max_inline_len, max_inline_len);
         set(&mut c.limits.max_pipeline_depth, max_pipeline_depth);
+        set(&mut c.limits.max_tracked_keys, max_tracked_keys);
         set(&mut c.logging.format, log_format);
         set(&mut c.log_level.filter, log_level.map(Some));
         set(&mut c.clients.max_clients, max_clients);
@@ -393,6 +396,7 @@ mod tests {
             max_query_buffer = 6
             max_inline_len = 7
             max_pipeline_depth = 8
+            max_tracked_keys = 21
             connect_timeout_ms = 9
             command_timeout_ms = 0
             retry_deadline_ms = "2s"
@@ -461,6 +465,7 @@ mod tests {
                 max_query_buffer: 6,
                 max_inline_len: 7,
                 max_pipeline_depth: 8,
+                max_tracked_keys: 21,
             },
             logging: super::super::Logging {
                 format: LogFormat::Json,

@@ -170,6 +170,9 @@ pub struct Limits {
     /// Commands of one client waiting for a backend before the proxy stops reading its socket;
     /// TCP then pushes back on the client, so a fast writer can't grow the proxy's memory.
     pub max_pipeline_depth: usize,
+    /// Keys remembered for `CLIENT TRACKING` clients (which client read which key); past it
+    /// a remembered key is invalidated at once to make room (Redis: tracking-table-max-keys).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for Limits {
@@ -181,6 +184,7 @@ impl Default for Limits {
             max_query_buffer: request.max_query_buffer,
             max_inline_len: request.max_inline_len,
             max_pipeline_depth: 4096,
+            max_tracked_keys: 1_000_000,
         }
     }
 }
@@ -509,6 +513,7 @@ impl Config {
             ("max_query_buffer", limits.max_query_buffer == 0),
             ("max_inline_len", limits.max_inline_len == 0),
             ("max_pipeline_depth", limits.max_pipeline_depth == 0),
+            ("max_tracked_keys", limits.max_tracked_keys == 0),
             ("connect_timeout_ms", self.backend.connect_timeout.is_zero()),
             (
                 "refresh_interval_ms",

@@ -1,10 +1,7 @@
 //! The `CLIENT` command family, answered from the proxy's own clients (the registry every
 //! worker shares) in Redis 7's words and formats: LIST, INFO, ID, KILL, SETNAME, GETNAME,
-//! SETINFO, NO-EVICT, NO-TOUCH, REPLY, PAUSE, UNPAUSE, UNBLOCK, and the tracking queries of a
-//! client that never tracks. Also what `CLIENT PAUSE` holds ([`pause_hold`]).
-//!
-//! Tracking itself (`CLIENT TRACKING ON`) is refused: invalidations come from the node that
-//! holds each key, on the connection that read it, which a multiplexed proxy does not keep.
+//! SETINFO, NO-EVICT, NO-TOUCH, REPLY, PAUSE, UNPAUSE, UNBLOCK; TRACKING and its queries are
+//! [`tracking`]'s. Also what `CLIENT PAUSE` holds ([`pause_hold`]).
 
 use std::rc::Rc;
 
@@ -15,10 +12,11 @@ use super::error::ProxyError;
 use super::local::{bad_client_name, valid_client_name};
 use super::reply::{self, Reply};
 use super::session::ClientState;
+use super::tracking;
 use super::worker::Worker;
 use crate::command::CommandTable;
 use crate::registry::{flag, ClientEntry, ClientType, PauseMode, Registry};
-use crate::resp::{encode, Command, Protocol};
+use crate::resp::{Command, Protocol};
 
 /// The reply to `CLIENT <sub> ...`.
 pub fn client(worker: &Rc<Worker>, client: &mut ClientState, cmd: &Command) -> Reply {
@@ -28,6 +26,7 @@ pub fn client(worker: &Rc<Worker>, client: &mut ClientState, cmd: &Command) -> R
             client.hold_until_replied = true;
             return unblock(worker, cmd);
         }
+        "tracking" if cmd.argc() >= 3 => return tracking::tracking(worker, client, cmd),
         "help" => {
             // Redis's own help text, from any node.
             return Reply::later(driver::execute(
@@ -88,15 +87,11 @@ fn answer(
         "list" => list(worker, client, cmd)?,
         "kill" => kill(worker, client, cmd)?,
         "no-evict" => {
-            client
-                .entry()
-                .set_flag(flag::NO_EVICT, on_off(cmd.arg(2))?);
+            client.entry().set_flag(flag::NO_EVICT, on_off(cmd.arg(2))?);
             reply::ok()
         }
         "no-touch" => {
-            client
-                .entry()
-                .set_flag(flag::NO_TOUCH, on_off(cmd.arg(2))?);
+            client.entry().set_flag(flag::NO_TOUCH, on_off(cmd.arg(2))?);
             reply::ok()
         }
         "reply" => reply_mode(client, cmd.arg(2).unwrap_or_default())?,
@@ -105,18 +100,9 @@ fn answer(
             registry.pause.stop();
             reply::ok()
         }
-        // Tracking is never on for a proxy client.
-        "getredir" => reply::integer(-1),
-        "trackinginfo" => tracking_info(client.protocol),
-        "caching" => return Err(ProxyError::bad_request(
-            "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
-        )),
-        "tracking" => {
-            return Err(ProxyError::unsupported(
-                "client|tracking",
-                "invalidation messages come from the node that holds each key, on the connection that read it, which the proxy shares between clients",
-            ))
-        }
+        "getredir" => tracking::getredir(worker, client),
+        "trackinginfo" => tracking::trackinginfo(worker, client),
+        "caching" => tracking::caching(client, cmd)?,
         _ => {
             return Err(ProxyError::bad_request(format!(
                 "ERR unknown subcommand '{}'. Try CLIENT HELP.",
@@ -396,26 +382,6 @@ fn pause(registry: &Registry, cmd: &Command) -> Result<Bytes, ProxyError> {
         .pause
         .start(now, mode, now.saturating_add(timeout as u64));
     Ok(reply::ok())
-}
-
-/// `CLIENT TRACKINGINFO` of a client that does not track.
-fn tracking_info(protocol: Protocol) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
-    match protocol {
-        Protocol::Resp2 => encode::array_header(&mut out, 6),
-        Protocol::Resp3 => encode::map_header(&mut out, 3),
-    }
-    encode::bulk(&mut out, b"flags");
-    match protocol {
-        Protocol::Resp2 => encode::array_header(&mut out, 1),
-        Protocol::Resp3 => out.extend_from_slice(b"~1\r\n"),
-    }
-    encode::bulk(&mut out, b"off");
-    encode::bulk(&mut out, b"redirect");
-    encode::integer(&mut out, -1);
-    encode::bulk(&mut out, b"prefixes");
-    encode::array_header(&mut out, 0);
-    out.freeze()
 }
 
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: the client's blocking command waits on a node

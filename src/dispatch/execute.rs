@@ -182,6 +182,7 @@ fn local(worker: &Rc<Worker>, client: &mut ClientState, command: Local, cmd: &Co
             client.user = None;
             client.name = None;
             client.subs = None;
+            super::tracking::stop(&worker.shared, client);
             client.protocol = Protocol::Resp2;
             transaction::reset(&mut client.tx);
             // As Redis 7.2's RESET: reply mode, NO-EVICT and NO-TOUCH back to their defaults

@@ -12,6 +12,7 @@ pub mod error;
 pub mod execute;
 pub mod guard;
 pub mod info;
+pub mod invalidation_feed;
 pub mod local;
 pub mod merge;
 pub mod pinned;
@@ -22,6 +23,7 @@ pub mod scripts;
 pub mod server_config;
 pub mod session;
 pub mod split;
+pub mod tracking;
 pub mod transaction;
 pub mod wait;
 pub mod worker;
@@ -105,7 +107,10 @@ fn dispatch_command(
         admin_commands: worker.shared.config.admin.commands,
         cross_slot: worker.shared.config.admin.cross_slot,
     };
-    let planned = plan(spec, &cmd, allowed, &map);
+    let mut planned = plan(spec, &cmd, allowed, &map);
+    if client.tracking.is_some() {
+        tracking::note_command(worker, client, spec, &cmd, &mut planned);
+    }
     if !worker.shared.config.admin.metrics {
         return Dispatched {
             reply: execute::execute(worker, client, &map, spec, cmd, planned),

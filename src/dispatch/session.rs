@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::pubsub::Subscriptions;
+use super::tracking::ClientTracking;
 use super::transaction::TxState;
 use super::wait::Writes;
 use crate::registry::{ClientEntry, Registration};
@@ -44,6 +45,8 @@ pub struct ClientState {
     pub subs: Option<Box<Subscriptions>>,
     /// `CLIENT REPLY`.
     pub reply: ReplyMode,
+    /// `CLIENT TRACKING`, while on.
+    pub tracking: Option<ClientTracking>,
     /// The MULTI queue length last shown in the registry.
     shown_multi: Option<usize>,
     /// Its place in the proxy's client list (`CLIENT LIST`); leaves it when dropped.
@@ -73,6 +76,7 @@ impl ClientState {
             writes: Writes::default(),
             subs: None,
             reply: ReplyMode::default(),
+            tracking: None,
             shown_multi: None,
             registration,
         }
