@@ -11,6 +11,14 @@ use std::time::Duration;
 use common::raw::{RawClient, Reply};
 use common::{local_keyslot, query, shared, start_proxy, unique_prefix, Cluster};
 
+/// The tests take turns: one of them cuts the proxies' invalidation feeds, which every
+/// tracking client of the moment hears about.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ok() -> Reply {
     Reply::Simple("OK".into())
 }
@@ -70,6 +78,7 @@ fn spread_keys(cluster: &Cluster, prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_reader_hears_of_each_change_once_whoever_makes_it() {
+    let _serial = serial();
     let cluster = shared();
     let proxy = start_proxy(cluster);
     let mut reader = tracking_client(&proxy, &[]);
@@ -98,6 +107,12 @@ fn a_reader_hears_of_each_change_once_whoever_makes_it() {
     );
     assert_eq!(writer.call(&["SET", &b, "x"]), ok());
     assert_eq!(invalidation(&mut reader), Some(vec![b.clone()]));
+    // A read inside a transaction too.
+    assert_eq!(reader.call(&["MULTI"]), ok());
+    assert_eq!(reader.call(&["GET", &b]), Reply::Simple("QUEUED".into()));
+    assert_eq!(reader.call(&["EXEC"]), Reply::Array(Some(vec![bulk("x")])));
+    assert_eq!(writer.call(&["SET", &b, "y"]), ok());
+    assert_eq!(invalidation(&mut reader), Some(vec![b.clone()]));
     // Off: nothing more.
     assert_eq!(reader.call(&["GET", &a]), Reply::Null);
     assert_eq!(reader.call(&["CLIENT", "TRACKING", "OFF"]), ok());
@@ -107,6 +122,7 @@ fn a_reader_hears_of_each_change_once_whoever_makes_it() {
 
 #[test]
 fn a_resp2_client_redirects_to_a_subscriber_of_the_invalidate_channel() {
+    let _serial = serial();
     let cluster = shared();
     let proxy = start_proxy(cluster);
     let mut listener = RawClient::connect(proxy.local_addr());
@@ -176,6 +192,7 @@ fn a_resp2_client_redirects_to_a_subscriber_of_the_invalidate_channel() {
 
 #[test]
 fn broadcast_prefixes_and_optin_caching() {
+    let _serial = serial();
     let cluster = shared();
     let proxy = start_proxy(cluster);
     let p = unique_prefix("bcast");
@@ -209,6 +226,7 @@ fn broadcast_prefixes_and_optin_caching() {
 
 #[test]
 fn options_and_errors_as_redis_words_them() {
+    let _serial = serial();
     let proxy = start_proxy(shared());
     let mut c = RawClient::connect(proxy.local_addr());
     assert_eq!(c.call(&["CLIENT", "GETREDIR"]), Reply::Int(-1));
@@ -265,4 +283,34 @@ fn options_and_errors_as_redis_words_them() {
     // RESET turns tracking off.
     assert_eq!(c.call(&["RESET"]), Reply::Simple("RESET".into()));
     assert_eq!(c.call(&["CLIENT", "GETREDIR"]), Reply::Int(-1));
+}
+
+/// The proxy can't report changes it did not hear: when its feed connection to a node breaks,
+/// every tracking client is told that everything is invalid, at once and again once the node
+/// is heard again (what was read in between may be stale); then changes are reported as before.
+#[test]
+fn a_lost_feed_invalidates_everything_until_heard_again() {
+    let _serial = serial();
+    let cluster = shared();
+    let proxy = start_proxy(cluster);
+    let mut reader = tracking_client(&proxy, &[]);
+    let mut writer = RawClient::connect(proxy.local_addr());
+    let key = format!("{}:k", unique_prefix("feed"));
+    assert_eq!(reader.call(&["GET", &key]), Reply::Null);
+    let owner = cluster.primary_for_slot(local_keyslot(key.as_bytes()));
+    let list: String = query(owner, &["CLIENT", "LIST"]);
+    let feeds: Vec<&str> = list
+        .lines()
+        .filter(|line| line.contains("name=slotproxy-invalidations "))
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert!(!feeds.is_empty(), "no feed connection on {owner}: {list}");
+    for id in feeds {
+        let _: i64 = query(owner, &["CLIENT", "KILL", "ID", id]);
+    }
+    assert_eq!(invalidation(&mut reader), None);
+    assert_eq!(invalidation(&mut reader), None);
+    assert_eq!(reader.call(&["GET", &key]), Reply::Null);
+    assert_eq!(writer.call(&["SET", &key, "v"]), ok());
+    assert_eq!(invalidation(&mut reader), Some(vec![key.clone()]));
 }

@@ -28,6 +28,8 @@ use crate::resp::{Command, Protocol, Value};
 const LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// The pause before a lost primary's connection is opened again.
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+/// The feed connections' name on the nodes (`CLIENT LIST`).
+pub const FEED_NAME: &[u8] = b"slotproxy-invalidations";
 /// A report larger than this is not a key list any node sends: the connection is dropped
 /// (and everything invalidated) rather than buffered without end.
 const MAX_REPORT: usize = 64 * 1024 * 1024;
@@ -158,25 +160,34 @@ async fn listen_until_lost(
     let mut stream = connect(addr, credentials, timeout, false, Protocol::Resp3)
         .await
         .map_err(|e| e.to_string())?;
+    // Named, so operators (and `CLIENT LIST`) can tell it from the data connections.
+    let name = Command::from_args(&[b"CLIENT".as_slice(), b"SETNAME", FEED_NAME]);
     let on = Command::from_args(&[b"CLIENT".as_slice(), b"TRACKING", b"ON", b"BCAST"]);
+    let mut request = name.raw().to_vec();
+    request.extend_from_slice(on.raw());
     stream
-        .write_all(on.raw())
+        .write_all(&request)
         .await
         .map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(4096);
-    let mut confirmed = false;
+    // Replies still owed: SETNAME's (whatever it says), then TRACKING's.
+    let mut owed = 2;
     loop {
         while let Some((value, len)) = Value::parse(&buf).map_err(|e| e.to_string())? {
             let _ = buf.split_to(len);
-            let event = if !confirmed {
+            if owed == 2 && !matches!(value, Value::Array(_)) {
+                owed = 1;
+                continue;
+            }
+            let event = if owed > 0 {
                 if let Value::Error(e) = &value {
                     return Err(format!(
                         "the node refused CLIENT TRACKING ON BCAST: {}",
                         String::from_utf8_lossy(e)
                     ));
                 }
-                confirmed = true;
+                owed = 0;
                 Event::Heard(addr.clone())
             } else {
                 match report(value) {

@@ -82,7 +82,12 @@ fn dispatch_command(
         let refusal = match spec {
             None => Some(unknown_command(&cmd)),
             Some(spec) if !spec.check_arity(cmd.argc()) => Some(wrong_arity(spec)),
-            Some(_) => None,
+            Some(spec) => {
+                if client.tracking.is_some() {
+                    tracking::note_queued(worker, client, spec, &cmd);
+                }
+                None
+            }
         };
         return Dispatched {
             reply: transaction::queue(worker, &map, &mut client.tx, spec, cmd, refusal),

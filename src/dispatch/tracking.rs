@@ -291,6 +291,34 @@ pub fn note_command(
             _ => {}
         }
     }
+    remember_read(worker, client.id, options, caching, spec, cmd);
+}
+
+/// A command queued in MULTI: its read is remembered now, before EXEC runs it (an invalidation
+/// in between is delivered after EXEC's reply, as it must). Inside a transaction Redis keeps
+/// `CLIENT CACHING` for every command up to EXEC.
+pub fn note_queued(worker: &Worker, client: &ClientState, spec: &CommandSpec, cmd: &Command) {
+    if let Some(tracking) = client.tracking.as_ref() {
+        remember_read(
+            worker,
+            client.id,
+            &tracking.options,
+            tracking.caching,
+            spec,
+            cmd,
+        );
+    }
+}
+
+/// Remembers the keys of a read by client `id`, as its mode and `caching` say.
+fn remember_read(
+    worker: &Worker,
+    id: u64,
+    options: &Options,
+    caching: bool,
+    spec: &CommandSpec,
+    cmd: &Command,
+) {
     let wanted = if options.optin {
         caching
     } else if options.optout {
@@ -307,7 +335,7 @@ pub fn note_command(
         return;
     }
     let keys = indices.iter().filter_map(|&i| cmd.arg(i));
-    let made_room = worker.shared.tracking.table().remember(client.id, keys);
+    let made_room = worker.shared.tracking.table().remember(id, keys);
     deliver(&worker.shared, made_room);
 }
 
