@@ -125,7 +125,7 @@ impl Registry {
         let _ = writeln!(
             line,
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} \
-qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={} lib-name={} lib-ver={}",
             entry.id,
             entry.addr,
             laddr,
@@ -140,6 +140,10 @@ qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem
             entry.multi.load(Ordering::Relaxed),
             cmd,
             details.user.as_deref().unwrap_or("default"),
+            match entry.flags.load(Ordering::Relaxed) & flag::TRACKING {
+                0 => -1,
+                _ => details.tracking_redirect.map_or(0, |id| id as i64),
+            },
             entry.resp.load(Ordering::Relaxed),
             shown(&details.lib_name),
             shown(&details.lib_ver),
@@ -187,6 +191,12 @@ pub mod flag {
     pub const NO_TOUCH: u32 = 1 << 4;
     /// Closes once its replies are written (`c`).
     pub const CLOSE_AFTER_REPLY: u32 = 1 << 5;
+    /// `CLIENT TRACKING ON` (`t`).
+    pub const TRACKING: u32 = 1 << 6;
+    /// Its tracking redirect client went away (`R`).
+    pub const TRACKING_BROKEN_REDIR: u32 = 1 << 7;
+    /// Tracking in BCAST mode (`B`).
+    pub const TRACKING_BCAST: u32 = 1 << 8;
 }
 
 /// What others may read about one client, and how they reach it.
@@ -228,6 +238,8 @@ pub struct Details {
     /// The node connection its blocking command waits on, and that connection's id on the
     /// node, for `CLIENT UNBLOCK`.
     pub blocked_on: Option<(NodeAddr, u64)>,
+    /// The client its tracking invalidations go to (`redir=`), while it tracks.
+    pub tracking_redirect: Option<u64>,
 }
 
 /// `CLIENT LIST TYPE` / `CLIENT KILL TYPE`.
@@ -397,6 +409,9 @@ impl ClientEntry {
             (flag::PUBSUB, 'P'),
             (flag::MULTI, 'x'),
             (flag::BLOCKED, 'b'),
+            (flag::TRACKING, 't'),
+            (flag::TRACKING_BROKEN_REDIR, 'R'),
+            (flag::TRACKING_BCAST, 'B'),
             (flag::CLOSE_AFTER_REPLY, 'c'),
             (flag::NO_EVICT, 'e'),
             (flag::NO_TOUCH, 'T'),

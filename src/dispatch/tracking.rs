@@ -16,6 +16,7 @@ use super::session::ClientState;
 use super::worker::Worker;
 use crate::command::CommandSpec;
 use crate::config::ReadFrom;
+use crate::registry::{flag, ClientEntry};
 use crate::resp::{encode, Command, Protocol};
 use crate::shared::Shared;
 use crate::tracking::{prefix_collision, Delivery, Invalidation, Options};
@@ -134,6 +135,11 @@ fn turn(worker: &Rc<Worker>, client: &mut ClientState, cmd: &Command) -> Result<
         options: new.clone(),
         caching: false,
     });
+    let entry = client.entry();
+    entry.set_flag(flag::TRACKING, true);
+    entry.set_flag(flag::TRACKING_BCAST, new.bcast);
+    entry.set_flag(flag::TRACKING_BROKEN_REDIR, false);
+    entry.update(|d| d.tracking_redirect = new.redirect);
     worker.shared.tracking.table().start(client.id, new);
     metrics::gauge!("slotproxy_tracking_clients")
         .set(worker.shared.tracking.table().tracking_clients() as f64);
@@ -158,6 +164,9 @@ async fn covered(worker: Rc<Worker>, id: u64) -> Bytes {
         return reply::ok();
     }
     worker.shared.tracking.table().stop(id);
+    if let Some(entry) = worker.shared.clients.get(id) {
+        show_off(&entry);
+    }
     ProxyError::proxy_policy(
         "ERR slotproxy: tracking needs a connection to every primary to hear their key changes, and some primary did not accept one in time",
     )
@@ -167,10 +176,23 @@ async fn covered(worker: Rc<Worker>, id: u64) -> Bytes {
 /// Tracking off (CLIENT TRACKING OFF, RESET, disconnect).
 pub fn stop(shared: &Shared, client: &mut ClientState) {
     if client.tracking.take().is_some() {
+        show_off(client.entry());
         let mut table = shared.tracking.table();
         table.stop(client.id);
         metrics::gauge!("slotproxy_tracking_clients").set(table.tracking_clients() as f64);
     }
+}
+
+/// `CLIENT LIST` shows the client not tracking.
+fn show_off(entry: &ClientEntry) {
+    for bit in [
+        flag::TRACKING,
+        flag::TRACKING_BCAST,
+        flag::TRACKING_BROKEN_REDIR,
+    ] {
+        entry.set_flag(bit, false);
+    }
+    entry.update(|d| d.tracking_redirect = None);
 }
 
 /// `CLIENT CACHING yes|no`.
@@ -349,6 +371,7 @@ pub fn deliver(shared: &Shared, deliveries: Vec<Delivery>) {
         } else if delivery.to != delivery.from && shared.tracking.table().mark_broken(delivery.from)
         {
             if let Some(entry) = shared.clients.get(delivery.from) {
+                entry.set_flag(flag::TRACKING_BROKEN_REDIR, true);
                 entry.push_invalidation(Invalidation::RedirectBroken(delivery.to));
             }
         }
