@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::raw::{RawClient, Reply};
 use common::{
     pick_node_port, proxy_client, query, shared, spawn, start_proxy, start_proxy_configured,
     try_query, unique_prefix, wait_until, Cluster,
@@ -381,6 +382,76 @@ fn missing_credentials_are_reported_and_the_right_ones_make_it_ready() {
         .filter_map(|n| json_str(&n["address"]))
         .collect();
     assert_eq!(addresses, BTreeSet::from([addr]), "{nodes}");
+}
+
+/// Credentials that stop working while the proxy runs (the node's password changed under
+/// it): `/readyz` says so with the node's error, and a client whose command needs a new
+/// connection gets an error naming the node and the refusal, never the password. Once the
+/// password is back, the proxy is ready again and serves.
+#[test]
+fn credentials_that_stop_working_are_reported_until_they_work_again() {
+    let redis = PasswordRedis::start("first-password");
+    let addr = format!("127.0.0.1:{}", redis.port);
+    let proxy = start_proxy_configured(vec![format!("redis://:first-password@{addr}")], |c| {
+        c.cluster.refresh_interval = Duration::from_millis(300);
+    });
+    let ok = Reply::Simple("OK".into());
+    let mut client = RawClient::connect(proxy.local_addr());
+    assert_eq!(client.call(&["SET", "creds:k", "v"]), ok);
+    let mut direct = RawClient::connect(addr.parse().expect("address"));
+    assert_eq!(direct.call(&["AUTH", "first-password"]), ok);
+    assert_eq!(
+        direct.call(&["CONFIG", "SET", "requirepass", "second-password"]),
+        ok
+    );
+    // Cut the proxy's authenticated connections: it has to log in again.
+    let killed = direct.call(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert!(matches!(killed, Reply::Int(n) if n > 0), "{killed:?}");
+    let ready = wait_not_ready(&proxy, "backend authentication failed");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("WRONGPASS"),
+        "{ready}"
+    );
+    assert_eq!(ready["node"], addr.as_str(), "{ready}");
+    wait_until(
+        "a client error naming the refusal",
+        common::CLUSTER_DEADLINE,
+        || match client.call(&["GET", "creds:k"]) {
+            Reply::Error(e) if e.contains(&addr) && e.contains("WRONGPASS") => {
+                assert!(e.starts_with("ERR authentication to node"), "{e}");
+                assert!(
+                    !e.contains("first-password") && !e.contains("second-password"),
+                    "{e}"
+                );
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // Back to the configured password: ready again, and serving.
+    assert_eq!(
+        direct.call(&["CONFIG", "SET", "requirepass", "first-password"]),
+        ok
+    );
+    wait_until(
+        "/readyz 200 again",
+        common::CLUSTER_DEADLINE,
+        || match admin_json(&proxy, "/readyz") {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    );
+    wait_until(
+        "GET to work again",
+        common::CLUSTER_DEADLINE,
+        || match client.call(&["GET", "creds:k"]) {
+            Reply::Bulk(Some(v)) if v == b"v" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 }
 
 #[test]

@@ -84,9 +84,12 @@ impl<C: Connector + Clone> Pool<C> {
             }
             if let Some((at, reason)) = pipe.state().connect_error() {
                 if at.elapsed() < self.backoff {
-                    return Err(BackendError::Unreachable {
-                        addr: addr.to_string(),
-                        reason,
+                    let addr = addr.to_string();
+                    // A refused login says why in its own words, not as "unreachable".
+                    return Err(if is_auth_refusal(&reason) {
+                        BackendError::Auth { addr, reason }
+                    } else {
+                        BackendError::Unreachable { addr, reason }
                     });
                 }
                 retrying = true;
@@ -168,6 +171,13 @@ impl<C: Connector + Clone> Pool<C> {
             .filter(|s| !s.pipe.state().is_closed())
             .count()
     }
+}
+
+/// A node's refusal of the proxy's credentials (its error code, as `connect` passes it on).
+fn is_auth_refusal(reason: &str) -> bool {
+    ["WRONGPASS", "NOAUTH", "NOPERM"]
+        .iter()
+        .any(|code| reason.starts_with(code))
 }
 
 #[cfg(test)]
