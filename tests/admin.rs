@@ -331,7 +331,7 @@ struct PasswordRedis {
 impl PasswordRedis {
     fn start(password: &str) -> PasswordRedis {
         let port = pick_node_port();
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(common::server_program());
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--logfile", ""])

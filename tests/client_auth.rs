@@ -66,7 +66,7 @@ fn requirepass_gates_every_command_until_auth() {
     let bad = format!("redis://:nope@127.0.0.1:{}/", proxy.local_addr().port());
     let refused = redis::Client::open(bad.as_str()).unwrap().get_connection();
     assert!(refused.is_err(), "a wrong password must be refused");
-    let mut cli = Command::new("redis-cli");
+    let mut cli = Command::new(common::cli_program());
     cli.args(["-p", &proxy.local_addr().port().to_string()])
         .args(["--no-auth-warning", "-a", "s3cret-pw", "GET", &key]);
     let out = run_with_timeout(cli, std::time::Duration::from_secs(10));

@@ -180,7 +180,7 @@ impl ExtraNode {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("node dir");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(common::server_program());
         command
             .args([
                 "--port",
@@ -245,7 +245,7 @@ fn settings_reach_nodes_that_are_promoted_or_join() {
     // A node added to the cluster (a replica) gets the settings once the proxy sees it.
     let node = ExtraNode::start();
     let primary = cluster.primaries()[0];
-    let mut command = Command::new("redis-cli");
+    let mut command = Command::new(common::cli_program());
     command.args([
         "--cluster",
         "add-node",

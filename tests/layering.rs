@@ -17,6 +17,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("config", 1),
     ("tls", 2),
     ("backend", 3),
+    // Who read which key for CLIENT TRACKING: plain data, handed to clients by the registry.
+    ("tracking", 3),
     ("cluster", 4),
     // Every connected client and CLIENT PAUSE, shared by the workers (held by `shared`).
     ("registry", 4),

@@ -20,7 +20,7 @@ struct PlainRedis {
 impl PlainRedis {
     fn start() -> PlainRedis {
         let port = pick_node_port();
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(common::server_program());
         command
             .args([
                 "--port",

@@ -41,6 +41,32 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const SETUP_HINT: &str =
     "run scripts/test.sh, which installs them (or scripts/install-deps.sh as root)";
 
+// --- backend -------------------------------------------------------------------------------
+
+/// The servers the tests run: Redis (`redis-server`, `redis-cli`) unless
+/// `SLOTPROXY_TEST_BACKEND=valkey` asks for Valkey (`valkey-server`, `valkey-cli`).
+pub fn backend_is_valkey() -> bool {
+    std::env::var("SLOTPROXY_TEST_BACKEND").is_ok_and(|b| b.eq_ignore_ascii_case("valkey"))
+}
+
+/// The server program of the backend under test.
+pub fn server_program() -> &'static str {
+    if backend_is_valkey() {
+        "valkey-server"
+    } else {
+        "redis-server"
+    }
+}
+
+/// The command-line client of the backend under test (`--cluster create`, `reshard`, ...).
+pub fn cli_program() -> &'static str {
+    if backend_is_valkey() {
+        "valkey-cli"
+    } else {
+        "redis-cli"
+    }
+}
+
 // --- waiting -------------------------------------------------------------------------------
 
 /// Polls `check` until it returns `Ok`, or panics after `timeout` with `what` and the last
@@ -606,7 +632,7 @@ fn start_node_with(
         std::fs::write(&conf, config(port, &dir)).expect("write redis.conf");
         let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
         let stderr = stdout.try_clone().expect("clone stdout.log handle");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(server_program());
         command
             .arg(&conf)
             .current_dir(&dir)
@@ -684,7 +710,7 @@ impl Cluster {
             cluster.lock_nodes().push(node);
         }
         let ports = cluster.ports();
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(cli_program());
         command.args(["--cluster", "create"]);
         command.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         command.args([
@@ -731,7 +757,7 @@ impl Cluster {
     /// `redis-cli --cluster check` against the first live node.
     fn check_with_redis_cli(&self) -> Result<(), String> {
         let port = self.any_live_port();
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(cli_program());
         command.args(["--cluster", "check", &format!("127.0.0.1:{port}")]);
         let out = run_with_timeout(command, Duration::from_secs(30));
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -1076,7 +1102,7 @@ impl Cluster {
         self.wait_stable();
         let from_id = self.node_id(from_primary);
         let to_id = self.node_id(to_primary);
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(cli_program());
         command.args([
             "--cluster",
             "reshard",
@@ -1271,7 +1297,7 @@ fn as_pairs(value: &Value) -> HashMap<String, &Value> {
 /// Runs `redis-cli -h 127.0.0.1 -p <port> <args>` (raw output) and returns its stdout; panics if
 /// it exits non-zero or takes longer than 30 s.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let mut command = Command::new("redis-cli");
+    let mut command = Command::new(cli_program());
     command
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args);

@@ -165,7 +165,7 @@ impl TlsFiles {
 
 /// Runs `redis-cli <tls args> -h 127.0.0.1 -p <port> <args>`; stdout, or why it failed.
 pub fn try_tls_cli(tls_args: &[String], port: u16, args: &[&str]) -> Result<String, String> {
-    let mut command = Command::new("redis-cli");
+    let mut command = Command::new(super::cli_program());
     command
         .args(tls_args)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -288,7 +288,7 @@ impl TlsCluster {
             let node = cluster.start_node(i, options);
             cluster.nodes.lock().push(node);
         }
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(super::cli_program());
         command.args(cluster.files.cli_args());
         command.args(["--cluster", "create"]);
         command.args(cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")));
@@ -361,7 +361,7 @@ impl TlsCluster {
                 return Err(format!("replica {port}: link to its primary is not up"));
             }
         }
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(super::cli_program());
         command.args(&args).args([
             "--cluster",
             "check",
