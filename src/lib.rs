@@ -332,6 +332,14 @@ fn control(
                 Err(error) => tracing::error!(%error, "admin listener failed"),
             }
         }
+        let watch_interval = shared.config.cluster.watch_interval;
+        if !watch_interval.is_zero() {
+            tokio::spawn(cluster::watch::run(
+                topology.clone(),
+                watch_interval,
+                shutdown.clone(),
+            ));
+        }
         topology
             .run(refresh_interval, refresh_min_interval, shutdown)
             .await;

@@ -454,6 +454,46 @@ fn credentials_that_stop_working_are_reported_until_they_work_again() {
     );
 }
 
+/// A failover that no traffic notices (no client touches the shard, and the periodic refresh
+/// is 10 s away): the topology watch sees `CLUSTER NODES` change and the proxy's routing and
+/// `/cluster/nodes` show the promoted replica as primary within 2 s of the cluster agreeing on
+/// it.
+#[test]
+fn topology_changes_without_traffic_show_within_two_seconds() {
+    let cluster = Cluster::start(3, 1);
+    let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
+        c.cluster.refresh_interval = Duration::from_secs(10);
+    });
+    let role_of = |addr: &str| -> Option<String> {
+        let (_, nodes) = admin_json(&proxy, "/cluster/nodes");
+        nodes["nodes"].as_array()?.iter().find_map(|n| {
+            (n["address"].as_str() == Some(addr))
+                .then(|| n["role"].as_str().unwrap_or("").to_string())
+        })
+    };
+    let primary = cluster.primaries()[0];
+    let replica = cluster.replicas_of(primary)[0];
+    let replica_addr = format!("127.0.0.1:{replica}");
+    wait_until(
+        "the proxy to know the replica",
+        common::CLUSTER_DEADLINE,
+        || match role_of(&replica_addr).as_deref() {
+            Some("replica") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    cluster.wait_replicated(primary);
+    cluster.failover(replica);
+    wait_until(
+        "/cluster/nodes to show the promoted replica",
+        Duration::from_secs(2),
+        || match role_of(&replica_addr).as_deref() {
+            Some("primary") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
+
 #[test]
 fn readyz_answers_503_once_shutdown_starts() {
     let proxy = start_proxy(shared());

@@ -183,6 +183,24 @@ pub async fn query(
     }
 }
 
+/// Runs one command on a connection kept for such queries (the topology watch), within
+/// `timeout`. After an error the connection is unusable (a reply may still be due).
+pub async fn query_on(
+    stream: &mut BackendStream,
+    addr: &str,
+    timeout: Duration,
+    args: &[&[u8]],
+) -> Result<Value, BackendError> {
+    let request = Command::from_args(args);
+    match tokio::time::timeout(timeout, round_trip(stream, addr, request.raw())).await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::Timeout {
+            addr: addr.to_string(),
+            ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod shards_reply;
 pub mod slot;
 pub mod slot_map;
 pub mod topology;
+pub mod watch;
 
 pub use slot::{Slot, SLOT_COUNT};
 pub use slot_map::SlotMap;

@@ -208,6 +208,11 @@ impl Topology {
         }
     }
 
+    /// How long one query to a node may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
     }

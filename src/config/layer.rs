@@ -45,6 +45,8 @@ pub struct Layer {
     #[serde(deserialize_with = "duration::millis")]
     pub refresh_min_interval_ms: Option<Duration>,
     #[serde(deserialize_with = "duration::millis")]
+    pub watch_interval_ms: Option<Duration>,
+    #[serde(deserialize_with = "duration::millis")]
     pub reconnect_backoff_ms: Option<Duration>,
     pub max_blocking_connections: Option<usize>,
     pub max_script_connections: Option<usize>,
@@ -154,6 +156,7 @@ impl Layer {
             max_redirects,
             refresh_interval_ms,
             refresh_min_interval_ms,
+            watch_interval_ms,
             reconnect_backoff_ms,
             max_blocking_connections,
             max_script_connections,
@@ -181,6 +184,7 @@ impl Layer {
         set(&mut c.admin.cross_slot, cross_slot);
         set(&mut c.cluster.refresh_interval, refresh_interval_ms);
         set(&mut c.cluster.refresh_min_interval, refresh_min_interval_ms);
+        set(&mut c.cluster.watch_interval, watch_interval_ms);
         set(&mut c.backend.connect_timeout, connect_timeout_ms);
         set(
             &mut c.backend.command_timeout,
@@ -403,6 +407,7 @@ mod tests {
             max_redirects = 11
             refresh_interval_ms = "1m"
             refresh_min_interval_ms = 13
+            watch_interval_ms = 22
             reconnect_backoff_ms = 14
             max_blocking_connections = 15
             max_script_connections = 20
@@ -448,6 +453,7 @@ mod tests {
                     .unwrap(),
                 refresh_interval: s(60),
                 refresh_min_interval: ms(13),
+                watch_interval: ms(22),
             },
             backend: super::super::Backend {
                 connect_timeout: ms(9),

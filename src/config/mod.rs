@@ -100,6 +100,10 @@ pub struct Cluster {
     /// Least time between two refreshes triggered by MOVED or connection loss (debounce).
     #[serde(rename = "refresh_min_interval_ms")]
     pub refresh_min_interval: Duration,
+    /// How often the topology watch asks a node for `CLUSTER NODES` and refreshes when it
+    /// changed, so a failover or slot move is followed without traffic (0 = off).
+    #[serde(rename = "watch_interval_ms")]
+    pub watch_interval: Duration,
 }
 
 impl Default for Cluster {
@@ -108,6 +112,7 @@ impl Default for Cluster {
             upstreams: Vec::new(),
             refresh_interval: Duration::from_secs(10),
             refresh_min_interval: Duration::from_millis(100),
+            watch_interval: Duration::from_millis(500),
         }
     }
 }

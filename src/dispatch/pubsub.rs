@@ -639,14 +639,19 @@ impl Subscriptions {
         }
     }
 
-    /// Moves the messages received so far into `out`.
+    /// Moves the messages received so far into `out`: those of subscriptions the client
+    /// still holds. An unsubscribe is confirmed to the client at once while the nodes'
+    /// connections may still deliver a message or two for it; one server sends none after.
     pub fn flush(&mut self, out: &mut BytesMut) {
-        for m in self.held.drain(..) {
-            forward(out, &m, self.protocol);
+        for m in std::mem::take(&mut self.held) {
+            if self.still_wanted(&m) {
+                forward(out, &m, self.protocol);
+            }
         }
         while let Ok(event) = self.events.try_recv() {
             match event {
-                Event::Message(m) => forward(out, &m, self.protocol),
+                Event::Message(m) if self.still_wanted(&m) => forward(out, &m, self.protocol),
+                Event::Message(_) => {}
                 other => {
                     // Handled by `next_event`; put it back by re-sending to ourselves.
                     let _ = self.events_tx.send(other);
@@ -654,6 +659,31 @@ impl Subscriptions {
                 }
             }
         }
+    }
+}
+
+impl Subscriptions {
+    /// Whether the client still holds the subscription a message arrived for.
+    fn still_wanted(&self, message: &[u8]) -> bool {
+        let Ok(Some((value, _))) = Value::parse(message) else {
+            return true;
+        };
+        let Some([kind, name, ..]) = value.as_array() else {
+            return true;
+        };
+        let (Some(kind), Some(name)) = (kind.as_bytes(), name.as_bytes()) else {
+            return true;
+        };
+        let held = if kind.eq_ignore_ascii_case(b"message") {
+            &self.channels
+        } else if kind.eq_ignore_ascii_case(b"pmessage") {
+            &self.patterns
+        } else if kind.eq_ignore_ascii_case(b"smessage") {
+            &self.shard_channels
+        } else {
+            return true;
+        };
+        held.contains(name)
     }
 }
 
