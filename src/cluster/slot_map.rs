@@ -27,7 +27,8 @@ pub enum Role {
 
 /// What the cluster said about one node. Routing never reads it (it uses [`Shard`]); it is
 /// kept for the admin views, which must also show nodes that routing leaves out (a failed
-/// replica, a primary without slots).
+/// replica, a primary without slots), and for telling a shard that is down for good from one
+/// that is failing over ([`SlotMap::slot_down`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub addr: NodeAddr,
@@ -167,6 +168,25 @@ impl SlotMap {
     }
 
     /// The online replicas of the shard serving `slot`.
+    /// Whether `slot`'s shard is down with nothing to take over: the cluster reports its
+    /// primary failed and none of its replicas online (a shard lost in a cluster that runs
+    /// with `cluster-require-full-coverage no`). Waiting would not help; a shard whose
+    /// primary is failing but has an online replica is not down (a failover is coming).
+    pub fn slot_down(&self, slot: Slot) -> bool {
+        let Some(shard) = self.shard_of(slot).and_then(|i| self.shards.get(i)) else {
+            return false;
+        };
+        let health = |addr: &NodeAddr| {
+            self.node_info
+                .iter()
+                .find(|info| &info.addr == addr)
+                .and_then(|info| info.health.as_deref())
+        };
+        let failed = |h: Option<&str>| h.is_some_and(|h| h.starts_with("fail"));
+        failed(health(&shard.primary))
+            && !shard.replicas.iter().any(|r| health(r) == Some("online"))
+    }
+
     pub fn replicas(&self, slot: Slot) -> &[NodeAddr] {
         self.shard_of(slot)
             .and_then(|i| self.shards.get(i))
@@ -292,6 +312,44 @@ mod tests {
         assert_eq!(moved.shards().len(), 4);
         assert_eq!(moved.ranges().len(), 4);
         assert!(!map.same_routing(&moved));
+    }
+
+    #[test]
+    fn a_shard_is_down_when_its_primary_failed_and_no_replica_is_online() {
+        let info = |addr: &str, role: Role, health: &str| NodeInfo {
+            addr: NodeAddr::from(addr),
+            id: None,
+            role,
+            primary: None,
+            health: Some(health.to_string()),
+        };
+        let with_replica = Shard {
+            replicas: vec![NodeAddr::from("r:9")],
+            ..shard("p:1")
+        };
+        let cases: &[(&str, &str, bool)] = &[
+            // primary, replica, down?
+            ("online", "online", false),
+            ("failed", "online", false),
+            ("failed", "failed", true),
+            ("failed", "loading", true),
+            ("online", "failed", false),
+        ];
+        for &(primary, replica, down) in cases {
+            let map =
+                SlotMap::from_ranges(vec![(0, 16383, with_replica.clone())]).with_node_info(vec![
+                    info("p:1", Role::Primary, primary),
+                    info("r:9", Role::Replica, replica),
+                ]);
+            assert_eq!(
+                map.slot_down(Slot::new(7).unwrap()),
+                down,
+                "{primary} {replica}"
+            );
+        }
+        // Nothing reported (CLUSTER SLOTS): never down.
+        let map = SlotMap::from_ranges(vec![(0, 16383, shard("p:1"))]);
+        assert!(!map.slot_down(Slot::new(7).unwrap()));
     }
 
     #[test]

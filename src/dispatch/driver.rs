@@ -153,7 +153,7 @@ pub(crate) async fn drive<E: Exchange>(
             }
         };
         let next = driver.decide(&outcome);
-        if let Some(done) = driver.follow(next, &outcome).await {
+        if let Some(done) = driver.follow(next, &outcome, target).await {
             return done;
         }
     }
@@ -225,6 +225,7 @@ impl<'w> Driver<'w> {
         &mut self,
         next: Next<'_>,
         outcome: &ReplyResult,
+        target: &Target,
     ) -> Option<Result<Bytes, ProxyError>> {
         record(self.worker, &next);
         let topology = &self.worker.shared.topology;
@@ -248,6 +249,15 @@ impl<'w> Driver<'w> {
                 }
                 if kind == RetryKind::Reconnect {
                     self.attempts.reconnects += 1;
+                }
+                // A shard the cluster reports down with no replica to take over: waiting until
+                // the deadline would not help, so its slots fail at once, in Redis's words.
+                if matches!(kind, RetryKind::Reconnect | RetryKind::ClusterDown) {
+                    if let Target::Slot(slot) = target {
+                        if topology.map().slot_down(*slot) {
+                            return Some(Err(ProxyError::slot_not_served()));
+                        }
+                    }
                 }
                 if !wait(&mut self.backoff, self.deadline).await {
                     // Out of time: the cluster's own answer (or the failure) is the clearest.
