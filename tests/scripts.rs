@@ -286,6 +286,19 @@ fn a_script_without_declared_keys_runs_where_its_key_lives() {
         raw.call(&["FUNCTION", "DELETE", &name]),
         Reply::Simple("OK".into())
     );
+    // Nodes that forgot the script (SCRIPT FLUSH on each, as promoted replicas would have):
+    // the body is loaded where NOSCRIPT came from, and the script still finds its key.
+    for port in shared().primaries() {
+        let _: String = query(port, &["SCRIPT", "FLUSH"]);
+    }
+    for i in 0..24 {
+        let key = format!("{p}:{i}");
+        assert_eq!(
+            raw.call(&["EVALSHA", &sha, "0", &key]),
+            Reply::Int(4),
+            "{key}"
+        );
+    }
 
     // Never run twice: one of these keys lives elsewhere than where the script first runs,
     // so some tries fail, and when one does its key must still be untouched.

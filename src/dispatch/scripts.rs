@@ -55,29 +55,51 @@ pub async fn run(
     send: Send,
 ) -> Bytes {
     let _running = running;
-    let (answer, permit) = match connection {
-        Connection::Own(permit) => {
-            let (answer, ran_on) = run_own(&worker, script, &cmd, send.target.clone()).await;
-            let answer = if send.target == Target::Any && answer.starts_with(NON_LOCAL_KEY) {
+    match connection {
+        Connection::Pipe(started) => {
+            let answer = started.reply(worker.clone()).await;
+            if !wants_body(script, &answer) || !load_known_body(&worker, &cmd, &send.target).await {
+                return answer;
+            }
+            execute(worker, cmd.into_raw(), send.target, send.resend).await
+        }
+        Connection::Own(_permit) => {
+            let (answer, ran_on) =
+                run_own_repairing(&worker, script, &cmd, send.target.clone()).await;
+            if send.target == Target::Any && answer.starts_with(NON_LOCAL_KEY) {
                 rerun_elsewhere(&worker, script, &cmd, ran_on, answer).await
             } else {
                 answer
-            };
-            (answer, Some(permit))
+            }
         }
-        Connection::Pipe(started) => (started.reply(worker.clone()).await, None),
+    }
+}
+
+/// An EVALSHA the node did not know (`NOSCRIPT`): the proxy may know its body.
+fn wants_body(script: Script, answer: &[u8]) -> bool {
+    script == Script::EvalSha && answer.starts_with(b"-NOSCRIPT")
+}
+
+/// [`run_own`]; after `NOSCRIPT`, the body the proxy knows is loaded on the node that said it,
+/// and the script runs there again.
+async fn run_own_repairing(
+    worker: &Rc<Worker>,
+    script: Script,
+    cmd: &Command,
+    target: Target,
+) -> (Bytes, Option<NodeAddr>) {
+    let (answer, ran_on) = run_own(worker, script, cmd, target).await;
+    if !wants_body(script, &answer) {
+        return (answer, ran_on);
+    }
+    let Some(node) = ran_on.clone() else {
+        return (answer, ran_on);
     };
-    if script != Script::EvalSha || !answer.starts_with(b"-NOSCRIPT") {
-        return answer;
+    let there = Target::Node(node);
+    if !load_known_body(worker, cmd, &there).await {
+        return (answer, ran_on);
     }
-    if !load_known_body(&worker, &cmd, &send.target).await {
-        return answer;
-    }
-    let payload = cmd.into_raw();
-    match permit {
-        Some(_permit) => execute_dedicated(worker, payload, send.target).await,
-        None => execute(worker, payload, send.target, send.resend).await,
-    }
+    run_own(worker, script, cmd, there).await
 }
 
 /// Runs the script on a connection of its own; its answer and the node that gave it.
@@ -137,7 +159,7 @@ async fn rerun_elsewhere(
     let mut answer = refused;
     for primary in primaries {
         metrics::counter!("slotproxy_scripts_rerun_total").increment(1);
-        (answer, _) = run_own(worker, script, cmd, Target::Node(primary)).await;
+        (answer, _) = run_own_repairing(worker, script, cmd, Target::Node(primary)).await;
         if !answer.starts_with(NON_LOCAL_KEY) {
             break;
         }
