@@ -15,6 +15,12 @@ pub enum TopologyError {
         node: String,
         detail: &'static str,
     },
+    /// A shard with slots lists two online primaries: Valkey 8.0 groups nodes by shard id,
+    /// and for a while after a manual failover other nodes still list the demoted primary as
+    /// a primary next to the promoted one. `CLUSTER SLOTS`, which names one owner per slot
+    /// range, says which one serves.
+    #[error("CLUSTER SHARDS from {node} lists two online primaries for one shard")]
+    AmbiguousPrimary { node: String },
 }
 
 /// Formats `host:port`, bracketing IPv6 literals.
@@ -109,6 +115,7 @@ pub fn parse_shards(
             .and_then(Value::as_array)
             .ok_or_else(|| bad("shard without nodes"))?;
         let mut primary = None;
+        let mut online_primaries = 0;
         let mut replicas = Vec::new();
         let listed = node_info.len();
         for node in nodes {
@@ -134,6 +141,7 @@ pub fn parse_shards(
                 health: Some(health.to_string()),
             });
             if role == "master" {
+                online_primaries += usize::from(health == "online");
                 // A failed former primary may still be listed as a master after its replica
                 // took over: the healthy one wins.
                 let healthy = health == "online";
@@ -146,6 +154,11 @@ pub fn parse_shards(
             } else if health == "online" {
                 replicas.push((addr, offset));
             }
+        }
+        if online_primaries > 1 && !slots.is_empty() {
+            return Err(TopologyError::AmbiguousPrimary {
+                node: asked.to_string(),
+            });
         }
         let Some((primary, primary_id, _, primary_offset)) = primary else {
             continue;
@@ -290,6 +303,33 @@ mod tests {
         assert_eq!(info[1].id.as_deref(), Some("def"));
         assert_eq!(info[1].primary.as_deref(), Some("127.0.0.1:7000"));
         assert_eq!(info[1].health.as_deref(), Some("online"));
+    }
+
+    /// Valkey 8.0 right after a manual failover: other nodes list the demoted primary as a
+    /// primary of the same shard, next to the promoted one.
+    #[test]
+    fn two_online_primaries_in_one_shard_are_ambiguous() {
+        let node = |id: &str, port: u16, role: &str| {
+            format!(
+                "*10\r\n$2\r\nid\r\n${}\r\n{id}\r\n$4\r\nport\r\n:{port}\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n${}\r\n{role}\r\n$6\r\nhealth\r\n$6\r\nonline\r\n",
+                id.len(),
+                role.len()
+            )
+        };
+        let shard = |second: &str| {
+            format!(
+                "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n{}{}",
+                node("old", 7000, "master"),
+                node("new", 7001, second),
+            )
+        };
+        let ambiguous = parse(shard("master").as_bytes());
+        assert!(matches!(
+            parse_shards(&ambiguous, "127.0.0.1:7002", false, 0),
+            Err(TopologyError::AmbiguousPrimary { .. })
+        ));
+        let clear = parse(shard("replica").as_bytes());
+        assert!(parse_shards(&clear, "127.0.0.1:7002", false, 0).is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::settings::ServerSettings;
-use super::shards_reply::{announced_hostnames, parse_shards, parse_slots};
+use super::shards_reply::{announced_hostnames, parse_shards, parse_slots, TopologyError};
 use super::slot_map::{NodeAddr, SlotMap};
 use super::Slot;
 use crate::backend::connect::query;
@@ -431,19 +431,26 @@ impl Topology {
             Value::Error(_) => {}
             reply => {
                 let tls = self.credentials.tls.as_ref();
-                let map = parse_shards(
+                match parse_shards(
                     &reply,
                     node,
                     tls.is_some(),
                     self.max_replica_lag.load(Ordering::Relaxed),
-                )
-                .map_err(|e| AskError::Other(e.to_string()))?;
-                if let Some(tls) = tls {
-                    if map.is_complete() {
-                        tls.learn_hostnames(announced_hostnames(&reply, node, true));
+                ) {
+                    Ok(map) => {
+                        if let Some(tls) = tls {
+                            if map.is_complete() {
+                                tls.learn_hostnames(announced_hostnames(&reply, node, true));
+                            }
+                        }
+                        return Ok(map);
                     }
+                    // Which of two primaries serves: CLUSTER SLOTS says, below.
+                    Err(TopologyError::AmbiguousPrimary { .. }) => {
+                        tracing::debug!(%node, "CLUSTER SHARDS names two primaries for a shard; asking CLUSTER SLOTS");
+                    }
+                    Err(e) => return Err(AskError::Other(e.to_string())),
                 }
-                return Ok(map);
             }
         }
         match query(

@@ -876,17 +876,31 @@ impl Cluster {
             let Some(Value::Array(nodes)) = fields.get("nodes") else {
                 panic!("CLUSTER SHARDS on {port}: shard without nodes: {shard:?}");
             };
-            for node in nodes {
-                let node = as_pairs(node);
-                if node.get("role").and_then(|v| value_str(v)).as_deref() == Some("master") {
-                    return node
-                        .get("port")
+            let listed: Vec<u16> = nodes
+                .iter()
+                .map(as_pairs)
+                .filter(|node| {
+                    node.get("role").and_then(|v| value_str(v)).as_deref() == Some("master")
+                })
+                .map(|node| {
+                    node.get("port")
                         .and_then(|v| value_int(v))
                         .and_then(|p| u16::try_from(p).ok())
-                        .unwrap_or_else(|| {
-                            panic!("CLUSTER SHARDS: primary without port: {node:?}")
-                        });
-                }
+                        .unwrap_or_else(|| panic!("CLUSTER SHARDS: primary without port: {node:?}"))
+                })
+                .collect();
+            // Valkey 8.0 groups nodes by shard id: right after a failover other nodes may still
+            // list the demoted primary as a primary next to the promoted one. The one that says
+            // it is a primary itself is.
+            let primary = match listed.as_slice() {
+                [only] => Some(*only),
+                _ => listed
+                    .iter()
+                    .copied()
+                    .find(|&p| matches!(try_role(p), Ok(Role::Primary))),
+            };
+            if let Some(primary) = primary {
+                return primary;
             }
         }
         panic!("CLUSTER SHARDS on {port}: no primary owns slot {slot}");
