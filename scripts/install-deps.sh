@@ -81,3 +81,41 @@ if [ ! -f "$COMPAT_DIR/node_modules/ioredis/package.json" ]; then
     npm ci --prefix "$COMPAT_DIR" --no-audit --no-fund --loglevel=error
 fi
 echo "install-deps: node $(node --version), ioredis $(node -p "require('$COMPAT_DIR/node_modules/ioredis/package.json').version")"
+
+# Valkey 8 (valkey-server, valkey-cli), the second backend the integration tests run against
+# (scripts/test.sh: SLOTPROXY_TEST_BACKEND=valkey). Debian 12 has it in bookworm-backports only:
+# that suite is added, and only these two packages are taken from it (everything else keeps
+# coming from bookworm).
+if ! have valkey-server || ! have valkey-cli; then
+    if ! have apt-get || [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: valkey-server and valkey-cli (>= 8.0) are missing; install them (Debian 12: valkey-server and valkey-tools from bookworm-backports, as root)" >&2
+        exit 1
+    fi
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = "bookworm" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "+ add the bookworm-backports suite (for valkey-server and valkey-tools only)"
+        cat >/etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    suffix=""
+    [ "$codename" = "bookworm" ] && suffix="/bookworm-backports"
+    echo "+ apt-get install valkey-server$suffix valkey-tools$suffix"
+    env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "valkey-server$suffix" "valkey-tools$suffix"
+    # As for redis-server: the tests run their own nodes, never the packaged service.
+    if have systemctl && [ -d /run/systemd/system ]; then
+        systemctl disable --now valkey-server.service >/dev/null 2>&1 || true
+    fi
+fi
+valkey_version=$(valkey-server --version | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p')
+if [ "${valkey_version%%.*}" -lt 8 ] 2>/dev/null || [ -z "$valkey_version" ]; then
+    echo "install-deps: valkey-server version '${valkey_version:-unknown}' is too old: need >= 8.0" >&2
+    exit 1
+fi
+echo "install-deps: valkey-server ${valkey_version}"
