@@ -198,7 +198,7 @@ async fn run<S: ClientStream>(
                     tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
                     return Ok(());
                 }
-                invalidations.extend(entry.take_invalidations());
+                tracking::hold(&mut invalidations, entry.take_invalidations());
             }
             () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
                 if let Some((command, _)) = held.take() {

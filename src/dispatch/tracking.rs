@@ -378,6 +378,25 @@ pub fn deliver(shared: &Shared, deliveries: Vec<Delivery>) {
     }
 }
 
+/// Invalidations a session holds back while its client keeps replies in flight: past this
+/// many they are folded into one "everything is invalid", so a client that pipelines without
+/// a pause costs bounded memory (it loses its cache, never gets a stale read).
+const MAX_HELD_INVALIDATIONS: usize = 1024;
+
+/// Adds `new` to what the session holds, folding past [`MAX_HELD_INVALIDATIONS`].
+pub fn hold(held: &mut Vec<Invalidation>, new: Vec<Invalidation>) {
+    held.extend(new);
+    if held.len() > MAX_HELD_INVALIDATIONS {
+        let broken: Vec<Invalidation> = held
+            .drain(..)
+            .filter(|what| matches!(what, Invalidation::RedirectBroken(_)))
+            .take(1)
+            .collect();
+        held.push(Invalidation::All);
+        held.extend(broken);
+    }
+}
+
 /// Writes invalidations as Redis does: RESP3 `invalidate` pushes; for a RESP2 client (a
 /// redirect target) messages of the `__redis__:invalidate` channel while it is subscribed to
 /// anything, else nothing (RESP2 has no other way to say it).
@@ -422,4 +441,24 @@ pub fn write_invalidations(
 
 fn syntax_error() -> ProxyError {
     ProxyError::bad_request("ERR syntax error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_invalidations_fold_into_everything_past_the_bound() {
+        let key = |i: usize| Invalidation::Keys(vec![Bytes::from(format!("k{i}"))]);
+        let mut held = Vec::new();
+        hold(&mut held, (0..10).map(key).collect());
+        assert_eq!(held.len(), 10);
+        let mut many: Vec<Invalidation> = (0..MAX_HELD_INVALIDATIONS).map(key).collect();
+        many.push(Invalidation::RedirectBroken(7));
+        hold(&mut held, many);
+        assert_eq!(
+            held,
+            vec![Invalidation::All, Invalidation::RedirectBroken(7)]
+        );
+    }
 }
