@@ -295,6 +295,24 @@ fn a_lost_feed_invalidates_everything_until_heard_again() {
     let proxy = start_proxy(cluster);
     let mut reader = tracking_client(&proxy, &[]);
     let mut writer = RawClient::connect(proxy.local_addr());
+    // A client whose redirect target has left: the "everything" meant for it finds no one,
+    // and it is told its redirect broke.
+    let mut orphan = RawClient::connect(proxy.local_addr());
+    let mut target_client = RawClient::connect(proxy.local_addr());
+    let Reply::Int(target_id) = target_client.call(&["CLIENT", "ID"]) else {
+        panic!("CLIENT ID")
+    };
+    assert_eq!(
+        orphan.call(&[
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "REDIRECT",
+            &target_id.to_string()
+        ]),
+        ok()
+    );
+    drop(target_client);
     let key = format!("{}:k", unique_prefix("feed"));
     assert_eq!(reader.call(&["GET", &key]), Reply::Null);
     let owner = cluster.primary_for_slot(local_keyslot(key.as_bytes()));
@@ -310,6 +328,13 @@ fn a_lost_feed_invalidates_everything_until_heard_again() {
     }
     assert_eq!(invalidation(&mut reader), None);
     assert_eq!(invalidation(&mut reader), None);
+    let Reply::Array(Some(info)) = orphan.call(&["CLIENT", "TRACKINGINFO"]) else {
+        panic!("TRACKINGINFO")
+    };
+    assert_eq!(
+        info[1],
+        Reply::Array(Some(vec![bulk("on"), bulk("broken_redirect")]))
+    );
     assert_eq!(reader.call(&["GET", &key]), Reply::Null);
     assert_eq!(writer.call(&["SET", &key, "v"]), ok());
     assert_eq!(invalidation(&mut reader), Some(vec![key.clone()]));

@@ -96,7 +96,8 @@ pub async fn run(worker: Rc<Worker>) {
         let covered = !feeds.is_empty() && feeds.values().all(|(_, heard)| *heard);
         if covered && gap {
             // Regained: what was read while a primary went unheard may be stale.
-            deliver(&shared, shared.tracking.table().invalidate_all());
+            let deliveries = shared.tracking.table().invalidate_all();
+            deliver(&shared, deliveries);
             gap = false;
         }
         ever_covered |= covered;
@@ -133,7 +134,9 @@ pub async fn run(worker: Rc<Worker>) {
 /// A primary is no longer heard: everything tracked so far is invalid.
 fn lose_sight(shared: &crate::shared::Shared, gap: &mut bool) {
     metrics::counter!("slotproxy_tracking_feed_gaps_total").increment(1);
-    deliver(shared, shared.tracking.table().invalidate_all());
+    // The table is unlocked before delivering: delivery locks it again for a broken redirect.
+    let deliveries = shared.tracking.table().invalidate_all();
+    deliver(shared, deliveries);
     *gap = true;
 }
 
