@@ -167,7 +167,6 @@ impl SlotMap {
         self.shards.get(usize::from(owner)).map(|s| &s.primary)
     }
 
-    /// The online replicas of the shard serving `slot`.
     /// Whether `slot`'s shard is down with nothing to take over: the cluster reports its
     /// primary failed and none of its replicas online (a shard lost in a cluster that runs
     /// with `cluster-require-full-coverage no`). Waiting would not help; a shard whose
@@ -187,6 +186,7 @@ impl SlotMap {
             && !shard.replicas.iter().any(|r| health(r) == Some("online"))
     }
 
+    /// The online replicas of the shard serving `slot`.
     pub fn replicas(&self, slot: Slot) -> &[NodeAddr] {
         self.shard_of(slot)
             .and_then(|i| self.shards.get(i))

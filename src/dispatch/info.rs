@@ -3,8 +3,8 @@
 //!
 //! Sections that describe one process (`# Server`, `# Replication`, `# Persistence`,
 //! `# Cluster`, ...) come from the first primary (but writes since the last save are summed
-//! and a "loading"/"in progress" flag is set if any primary's is); in sections that describe load and data
-//! (`# Clients`, `# Memory`, `# Stats`, `# CPU`, `# Keyspace`, `# Commandstats`,
+//! and a "loading"/"in progress" flag is set if any primary's is); in sections that describe
+//! load and data (`# Clients`, `# Memory`, `# Stats`, `# CPU`, `# Keyspace`, `# Commandstats`,
 //! `# Errorstats`) numeric values are summed over the primaries, including the numbers inside
 //! `key=value,...` lists such as `db0:keys=10,expires=0,avg_ttl=0`; values that are not
 //! numbers (human-readable sizes, ratios, per-call averages) are taken from the first primary.

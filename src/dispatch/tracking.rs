@@ -19,7 +19,7 @@ use crate::config::ReadFrom;
 use crate::registry::{flag, ClientEntry};
 use crate::resp::{encode, Command, Protocol};
 use crate::shared::Shared;
-use crate::tracking::{prefix_collision, Delivery, Invalidation, Options};
+use crate::tracking::{prefix_collision, Delivery, Invalidation, Options, Table};
 
 /// The Pub/Sub channel a RESP2 redirect client hears invalidations on.
 const CHANNEL: &[u8] = b"__redis__:invalidate";
@@ -140,9 +140,10 @@ fn turn(worker: &Rc<Worker>, client: &mut ClientState, cmd: &Command) -> Result<
     entry.set_flag(flag::TRACKING_BCAST, new.bcast);
     entry.set_flag(flag::TRACKING_BROKEN_REDIR, false);
     entry.update(|d| d.tracking_redirect = new.redirect);
-    worker.shared.tracking.table().start(client.id, new);
-    metrics::gauge!("slotproxy_tracking_clients")
-        .set(worker.shared.tracking.table().tracking_clients() as f64);
+    let mut table = worker.shared.tracking.table();
+    table.start(client.id, new);
+    show_count(&table);
+    drop(table);
     if worker.shared.tracking.feed_needed() {
         tokio::task::spawn_local(invalidation_feed::run(worker.clone()));
     }
@@ -163,7 +164,7 @@ async fn covered(worker: Rc<Worker>, id: u64) -> Bytes {
     if matches!(ready, Ok(Ok(_))) {
         return reply::ok();
     }
-    worker.shared.tracking.table().stop(id);
+    stop_in_table(&worker.shared, id);
     if let Some(entry) = worker.shared.clients.get(id) {
         show_off(&entry);
     }
@@ -177,10 +178,19 @@ async fn covered(worker: Rc<Worker>, id: u64) -> Bytes {
 pub fn stop(shared: &Shared, client: &mut ClientState) {
     if client.tracking.take().is_some() {
         show_off(client.entry());
-        let mut table = shared.tracking.table();
-        table.stop(client.id);
-        metrics::gauge!("slotproxy_tracking_clients").set(table.tracking_clients() as f64);
+        stop_in_table(shared, client.id);
     }
+}
+
+fn stop_in_table(shared: &Shared, id: u64) {
+    let mut table = shared.tracking.table();
+    table.stop(id);
+    show_count(&table);
+}
+
+/// `slotproxy_tracking_clients`.
+fn show_count(table: &Table) {
+    metrics::gauge!("slotproxy_tracking_clients").set(table.tracking_clients() as f64);
 }
 
 /// `CLIENT LIST` shows the client not tracking.
