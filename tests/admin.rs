@@ -266,6 +266,16 @@ fn cluster_views_match_cluster_shards() {
 
 // --- not ready, and why ---------------------------------------------------------------------
 
+/// Waits until `/readyz` answers 200 (`what` names the moment, for the failure message).
+fn wait_ready(proxy: &slotproxy::Proxy, what: &str) {
+    wait_until(what, common::CLUSTER_DEADLINE, || {
+        match admin_json(proxy, "/readyz") {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    });
+}
+
 /// The proxy's `/readyz` once it says 503, with its JSON body.
 fn wait_not_ready(proxy: &slotproxy::Proxy, reason: &str) -> Json {
     wait_until(
@@ -436,14 +446,7 @@ fn credentials_that_stop_working_are_reported_until_they_work_again() {
         direct.call(&["CONFIG", "SET", "requirepass", "first-password"]),
         ok
     );
-    wait_until(
-        "/readyz 200 again",
-        common::CLUSTER_DEADLINE,
-        || match admin_json(&proxy, "/readyz") {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!("{status} {body}")),
-        },
-    );
+    wait_ready(&proxy, "/readyz 200 again");
     wait_until(
         "GET to work again",
         common::CLUSTER_DEADLINE,
@@ -510,14 +513,7 @@ fn readyz_reports_a_dead_primary_until_its_replica_takes_over() {
     let proxy = start_proxy_configured(vec![cluster.seed_url()], |c| {
         c.cluster.refresh_interval = Duration::from_millis(300);
     });
-    wait_until(
-        "/readyz 200",
-        common::CLUSTER_DEADLINE,
-        || match admin_json(&proxy, "/readyz") {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!("{status} {body}")),
-        },
-    );
+    wait_ready(&proxy, "/readyz 200");
     // The refresher asks primaries in address order, so it asks this one first and sees it go.
     let victim = cluster
         .primaries()
@@ -539,14 +535,7 @@ fn readyz_reports_a_dead_primary_until_its_replica_takes_over() {
     assert_eq!(listed, [victim_addr.as_str()], "{down}");
 
     cluster.wait_promoted(replica);
-    wait_until(
-        "/readyz 200 after the promotion",
-        common::CLUSTER_DEADLINE,
-        || match admin_json(&proxy, "/readyz") {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!("{status} {body}")),
-        },
-    );
+    wait_ready(&proxy, "/readyz 200 after the promotion");
     let (_, nodes) = admin_json(&proxy, "/cluster/nodes");
     let nodes = nodes["nodes"].as_array().unwrap();
     let dead = nodes
