@@ -165,6 +165,10 @@ pub struct Subscriptions {
     events: mpsc::UnboundedReceiver<Event>,
     /// Messages that arrived while replies to earlier commands were still owed.
     held: Vec<Bytes>,
+    /// The client left a subscription: from then on a message may arrive for a name it no
+    /// longer holds, and each is checked ([`Subscriptions::still_wanted`]). Until then every
+    /// message is for a held name and goes out unparsed.
+    left_any: bool,
     /// The client's protocol: RESP3 clients get confirmations and messages as push frames.
     pub protocol: Protocol,
     /// Every client's subscriptions, counted: kept in step with the sets above.
@@ -184,6 +188,7 @@ impl Subscriptions {
             events_tx,
             events,
             held: Vec::new(),
+            left_any: false,
             protocol: Protocol::Resp2,
             counts,
         }
@@ -289,6 +294,7 @@ impl Subscriptions {
         }
         for name in names {
             if self.set(kind).remove(&name) {
+                self.left_any = true;
                 self.counts.remove(kind, &name);
                 self.send(worker, map, kind, &[kind.unsubscribe(), &name], None);
                 if is_keyspace(kind, &name) {
@@ -665,6 +671,9 @@ impl Subscriptions {
 impl Subscriptions {
     /// Whether the client still holds the subscription a message arrived for.
     fn still_wanted(&self, message: &[u8]) -> bool {
+        if !self.left_any {
+            return true;
+        }
         let Ok(Some((value, _))) = Value::parse(message) else {
             return true;
         };
