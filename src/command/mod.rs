@@ -8,6 +8,7 @@
 
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+pub mod block_timeout;
 mod error;
 mod keys;
 pub mod route;

@@ -42,6 +42,10 @@ pub struct Rules {
     /// `ASKING` can precede the request (not for MULTI...EXEC: ASKING applies to one command,
     /// so a transaction waits for the migration to finish instead).
     pub can_ask: bool,
+    /// A blocking command (BLPOP, XREAD BLOCK, ...): when its node stops being a primary while
+    /// it waits, the node answers `-UNBLOCKED ... instance state changed` before anything was
+    /// popped, so it is sent again to the slot's new primary instead.
+    pub reissue_unblocked: bool,
 }
 
 /// What happened to the request so far.
@@ -63,15 +67,18 @@ pub enum RetryKind {
     Migrating,
     /// The connection failed before the request could have run (or it is a read).
     Reconnect,
+    /// A blocking command whose node became a replica while it waited.
+    Unblocked,
 }
 
 impl RetryKind {
     /// Every kind counted under `slotproxy_retries_total` (reconnects are counted as errors).
-    pub const COUNTED: [RetryKind; 4] = [
+    pub const COUNTED: [RetryKind; 5] = [
         RetryKind::TryAgain,
         RetryKind::ClusterDown,
         RetryKind::Loading,
         RetryKind::Migrating,
+        RetryKind::Unblocked,
     ];
 
     /// The `kind` label of `slotproxy_retries_total`.
@@ -82,6 +89,7 @@ impl RetryKind {
             RetryKind::Loading => "loading",
             RetryKind::Migrating => "migrating",
             RetryKind::Reconnect => "reconnect",
+            RetryKind::Unblocked => "unblocked",
         }
     }
 }
@@ -108,6 +116,12 @@ pub enum Next<'a> {
 pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> Next<'a> {
     match outcome {
         Outcome::Reply(bytes) => {
+            if rules.follow && rules.reissue_unblocked && unblocked_by_role_change(bytes) {
+                return Next::Retry {
+                    kind: RetryKind::Unblocked,
+                    refresh: true,
+                };
+            }
             let Some(redirect) = classify(bytes).filter(|_| rules.follow) else {
                 return Next::Final;
             };
@@ -151,6 +165,13 @@ pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> N
     }
 }
 
+/// Redis's answer to the commands blocked on a primary that turns into a replica (a
+/// failover): nothing was served to them. Not `-UNBLOCKED client unblocked via CLIENT
+/// UNBLOCK`, which a client asked for.
+fn unblocked_by_role_change(reply: &[u8]) -> bool {
+    reply.starts_with(b"-UNBLOCKED force unblock from blocking operation, instance state changed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +181,12 @@ mod tests {
         resend: Resend::Safe,
         follow: true,
         can_ask: true,
+        reissue_unblocked: false,
+    };
+    const BLOCKING: Rules = Rules {
+        resend: Resend::Never,
+        reissue_unblocked: true,
+        ..PIPE_READ
     };
     const PIPE_WRITE: Rules = Rules {
         resend: Resend::Never,
@@ -258,6 +285,27 @@ mod tests {
                 fresh,
                 PIPE_READ,
                 retry(RetryKind::Loading, false),
+            ),
+            (
+                "blocking command whose primary became a replica: sent again",
+                b"-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n",
+                fresh,
+                BLOCKING,
+                retry(RetryKind::Unblocked, true),
+            ),
+            (
+                "unblocked by CLIENT UNBLOCK: the client's answer",
+                b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+                fresh,
+                BLOCKING,
+                Next::Final,
+            ),
+            (
+                "role change on a non-blocking request: final",
+                b"-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n",
+                fresh,
+                PIPE_WRITE,
+                Next::Final,
             ),
             (
                 "loading replica: the primary serves",

@@ -21,8 +21,10 @@ use crate::backend::pipe::ReplyResult;
 use crate::backend::{BackendError, NodeAddr};
 use crate::cluster::redirect::classify;
 use crate::cluster::{Slot, SlotMap};
+use crate::command::block_timeout;
 use crate::config::ReadFrom;
 use crate::registry::{flag, ClientEntry};
+use crate::resp::Command;
 use crate::shared::Counters;
 
 pub use super::decision::Resend;
@@ -101,9 +103,11 @@ impl Exchange for ViaNoted<'_> {
 }
 
 /// A blocking command's connection of its own, whose id on its node is noted in the client's
-/// entry while the command waits (for `CLIENT UNBLOCK`).
+/// entry while the command waits (for `CLIENT UNBLOCK`). Sent again (its node failed over, its
+/// slot moved), the command carries only the time it has left.
 struct ViaBlocked<'a> {
-    payload: &'a [u8],
+    cmd: &'a Command,
+    sent_at: Option<Instant>,
     entry: &'a ClientEntry,
 }
 
@@ -113,9 +117,20 @@ impl Exchange for ViaBlocked<'_> {
     async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
         let entry = self.entry;
         let noted = |id| entry.set_blocked_on(Some((addr.clone(), id)));
+        let again;
+        let payload = match self.sent_at {
+            None => {
+                self.sent_at = Some(Instant::now());
+                self.cmd.raw()
+            }
+            Some(first) => {
+                again = block_timeout::with_time_left(self.cmd, first.elapsed());
+                again.raw()
+            }
+        };
         worker
             .dedicated
-            .round_trip_noting_id(addr, self.payload, asking, &noted)
+            .round_trip_noting_id(addr, payload, asking, &noted)
             .await
     }
 }
@@ -127,6 +142,7 @@ pub(crate) fn rules(worker: &Worker, resend: Resend) -> Rules {
         resend,
         follow: true,
         can_ask: true,
+        reissue_unblocked: false,
     }
 }
 
@@ -479,7 +495,7 @@ pub async fn try_execute(
 /// blocked meanwhile, with the node connection `CLIENT UNBLOCK` would unblock.
 pub async fn execute_blocking(
     worker: Rc<Worker>,
-    payload: Bytes,
+    cmd: Command,
     target: Target,
     entry: Arc<ClientEntry>,
 ) -> Bytes {
@@ -491,10 +507,15 @@ pub async fn execute_blocking(
         .answer();
     };
     // Never resent after it was written: a blocking pop that ran twice would lose an element.
+    // Its node's answer that it stopped being a primary before serving it is another matter.
     let blocked = Blocked::on(entry);
-    let rules = rules(&worker, Resend::Never);
+    let rules = Rules {
+        reissue_unblocked: true,
+        ..rules(&worker, Resend::Never)
+    };
     let mut via = ViaBlocked {
-        payload: &payload,
+        cmd: &cmd,
+        sent_at: None,
         entry: &blocked.0,
     };
     drive(&worker, &mut via, &target, rules, None)

@@ -99,7 +99,7 @@ pub fn execute(
             }
             Reply::Parked(Box::pin(driver::execute_blocking(
                 worker.clone(),
-                cmd.into_raw(),
+                cmd,
                 target,
                 client.entry().clone(),
             )))

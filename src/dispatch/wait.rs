@@ -81,7 +81,7 @@ pub fn wait(
             // Nothing written: Redis answers at once with the replicas that are connected.
             Reply::Parked(Box::pin(driver::execute_blocking(
                 worker.clone(),
-                cmd.into_raw(),
+                cmd,
                 Target::Any,
                 entry,
             )))

@@ -9,6 +9,7 @@
 //! and panics with what it was waiting for and the last thing it saw.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod http;
 pub mod raw;
 pub mod tls;
@@ -511,6 +512,33 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// Stops the node on `port` (SIGTERM by PID, as a service manager would), then starts it
+    /// again on the same port, configuration and directory (its `nodes.conf` keeps its
+    /// identity), and waits until it answers.
+    fn restart(&self, port: u16) {
+        let mut nodes = self.lock();
+        let node = nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {port} was killed"));
+        // SAFETY: kill(2) on a PID this process started and has not reaped yet.
+        let sent = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM node {port}");
+        child.wait().expect("reap a stopped redis-server");
+        let child = launch_node(port, &node.dir, &|port| {
+            try_query::<String>(port, &["INFO", "server"])
+        })
+        .unwrap_or_else(|e| panic!("restart node {port}: {e}"));
+        node.pid = child.id();
+        node.child = Some(child);
+    }
+}
+
 impl Drop for Nodes {
     fn drop(&mut self) {
         let failing = std::thread::panicking();
@@ -628,54 +656,16 @@ fn start_node_with(
         let port = pick_node_port();
         let dir = root.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("create node dir");
-        let conf = dir.join("redis.conf");
-        std::fs::write(&conf, config(port, &dir)).expect("write redis.conf");
-        let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
-        let stderr = stdout.try_clone().expect("clone stdout.log handle");
-        let mut command = Command::new(server_program());
-        command
-            .arg(&conf)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let mut child = spawn(command).unwrap_or_else(|e| {
-            panic!("cannot start redis-server: {e}; the integration tests need redis-server and redis-cli: {SETUP_HINT}")
-        });
-        let pid = child.id();
-        let start = Instant::now();
-        let outcome = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break Err(format!(
-                    "redis-server on port {port} exited ({status}):\n{}",
-                    log_tail(&dir, 20)
-                ));
-            }
-            // Make sure the server answering is ours, not another process's on the same port.
-            let info = info(port);
-            if let Ok(info) = &info {
-                if info_field(info, "process_id").as_deref() == Some(&pid.to_string()) {
-                    break Ok(());
-                }
-            }
-            if start.elapsed() > CLUSTER_DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!(
-                    "redis-server on port {port} did not answer within {CLUSTER_DEADLINE:?} (last: {info:?}):\n{}",
-                    log_tail(&dir, 20)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        match outcome {
-            Ok(()) => {
+        std::fs::write(dir.join("redis.conf"), config(port, &dir)).expect("write redis.conf");
+        match launch_node(port, &dir, &info) {
+            Ok(child) => {
+                let pid = child.id();
                 return Node {
                     port,
                     dir,
                     child: Some(child),
                     pid,
-                }
+                };
             }
             Err(failure) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -684,6 +674,57 @@ fn start_node_with(
         }
     }
     panic!("could not start a redis-server after 5 attempts; last failure: {last_failure}");
+}
+
+/// Starts `redis-server dir/redis.conf` in `dir` and waits until `info(port)` shows the child's
+/// own pid (the server answering is ours, not another process's on the same port).
+fn launch_node(
+    port: u16,
+    dir: &Path,
+    info: &impl Fn(u16) -> Result<String, String>,
+) -> Result<Child, String> {
+    let conf = dir.join("redis.conf");
+    let stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("open stdout.log");
+    let stderr = stdout.try_clone().expect("clone stdout.log handle");
+    let mut command = Command::new(server_program());
+    command
+        .arg(&conf)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    let mut child = spawn(command).unwrap_or_else(|e| {
+        panic!("cannot start redis-server: {e}; the integration tests need redis-server and redis-cli: {SETUP_HINT}")
+    });
+    let pid = child.id();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on port {port} exited ({status}):\n{}",
+                log_tail(dir, 20)
+            ));
+        }
+        let info = info(port);
+        if let Ok(info) = &info {
+            if info_field(info, "process_id").as_deref() == Some(&pid.to_string()) {
+                return Ok(child);
+            }
+        }
+        if start.elapsed() > CLUSTER_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not answer within {CLUSTER_DEADLINE:?} (last: {info:?}):\n{}",
+                log_tail(dir, 20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Cluster {
@@ -935,6 +976,12 @@ impl Cluster {
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
     pub fn kill(&self, port: u16) {
         self.nodes.kill(port);
+    }
+
+    /// Stops the node on `port` with SIGTERM and starts it again with the same configuration
+    /// and `nodes.conf` (a restart, as in a rolling upgrade), waiting until it answers.
+    pub fn restart(&self, port: u16) {
+        self.nodes.restart(port);
     }
 
     /// A plain connection to one node.
