@@ -338,3 +338,99 @@ fn clients_blocked_on_a_primary_that_fails_over_are_served_by_the_new_one() {
     assert_eq!(pending.first(), Some(&redis::Value::Int(1)), "{pending:?}");
     assert_eq!(try_role(replica).unwrap(), Role::Primary);
 }
+
+/// `total_connections_received` summed over every node.
+fn connections_received(cluster: &Cluster) -> u64 {
+    cluster
+        .live_ports()
+        .into_iter()
+        .map(|port| {
+            let info: String = try_query(port, &["INFO", "stats"]).unwrap();
+            info_field(&info, "total_connections_received")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no total_connections_received on {port}"))
+        })
+        .sum()
+}
+
+/// Transactions at a steady rate for `length`, half of them under WATCH, on `threads`
+/// connections; returns how many ran (EXEC answered) and how many were aborted by WATCH.
+fn transactions(
+    proxy: &slotproxy::Proxy,
+    prefix: &str,
+    threads: usize,
+    per_second: u64,
+    length: Duration,
+) -> (u64, u64) {
+    let per_thread = per_second / threads as u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let mut con = proxy_client(proxy);
+            let prefix = prefix.to_string();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let (mut ran, mut aborted) = (0u64, 0u64);
+                let mut n = 0u64;
+                while start.elapsed() < length {
+                    // Paced: the n-th transaction starts no earlier than n / rate.
+                    let due = Duration::from_secs_f64(n as f64 / per_thread as f64);
+                    if let Some(early) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(early);
+                    }
+                    let key = format!("{{{prefix}:{t}:{}}}", n % 64);
+                    let watched = n % 2 == 0;
+                    let mut pipe = redis::pipe();
+                    if watched {
+                        let _: () = redis::cmd("WATCH").arg(&key).query(&mut con).unwrap();
+                    }
+                    pipe.atomic()
+                        .cmd("INCR")
+                        .arg(&key)
+                        .cmd("SET")
+                        .arg(format!("{key}:last"))
+                        .arg(n);
+                    let reply: Option<(i64, String)> = pipe.query(&mut con).unwrap();
+                    match reply {
+                        Some(_) => ran += 1,
+                        None => aborted += 1,
+                    }
+                    n += 1;
+                }
+                (ran, aborted)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("transaction thread"))
+        .fold((0, 0), |(r, a), (r2, a2)| (r + r2, a + a2))
+}
+
+#[test]
+fn transactions_at_3000_per_second_open_almost_no_backend_connections() {
+    let cluster = Cluster::start(3, 1);
+    let proxy = start_proxy(&cluster);
+    let prefix = unique_prefix("churn");
+    // Warm up: the proxy opens the connections it keeps.
+    transactions(&proxy, &prefix, 6, 600, Duration::from_secs(2));
+    let before = connections_received(&cluster);
+    let length = Duration::from_secs(60);
+    let started = Instant::now();
+    let (ran, aborted) = transactions(&proxy, &prefix, 6, 3000, length);
+    let took = started.elapsed();
+    let opened = connections_received(&cluster) - before;
+    let rate = (ran + aborted) as f64 / took.as_secs_f64();
+    eprintln!(
+        "transactions: {ran} ran + {aborted} aborted by WATCH in {took:?} ({rate:.0}/s); \
+         {opened} backend connections opened meanwhile"
+    );
+    assert_eq!(aborted, 0, "nobody else touched the watched keys");
+    // The pace is a target, not a timed assertion: the check is that it was kept up at all.
+    assert!(ran > 60_000, "only {ran} transactions ran in {took:?}");
+    // What stays: the periodic topology refreshes' one-off queries (every 10 s) and nothing per
+    // transaction.
+    assert!(
+        opened <= 40,
+        "{opened} backend connections opened for {ran} transactions"
+    );
+}
