@@ -378,7 +378,7 @@ fn transactions(
                         std::thread::sleep(early);
                     }
                     let key = format!("{{{prefix}:{t}:{}}}", n % 64);
-                    let watched = n % 2 == 0;
+                    let watched = n.is_multiple_of(2);
                     let mut pipe = redis::pipe();
                     if watched {
                         let _: () = redis::cmd("WATCH").arg(&key).query(&mut con).unwrap();
