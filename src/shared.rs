@@ -37,6 +37,8 @@ pub struct Shared {
     pub counters: Counters,
     /// One permit per backend connection held by a blocked client (`max_blocking_connections`).
     pub blocking_permits: Arc<tokio::sync::Semaphore>,
+    /// One permit per request waiting for an unreachable node (`recovery_queue_size`).
+    pub recovery_permits: Arc<tokio::sync::Semaphore>,
     /// One permit per backend connection a script runs on (`max_script_connections`).
     pub script_permits: Arc<tokio::sync::Semaphore>,
     /// Scripts and functions in flight, for PING's busy check.
@@ -116,6 +118,9 @@ impl Shared {
         let script_permits = Arc::new(tokio::sync::Semaphore::new(
             config.backend.max_script_connections,
         ));
+        let recovery_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.backend.recovery_queue_size,
+        ));
         Shared {
             topology,
             commands: ArcSwap::from_pointee(CommandTable::builtin().clone()),
@@ -125,6 +130,7 @@ impl Shared {
             workers,
             counters: Counters::default(),
             blocking_permits,
+            recovery_permits,
             script_permits,
             running_scripts: Arc::default(),
             scripts: ScriptCache::default(),

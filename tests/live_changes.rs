@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::traffic::{Traffic, TrafficReport};
 use common::{
-    local_keyslot, proxy_client, start_proxy, tag_for_slot, try_role, unique_prefix, Cluster, Role,
-    CLUSTER_DEADLINE,
+    local_keyslot, proxy_client, start_proxy, start_proxy_configured, tag_for_slot, try_role,
+    unique_prefix, Cluster, Role, CLUSTER_DEADLINE,
 };
 
 /// A request for a dead node's slots must fail (or succeed) within this; never hang.
@@ -261,6 +261,15 @@ fn timed_get(con: &mut redis::Connection, key: &str) -> redis::RedisResult<Optio
     result
 }
 
+/// A proxy whose requests for an unreachable node fail at once (`recovery_timeout_ms = 0`)
+/// instead of waiting for its replacement (the recovery queue has tests of its own, in
+/// `reliability.rs`).
+fn start_failing_fast_proxy(cluster: &Cluster) -> slotproxy::Proxy {
+    start_proxy_configured(vec![cluster.seed_url()], |c| {
+        c.backend.recovery_timeout = Duration::ZERO;
+    })
+}
+
 /// Kills `victim` (a primary) and checks, on one client connection: requests for its slots fail
 /// fast, other slots keep working, and once its replica is promoted its slots work again with
 /// the data written before the kill.
@@ -345,7 +354,7 @@ fn kill_primary_and_expect_recovery(cluster: &Cluster, proxy: &slotproxy::Proxy,
 #[test]
 fn killed_primary_fails_fast_then_recovers_after_promotion() {
     let cluster = Cluster::start(3, 1);
-    let proxy = start_proxy(&cluster);
+    let proxy = start_failing_fast_proxy(&cluster);
     // Not the seed: the proxy's seed stays reachable in this test.
     let victim = *cluster
         .primaries()
@@ -362,7 +371,7 @@ fn killed_seed_primary_recovers_from_topology_of_other_nodes() {
     if try_role(seed).unwrap() != Role::Primary {
         cluster.failover(seed);
     }
-    let proxy = start_proxy(&cluster);
+    let proxy = start_failing_fast_proxy(&cluster);
     // With the seed dead, only the other nodes can tell the proxy who owns its slots now.
     kill_primary_and_expect_recovery(&cluster, &proxy, seed);
 }

@@ -434,3 +434,148 @@ fn transactions_at_3000_per_second_open_almost_no_backend_connections() {
         "{opened} backend connections opened for {ran} transactions"
     );
 }
+
+/// GET of `key` on a connection of its own, with how long it took.
+fn timed_get_on(
+    proxy: &slotproxy::Proxy,
+    key: String,
+) -> std::thread::JoinHandle<(Result<Option<String>, String>, Duration)> {
+    let mut con = proxy_client(proxy);
+    con.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let result = redis::cmd("GET")
+            .arg(&key)
+            .query::<Option<String>>(&mut con)
+            .map_err(|e| e.to_string());
+        (result, start.elapsed())
+    })
+}
+
+#[test]
+fn requests_for_a_lost_node_wait_in_a_bounded_queue_for_its_replacement() {
+    let cluster = Cluster::start(3, 1);
+    let victim = *cluster
+        .primaries()
+        .iter()
+        .find(|&&p| p != cluster.seed_port())
+        .expect("a primary that is not the seed");
+    let replica = cluster.replicas_of(victim)[0];
+    let configured = |timeout_ms: u64, size: usize| {
+        common::start_proxy_configured(vec![cluster.seed_url()], move |c| {
+            c.backend.recovery_timeout = Duration::from_millis(timeout_ms);
+            c.backend.recovery_queue_size = size;
+            c.backend.retry_deadline = Duration::from_secs(20);
+        })
+    };
+    // Waits long enough for the promotion (node timeout 2 s, then an election).
+    let patient = configured(15_000, 10_000);
+    // Room for two waiting requests only.
+    let small_queue = configured(15_000, 2);
+    // Waits 300 ms only.
+    let impatient = configured(300, 10_000);
+
+    let prefix = unique_prefix("recovery");
+    let victim_slots: HashSet<u16> = cluster
+        .slot_map()
+        .into_iter()
+        .filter(|&(_, owner)| owner == victim)
+        .map(|(slot, _)| slot)
+        .collect();
+    let dead_keys: Vec<String> = (0..)
+        .map(|i| format!("{prefix}:{i}"))
+        .filter(|k| victim_slots.contains(&local_keyslot(k.as_bytes())))
+        .take(8)
+        .collect();
+    let mut con = proxy_client(&patient);
+    for key in &dead_keys {
+        let _: () = redis::cmd("SET").arg(key).arg(key).query(&mut con).unwrap();
+    }
+    cluster.wait_replicated(victim);
+    // Every proxy knows the victim's connections before it dies.
+    for proxy in [&small_queue, &impatient] {
+        let got: Option<String> = redis::cmd("GET")
+            .arg(&dead_keys[0])
+            .query(&mut proxy_client(proxy))
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(dead_keys[0].as_str()));
+    }
+    let checker = Checker::start(
+        patient.local_addr(),
+        spread_keys(&format!("{prefix}:w"), 90),
+        3,
+    );
+    checker.wait_for_more(500);
+
+    cluster.kill(victim);
+    let patient_gets: Vec<_> = dead_keys
+        .iter()
+        .map(|k| timed_get_on(&patient, k.clone()))
+        .collect();
+    let queued_gets: Vec<_> = dead_keys[..5]
+        .iter()
+        .map(|k| timed_get_on(&small_queue, k.clone()))
+        .collect();
+    let (impatient_result, impatient_took) = timed_get_on(&impatient, dead_keys[0].clone())
+        .join()
+        .unwrap();
+    cluster.wait_promoted(replica);
+    checker.wait_for_more(500);
+
+    // Past recovery_timeout_ms: a clear error, soon after the bound.
+    let error = impatient_result.expect_err("a GET past recovery_timeout_ms must fail");
+    assert!(
+        error.contains("not back within recovery_timeout_ms = 300"),
+        "{error}"
+    );
+    assert!(
+        impatient_took < Duration::from_secs(2),
+        "{impatient_took:?}"
+    );
+    // Within it: each request waited for the promoted replica and got its value.
+    for (key, handle) in dead_keys.iter().zip(patient_gets) {
+        let (result, took) = handle.join().unwrap();
+        assert_eq!(result, Ok(Some(key.clone())), "GET {key} after {took:?}");
+    }
+    // Past the queue's size: an error at once for the requests that found no room.
+    let mut full = 0;
+    let mut served = 0;
+    for (key, handle) in dead_keys.iter().zip(queued_gets) {
+        match handle.join().unwrap() {
+            (Ok(got), _) => {
+                assert_eq!(got.as_ref(), Some(key));
+                served += 1;
+            }
+            (Err(e), took) => {
+                assert!(
+                    e.contains("recovery queue is full (recovery_queue_size = 2)"),
+                    "{e}"
+                );
+                assert!(took < Duration::from_secs(1), "{took:?}");
+                full += 1;
+            }
+        }
+    }
+    assert_eq!((served, full), (2, 3));
+
+    // The writers: only a write in flight when the node died may fail (it may have run, so it
+    // is never sent again); the rest waited. Nothing is written twice.
+    let (writes, keys) = checker.stop();
+    let verdict = writes.verify(&keys, &mut proxy_client(&patient));
+    assert!(verdict.duplicated.is_empty(), "{:?}", verdict.duplicated);
+    assert!(
+        writes.failed.len() <= 3,
+        "{} writes failed: {:?}",
+        writes.failed.len(),
+        writes.failures
+    );
+    for failure in &writes.failures {
+        assert!(failure.contains("may or may not have run"), "{failure}");
+    }
+    eprintln!(
+        "recovery queue: {} writes acknowledged while the primary was replaced, {} failed in flight, {} lost",
+        verdict.acknowledged,
+        writes.failed.len(),
+        verdict.lost.len()
+    );
+}

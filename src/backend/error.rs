@@ -42,6 +42,16 @@ impl BackendError {
         )
     }
 
+    /// True when the node could not be reached at all (refused, unreachable, its connection
+    /// closed before the request went out): the node or its replacement may answer soon.
+    /// Not an authentication refusal, which waiting does not cure.
+    pub fn node_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Unreachable { .. } | Self::NotSent { .. }
+        )
+    }
+
     /// The node it concerns, as the error names it (empty when unknown).
     pub fn addr(&self) -> &str {
         match self {

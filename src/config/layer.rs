@@ -48,6 +48,9 @@ pub struct Layer {
     pub watch_interval_ms: Option<Duration>,
     #[serde(deserialize_with = "duration::millis")]
     pub reconnect_backoff_ms: Option<Duration>,
+    #[serde(deserialize_with = "duration::millis")]
+    pub recovery_timeout_ms: Option<Duration>,
+    pub recovery_queue_size: Option<usize>,
     pub max_blocking_connections: Option<usize>,
     pub max_script_connections: Option<usize>,
     pub read_from: Option<ReadFrom>,
@@ -158,6 +161,8 @@ impl Layer {
             refresh_min_interval_ms,
             watch_interval_ms,
             reconnect_backoff_ms,
+            recovery_timeout_ms,
+            recovery_queue_size,
             max_blocking_connections,
             max_script_connections,
             read_from,
@@ -193,6 +198,8 @@ impl Layer {
         set(&mut c.backend.retry_deadline, retry_deadline_ms);
         set(&mut c.backend.max_redirects, max_redirects);
         set(&mut c.backend.reconnect_backoff, reconnect_backoff_ms);
+        set(&mut c.backend.recovery_timeout, recovery_timeout_ms);
+        set(&mut c.backend.recovery_queue_size, recovery_queue_size);
         set(
             &mut c.backend.max_blocking_connections,
             max_blocking_connections,
@@ -405,6 +412,8 @@ mod tests {
             command_timeout_ms = 0
             retry_deadline_ms = "2s"
             max_redirects = 11
+            recovery_timeout_ms = "750ms"
+            recovery_queue_size = 33
             refresh_interval_ms = "1m"
             refresh_min_interval_ms = 13
             watch_interval_ms = 22
@@ -461,6 +470,8 @@ mod tests {
                 retry_deadline: s(2),
                 max_redirects: 11,
                 reconnect_backoff: ms(14),
+                recovery_timeout: ms(750),
+                recovery_queue_size: 33,
                 max_blocking_connections: 15,
                 max_script_connections: 20,
                 read_from: ReadFrom::PreferReplica,

@@ -135,6 +135,14 @@ pub struct Backend {
     /// After a failed connect, requests for that node fail at once for this long.
     #[serde(rename = "reconnect_backoff_ms")]
     pub reconnect_backoff: Duration,
+    /// A request whose node can't be reached (every connection to it dropped, connects
+    /// refused) waits this long for the node or its replacement before it gets an error
+    /// (within `retry_deadline_ms`; 0 = fail at once).
+    #[serde(rename = "recovery_timeout_ms")]
+    pub recovery_timeout: Duration,
+    /// Requests that may wait for an unreachable node at once, over all workers; past it a
+    /// request for such a node gets an error at once.
+    pub recovery_queue_size: usize,
     /// Backend connections that blocked clients (BLPOP, XREAD BLOCK, ...) may hold at once,
     /// over all workers; a blocking command past it gets an error instead of a connection.
     pub max_blocking_connections: usize,
@@ -154,6 +162,8 @@ impl Default for Backend {
             retry_deadline: Duration::from_secs(5),
             max_redirects: 5,
             reconnect_backoff: Duration::from_millis(200),
+            recovery_timeout: Duration::from_secs(2),
+            recovery_queue_size: 10_000,
             max_blocking_connections: 1000,
             max_script_connections: 256,
             read_from: ReadFrom::Primary,

@@ -4,6 +4,8 @@
 //! (`driver::drive`) carries it out, so redirects, backoff, deadlines and their metrics are the
 //! same everywhere.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::error::ProxyError;
@@ -42,6 +44,10 @@ pub struct Rules {
     /// `ASKING` can precede the request (not for MULTI...EXEC: ASKING applies to one command,
     /// so a transaction waits for the migration to finish instead).
     pub can_ask: bool,
+    /// How long a request may wait for an unreachable node (`recovery_timeout_ms`).
+    pub recovery_timeout: Duration,
+    /// The recovery queue's size, for the error that says it is full.
+    pub recovery_queue_size: usize,
     /// A blocking command (BLPOP, XREAD BLOCK, ...): when its node stops being a primary while
     /// it waits, the node answers `-UNBLOCKED ... instance state changed` before anything was
     /// popped, so it is sent again to the slot's new primary instead.
@@ -55,6 +61,19 @@ pub struct Attempts {
     pub reconnects: u32,
     /// The last attempt went to a replica (a read under a replica read policy).
     pub on_replica: bool,
+    pub recovery: Recovery,
+}
+
+/// Where a request stands while its node can't be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Its node has answered every attempt so far.
+    #[default]
+    NotNeeded,
+    /// In the recovery queue, waiting for the node (or its replacement) since this long.
+    Waiting(Duration),
+    /// The recovery queue had no room for it.
+    QueueFull,
 }
 
 /// Why a request is retried after a pause.
@@ -153,13 +172,30 @@ pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> N
         }
         Outcome::Failed(error) => {
             let may_resend = error.certainly_not_sent() || rules.resend == Resend::Safe;
-            if rules.follow && may_resend && attempts.reconnects < MAX_RECONNECTS {
-                Next::Retry {
-                    kind: RetryKind::Reconnect,
-                    refresh: true,
+            let reconnect = Next::Retry {
+                kind: RetryKind::Reconnect,
+                refresh: true,
+            };
+            if !rules.follow || !may_resend {
+                return Next::Fail(ProxyError::backend(error));
+            }
+            if attempts.reconnects < MAX_RECONNECTS {
+                // A stale map (a failover) is fixed by a refresh and another try at once.
+                return reconnect;
+            }
+            if !error.node_unreachable() {
+                return Next::Fail(ProxyError::backend(error));
+            }
+            // The node is down or restarting: wait for it or its replacement, within bounds.
+            match attempts.recovery {
+                Recovery::QueueFull => Next::Fail(ProxyError::recovery_queue_full(
+                    error,
+                    rules.recovery_queue_size,
+                )),
+                Recovery::Waiting(waited) if waited >= rules.recovery_timeout => {
+                    Next::Fail(ProxyError::not_recovered(error, rules.recovery_timeout))
                 }
-            } else {
-                Next::Fail(ProxyError::backend(error))
+                Recovery::Waiting(_) | Recovery::NotNeeded => reconnect,
             }
         }
     }
@@ -182,6 +218,8 @@ mod tests {
         follow: true,
         can_ask: true,
         reissue_unblocked: false,
+        recovery_timeout: Duration::from_secs(2),
+        recovery_queue_size: 100,
     };
     const BLOCKING: Rules = Rules {
         resend: Resend::Never,
@@ -374,6 +412,14 @@ mod tests {
             reconnects: MAX_RECONNECTS,
             ..Attempts::default()
         };
+        let waiting = |ms| Attempts {
+            recovery: Recovery::Waiting(Duration::from_millis(ms)),
+            ..spent
+        };
+        let auth = BackendError::Auth {
+            addr: addr(),
+            reason: "WRONGPASS".into(),
+        };
         let reconnect = retry(RetryKind::Reconnect, true);
         let cases: Vec<(&str, &BackendError, Attempts, Rules, Next)> = vec![
             (
@@ -412,11 +458,62 @@ mod tests {
                 reconnect.clone(),
             ),
             (
-                "out of reconnects",
+                "out of quick reconnects, the node unreachable: wait for it",
                 &not_sent,
                 spent,
                 PIPE_READ,
-                Next::Fail(ProxyError::backend(&not_sent)),
+                reconnect.clone(),
+            ),
+            (
+                "waiting for the node, within recovery_timeout",
+                &unreachable,
+                waiting(1999),
+                PIPE_WRITE,
+                reconnect.clone(),
+            ),
+            (
+                "not back within recovery_timeout",
+                &unreachable,
+                waiting(2000),
+                PIPE_WRITE,
+                Next::Fail(ProxyError::not_recovered(
+                    &unreachable,
+                    Duration::from_secs(2),
+                )),
+            ),
+            (
+                "no room in the recovery queue",
+                &unreachable,
+                Attempts {
+                    recovery: Recovery::QueueFull,
+                    ..spent
+                },
+                PIPE_READ,
+                Next::Fail(ProxyError::recovery_queue_full(&unreachable, 100)),
+            ),
+            (
+                "the first quick reconnects need no room in the recovery queue",
+                &unreachable,
+                Attempts {
+                    recovery: Recovery::QueueFull,
+                    ..fresh
+                },
+                PIPE_READ,
+                reconnect.clone(),
+            ),
+            (
+                "a lost read out of reconnects: the node answered before, no wait",
+                &lost,
+                spent,
+                PIPE_READ,
+                Next::Fail(ProxyError::backend(&lost)),
+            ),
+            (
+                "refused credentials: waiting does not cure them",
+                &auth,
+                spent,
+                PIPE_READ,
+                Next::Fail(ProxyError::backend(&auth)),
             ),
             (
                 "an exec that may have run",

@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::decision::{decide, Attempts, Next, Outcome, RetryKind, Rules};
+use super::decision::{decide, Attempts, Next, Outcome, Recovery, RetryKind, Rules};
 use super::error::ProxyError;
 use super::worker::Worker;
 use crate::backend::pipe::ReplyResult;
@@ -143,6 +143,8 @@ pub(crate) fn rules(worker: &Worker, resend: Resend) -> Rules {
         follow: true,
         can_ask: true,
         reissue_unblocked: false,
+        recovery_timeout: worker.recovery_timeout,
+        recovery_queue_size: worker.shared.config.backend.recovery_queue_size,
     }
 }
 
@@ -186,6 +188,9 @@ struct Driver<'w> {
     redirect_to: Option<(NodeAddr, bool)>,
     /// Reads may go to replicas until one fails or is loading: then the primary serves.
     replica_ok: bool,
+    /// A place in the recovery queue, held from the first time the node could not be reached
+    /// until the request ends, and that time.
+    recovering: Option<(Option<OwnedSemaphorePermit>, Instant)>,
 }
 
 impl<'w> Driver<'w> {
@@ -198,6 +203,7 @@ impl<'w> Driver<'w> {
             backoff: FIRST_BACKOFF,
             redirect_to: None,
             replica_ok: replica_reads && rules.resend == Resend::Safe,
+            recovering: None,
         }
     }
 
@@ -231,8 +237,29 @@ impl<'w> Driver<'w> {
                 record_failure(self.worker, error);
                 self.worker.shared.topology.request_refresh();
                 self.replica_ok = false;
+                if error.node_unreachable() {
+                    self.attempts.recovery = self.recovery();
+                }
                 decide(Outcome::Failed(error), &self.attempts, &self.rules)
             }
+        }
+    }
+
+    /// The request's place in the recovery queue, taken when its node is first unreachable.
+    fn recovery(&mut self) -> Recovery {
+        let (permit, since) = self.recovering.get_or_insert_with(|| {
+            let permit = self
+                .worker
+                .shared
+                .recovery_permits
+                .clone()
+                .try_acquire_owned()
+                .ok();
+            (permit, Instant::now())
+        });
+        match permit {
+            Some(_) => Recovery::Waiting(since.elapsed()),
+            None => Recovery::QueueFull,
         }
     }
 

@@ -193,6 +193,33 @@ impl ProxyError {
         proxy_error
     }
 
+    /// A node that could not be reached and did not come back (nor a replacement) within
+    /// `recovery_timeout`.
+    pub fn not_recovered(
+        error: &BackendError,
+        recovery_timeout: std::time::Duration,
+    ) -> ProxyError {
+        let mut proxy_error = ProxyError::backend(error);
+        proxy_error.message = format!(
+            "{}; not back within recovery_timeout_ms = {}",
+            proxy_error.message,
+            recovery_timeout.as_millis()
+        )
+        .into();
+        proxy_error
+    }
+
+    /// A node that could not be reached while `size` other requests already wait for theirs.
+    pub fn recovery_queue_full(error: &BackendError, size: usize) -> ProxyError {
+        let mut proxy_error = ProxyError::backend(error);
+        proxy_error.message = format!(
+            "{}; the recovery queue is full (recovery_queue_size = {size})",
+            proxy_error.message
+        )
+        .into();
+        proxy_error
+    }
+
     /// The Redis error code: the message's first word (`ERR`, `CROSSSLOT`, `NOAUTH`...).
     pub fn code(&self) -> &str {
         self.message.split(' ').next().unwrap_or_default()

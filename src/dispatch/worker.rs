@@ -29,6 +29,8 @@ pub struct Worker {
     pub dedicated: DedicatedPool,
     pub limits: RequestLimits,
     pub retry_deadline: Duration,
+    /// How long a request waits for an unreachable node (`recovery_timeout_ms`).
+    pub recovery_timeout: Duration,
     pub max_redirects: u32,
     pub max_pipeline_depth: usize,
     pub read_from: ReadFrom,
@@ -91,6 +93,7 @@ impl Worker {
         Worker {
             limits: config.limits(),
             retry_deadline: config.retry_deadline(),
+            recovery_timeout: config.backend.recovery_timeout,
             max_redirects: config.backend.max_redirects,
             max_pipeline_depth: config.limits.max_pipeline_depth,
             read_from: config.backend.read_from,
