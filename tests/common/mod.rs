@@ -93,6 +93,35 @@ pub fn wait_until<T>(
     }
 }
 
+/// Waits (up to 30 s) until `count()` is `more` above what it is now, for tests that need
+/// background threads (`workers`, counting `unit`) to make progress across a cluster event.
+/// Panics at once if `ended()` says the threads are gone: nothing more will come.
+/// `status(done)` describes the progress for the time-out message.
+pub fn wait_for_more(
+    workers: &str,
+    unit: &str,
+    more: u64,
+    count: impl Fn() -> u64,
+    ended: impl Fn() -> bool,
+    status: impl Fn(u64) -> String,
+) {
+    let target = count() + more;
+    wait_until(
+        &format!("{workers} to reach {target} {unit}"),
+        Duration::from_secs(30),
+        || {
+            let done = count();
+            if done >= target {
+                Ok(())
+            } else if ended() {
+                panic!("{workers} ended early at {done} {unit}");
+            } else {
+                Err(status(done))
+            }
+        },
+    );
+}
+
 // --- child processes -----------------------------------------------------------------------
 
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
@@ -1433,13 +1462,15 @@ pub fn proxy_addr(proxy: &slotproxy::Proxy) -> SocketAddr {
 /// A plain (non-cluster) `redis` client connection to the proxy, with I/O timeouts.
 pub fn proxy_client(proxy: &slotproxy::Proxy) -> redis::Connection {
     let addr = proxy.local_addr();
-    let client = redis::Client::open(format!("redis://{addr}")).expect("proxy URL");
-    let con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"));
-    con.set_read_timeout(Some(IO_TIMEOUT))
-        .expect("read timeout");
-    con.set_write_timeout(Some(IO_TIMEOUT))
-        .expect("write timeout");
-    con
+    try_proxy_client(addr).unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"))
+}
+
+/// [`proxy_client`] by address, or why not: background client threads (traffic, the write
+/// checker) count a failed connect as a failed request and try again.
+pub fn try_proxy_client(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
+    let con = redis::Client::open(format!("redis://{addr}"))?
+        .get_connection_with_timeout(Duration::from_secs(5))?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
 }
