@@ -528,17 +528,25 @@ impl Nodes {
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
     fn kill(&self, port: u16) {
         let mut nodes = self.lock();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was already killed"));
+        let (_, mut child) = take_child(&mut nodes, port);
         child.kill().expect("SIGKILL a redis-server");
         child.wait().expect("reap a killed redis-server");
     }
+}
+
+/// The node on `port` in the (locked) list, and its process taken out of it for stopping: the
+/// caller keeps the list locked until the node is gone (or back), so no one sees it half-way.
+/// Panics if there is no such node or it was killed already.
+fn take_child(nodes: &mut [Node], port: u16) -> (&mut Node, Child) {
+    let node = nodes
+        .iter_mut()
+        .find(|n| n.port == port)
+        .unwrap_or_else(|| panic!("no node on port {port}"));
+    let child = node
+        .child
+        .take()
+        .unwrap_or_else(|| panic!("node {port} was already killed"));
+    (node, child)
 }
 
 impl Nodes {
@@ -547,14 +555,7 @@ impl Nodes {
     /// identity), and waits until it answers.
     fn restart(&self, port: u16) {
         let mut nodes = self.lock();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was killed"));
+        let (node, mut child) = take_child(&mut nodes, port);
         // SAFETY: kill(2) on a PID this process started and has not reaped yet.
         let sent = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM node {port}");
