@@ -1336,6 +1336,15 @@ impl Cluster {
             .filter_map(|(slot, owner)| Some((slot as u16, owner?)))
             .collect()
     }
+
+    /// The slots `primary_port` owns right now, in ascending order, from a live node's view.
+    pub fn slots_of(&self, primary_port: u16) -> Vec<u16> {
+        self.slot_map()
+            .into_iter()
+            .filter(|&(_, owner)| owner == primary_port)
+            .map(|(slot, _)| slot)
+            .collect()
+    }
 }
 
 /// `MIGRATE` of `keys` from the node behind `source` to `to_port` (no REPLACE: a key already on
