@@ -15,6 +15,8 @@ set -euo pipefail
 CALLER_PWD=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# shellcheck source=scripts/lib/cluster.sh
+source "$ROOT/scripts/lib/cluster.sh"
 
 usage() {
     cat <<'EOF'
@@ -197,8 +199,6 @@ STARTED_PIDS=()     # every long-running process we started, in start order
 declare -A PID_NAME=()
 BENCH_PID=""        # the redis-benchmark run in progress (its `timeout` wrapper)
 
-pid_alive() { kill -0 "$1" 2>/dev/null; }
-
 # Records a background process we just started.
 track() { # pid name
     STARTED_PIDS+=("$1")
@@ -291,14 +291,7 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 2200 ]; then
 fi
 log "open files limit: $NOFILE"
 
-if [ -n "$PROXY_BIN" ]; then
-    [ -x "$PROXY_BIN" ] || die "--proxy $PROXY_BIN is not an executable file"
-else
-    log "+ cargo build --release"
-    cargo build --release >&2
-    PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/slotproxy"
-    [ -x "$PROXY_BIN" ] || die "$PROXY_BIN was not built"
-fi
+resolve_proxy_bin
 log "slotproxy binary: $PROXY_BIN"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/slotproxy-bench.XXXXXX")
@@ -365,86 +358,48 @@ SEED=${NODE_PORTS[0]}
 # ------------------------------------------------------------------------------------------
 # Redis Cluster: 3 primaries + 3 replicas, pinned to REDIS_CPU
 # ------------------------------------------------------------------------------------------
-rcli() { # port args... (no cluster redirects)
-    local port=$1
-    shift
-    redis-cli -h 127.0.0.1 -p "$port" "$@"
-}
-cluster_field() { # port field
-    rcli "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
-}
 info_field() { # port field
-    rcli "$1" info replication 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
+    node_cli "$1" info replication 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
 }
+# Whether node $1 knows the whole cluster (6 nodes) and has all 16384 slots served.
+cluster_complete() {
+    cluster_state_ok "$1" &&
+        [ "$(cluster_field "$1" cluster_known_nodes)" = 6 ] &&
+        [ "$(cluster_field "$1" cluster_slots_ok)" = 16384 ]
+}
+# Whether node $1 knows 3 replicas as such (gossip can lag behind the replicas' own role).
+sees_3_replicas() { [ "$(node_cli "$1" cluster nodes 2>/dev/null | awk '$3 ~ /slave/' | wc -l)" = 3 ]; }
+# Whether node $1, if it is a replica, has its link to its primary up.
+replica_in_sync() { [ "$(info_field "$1" role)" != slave ] || [ "$(info_field "$1" master_link_status)" = up ]; }
 
-declare -A NODE_PID=()
 log "starting 6 redis-server on ports ${NODE_PORTS[*]} (pinned to CPU $REDIS_CPU)"
 for port in "${NODE_PORTS[@]}"; do
     dir="$TMP/node-$port"
     mkdir -p "$dir"
-    cat >"$dir/redis.conf" <<CONF
-port $port
-bind 127.0.0.1
-protected-mode no
-cluster-enabled yes
-cluster-config-file nodes.conf
-cluster-node-timeout 15000
-cluster-allow-replica-migration no
-save ""
-appendonly no
-maxclients 2000
-daemonize no
-logfile redis.log
-dir $dir
-CONF
-    taskset -c "$REDIS_CPU" redis-server "$dir/redis.conf" >"$dir/stdout.log" 2>&1 &
-    NODE_PID[$port]=$!
-    track "$!" "redis-server:$port"
+    write_node_conf "$dir/redis.conf" "$port" 15000 redis.log "maxclients 2000"
+    start_node "$port" "$dir/redis.conf" taskset -c "$REDIS_CPU" redis-server
+    track "${NODE_PID[$port]}" "redis-server:$port"
 done
 
-for port in "${NODE_PORTS[@]}"; do
-    deadline=$((SECONDS + 30))
-    until [ "$(rcli "$port" ping 2>/dev/null)" = PONG ]; do
-        pid_alive "${NODE_PID[$port]}" ||
-            die "redis-server on $port exited (port taken?); see $TMP/node-$port/redis.log: $(tail -n 3 "$TMP/node-$port/redis.log" 2>/dev/null | tr '\n' ' ')"
-        [ $SECONDS -lt $deadline ] || die "redis-server on $port did not answer within 30 s"
-        sleep 0.1
-    done
-done
+port=$(wait_nodes_answer 30 "${NODE_PORTS[@]}") || case $? in
+    2) die "redis-server on $port exited (port taken?); see $TMP/node-$port/redis.log: $(tail -n 3 "$TMP/node-$port/redis.log" 2>/dev/null | tr '\n' ' ')" ;;
+    *) die "redis-server on $port did not answer within 30 s" ;;
+esac
 
-addrs=()
-for port in "${NODE_PORTS[@]}"; do addrs+=("127.0.0.1:$port"); done
-log "+ redis-cli --cluster create ${addrs[*]} --cluster-replicas 1 --cluster-yes"
-redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$TMP/cluster-create.log" 2>&1 ||
+log "+ redis-cli --cluster create ${NODE_PORTS[*]/#/127.0.0.1:} --cluster-replicas 1 --cluster-yes"
+create_cluster "${NODE_PORTS[@]}" >"$TMP/cluster-create.log" 2>&1 ||
     die "redis-cli --cluster create failed: $(tail -n 5 "$TMP/cluster-create.log" | tr '\n' ' ')"
 
 log "waiting for cluster_state:ok on every node and replicas in sync"
 deadline=$((SECONDS + 60))
-for port in "${NODE_PORTS[@]}"; do
-    until [ "$(cluster_field "$port" cluster_state)" = ok ] &&
-        [ "$(cluster_field "$port" cluster_known_nodes)" = 6 ] &&
-        [ "$(cluster_field "$port" cluster_slots_ok)" = 16384 ]; do
-        [ $SECONDS -lt $deadline ] || die "node $port: cluster not ok after 60 s; see $TMP/node-$port/redis.log"
-        sleep 0.2
-    done
-done
-# Every node's view: 3 replicas known as such (gossip can lag behind the replicas' own role).
-for port in "${NODE_PORTS[@]}"; do
-    until [ "$(rcli "$port" cluster nodes 2>/dev/null | awk '$3 ~ /slave/' | wc -l)" = 3 ]; do
-        [ $SECONDS -lt $deadline ] || die "node $port does not see 3 replicas after 60 s"
-        sleep 0.2
-    done
-done
-for port in "${NODE_PORTS[@]}"; do
-    if [ "$(info_field "$port" role)" = slave ]; then
-        until [ "$(info_field "$port" master_link_status)" = up ]; do
-            [ $SECONDS -lt $deadline ] || die "replica $port not in sync after 60 s"
-            sleep 0.2
-        done
-    fi
-done
+port=$(wait_each_node "$deadline" 0.2 cluster_complete "${NODE_PORTS[@]}") ||
+    die "node $port: cluster not ok after 60 s; see $TMP/node-$port/redis.log"
+port=$(wait_each_node "$deadline" 0.2 sees_3_replicas "${NODE_PORTS[@]}") ||
+    die "node $port does not see 3 replicas after 60 s"
+port=$(wait_each_node "$deadline" 0.2 replica_in_sync "${NODE_PORTS[@]}") ||
+    die "replica $port not in sync after 60 s"
 
-NODES_TXT=$(rcli "$SEED" cluster nodes | tr -d '\r')
+NODES_TXT=$(node_cli "$SEED" cluster nodes | tr -d '\r')
 # Port of the primary owning slot $1, from `CLUSTER NODES`.
 slot_owner() {
     awk -v s="$1" '
@@ -456,7 +411,7 @@ slot_owner() {
             }
         }' <<<"$NODES_TXT"
 }
-keyslot() { rcli "$SEED" cluster keyslot "$1" | tr -d '\r'; }
+keyslot() { node_cli "$SEED" cluster keyslot "$1" | tr -d '\r'; }
 
 PRIMARIES=$(awk '$3 ~ /master/ && NF >= 9 { split($2, a, "@"); m = split(a[1], b, ":"); printf "%s ", b[m] }' <<<"$NODES_TXT")
 log "cluster ok; primaries: $PRIMARIES"
@@ -518,13 +473,13 @@ wait_proxy_ready() { # port pid log name
     want=$(printf '%s\n' "$VALUE")
     while :; do
         pid_alive "$pid" || die "$name exited during start-up; last log lines: $(tail -n 5 "$logf" 2>/dev/null | tr '\n' ' ')"
-        got=$(rcli "$port" get "$BENCH_KEY" 2>/dev/null | tr -d '\r' || true)
+        got=$(node_cli "$port" get "$BENCH_KEY" 2>/dev/null | tr -d '\r' || true)
         [ "$got" = "$want" ] && break
         [ $SECONDS -lt $deadline ] || die "$name on $port not ready after 60 s (GET said '$got'); see $logf"
         sleep 0.2
     done
     want=$(for _ in "${PROXY_MGET_KEYS[@]}"; do echo "$VALUE"; done)
-    got=$(rcli "$port" mget "${PROXY_MGET_KEYS[@]}" 2>&1 | tr -d '\r' || true)
+    got=$(node_cli "$port" mget "${PROXY_MGET_KEYS[@]}" 2>&1 | tr -d '\r' || true)
     [ "$got" = "$want" ] || die "$name: MGET of the 10 benchmark keys returned a wrong reply: $(head -c 300 <<<"$got")"
 }
 
@@ -544,12 +499,10 @@ start_slotproxy() { # port admin_port workers pin(yes|no) name [config file] -> 
     STARTED_PID=$!
     track "$STARTED_PID" "$name"
     if command -v curl >/dev/null 2>&1; then
-        local deadline=$((SECONDS + 60))
-        until curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null; do
-            pid_alive "$STARTED_PID" || die "$name exited during start-up: $(tail -n 5 "$logf" | tr '\n' ' ')"
-            [ $SECONDS -lt $deadline ] || die "$name: /readyz not 200 after 60 s; see $logf"
-            sleep 0.1
-        done
+        poll_while_alive "$STARTED_PID" $((SECONDS + 60)) 0.1 proxy_ready "$admin" || case $? in
+            2) die "$name exited during start-up: $(tail -n 5 "$logf" | tr '\n' ' ')" ;;
+            *) die "$name: /readyz not 200 after 60 s; see $logf" ;;
+        esac
     fi
     wait_proxy_ready "$port" "$STARTED_PID" "$logf" "$name"
 }

@@ -13,6 +13,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# shellcheck source=scripts/lib/cluster.sh
+source "$ROOT/scripts/lib/cluster.sh"
 DATA="$ROOT/.dev-cluster"
 # Overridable when these ports are taken: DEV_CLUSTER_BASE_PORT=7100 PROXY_PORT=6390 ADMIN_PORT=9190
 BASE_PORT=${DEV_CLUSTER_BASE_PORT:-7000}
@@ -24,11 +26,6 @@ START_TIMEOUT_S=60
 
 log() { echo "dev-cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
-
-# Whether something accepts connections on 127.0.0.1:$1.
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pid_alive() { kill -0 "$1" 2>/dev/null; }
 
 # Stops the process whose PID is in file $1 if it is still the program named $2: SIGTERM, then
 # SIGKILL after 10 s. Only PIDs this script recorded are touched.
@@ -67,12 +64,10 @@ fi
 
 # A node needs its port and its cluster bus port (port + 10000).
 check_ports() {
-    local port
-    for port in "${PORTS[@]}"; do
-        for p in "$port" $((port + 10000)); do
-            port_in_use "$p" && die "port $p on 127.0.0.1 is already in use (a cluster left running? try: $0 stop; or pick other ports with DEV_CLUSTER_BASE_PORT=...)"
-        done
-    done
+    local p
+    if p=$(busy_node_port "${PORTS[@]}"); then
+        die "port $p on 127.0.0.1 is already in use (a cluster left running? try: $0 stop; or pick other ports with DEV_CLUSTER_BASE_PORT=...)"
+    fi
     for p in "${PROXY_LISTEN##*:}" "${ADMIN_LISTEN##*:}"; do
         port_in_use "$p" && die "port $p on 127.0.0.1 is already in use (pick another with PROXY_PORT=... / ADMIN_PORT=...)"
     done
@@ -100,41 +95,19 @@ trap 'exit 143' TERM
 for port in "${PORTS[@]}"; do
     dir="$DATA/$port"
     mkdir -p "$dir"
-    cat >"$dir/redis.conf" <<CONF
-port $port
-bind 127.0.0.1
-cluster-enabled yes
-cluster-config-file nodes.conf
-cluster-node-timeout 5000
-cluster-require-full-coverage no
-cluster-allow-replica-migration no
-save ""
-appendonly no
-protected-mode no
-# The proxy reaches the nodes over loopback: DEBUG (which the suite and the tests use) is allowed from there only.
-enable-debug-command local
-daemonize no
-logfile redis.log
-dir $dir
-CONF
-    redis-server "$dir/redis.conf" >"$dir/stdout.log" 2>&1 &
-    echo $! >"$dir/node.pid"
+    write_node_conf "$dir/redis.conf" "$port" 5000 redis.log \
+        "cluster-require-full-coverage no" \
+        "# The proxy reaches the nodes over loopback: DEBUG (which the suite and the tests use) is allowed from there only." \
+        "enable-debug-command local"
+    start_node "$port" "$dir/redis.conf" redis-server
+    echo "${NODE_PID[$port]}" >"$dir/node.pid"
 done
 
 # Wait until each node answers PING.
-for port in "${PORTS[@]}"; do
-    deadline=$((SECONDS + START_TIMEOUT_S))
-    until [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]; do
-        pid_alive "$(cat "$DATA/$port/node.pid")" ||
-            die "redis-server on $port exited; see $DATA/$port/redis.log and stdout.log"
-        [ $SECONDS -lt $deadline ] || die "redis-server on $port did not answer within ${START_TIMEOUT_S}s"
-        sleep 0.1
-    done
-done
-
-cluster_field() { # port field
-    redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
-}
+port=$(wait_nodes_answer "$START_TIMEOUT_S" "${PORTS[@]}") || case $? in
+    2) die "redis-server on $port exited; see $DATA/$port/redis.log and stdout.log" ;;
+    *) die "redis-server on $port did not answer within ${START_TIMEOUT_S}s" ;;
+esac
 
 known=$(cluster_field "${PORTS[0]}" cluster_known_nodes)
 assigned=$(cluster_field "${PORTS[0]}" cluster_slots_assigned)
@@ -147,19 +120,12 @@ else
         fi
     done
     log "+ redis-cli --cluster create ... --cluster-replicas 1"
-    addrs=()
-    for port in "${PORTS[@]}"; do addrs+=("127.0.0.1:$port"); done
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes
+    create_cluster "${PORTS[@]}"
 fi
 
 log "waiting for cluster_state:ok on every node"
-deadline=$((SECONDS + START_TIMEOUT_S))
-for port in "${PORTS[@]}"; do
-    until [ "$(cluster_field "$port" cluster_state)" = ok ]; do
-        [ $SECONDS -lt $deadline ] || die "node $port: cluster_state not ok after ${START_TIMEOUT_S}s; see $DATA/$port/redis.log"
-        sleep 0.2
-    done
-done
+port=$(wait_each_node $((SECONDS + START_TIMEOUT_S)) 0.2 cluster_state_ok "${PORTS[@]}") ||
+    die "node $port: cluster_state not ok after ${START_TIMEOUT_S}s; see $DATA/$port/redis.log"
 
 log "cluster ok; starting slotproxy on $PROXY_LISTEN (admin http://$ADMIN_LISTEN), Ctrl-C stops everything"
 log "connect from another terminal:  redis-cli -h ${PROXY_LISTEN%:*} -p ${PROXY_LISTEN##*:}   (metrics: curl -s http://$ADMIN_LISTEN/metrics)"

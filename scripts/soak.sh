@@ -49,6 +49,8 @@ set -euo pipefail
 CALLER_PWD=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# shellcheck source=scripts/lib/cluster.sh
+source "$ROOT/scripts/lib/cluster.sh"
 HELPER="$ROOT/scripts/soak_helper.py"
 
 usage() {
@@ -147,6 +149,7 @@ case "$BACKEND" in
     valkey) SERVER=valkey-server; CLI=valkey-cli; BENCH=valkey-benchmark ;;
     *) die_usage "--backend must be redis or valkey" ;;
 esac
+NODE_CLI=$CLI
 
 # ------------------------------------------------------------------------------------------
 # Logging, process bookkeeping, cleanup
@@ -156,7 +159,6 @@ die() {
     log "ERROR: $*"
     exit 1
 }
-pid_alive() { kill -0 "$1" 2>/dev/null; }
 
 STARTED_PIDS=() # every process we started, in start order
 declare -A PID_NAME=()
@@ -256,25 +258,15 @@ NODE_PORTS=()
 for i in 0 1 2 3 4 5; do NODE_PORTS+=($((PORT_BASE + i))); done
 PROXY_PORT=$((PORT_BASE + 10))
 ADMIN_PORT=$((PORT_BASE + 11))
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "${NODE_PORTS[@]}"; do
-    for q in "$p" $((p + 10000)); do
-        port_in_use "$q" && die "port $q on 127.0.0.1 is in use (another soak run? pick other ports with --port-base)"
-    done
-done
+if q=$(busy_node_port "${NODE_PORTS[@]}"); then
+    die "port $q on 127.0.0.1 is in use (another soak run? pick other ports with --port-base)"
+fi
 for q in "$PROXY_PORT" "$ADMIN_PORT"; do
     port_in_use "$q" && die "port $q on 127.0.0.1 is in use (pick other ports with --port-base)"
 done
 PORTS_CSV=$(IFS=,; echo "${NODE_PORTS[*]}")
 
-if [ -n "$PROXY_BIN" ]; then
-    [ -x "$PROXY_BIN" ] || die "--proxy $PROXY_BIN is not an executable file"
-else
-    log "+ cargo build --release"
-    cargo build --release >&2
-    PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/slotproxy"
-    [ -x "$PROXY_BIN" ] || die "$PROXY_BIN was not built"
-fi
+resolve_proxy_bin
 
 if [ -z "$OUT" ]; then
     OUT=$(mktemp -d "${TMPDIR:-/tmp}/slotproxy-soak.XXXXXX")
@@ -300,47 +292,20 @@ log "output directory: $OUT"
 # ------------------------------------------------------------------------------------------
 # Cluster: 3 primaries + 3 replicas
 # ------------------------------------------------------------------------------------------
-cli() { # port args...
-    local port=$1
-    shift
-    "$CLI" -h 127.0.0.1 -p "$port" "$@"
-}
-declare -A NODE_PID=()
 log "starting 6 $SERVER on ports ${NODE_PORTS[*]}"
 for port in "${NODE_PORTS[@]}"; do
     dir="$OUT/nodes/$port"
     mkdir -p "$dir"
-    cat >"$dir/node.conf" <<CONF
-port $port
-bind 127.0.0.1
-protected-mode no
-cluster-enabled yes
-cluster-config-file nodes.conf
-cluster-node-timeout 5000
-cluster-allow-replica-migration no
-save ""
-appendonly no
-maxclients 2000
-daemonize no
-logfile node.log
-dir $dir
-CONF
-    "$SERVER" "$dir/node.conf" >"$dir/stdout.log" 2>&1 &
-    NODE_PID[$port]=$!
-    track "$!" "node:$port"
+    write_node_conf "$dir/node.conf" "$port" 5000 node.log "maxclients 2000"
+    start_node "$port" "$dir/node.conf" "$SERVER"
+    track "${NODE_PID[$port]}" "node:$port"
 done
-for port in "${NODE_PORTS[@]}"; do
-    deadline=$((SECONDS + 30))
-    until [ "$(cli "$port" ping 2>/dev/null)" = PONG ]; do
-        pid_alive "${NODE_PID[$port]}" || die "$SERVER on $port exited; see $OUT/nodes/$port/node.log"
-        [ $SECONDS -lt $deadline ] || die "$SERVER on $port did not answer within 30 s"
-        sleep 0.1
-    done
-done
-addrs=()
-for port in "${NODE_PORTS[@]}"; do addrs+=("127.0.0.1:$port"); done
+port=$(wait_nodes_answer 30 "${NODE_PORTS[@]}") || case $? in
+    2) die "$SERVER on $port exited; see $OUT/nodes/$port/node.log" ;;
+    *) die "$SERVER on $port did not answer within 30 s" ;;
+esac
 log "+ $CLI --cluster create ... --cluster-replicas 1"
-"$CLI" --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$OUT/chaos/create.log" 2>&1 ||
+create_cluster "${NODE_PORTS[@]}" >"$OUT/chaos/create.log" 2>&1 ||
     die "cluster create failed: $(tail -n 5 "$OUT/chaos/create.log" | tr '\n' ' ')"
 
 settle() { # [--admin] -> 0 when settled within 180 s
@@ -359,13 +324,11 @@ NO_COLOR=1 "$PROXY_BIN" --listen "127.0.0.1:$PROXY_PORT" --upstream "redis://127
     --admin-listen "127.0.0.1:$ADMIN_PORT" --workers "$WORKERS" >"$OUT/proxy.log" 2>&1 &
 PROXY_PID=$!
 track "$PROXY_PID" slotproxy
-deadline=$((SECONDS + 60))
-until curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null; do
-    pid_alive "$PROXY_PID" || die "slotproxy exited: $(tail -n 5 "$OUT/proxy.log" | tr '\n' ' ')"
-    [ $SECONDS -lt $deadline ] || die "slotproxy /readyz not 200 after 60 s; see $OUT/proxy.log"
-    sleep 0.2
-done
-[ "$(cli "$PROXY_PORT" set soak:hello ok 2>&1)" = OK ] || die "SET through the proxy failed"
+poll_while_alive "$PROXY_PID" $((SECONDS + 60)) 0.2 proxy_ready "$ADMIN_PORT" || case $? in
+    2) die "slotproxy exited: $(tail -n 5 "$OUT/proxy.log" | tr '\n' ' ')" ;;
+    *) die "slotproxy /readyz not 200 after 60 s; see $OUT/proxy.log" ;;
+esac
+[ "$(node_cli "$PROXY_PORT" set soak:hello ok 2>&1)" = OK ] || die "SET through the proxy failed"
 log "prefill: $KEYSPACE SETs of 64 bytes on random keys through the proxy"
 "$BENCH" -h 127.0.0.1 -p "$PROXY_PORT" -n "$KEYSPACE" -r "$KEYSPACE" -c 8 -P 32 -d 64 -t set --csv \
     >"$OUT/bench/prefill.out" 2>&1 || die "prefill failed: $(tail -n 3 "$OUT/bench/prefill.out" | tr '\n' ' ')"
@@ -468,17 +431,17 @@ do_reshard() {
 
 do_failover() { # kind port: CLUSTER FAILOVER on the node at port (must be a replica)
     local kind=$1 port=$2 t0=$SECONDS role reply
-    role=$(cli "$port" role 2>/dev/null | head -n 1 | tr -d '\r')
+    role=$(node_cli "$port" role 2>/dev/null | head -n 1 | tr -d '\r')
     if [ "$role" != slave ]; then
         event "$kind" skipped 0 "node $port is $role, not a replica"
         return 0
     fi
-    reply=$(cli "$port" cluster failover 2>&1 | tr -d '\r')
+    reply=$(node_cli "$port" cluster failover 2>&1 | tr -d '\r')
     if [ "$reply" != OK ]; then
         event "$kind" failed 0 "node $port: CLUSTER FAILOVER said $reply"
         return 0
     fi
-    while [ "$(cli "$port" role 2>/dev/null | head -n 1 | tr -d '\r')" != master ]; do
+    while [ "$(node_cli "$port" role 2>/dev/null | head -n 1 | tr -d '\r')" != master ]; do
         if [ $((SECONDS - t0)) -ge 60 ]; then
             event "$kind" failed $((SECONDS - t0)) "node $port not promoted after 60 s"
             return 0

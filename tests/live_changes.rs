@@ -155,11 +155,7 @@ fn reshard_of_600_slots_under_traffic_loses_nothing() {
         .find(|&&x| x != from)
         .expect("a second primary");
     let before = cluster.slot_map();
-    let from_slots: Vec<u16> = before
-        .iter()
-        .filter(|(_, &o)| o == from)
-        .map(|(&s, _)| s)
-        .collect();
+    let from_slots = cluster.slots_of(from);
     // Half the keys in the lowest slots of `from` (where redis-cli takes slots from), half
     // anywhere.
     let mut keys: Vec<String> = (0..150)
@@ -229,7 +225,7 @@ fn keys_on_and_off(
     prefix: &str,
     n: usize,
 ) -> (Vec<String>, Vec<String>) {
-    let map = cluster.slot_map();
+    let owned: HashSet<u16> = cluster.slots_of(primary).into_iter().collect();
     let mut on = Vec::new();
     let mut off = Vec::new();
     for i in 0.. {
@@ -237,7 +233,7 @@ fn keys_on_and_off(
             break;
         }
         let key = format!("{prefix}:{i}");
-        let list = if map[&local_keyslot(key.as_bytes())] == primary {
+        let list = if owned.contains(&local_keyslot(key.as_bytes())) {
             &mut on
         } else {
             &mut off

@@ -66,12 +66,7 @@ fn a_killed_primary_loses_only_what_replication_had_not_carried_and_the_proxy_ad
     let replica = cluster.replicas_of(victim)[0];
     let prefix = unique_prefix("sigkill");
     let keys = spread_keys(&prefix, 150);
-    let victim_slots: HashSet<u16> = cluster
-        .slot_map()
-        .into_iter()
-        .filter(|&(_, owner)| owner == victim)
-        .map(|(slot, _)| slot)
-        .collect();
+    let victim_slots: HashSet<u16> = cluster.slots_of(victim).into_iter().collect();
     let on_victim = |key: &str| victim_slots.contains(&local_keyslot(key.as_bytes()));
 
     let checker = Checker::start(proxy.local_addr(), keys, 4);
@@ -191,11 +186,9 @@ fn clients_blocked_on_a_primary_that_fails_over_are_served_by_the_new_one() {
     let primary = cluster.primaries()[0];
     let replica = cluster.replicas_of(primary)[0];
     let slot = *cluster
-        .slot_map()
-        .iter()
-        .find(|&(_, &owner)| owner == primary)
-        .expect("a slot of the primary")
-        .0;
+        .slots_of(primary)
+        .first()
+        .expect("a slot of the primary");
     let tag = tag_for_slot(slot, &unique_prefix("blocked"));
     let key = |name: &str| format!("{{{tag}}}:{name}");
     let mut con = proxy_client(&proxy);
@@ -476,12 +469,7 @@ fn requests_for_a_lost_node_wait_in_a_bounded_queue_for_its_replacement() {
     let impatient = configured(300, 10_000);
 
     let prefix = unique_prefix("recovery");
-    let victim_slots: HashSet<u16> = cluster
-        .slot_map()
-        .into_iter()
-        .filter(|&(_, owner)| owner == victim)
-        .map(|(slot, _)| slot)
-        .collect();
+    let victim_slots: HashSet<u16> = cluster.slots_of(victim).into_iter().collect();
     let dead_keys: Vec<String> = (0..)
         .map(|i| format!("{prefix}:{i}"))
         .filter(|k| victim_slots.contains(&local_keyslot(k.as_bytes())))

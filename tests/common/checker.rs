@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{wait_until, IO_TIMEOUT};
+use super::{try_proxy_client, wait_for_more};
 
 /// Hard bounds on one writer thread, whatever the test does.
 const MAX_WRITES: u64 = 2_000_000;
@@ -127,20 +127,13 @@ impl Checker {
 
     /// Waits until `more` further writes have been acknowledged (up to 30 s).
     pub fn wait_for_more(&self, more: u64) {
-        let target = self.acknowledged() + more;
-        wait_until(
-            &format!("{target} acknowledged writes"),
-            Duration::from_secs(30),
-            || {
-                let done = self.acknowledged();
-                if done >= target {
-                    Ok(())
-                } else if self.handles.iter().all(|h| h.is_finished()) {
-                    panic!("writer threads ended early at {done} writes");
-                } else {
-                    Err(format!("{done} acknowledged, {} failed", self.failed()))
-                }
-            },
+        wait_for_more(
+            "writer threads",
+            "acknowledged writes",
+            more,
+            || self.acknowledged(),
+            || self.handles.iter().all(|h| h.is_finished()),
+            |done| format!("{done} acknowledged, {} failed", self.failed()),
         );
     }
 
@@ -227,14 +220,6 @@ impl Writes {
     }
 }
 
-fn connect(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
-    let con = redis::Client::open(format!("redis://{addr}"))?
-        .get_connection_with_timeout(Duration::from_secs(5))?;
-    con.set_read_timeout(Some(IO_TIMEOUT))?;
-    con.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(con)
-}
-
 fn write(
     addr: SocketAddr,
     thread: usize,
@@ -262,7 +247,7 @@ fn write(
         seq += 1;
         let c = match con.as_mut() {
             Some(c) => c,
-            None => match connect(addr) {
+            None => match try_proxy_client(addr) {
                 Ok(c) => con.insert(c),
                 Err(e) => {
                     note_failure(&mut writes, failed, key, &value, started, &e.to_string());

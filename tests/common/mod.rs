@@ -93,6 +93,35 @@ pub fn wait_until<T>(
     }
 }
 
+/// Waits (up to 30 s) until `count()` is `more` above what it is now, for tests that need
+/// background threads (`workers`, counting `unit`) to make progress across a cluster event.
+/// Panics at once if `ended()` says the threads are gone: nothing more will come.
+/// `status(done)` describes the progress for the time-out message.
+pub fn wait_for_more(
+    workers: &str,
+    unit: &str,
+    more: u64,
+    count: impl Fn() -> u64,
+    ended: impl Fn() -> bool,
+    status: impl Fn(u64) -> String,
+) {
+    let target = count() + more;
+    wait_until(
+        &format!("{workers} to reach {target} {unit}"),
+        Duration::from_secs(30),
+        || {
+            let done = count();
+            if done >= target {
+                Ok(())
+            } else if ended() {
+                panic!("{workers} ended early at {done} {unit}");
+            } else {
+                Err(status(done))
+            }
+        },
+    );
+}
+
 // --- child processes -----------------------------------------------------------------------
 
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
@@ -499,17 +528,25 @@ impl Nodes {
     /// Kills the node on `port` with SIGKILL (by PID) and reaps it.
     fn kill(&self, port: u16) {
         let mut nodes = self.lock();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was already killed"));
+        let (_, mut child) = take_child(&mut nodes, port);
         child.kill().expect("SIGKILL a redis-server");
         child.wait().expect("reap a killed redis-server");
     }
+}
+
+/// The node on `port` in the (locked) list, and its process taken out of it for stopping: the
+/// caller keeps the list locked until the node is gone (or back), so no one sees it half-way.
+/// Panics if there is no such node or it was killed already.
+fn take_child(nodes: &mut [Node], port: u16) -> (&mut Node, Child) {
+    let node = nodes
+        .iter_mut()
+        .find(|n| n.port == port)
+        .unwrap_or_else(|| panic!("no node on port {port}"));
+    let child = node
+        .child
+        .take()
+        .unwrap_or_else(|| panic!("node {port} was already killed"));
+    (node, child)
 }
 
 impl Nodes {
@@ -518,14 +555,7 @@ impl Nodes {
     /// identity), and waits until it answers.
     fn restart(&self, port: u16) {
         let mut nodes = self.lock();
-        let node = nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .unwrap_or_else(|| panic!("no node on port {port}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {port} was killed"));
+        let (node, mut child) = take_child(&mut nodes, port);
         // SAFETY: kill(2) on a PID this process started and has not reaped yet.
         let sent = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM node {port}");
@@ -1306,6 +1336,15 @@ impl Cluster {
             .filter_map(|(slot, owner)| Some((slot as u16, owner?)))
             .collect()
     }
+
+    /// The slots `primary_port` owns right now, in ascending order, from a live node's view.
+    pub fn slots_of(&self, primary_port: u16) -> Vec<u16> {
+        self.slot_map()
+            .into_iter()
+            .filter(|&(_, owner)| owner == primary_port)
+            .map(|(slot, _)| slot)
+            .collect()
+    }
 }
 
 /// `MIGRATE` of `keys` from the node behind `source` to `to_port` (no REPLACE: a key already on
@@ -1433,13 +1472,15 @@ pub fn proxy_addr(proxy: &slotproxy::Proxy) -> SocketAddr {
 /// A plain (non-cluster) `redis` client connection to the proxy, with I/O timeouts.
 pub fn proxy_client(proxy: &slotproxy::Proxy) -> redis::Connection {
     let addr = proxy.local_addr();
-    let client = redis::Client::open(format!("redis://{addr}")).expect("proxy URL");
-    let con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"));
-    con.set_read_timeout(Some(IO_TIMEOUT))
-        .expect("read timeout");
-    con.set_write_timeout(Some(IO_TIMEOUT))
-        .expect("write timeout");
-    con
+    try_proxy_client(addr).unwrap_or_else(|e| panic!("connect to the proxy at {addr}: {e}"))
+}
+
+/// [`proxy_client`] by address, or why not: background client threads (traffic, the write
+/// checker) count a failed connect as a failed request and try again.
+pub fn try_proxy_client(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
+    let con = redis::Client::open(format!("redis://{addr}"))?
+        .get_connection_with_timeout(Duration::from_secs(5))?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{local_keyslot, wait_until, IO_TIMEOUT};
+use super::{local_keyslot, try_proxy_client, wait_for_more};
 
 /// Hard bounds on one traffic thread, whatever the test does.
 const MAX_OPS: u64 = 5_000_000;
@@ -95,21 +95,13 @@ impl Traffic {
 
     /// Waits until `more` further operations have completed (up to 30 s).
     pub fn wait_for_more_ops(&self, more: u64) {
-        let target = self.ops() + more;
-        wait_until(
-            &format!("traffic to reach {target} operations"),
-            Duration::from_secs(30),
-            || {
-                let done = self.ops();
-                if done >= target {
-                    Ok(())
-                } else if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
-                    // Not worth waiting: the thread is gone.
-                    panic!("traffic thread ended early at {done} operations");
-                } else {
-                    Err(format!("{done} operations"))
-                }
-            },
+        wait_for_more(
+            "traffic thread",
+            "operations",
+            more,
+            || self.ops(),
+            || self.handle.as_ref().is_some_and(|h| h.is_finished()),
+            |done| format!("{done} operations"),
         );
     }
 
@@ -131,14 +123,6 @@ impl Drop for Traffic {
             let _ = handle.join();
         }
     }
-}
-
-fn connect(addr: SocketAddr) -> redis::RedisResult<redis::Connection> {
-    let con = redis::Client::open(format!("redis://{addr}"))?
-        .get_connection_with_timeout(Duration::from_secs(5))?;
-    con.set_read_timeout(Some(IO_TIMEOUT))?;
-    con.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(con)
 }
 
 fn run(
@@ -193,7 +177,7 @@ fn run(
         }
         let c = match con.as_mut() {
             Some(c) => c,
-            None => match connect(addr) {
+            None => match try_proxy_client(addr) {
                 Ok(c) => con.insert(c),
                 Err(e) => {
                     record(&mut report, format!("op {i}: connect to the proxy: {e}"));
