@@ -20,6 +20,10 @@ use futures_util::FutureExt;
 
 use crate::dispatch::{CommandMetrics, Dispatched, InFlight, Reply, Settled, Worker};
 
+/// A ready reply at least this large, reaching an empty output buffer, is moved into it rather
+/// than copied (small replies are copied: batching them into one write is what matters there).
+const TAKE_WHOLE: usize = 1024 * 1024;
+
 enum State {
     Ready(Bytes),
     InFlight(InFlight),
@@ -47,6 +51,18 @@ impl Future for Tagged {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Bytes)> {
         let seq = self.seq;
         self.future.as_mut().poll(cx).map(|bytes| (seq, bytes))
+    }
+}
+
+/// Appends `reply` to the output buffer. A large reply (a merged KEYS) that reaches an empty
+/// buffer and is owned by nothing else becomes the buffer itself, instead of a second copy.
+fn append_reply(out: &mut BytesMut, reply: Bytes) {
+    if out.is_empty() && reply.len() >= TAKE_WHOLE {
+        *out = reply
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(shared.as_ref()));
+    } else {
+        out.extend_from_slice(&reply);
     }
 }
 
@@ -164,7 +180,7 @@ impl ReplyQueue {
             }
             if let State::Ready(bytes) = entry.state {
                 if !entry.silent {
-                    out.extend_from_slice(&bytes);
+                    append_reply(out, bytes);
                 }
             }
         }
