@@ -380,4 +380,21 @@ mod tests {
         })
         .await;
     }
+
+    #[test]
+    fn a_large_reply_becomes_the_empty_output_buffer_without_a_copy() {
+        let large = BytesMut::from(vec![b'k'; TAKE_WHOLE].as_slice()).freeze();
+        let at = large.as_ptr();
+        let mut out = BytesMut::new();
+        append_reply(&mut out, large);
+        assert_eq!((out.as_ptr(), out.len()), (at, TAKE_WHOLE));
+        // Behind other output, or shared with another owner, it is copied.
+        append_reply(&mut out, Bytes::from_static(b"+OK\r\n"));
+        assert!(out.ends_with(b"k+OK\r\n"));
+        let shared = BytesMut::from(vec![b'k'; TAKE_WHOLE].as_slice()).freeze();
+        let mut out = BytesMut::new();
+        append_reply(&mut out, shared.clone());
+        assert_ne!(out.as_ptr(), shared.as_ptr());
+        assert_eq!(out, shared);
+    }
 }

@@ -396,6 +396,55 @@ fn split_scan_reply(answer: &Bytes) -> Option<(u64, Bytes)> {
 mod tests {
     use super::*;
 
+    fn collected(parts: &[&'static str], merge: Merge, limit: usize) -> Result<Vec<Bytes>, usize> {
+        let requests = parts
+            .iter()
+            .map(|p| std::future::ready(Bytes::from_static(p.as_bytes())));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(collect(requests, merge, limit))
+    }
+
+    #[test]
+    fn merges_that_concatenate_stop_past_max_merged_reply() {
+        let parts = ["*1\r\n$1\r\na\r\n", "*1\r\n$1\r\nb\r\n"];
+        // Within the limit (or none): every part, in target order.
+        let all = collected(&parts, Merge::Concat, 22).unwrap();
+        assert_eq!(all, parts.map(|p| Bytes::from_static(p.as_bytes())));
+        assert_eq!(merged(Merge::Concat, all), "*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+        assert!(collected(&parts, Merge::Concat, 0).is_ok());
+        // Past it: the size reached when the limit was passed.
+        assert_eq!(collected(&parts, Merge::Concat, 21), Err(22));
+        assert_eq!(collected(&parts, Merge::Union, 5), Err(11));
+        // Merges that reduce their parts are not limited.
+        assert!(collected(&[":1\r\n", ":2\r\n"], Merge::Sum, 1).is_ok());
+    }
+
+    #[test]
+    fn the_limit_error_names_the_command() {
+        let keys = Command::from_args(&["KEYS", "*"]).into_raw();
+        assert_eq!(command_name(&keys), "KEYS");
+        assert_eq!(
+            too_large(&command_name(&keys), 100).to_reply(),
+            "-ERR slotproxy: the KEYS reply is larger than max_merged_reply (100 bytes); use SCAN\r\n"
+        );
+        let slowlog = Command::from_args(&["slowlog", "get", "10"]).into_raw();
+        assert_eq!(command_name(&slowlog), "SLOWLOG GET");
+        assert_eq!(
+            too_large(&command_name(&slowlog), 7).to_reply(),
+            "-ERR slotproxy: the SLOWLOG GET reply is larger than max_merged_reply (7 bytes)\r\n"
+        );
+        let channels = Command::from_args(&["PUBSUB", "CHANNELS", "news.*"]).into_raw();
+        assert_eq!(command_name(&channels), "PUBSUB CHANNELS");
+        assert_eq!(command_name(b"PING\r\n"), "");
+        assert_eq!(command_name(b"*2\r\n$4\r\nKE"), "");
+        assert_eq!(
+            too_large("", 1).to_reply(),
+            "-ERR slotproxy: the merged reply is larger than max_merged_reply (1 bytes)\r\n"
+        );
+    }
+
     #[test]
     fn scan_reply_split() {
         let answer = Bytes::from_static(b"*2\r\n$3\r\n128\r\n*1\r\n$1\r\na\r\n");
