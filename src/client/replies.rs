@@ -121,14 +121,21 @@ impl ReplyQueue {
         });
     }
 
-    /// Moves every reply that is complete at the head of the queue into `out`, without waiting.
-    pub fn drain_ready(&mut self, out: &mut BytesMut) {
+    /// Moves every reply that is complete at the head of the queue into `out`, without waiting,
+    /// until `out` holds more than `limit` bytes (0 = no limit: the session's
+    /// `client_output_buffer_limit`, which then closes the client). Past the limit, replies are
+    /// not copied into a buffer that is about to be dropped: a client that does not read
+    /// replies of a node that answers fast would otherwise have them all copied first.
+    pub fn drain_ready(&mut self, out: &mut BytesMut, limit: usize) {
         while let Some(Some((seq, bytes))) = self.driven.next().now_or_never() {
             self.fill(seq, bytes);
         }
         // One clock read for every reply of this batch (they go out in the same write).
         let mut now = None;
         while let Some(front) = self.entries.front_mut() {
+            if limit > 0 && out.len() > limit {
+                break;
+            }
             match &mut front.state {
                 State::Ready(_) => self.pop_into(out, &mut now),
                 State::InFlight(in_flight) => match in_flight.try_settle(&self.worker) {
@@ -276,7 +283,7 @@ mod tests {
 
     fn drained(queue: &mut ReplyQueue) -> Vec<u8> {
         let mut out = BytesMut::new();
-        queue.drain_ready(&mut out);
+        queue.drain_ready(&mut out, 0);
         out.to_vec()
     }
 

@@ -133,7 +133,7 @@ async fn run<S: ClientStream>(
             );
         }
         // Everything already complete goes out in one write.
-        pending.drain_ready(&mut output);
+        pending.drain_ready(&mut output, output_limit);
         output_high = output_high.max(output.len());
         // A command carried out in steps held the ones after it back until its reply was out.
         if client.hold_until_replied && pending.is_empty() && !input_done && held.is_none() {
@@ -145,7 +145,7 @@ async fn run<S: ClientStream>(
                 &mut pending,
                 &mut held,
             );
-            pending.drain_ready(&mut output);
+            pending.drain_ready(&mut output, output_limit);
         }
         if peer_closed
             && !input_done
