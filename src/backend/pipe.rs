@@ -346,11 +346,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // `max_merged_reply` gave up on it) was dropped here: once the buffer has moved off
         // its allocation, the memory goes back to the system.
         let mut dropped_large = 0;
+        // The largest reply handed over: its slice shares the buffer's allocation.
+        let mut largest = 0;
         while let Some(len) = scanner.scan(&buf).map_err(|e| BackendError::Protocol {
             addr: addr.to_string(),
             reason: e.to_string(),
         })? {
             let reply = buf.split_to(len).freeze();
+            largest = largest.max(len);
             let mut queue = waiting.borrow_mut();
             let Some(front) = queue.front_mut() else {
                 return Err(BackendError::Protocol {
@@ -371,8 +374,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 drain.done.notify_one();
             }
         }
-        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
-            buf = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a large reply
+        // Give back the memory of a large reply: an empty buffer still pointing into the
+        // allocation of a reply it handed over (whatever room is left at its end) would keep
+        // that allocation alive after the reply is gone.
+        if buf.is_empty() && (buf.capacity() > KEEP_BUFFER || largest > KEEP_BUFFER) {
+            buf = BytesMut::with_capacity(READ_CHUNK);
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK.max(buf.len()));
