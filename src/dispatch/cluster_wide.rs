@@ -164,9 +164,10 @@ fn concatenates(merge: Merge) -> bool {
 
 /// The replies of `requests`, in their order. For a merge that concatenates, the parts'
 /// sizes are added up as they arrive: once the total passes `limit` (0 = none) the parts
-/// already in are dropped at once and the requests still running are abandoned (their
-/// replies, when they come, are read off the connection and dropped by the backend pipe),
-/// so a refused reply is never held whole. `Err` carries the size reached.
+/// already in are dropped at once, and each part still to come is dropped as it arrives, so
+/// a refused reply is never held whole. The refusal waits for those last parts (as long as
+/// the reply would have taken) rather than abandoning them, so that once it is answered every
+/// part is gone and their memory can be returned. `Err` carries the size reached.
 async fn collect<R: Future<Output = Bytes>>(
     requests: impl Iterator<Item = R>,
     merge: Merge,
@@ -184,13 +185,16 @@ async fn collect<R: Future<Output = Bytes>>(
     while let Some((i, part)) = running.next().await {
         total = total.saturating_add(part.len());
         if total > limit {
-            return Err(total);
-        }
-        if let Some(slot) = parts.get_mut(i) {
+            parts = Vec::new();
+        } else if let Some(slot) = parts.get_mut(i) {
             *slot = part;
         }
     }
-    Ok(parts)
+    if total > limit {
+        Err(total)
+    } else {
+        Ok(parts)
+    }
 }
 
 /// The merged reply, or the `max_merged_reply` error naming the command (`name` is only
@@ -206,7 +210,7 @@ fn finish(
         Err(reached) => {
             let name = name();
             tracing::debug!(command = %name, bytes = reached, limit, "merged reply refused (max_merged_reply)");
-            // The parts already in were dropped with `collect`'s future.
+            // Every part has been dropped by now.
             crate::memory::released(reached);
             too_large(&name, limit).answer()
         }
@@ -414,9 +418,9 @@ mod tests {
         assert_eq!(all, parts.map(|p| Bytes::from_static(p.as_bytes())));
         assert_eq!(merged(Merge::Concat, all), "*2\r\n$1\r\na\r\n$1\r\nb\r\n");
         assert!(collected(&parts, Merge::Concat, 0).is_ok());
-        // Past it: the size reached when the limit was passed.
+        // Past it: the size of every part (each dropped as it came).
         assert_eq!(collected(&parts, Merge::Concat, 21), Err(22));
-        assert_eq!(collected(&parts, Merge::Union, 5), Err(11));
+        assert_eq!(collected(&parts, Merge::Union, 5), Err(22));
         // Merges that reduce their parts are not limited.
         assert!(collected(&[":1\r\n", ":2\r\n"], Merge::Sum, 1).is_ok());
     }
