@@ -37,8 +37,9 @@ const KEYS_PEAK_SLACK: u64 = 32 * MIB;
 /// the client's output buffer are given back once empty): RSS returns to within this of what
 /// it was before.
 const RSS_AFTER_SLACK: u64 = 32 * MIB;
-/// A proxy with a small `max_merged_reply` refuses `KEYS *` after the first node's part: its
-/// peak stays under the nodes' replies (read off the sockets anyway) plus slack.
+/// A proxy with a small `max_merged_reply` refuses `KEYS *`: the nodes' parts are still read
+/// off their sockets, but each is dropped as it arrives and nothing is merged, so its peak
+/// stays within the same bound as an accepted `KEYS *`, and RSS comes back after.
 const SMALL_MERGED_LIMIT: u64 = 8 * MIB;
 /// Clients pipelining into a stalled node: the proxy stops reading a writer at
 /// `max_pipeline_depth` commands in flight (1024 SETs of 4 KiB here: 4 MiB), and cuts off a

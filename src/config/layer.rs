@@ -606,12 +606,22 @@ mod tests {
         std::env::set_var("SLOTPROXY_WORKERS", "6");
         std::env::set_var("SLOTPROXY_READ_FROM", "replica");
         std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
-        let base = || file("workers = 2\nread_from = \"any\"\nupstreams = [\"a:1\"]");
+        std::env::set_var("SLOTPROXY_MAX_MERGED_REPLY", "1000");
+        let base = || {
+            file("workers = 2\nread_from = \"any\"\nmax_merged_reply = 10\nupstreams = [\"a:1\"]")
+        };
         let from_env = Config::layered([base(), parse_flags(&[])], no_env).unwrap();
         let flagged = Config::layered(
             [
                 base(),
-                parse_flags(&["--workers", "8", "--read-from", "prefer-replica"]),
+                parse_flags(&[
+                    "--workers",
+                    "8",
+                    "--read-from",
+                    "prefer-replica",
+                    "--max-merged-reply",
+                    "2000",
+                ]),
             ],
             no_env,
         )
@@ -619,7 +629,17 @@ mod tests {
         std::env::remove_var("SLOTPROXY_WORKERS");
         std::env::remove_var("SLOTPROXY_READ_FROM");
         std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
+        std::env::remove_var("SLOTPROXY_MAX_MERGED_REPLY");
         drop(environment);
+        let file_only = Config::layered([base()], no_env).unwrap();
+        assert_eq!(
+            (
+                file_only.clients.max_merged_reply,
+                from_env.clients.max_merged_reply,
+                flagged.clients.max_merged_reply
+            ),
+            (10, 1000, 2000)
+        );
         assert_eq!(
             (from_env.listener.workers, from_env.backend.read_from),
             (6, ReadFrom::Replica)
