@@ -47,7 +47,7 @@ const SMALL_MERGED_LIMIT: u64 = 8 * MIB;
 /// here), copying no more of them into its output buffer. What the backend connection read
 /// for that client before the cut (up to its 32 replies of 1 MiB: the proxy reads a node's
 /// replies as they come, for every client of the connection) is held until then, and the
-/// allocator keeps freed memory for a while. Measured growth: 44 to 86 MiB (run to run,
+/// allocator keeps freed memory for a while. Measured growth: 38 to 94 MiB (run to run,
 /// mostly the allocator: 39 MiB live with `MIMALLOC_PURGE_DELAY=0`); with 200 replies and a
 /// 16 MiB limit, 252 MiB before replies stopped being copied past the limit. The bound is
 /// 128 MiB: above every measurement, far below the 1 GiB that 1024 such replies could be.
