@@ -15,6 +15,7 @@ pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod latency;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod reload;

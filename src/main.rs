@@ -122,7 +122,16 @@ fn reload(args: &Args, reloader: &slotproxy::Reloader, set_log_level: &SetLogLev
     }
 }
 
+/// Returns the memory mimalloc holds freed (on this thread's heap and in its arenas) to the
+/// system now, rather than when the thread next allocates: called after a large reply (see
+/// `slotproxy::memory`), so an idle proxy's RSS comes back down.
+fn release_free_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
+    slotproxy::memory::set_release_hook(release_free_memory);
     let args = Args::parse();
     // The configuration is built before logging starts because it may choose the log format;
     // its errors go straight to stderr.

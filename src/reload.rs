@@ -297,6 +297,7 @@ mod tests {
                 |c| c.clients.output_buffer_limit = 1,
                 &[],
             ),
+            ("max_merged_reply", |c| c.clients.max_merged_reply = 1, &[]),
             (
                 "shutdown_grace",
                 |c| c.clients.shutdown_grace = Duration::ZERO,

@@ -77,6 +77,9 @@ pub struct ClientLimits {
     pub idle_timeout: Option<Duration>,
     /// Close a client whose unwritten replies pass this many bytes; 0 = no limit.
     pub output_limit: usize,
+    /// Refuse a reply merged from several nodes past this many bytes (`max_merged_reply`);
+    /// 0 = no limit.
+    pub max_merged_reply: usize,
     /// How long a shutdown waits for owed replies.
     pub shutdown_grace: Duration,
 }
@@ -87,6 +90,7 @@ impl ClientLimits {
             max_clients: config.clients.max_clients,
             idle_timeout: config.client_idle_timeout(),
             output_limit: config.clients.output_buffer_limit,
+            max_merged_reply: config.clients.max_merged_reply,
             shutdown_grace: config.clients.shutdown_grace,
         }
     }

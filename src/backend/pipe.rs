@@ -342,11 +342,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
     loop {
+        // A large reply nobody waited for any more (its client hung up, a merge past
+        // `max_merged_reply` gave up on it) was dropped here: once the buffer has moved off
+        // its allocation, the memory goes back to the system.
+        let mut dropped_large = 0;
+        // The largest reply handed over: its slice shares the buffer's allocation.
+        let mut largest = 0;
         while let Some(len) = scanner.scan(&buf).map_err(|e| BackendError::Protocol {
             addr: addr.to_string(),
             reason: e.to_string(),
         })? {
             let reply = buf.split_to(len).freeze();
+            largest = largest.max(len);
             let mut queue = waiting.borrow_mut();
             let Some(front) = queue.front_mut() else {
                 return Err(BackendError::Protocol {
@@ -359,18 +366,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
             if let Some(w) = queue.pop_front() {
-                let _ = w.reply.send(Ok(reply));
+                if let Err(Ok(unwanted)) = w.reply.send(Ok(reply)) {
+                    dropped_large = dropped_large.max(unwanted.len());
+                }
             }
             if drain.closing.get() && queue.is_empty() {
                 drain.done.notify_one();
             }
         }
-        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
-            buf = BytesMut::with_capacity(READ_CHUNK); // give back the memory of a large reply
+        // Give back the memory of a large reply: an empty buffer still pointing into the
+        // allocation of a reply it handed over (whatever room is left at its end) would keep
+        // that allocation alive after the reply is gone.
+        if buf.is_empty() && (buf.capacity() > KEEP_BUFFER || largest > KEEP_BUFFER) {
+            buf = BytesMut::with_capacity(READ_CHUNK);
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK.max(buf.len()));
         }
+        crate::memory::released(dropped_large);
         let read = match command_timeout {
             None => reader.read_buf(&mut buf).await,
             Some(limit) => match tokio::time::timeout(limit, reader.read_buf(&mut buf)).await {

@@ -20,6 +20,10 @@ use futures_util::FutureExt;
 
 use crate::dispatch::{CommandMetrics, Dispatched, InFlight, Reply, Settled, Worker};
 
+/// A ready reply at least this large, reaching an empty output buffer, is moved into it rather
+/// than copied (small replies are copied: batching them into one write is what matters there).
+const TAKE_WHOLE: usize = 1024 * 1024;
+
 enum State {
     Ready(Bytes),
     InFlight(InFlight),
@@ -47,6 +51,18 @@ impl Future for Tagged {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Bytes)> {
         let seq = self.seq;
         self.future.as_mut().poll(cx).map(|bytes| (seq, bytes))
+    }
+}
+
+/// Appends `reply` to the output buffer. A large reply (a merged KEYS) that reaches an empty
+/// buffer and is owned by nothing else becomes the buffer itself, instead of a second copy.
+fn append_reply(out: &mut BytesMut, reply: Bytes) {
+    if out.is_empty() && reply.len() >= TAKE_WHOLE {
+        *out = reply
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(shared.as_ref()));
+    } else {
+        out.extend_from_slice(&reply);
     }
 }
 
@@ -105,14 +121,21 @@ impl ReplyQueue {
         });
     }
 
-    /// Moves every reply that is complete at the head of the queue into `out`, without waiting.
-    pub fn drain_ready(&mut self, out: &mut BytesMut) {
+    /// Moves every reply that is complete at the head of the queue into `out`, without waiting,
+    /// until `out` holds more than `limit` bytes (0 = no limit: the session's
+    /// `client_output_buffer_limit`, which then closes the client). Past the limit, replies are
+    /// not copied into a buffer that is about to be dropped: a client that does not read
+    /// replies of a node that answers fast would otherwise have them all copied first.
+    pub fn drain_ready(&mut self, out: &mut BytesMut, limit: usize) {
         while let Some(Some((seq, bytes))) = self.driven.next().now_or_never() {
             self.fill(seq, bytes);
         }
         // One clock read for every reply of this batch (they go out in the same write).
         let mut now = None;
         while let Some(front) = self.entries.front_mut() {
+            if limit > 0 && out.len() > limit {
+                break;
+            }
             match &mut front.state {
                 State::Ready(_) => self.pop_into(out, &mut now),
                 State::InFlight(in_flight) => match in_flight.try_settle(&self.worker) {
@@ -164,7 +187,7 @@ impl ReplyQueue {
             }
             if let State::Ready(bytes) = entry.state {
                 if !entry.silent {
-                    out.extend_from_slice(&bytes);
+                    append_reply(out, bytes);
                 }
             }
         }
@@ -260,7 +283,7 @@ mod tests {
 
     fn drained(queue: &mut ReplyQueue) -> Vec<u8> {
         let mut out = BytesMut::new();
-        queue.drain_ready(&mut out);
+        queue.drain_ready(&mut out, 0);
         out.to_vec()
     }
 
@@ -363,5 +386,22 @@ mod tests {
             assert!(!queue.has_parked());
         })
         .await;
+    }
+
+    #[test]
+    fn a_large_reply_becomes_the_empty_output_buffer_without_a_copy() {
+        let large = BytesMut::from(vec![b'k'; TAKE_WHOLE].as_slice()).freeze();
+        let at = large.as_ptr();
+        let mut out = BytesMut::new();
+        append_reply(&mut out, large);
+        assert_eq!((out.as_ptr(), out.len()), (at, TAKE_WHOLE));
+        // Behind other output, or shared with another owner, it is copied.
+        append_reply(&mut out, Bytes::from_static(b"+OK\r\n"));
+        assert!(out.ends_with(b"k+OK\r\n"));
+        let shared = BytesMut::from(vec![b'k'; TAKE_WHOLE].as_slice()).freeze();
+        let mut out = BytesMut::new();
+        append_reply(&mut out, shared.clone());
+        assert_ne!(out.as_ptr(), shared.as_ptr());
+        assert_eq!(out, shared);
     }
 }

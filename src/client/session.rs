@@ -93,6 +93,9 @@ async fn run<S: ClientStream>(
     // connection then costs no buffer memory at all.
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
+    // The most `output` held since it was last given back (its capacity no longer says once
+    // written: `advance` moves its start), so that giving back a large one returns the memory.
+    let mut output_high = 0usize;
     let mut pending = ReplyQueue::new(worker.clone());
     let bytes_in = metrics::counter!("slotproxy_bytes_total", "direction" => "in");
     let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
@@ -130,7 +133,8 @@ async fn run<S: ClientStream>(
             );
         }
         // Everything already complete goes out in one write.
-        pending.drain_ready(&mut output);
+        pending.drain_ready(&mut output, output_limit);
+        output_high = output_high.max(output.len());
         // A command carried out in steps held the ones after it back until its reply was out.
         if client.hold_until_replied && pending.is_empty() && !input_done && held.is_none() {
             input_done = dispatch_decoded(
@@ -141,7 +145,7 @@ async fn run<S: ClientStream>(
                 &mut pending,
                 &mut held,
             );
-            pending.drain_ready(&mut output);
+            pending.drain_ready(&mut output, output_limit);
         }
         if peer_closed
             && !input_done
@@ -213,7 +217,7 @@ async fn run<S: ClientStream>(
             _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
             ready = stream.writable(), if !output.is_empty() => {
                 ready?;
-                let n = write_some(&stream, &mut output, pending.is_empty())?;
+                let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
                 bytes_out.increment(n as u64);
             }
             ready = stream.readable(), if can_read => {
@@ -302,17 +306,20 @@ fn dispatch_decoded(
 }
 
 /// Writes what the socket takes of `output` now; the number of bytes written. An emptied
-/// buffer that grew large, or whose client has nothing more owed, is given back.
+/// buffer that grew large (`high`: the most it held), or whose client has nothing more owed,
+/// is given back, and a large one's memory returned to the system.
 fn write_some<S: ClientStream>(
     stream: &S,
     output: &mut BytesMut,
     nothing_owed: bool,
+    high: &mut usize,
 ) -> std::io::Result<usize> {
     match stream.try_write(output) {
         Ok(n) => {
             output.advance(n);
-            if output.is_empty() && (nothing_owed || output.capacity() > KEEP_BUFFER) {
+            if output.is_empty() && (nothing_owed || *high > KEEP_BUFFER) {
                 *output = BytesMut::new();
+                crate::memory::released(std::mem::take(high));
             }
             Ok(n)
         }

@@ -134,6 +134,9 @@ pub struct ClientsFlags {
         value_name = "BYTES"
     )]
     pub client_output_buffer_limit: Option<usize>,
+    /// Refuse (with an error; KEYS: use SCAN) a reply merged from several nodes that passes this many bytes; 0 = no limit [default: 67108864]
+    #[arg(long, env = "SLOTPROXY_MAX_MERGED_REPLY", value_name = "BYTES")]
+    pub max_merged_reply: Option<usize>,
     /// Seconds (or 500ms, 1m, ...) a shutdown waits for owed replies to be written [default: 10]
     #[arg(long, env = "SLOTPROXY_SHUTDOWN_GRACE", value_name = "SECS", value_parser = duration::parse_seconds)]
     pub shutdown_grace: Option<Duration>,
@@ -169,6 +172,7 @@ impl Flags {
             max_clients: clients.max_clients,
             client_idle_timeout: clients.client_idle_timeout,
             client_output_buffer_limit: clients.client_output_buffer_limit,
+            max_merged_reply: clients.max_merged_reply,
             shutdown_grace: clients.shutdown_grace,
             backend: BackendTable {
                 tls: BackendTlsLayer {

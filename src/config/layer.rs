@@ -65,6 +65,7 @@ pub struct Layer {
     #[serde(deserialize_with = "duration::seconds")]
     pub client_idle_timeout: Option<Duration>,
     pub client_output_buffer_limit: Option<usize>,
+    pub max_merged_reply: Option<usize>,
     /// Bare numbers in seconds.
     #[serde(deserialize_with = "duration::seconds")]
     pub shutdown_grace: Option<Duration>,
@@ -175,6 +176,7 @@ impl Layer {
             max_clients,
             client_idle_timeout,
             client_output_buffer_limit,
+            max_merged_reply,
             shutdown_grace,
             backend,
             client,
@@ -226,6 +228,7 @@ impl Layer {
             &mut c.clients.output_buffer_limit,
             client_output_buffer_limit,
         );
+        set(&mut c.clients.max_merged_reply, max_merged_reply);
         set(&mut c.clients.shutdown_grace, shutdown_grace);
         set(&mut c.auth.requirepass, requirepass.map(Some));
         set(&mut c.auth.users_file, users_file.map(Some));
@@ -430,6 +433,7 @@ mod tests {
             max_clients = 17
             client_idle_timeout = 18
             client_output_buffer_limit = 19
+            max_merged_reply = 23
             shutdown_grace = "250ms"
             [backend.tls]
             enabled = true
@@ -494,6 +498,7 @@ mod tests {
                 max_clients: 17,
                 idle_timeout: Some(s(18)),
                 output_buffer_limit: 19,
+                max_merged_reply: 23,
                 shutdown_grace: ms(250),
             },
             auth: super::super::Auth {
@@ -601,12 +606,22 @@ mod tests {
         std::env::set_var("SLOTPROXY_WORKERS", "6");
         std::env::set_var("SLOTPROXY_READ_FROM", "replica");
         std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
-        let base = || file("workers = 2\nread_from = \"any\"\nupstreams = [\"a:1\"]");
+        std::env::set_var("SLOTPROXY_MAX_MERGED_REPLY", "1000");
+        let base = || {
+            file("workers = 2\nread_from = \"any\"\nmax_merged_reply = 10\nupstreams = [\"a:1\"]")
+        };
         let from_env = Config::layered([base(), parse_flags(&[])], no_env).unwrap();
         let flagged = Config::layered(
             [
                 base(),
-                parse_flags(&["--workers", "8", "--read-from", "prefer-replica"]),
+                parse_flags(&[
+                    "--workers",
+                    "8",
+                    "--read-from",
+                    "prefer-replica",
+                    "--max-merged-reply",
+                    "2000",
+                ]),
             ],
             no_env,
         )
@@ -614,7 +629,17 @@ mod tests {
         std::env::remove_var("SLOTPROXY_WORKERS");
         std::env::remove_var("SLOTPROXY_READ_FROM");
         std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
+        std::env::remove_var("SLOTPROXY_MAX_MERGED_REPLY");
         drop(environment);
+        let file_only = Config::layered([base()], no_env).unwrap();
+        assert_eq!(
+            (
+                file_only.clients.max_merged_reply,
+                from_env.clients.max_merged_reply,
+                flagged.clients.max_merged_reply
+            ),
+            (10, 1000, 2000)
+        );
         assert_eq!(
             (from_env.listener.workers, from_env.backend.read_from),
             (6, ReadFrom::Replica)

@@ -232,6 +232,17 @@ pub struct Clients {
     /// disconnected. 0 = no limit.
     #[serde(rename = "client_output_buffer_limit")]
     pub output_buffer_limit: usize,
+    /// Largest reply the proxy assembles from the parts of several nodes (`KEYS` without a
+    /// hash tag, `SLOWLOG GET`, `PUBSUB CHANNELS`...); past it the client gets an error
+    /// (`use SCAN` for KEYS) and the connection stays usable. 0 = no limit.
+    ///
+    /// Such a reply is the one thing a single command can make the proxy hold that no node
+    /// holds: the nodes' parts, then the merged reply, then the client's copy. The default
+    /// equals `client_output_buffer_limit`'s, because a reply larger than the output limit
+    /// would get the client disconnected anyway (it is queued whole before a byte is
+    /// written), so this turns that disconnection into a clear error, checked as the parts
+    /// arrive, before the merge allocates anything.
+    pub max_merged_reply: usize,
     /// How long a shutdown (SIGTERM/SIGINT) waits for replies owed to clients to be written.
     pub shutdown_grace: Duration,
 }
@@ -242,6 +253,7 @@ impl Default for Clients {
             max_clients: 10_000,
             idle_timeout: None,
             output_buffer_limit: 64 * 1024 * 1024,
+            max_merged_reply: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }

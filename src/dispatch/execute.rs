@@ -372,7 +372,12 @@ fn broadcast(
         .into_iter()
         .map(|target| driver::start(worker, map, payload.clone(), target, resend))
         .collect();
-    Reply::later(cluster_wide::gather_started(worker.clone(), started, merge))
+    Reply::later(cluster_wide::gather_started(
+        worker.clone(),
+        payload,
+        started,
+        merge,
+    ))
 }
 
 fn session(
