@@ -365,9 +365,9 @@ fn node_config(at: At, hostname: Option<&str>, dir: &Path, options: &Options) ->
 impl LoopCluster {
     /// Starts `primaries * (1 + replicas_per_primary)` nodes on 127.0.0.1, each on a port
     /// also free on `spare` (the addresses nodes will move to), each named in `hosts` when
-    /// `options.hostnames`, and creates the cluster.
+    /// `options.hostnames` (which needs `hosts`), and creates the cluster.
     pub fn start(
-        hosts: &Hosts,
+        hosts: Option<&Hosts>,
         primaries: usize,
         replicas_per_primary: usize,
         spare: &[Ipv4Addr],
@@ -395,6 +395,7 @@ impl LoopCluster {
                 port: pick_port(&ips),
             };
             let hostname = options.hostnames.then(|| {
+                let hosts = hosts.expect("announced hostnames need Hosts");
                 let name = hosts.name(&format!("n{i}"));
                 hosts.set(&name, at.ip);
                 name
