@@ -28,6 +28,17 @@ fn spread_keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}:{i}")).collect()
 }
 
+/// The value of `series` (name and labels) on the proxy's `/metrics`; 0 when absent.
+fn metric(proxy: &slotproxy::Proxy, series: &str) -> f64 {
+    let admin = proxy.admin_addr().expect("the admin listener");
+    let (status, body) = common::http::get(admin, "/metrics");
+    assert_eq!(status, 200, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn a_primary_replaced_twice_under_its_name_is_followed_without_a_lost_write() {
     let hosts = Hosts::new("replace");
@@ -101,6 +112,13 @@ fn a_primary_replaced_twice_under_its_name_is_followed_without_a_lost_write() {
         report.errors,
     );
     verdict.assert_nothing_lost();
+    // The old processes did answer MOVED to their own name, and the proxy went around it.
+    let moved_to_itself = metric(&proxy, "slotproxy_retries_total{kind=\"moved_to_itself\"}");
+    eprintln!("MOVED to itself, retried over a new connection: {moved_to_itself}");
+    assert!(
+        moved_to_itself > 0.0,
+        "no MOVED to the node's own name was seen"
+    );
     // A MOVED means the write did not run, so it is sent again over a new connection: the
     // clients see nothing of the two switches.
     writes.assert_no_failures();

@@ -97,7 +97,12 @@ impl Exchange for ViaPipe<'_> {
     fn forget_connections(&self, worker: &Worker, addr: &NodeAddr) {
         // Only the pipe that carried this request: the others in flight on it get the same
         // MOVED, and must not close the new pipe the first of them opened.
-        worker.pool.reconnect(addr, self.sent_mark);
+        if worker.pool.reconnect(addr, self.sent_mark) {
+            tracing::info!(
+                node = %addr,
+                "node answered MOVED to its own address: reconnecting, its name leads elsewhere now"
+            );
+        }
         worker.dedicated.forget(addr);
     }
 }
