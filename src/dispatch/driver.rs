@@ -220,7 +220,7 @@ pub(crate) async fn drive<E: Exchange>(
                 ..
             }
         ) {
-            tracing::debug!(node = %addr, "MOVED to its own address: reconnecting");
+            tracing::trace!(node = %addr, "MOVED to its own address: reconnecting");
             exchange.forget_connections(worker, &addr);
         }
         if let Some(done) = driver.follow(next, &outcome, target).await {
