@@ -89,7 +89,7 @@ fn describe() {
     );
     describe_counter!(
         "slotproxy_retries_total",
-        "TRYAGAIN, CLUSTERDOWN and LOADING replies retried inside the proxy"
+        "TRYAGAIN, CLUSTERDOWN and LOADING replies, and MOVED to the answering node's own address, retried inside the proxy"
     );
     describe_gauge!("slotproxy_client_connections", "Open client connections");
     describe_gauge!(

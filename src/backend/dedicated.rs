@@ -100,6 +100,12 @@ impl DedicatedPool {
         }
     }
 
+    /// Closes the idle connections to `addr`: they lead to a process its name no longer
+    /// names (it answered MOVED to its own address); new ones resolve the name again.
+    pub fn forget(&self, addr: &NodeAddr) {
+        self.idle.borrow_mut().remove(addr);
+    }
+
     /// A connection to `addr` for the caller to hold (a WATCH, a transaction): an idle one,
     /// or a new one.
     pub async fn checkout(&self, addr: &NodeAddr) -> Result<BackendStream, BackendError> {

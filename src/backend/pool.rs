@@ -159,6 +159,23 @@ impl<C: Connector + Clone> Pool<C> {
         Some(pipe)
     }
 
+    /// Takes the pipe to `addr` out of service if it carried a request queued before the mark
+    /// `sent` was noted ([`Pool::write_mark`] right after the send): the node answered MOVED to
+    /// its own address, so the name leads elsewhere now, and the next send opens a new
+    /// connection, which resolves it again. A pipe opened since (by another request that got
+    /// the same answer) stays. The old pipe delivers the replies it still owes, then closes.
+    /// Returns whether a pipe was taken out.
+    pub fn reconnect(&self, addr: &NodeAddr, sent: u64) -> bool {
+        let mut pipes = self.pipes.borrow_mut();
+        match pipes.get(addr) {
+            Some(serving) if serving.opened <= sent => {
+                pipes.remove(addr);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Drops pipes to nodes that are no longer part of the cluster.
     pub fn retain(&self, keep: impl Fn(&NodeAddr) -> bool) {
         self.pipes.borrow_mut().retain(|addr, _| keep(addr));
@@ -305,6 +322,45 @@ mod tests {
             settle().await;
             assert_result(reply_now(&mut rx_b), ok(b"$1\r\nB\r\n"));
             assert_eq!(connector.attempts(), 2);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_replaces_only_the_pipe_that_carried_the_request() {
+        local(async {
+            let connector = FakeConnector::default();
+            let mut old = connector.accept();
+            let (pool, _) = pool(&connector);
+            let (a, b) = (cmd(&["SET", "a", "1"]), cmd(&["SET", "b", "1"]));
+            let mut rx_a = send(&pool, &a);
+            let sent_a = pool.write_mark();
+            let mut rx_b = send(&pool, &b);
+            let sent_b = pool.write_mark();
+            old.expect(&[&a[..], &b[..]].concat()).await;
+            // The process behind the name is a replica now: MOVED to its own name.
+            let moved = b"-MOVED 1 cache-1.example:6379\r\n";
+            old.reply(&[&moved[..], &moved[..]].concat()).await;
+            settle().await;
+            assert_result(reply_now(&mut rx_a), ok(moved));
+            assert_result(reply_now(&mut rx_b), ok(moved));
+
+            // The first request's MOVED takes the pipe out; its resend opens a new one.
+            assert!(pool.reconnect(&addr(), sent_a));
+            let mut new = connector.accept();
+            let mut rx_again = send(&pool, &a);
+            new.expect(&a).await;
+            // The second request came over the old pipe too: the new pipe stays.
+            assert!(!pool.reconnect(&addr(), sent_b));
+            new.reply(b"+OK\r\n").await;
+            settle().await;
+            assert_result(reply_now(&mut rx_again), ok(b"+OK\r\n"));
+            assert_eq!(connector.attempts(), 2);
+            assert_eq!(pool.open_connections(), 1);
+            // The old pipe owed nothing more: it closed.
+            old.expect_closed().await;
+            // Nothing to take out for a node never used.
+            assert!(!pool.reconnect(&NodeAddr::from("10.0.0.9:6379"), sent_b));
         })
         .await;
     }

@@ -88,16 +88,21 @@ pub enum RetryKind {
     Reconnect,
     /// A blocking command whose node became a replica while it waited.
     Unblocked,
+    /// MOVED to the very address the reply came from: the name now leads to another process
+    /// (see [`moved_to_itself`]); the node's connections are dropped and the request is sent
+    /// again over a new one, which resolves the name again.
+    MovedToItself,
 }
 
 impl RetryKind {
     /// Every kind counted under `slotproxy_retries_total` (reconnects are counted as errors).
-    pub const COUNTED: [RetryKind; 5] = [
+    pub const COUNTED: [RetryKind; 6] = [
         RetryKind::TryAgain,
         RetryKind::ClusterDown,
         RetryKind::Loading,
         RetryKind::Migrating,
         RetryKind::Unblocked,
+        RetryKind::MovedToItself,
     ];
 
     /// The `kind` label of `slotproxy_retries_total`.
@@ -109,6 +114,7 @@ impl RetryKind {
             RetryKind::Migrating => "migrating",
             RetryKind::Reconnect => "reconnect",
             RetryKind::Unblocked => "unblocked",
+            RetryKind::MovedToItself => "moved_to_itself",
         }
     }
 }
@@ -131,8 +137,14 @@ pub enum Next<'a> {
     Fail(ProxyError),
 }
 
-/// Decides what follows `outcome`.
-pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> Next<'a> {
+/// Decides what follows `outcome`, which came from the node at `from` (as the proxy dialled
+/// it; empty when unknown).
+pub fn decide<'a>(
+    outcome: Outcome<'a>,
+    from: &str,
+    attempts: &Attempts,
+    rules: &Rules,
+) -> Next<'a> {
     match outcome {
         Outcome::Reply(bytes) => {
             if rules.follow && rules.reissue_unblocked && unblocked_by_role_change(bytes) {
@@ -146,6 +158,13 @@ pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> N
             };
             let out_of_redirects = attempts.redirects >= rules.max_redirects;
             match redirect {
+                // Not a redirect at all: following it would send the request back to the same
+                // connection, which would answer the same, until the redirects run out. Bounded
+                // by the request deadline instead, as the name may take a moment to move.
+                Redirect::Moved { addr, .. } if moved_to_itself(addr, from) => Next::Retry {
+                    kind: RetryKind::MovedToItself,
+                    refresh: true,
+                },
                 Redirect::Moved { .. } | Redirect::Ask { .. } if out_of_redirects => {
                     Next::Fail(ProxyError::too_many_redirects(bytes))
                 }
@@ -201,6 +220,16 @@ pub fn decide<'a>(outcome: Outcome<'a>, attempts: &Attempts, rules: &Rules) -> N
     }
 }
 
+/// Whether a MOVED to `to` sent by the node the proxy reached at `from` names that same
+/// address. With `cluster-preferred-endpoint-type hostname` nodes announce names, and a
+/// managed cluster (ElastiCache, MemoryDB) replaces a node by pointing its name at a new
+/// process that took over the old one's data: the old process, now a replica, answers MOVED to
+/// its own name. Only a new connection, which resolves the name again, reaches the new one.
+/// Host names compare without regard to case, as DNS does; an unknown `from` matches nothing.
+pub fn moved_to_itself(to: &str, from: &str) -> bool {
+    !from.is_empty() && to.eq_ignore_ascii_case(from)
+}
+
 /// Redis's answer to the commands blocked on a primary that turns into a replica (a
 /// failover): nothing was served to them. Not `-UNBLOCKED client unblocked via CLIENT
 /// UNBLOCK`, which a client asked for.
@@ -239,6 +268,9 @@ mod tests {
         follow: false,
         ..EXEC
     };
+
+    /// Where the replies of the tables come from.
+    const FROM: &str = "127.0.0.1:7000";
 
     fn slot(n: u64) -> Slot {
         Slot::new(n).unwrap()
@@ -377,6 +409,43 @@ mod tests {
                 Next::Final,
             ),
             (
+                "moved to the node that sent it: new connection, after a pause",
+                b"-MOVED 3999 127.0.0.1:7000\r\n",
+                fresh,
+                PIPE_WRITE,
+                retry(RetryKind::MovedToItself, true),
+            ),
+            (
+                "moved to itself past max_redirects: still bounded by the deadline only",
+                b"-MOVED 3999 127.0.0.1:7000\r\n",
+                many,
+                PIPE_READ,
+                retry(RetryKind::MovedToItself, true),
+            ),
+            (
+                "exec moved to itself: nothing ran, new connection",
+                b"-MOVED 1 127.0.0.1:7000\r\n",
+                fresh,
+                EXEC,
+                retry(RetryKind::MovedToItself, true),
+            ),
+            (
+                "watched exec moved to itself: the answer, as any redirect",
+                b"-MOVED 1 127.0.0.1:7000\r\n",
+                fresh,
+                WATCHED_EXEC,
+                Next::Final,
+            ),
+            (
+                "ask to itself is an ordinary ask",
+                b"-ASK 1 127.0.0.1:7000\r\n",
+                fresh,
+                PIPE_READ,
+                Next::Ask {
+                    to: "127.0.0.1:7000",
+                },
+            ),
+            (
                 "watched exec: tryagain is the answer",
                 b"-TRYAGAIN x\r\n",
                 fresh,
@@ -387,9 +456,33 @@ mod tests {
         for (name, reply, attempts, rules, expected) in cases {
             let reply = Bytes::from_static(reply);
             assert_eq!(
-                decide(Outcome::Reply(&reply), &attempts, &rules),
+                decide(Outcome::Reply(&reply), FROM, &attempts, &rules),
                 expected,
                 "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn moved_to_itself_compares_whole_addresses() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("cache-0001.example:6379", "cache-0001.example:6379", true),
+            ("Cache-0001.Example:6379", "cache-0001.example:6379", true),
+            ("127.0.0.1:7000", "127.0.0.1:7000", true),
+            ("[::1]:7000", "[::1]:7000", true),
+            // Another port, another host, or a prefix of the address: a real redirect.
+            ("cache-0001.example:6380", "cache-0001.example:6379", false),
+            ("cache-0002.example:6379", "cache-0001.example:6379", false),
+            ("127.0.0.1:700", "127.0.0.1:7000", false),
+            ("127.0.0.2:7000", "127.0.0.1:7000", false),
+            // Where the reply came from is unknown: never taken for a loop.
+            ("127.0.0.1:7000", "", false),
+        ];
+        for &(to, from, expected) in cases {
+            assert_eq!(
+                moved_to_itself(to, from),
+                expected,
+                "MOVED {to} from {from}"
             );
         }
     }
@@ -539,7 +632,7 @@ mod tests {
         ];
         for (name, error, attempts, rules, expected) in cases {
             assert_eq!(
-                decide(Outcome::Failed(error), &attempts, &rules),
+                decide(Outcome::Failed(error), FROM, &attempts, &rules),
                 expected,
                 "{name}"
             );

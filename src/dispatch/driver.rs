@@ -52,16 +52,39 @@ pub(crate) trait Exchange {
     /// Sends the request to `addr` (preceded by `ASKING` when `asking`) and returns the reply
     /// the decision is about.
     async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult;
+
+    /// Drops the connections to `addr` that may have carried the last attempt (a node that
+    /// answered MOVED to its own address), so the next attempt opens a new one, which resolves
+    /// the node's name again. Connections of their own go back to the idle list after a
+    /// redirect: those are dropped.
+    fn forget_connections(&self, worker: &Worker, addr: &NodeAddr) {
+        worker.dedicated.forget(addr);
+    }
 }
 
 /// The worker's shared, pipelined connection to each node.
-struct ViaPipe<'a>(&'a Bytes);
+struct ViaPipe<'a> {
+    payload: &'a Bytes,
+    /// The pool's mark right after the last attempt was queued (see `Pool::reconnect`).
+    sent_mark: u64,
+}
+
+impl<'a> ViaPipe<'a> {
+    fn new(payload: &'a Bytes) -> ViaPipe<'a> {
+        ViaPipe {
+            payload,
+            sent_mark: 0,
+        }
+    }
+}
 
 impl Exchange for ViaPipe<'_> {
     const REPLICA_READS: bool = true;
 
     async fn exchange(&mut self, worker: &Worker, addr: &NodeAddr, asking: bool) -> ReplyResult {
-        match worker.pool.send(addr, self.0.clone(), asking) {
+        let sent = worker.pool.send(addr, self.payload.clone(), asking);
+        self.sent_mark = worker.pool.write_mark();
+        match sent {
             Ok(rx) => rx.await.unwrap_or_else(|_| {
                 Err(BackendError::Lost {
                     addr: addr.to_string(),
@@ -69,6 +92,18 @@ impl Exchange for ViaPipe<'_> {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    fn forget_connections(&self, worker: &Worker, addr: &NodeAddr) {
+        // Only the pipe that carried this request: the others in flight on it get the same
+        // MOVED, and must not close the new pipe the first of them opened.
+        if worker.pool.reconnect(addr, self.sent_mark) {
+            tracing::info!(
+                node = %addr,
+                "node answered MOVED to its own address: reconnecting, its name leads elsewhere now"
+            );
+        }
+        worker.dedicated.forget(addr);
     }
 }
 
@@ -148,29 +183,46 @@ pub(crate) fn rules(worker: &Worker, resend: Resend) -> Rules {
     }
 }
 
-/// Drives one request to its final reply or error. `first`: the outcome of an attempt already
-/// made (the fast path), and whether it went to a replica.
+/// An attempt already made (the fast path): its outcome, the node it went to, and whether
+/// that is a replica.
+pub(crate) struct FirstAttempt {
+    outcome: ReplyResult,
+    addr: NodeAddr,
+    on_replica: bool,
+}
+
+/// Drives one request to its final reply or error. `first`: an attempt already made.
 pub(crate) async fn drive<E: Exchange>(
     worker: &Worker,
     exchange: &mut E,
     target: &Target,
     rules: Rules,
-    first: Option<(ReplyResult, bool)>,
+    first: Option<FirstAttempt>,
 ) -> Result<Bytes, ProxyError> {
     let mut driver = Driver::new(worker, rules, E::REPLICA_READS);
-    let mut pending = first.map(|(outcome, on_replica)| {
-        driver.attempts.on_replica = on_replica;
-        outcome
+    let mut pending = first.map(|first| {
+        driver.attempts.on_replica = first.on_replica;
+        (first.outcome, first.addr)
     });
     loop {
-        let outcome = match pending.take() {
-            Some(outcome) => outcome,
+        let (outcome, addr) = match pending.take() {
+            Some(made) => made,
             None => {
                 let (addr, asking) = driver.next_node(target).await?;
-                exchange.exchange(worker, &addr, asking).await
+                (exchange.exchange(worker, &addr, asking).await, addr)
             }
         };
-        let next = driver.decide(&outcome);
+        let next = driver.decide(&outcome, &addr);
+        if matches!(
+            next,
+            Next::Retry {
+                kind: RetryKind::MovedToItself,
+                ..
+            }
+        ) {
+            tracing::trace!(node = %addr, "MOVED to its own address: reconnecting");
+            exchange.forget_connections(worker, &addr);
+        }
         if let Some(done) = driver.follow(next, &outcome, target).await {
             return done;
         }
@@ -229,9 +281,9 @@ impl<'w> Driver<'w> {
         }
     }
 
-    fn decide<'o>(&mut self, outcome: &'o ReplyResult) -> Next<'o> {
+    fn decide<'o>(&mut self, outcome: &'o ReplyResult, from: &NodeAddr) -> Next<'o> {
         match outcome {
-            Ok(bytes) => decide(Outcome::Reply(bytes), &self.attempts, &self.rules),
+            Ok(bytes) => decide(Outcome::Reply(bytes), from, &self.attempts, &self.rules),
             Err(error) => {
                 // Whatever follows, the map may be stale and replicas are out for this request.
                 record_failure(self.worker, error);
@@ -240,7 +292,7 @@ impl<'w> Driver<'w> {
                 if error.node_unreachable() {
                     self.attempts.recovery = self.recovery();
                 }
-                decide(Outcome::Failed(error), &self.attempts, &self.rules)
+                decide(Outcome::Failed(error), from, &self.attempts, &self.rules)
             }
         }
     }
@@ -359,6 +411,10 @@ pub struct InFlight {
     payload: Bytes,
     target: Target,
     resend: Resend,
+    /// The node it went to, and the pool's mark right after it was queued: a MOVED to that
+    /// same address drops that pipe (see `decision::moved_to_itself`).
+    addr: NodeAddr,
+    sent_mark: u64,
     on_replica: bool,
 }
 
@@ -393,6 +449,8 @@ impl InFlight {
             payload: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
             target,
             resend,
+            addr: NodeAddr::from("127.0.0.1:7000"),
+            sent_mark: 0,
             on_replica: false,
         };
         (in_flight, TestNode(tx))
@@ -425,9 +483,18 @@ impl InFlight {
                 let payload = std::mem::take(&mut self.payload);
                 let target = self.target.clone();
                 let rules = rules(&worker, self.resend);
-                let first = Some((outcome, self.on_replica));
+                let first = Some(FirstAttempt {
+                    outcome,
+                    addr: self.addr.clone(),
+                    on_replica: self.on_replica,
+                });
+                let sent_mark = self.sent_mark;
                 Settled::Retry(Box::pin(async move {
-                    drive(&worker, &mut ViaPipe(&payload), &target, rules, first)
+                    let mut via = ViaPipe {
+                        payload: &payload,
+                        sent_mark,
+                    };
+                    drive(&worker, &mut via, &target, rules, first)
                         .await
                         .unwrap_or_else(|e| e.answer())
                 }))
@@ -458,14 +525,16 @@ pub fn start(
     let sent =
         resolve(worker, map, &target, resend == Resend::Safe).and_then(|(addr, on_replica)| {
             let rx = worker.pool.send(&addr, payload.clone(), false).ok()?;
-            Some((rx, on_replica))
+            Some((rx, worker.pool.write_mark(), addr, on_replica))
         });
     match sent {
-        Some((reply, on_replica)) => Started::InFlight(InFlight {
+        Some((reply, sent_mark, addr, on_replica)) => Started::InFlight(InFlight {
             reply,
             payload,
             target,
             resend,
+            addr,
+            sent_mark,
             on_replica,
         }),
         None => Started::Deferred {
@@ -499,7 +568,7 @@ impl Started {
 /// Runs `payload` on the node for `target` over the shared pipes and returns the final reply.
 pub async fn execute(worker: Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Bytes {
     let rules = rules(&worker, resend);
-    drive(&worker, &mut ViaPipe(&payload), &target, rules, None)
+    drive(&worker, &mut ViaPipe::new(&payload), &target, rules, None)
         .await
         .unwrap_or_else(|e| e.answer())
 }
@@ -514,7 +583,7 @@ pub async fn try_execute(
     resend: Resend,
 ) -> Result<Bytes, ProxyError> {
     let rules = rules(worker, resend);
-    drive(worker, &mut ViaPipe(payload), target, rules, None).await
+    drive(worker, &mut ViaPipe::new(payload), target, rules, None).await
 }
 
 /// Runs a command that parks its connection (BLPOP, XREAD BLOCK, ...) on a dedicated

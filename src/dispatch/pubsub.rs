@@ -25,7 +25,7 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::decision::{decide, Attempts, Next, Outcome, Resend, Rules};
+use super::decision::{decide, Attempts, Next, Outcome, Resend, RetryKind, Rules};
 use super::driver;
 use super::error::ProxyError;
 use super::reply::{self, Reply};
@@ -572,9 +572,22 @@ impl Subscriptions {
             can_ask: false,
             ..driver::rules(worker, Resend::Safe)
         };
-        let next = decide(Outcome::Reply(reply), &Attempts::default(), &rules);
+        // The home connection's node is whichever the map named when it opened: unknown here.
+        let from = match &key {
+            ConnKey::Shard(addr) | ConnKey::Keyspace(addr) => addr.as_str(),
+            ConnKey::Home => "",
+        };
+        let next = decide(Outcome::Reply(reply), from, &Attempts::default(), &rules);
         driver::record(worker, &next);
         let topology = &worker.shared.topology;
+        if let Next::Retry {
+            kind: RetryKind::MovedToItself,
+            ..
+        } = next
+        {
+            // Its name leads to another process now: a new connection resolves it again.
+            self.conns.remove(&key);
+        }
         match next {
             Next::Moved { slot, to } => {
                 topology.apply_moved(slot, to);

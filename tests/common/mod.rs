@@ -11,6 +11,7 @@
 
 pub mod checker;
 pub mod http;
+pub mod names;
 pub mod raw;
 pub mod tls;
 pub mod traffic;
