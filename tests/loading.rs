@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::checker::Checker;
 use common::raw::{RawClient, Reply};
 use common::{
-    info_field, local_keyslot, query, start_proxy, start_proxy_configured, tag_for_slot, try_query,
-    unique_prefix, wait_for_known_replicas, wait_until, Cluster,
+    command_calls, info_field, local_keyslot, query, start_proxy, start_proxy_configured,
+    tag_for_slot, try_query, unique_prefix, wait_for_known_replicas, wait_until, Cluster,
 };
 use slotproxy::config::ReadFrom;
 
@@ -47,17 +47,6 @@ fn is_loading(port: u16) -> bool {
         .ok()
         .and_then(|info| info_field(&info, "loading"))
         .is_some_and(|v| v == "1")
-}
-
-/// How many times `port` has run `command`, from its INFO commandstats.
-fn calls(port: u16, command: &str) -> u64 {
-    let stats: String = query(port, &["INFO", "commandstats"]);
-    info_field(&stats, &format!("cmdstat_{command}"))
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|p| p.strip_prefix("calls=")?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// `n` list keys spread over the keyspace, keeping only those `keep` accepts by slot.
@@ -131,7 +120,7 @@ fn a_replica_restarted_with_a_large_dataset_serves_no_read_until_loaded() {
                     return Err(format!("GET {key}: {got:?}"));
                 }
             }
-            match calls(replica, "get") {
+            match command_calls(replica, "get") {
                 0 => Err("no read on the replica yet".into()),
                 _ => Ok(()),
             }

@@ -5,21 +5,10 @@ mod common;
 
 use common::raw::{RawClient, Reply};
 use common::{
-    info_field, local_keyslot, query, start_proxy_configured, unique_prefix,
-    wait_for_known_replicas, Cluster,
+    command_calls, local_keyslot, start_proxy_configured, unique_prefix, wait_for_known_replicas,
+    Cluster,
 };
 use slotproxy::config::ReadFrom;
-
-/// How many times `port` has run `command`, from its INFO commandstats.
-fn calls(port: u16, command: &str) -> u64 {
-    let stats: String = query(port, &["INFO", "commandstats"]);
-    info_field(&stats, &format!("cmdstat_{command}"))
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|p| p.strip_prefix("calls=")?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
@@ -37,9 +26,9 @@ fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
     wait_for_known_replicas(&mut raw, 3);
 
     let (primary_sets, replica_gets, primary_gets) = (
-        calls(primary, "set"),
-        calls(replica, "get"),
-        calls(primary, "get"),
+        command_calls(primary, "set"),
+        command_calls(replica, "get"),
+        command_calls(primary, "get"),
     );
     assert_eq!(raw.call(&["SET", &key, "v"]), Reply::Simple("OK".into()));
     cluster.wait_replicated(primary);
@@ -47,17 +36,17 @@ fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
         assert_eq!(raw.call(&["GET", &key]).text(), "v");
     }
     assert_eq!(
-        calls(primary, "set"),
+        command_calls(primary, "set"),
         primary_sets + 1,
         "the write must run on the primary"
     );
     assert_eq!(
-        calls(replica, "get"),
+        command_calls(replica, "get"),
         replica_gets + 50,
         "reads must run on the replica"
     );
     assert_eq!(
-        calls(primary, "get"),
+        command_calls(primary, "get"),
         primary_gets,
         "no read on the primary while its replica serves"
     );
@@ -68,7 +57,7 @@ fn reads_go_to_replicas_writes_to_primaries_and_a_lost_replica_falls_back() {
         assert_eq!(raw.call(&["GET", &key]).text(), "v");
     }
     assert!(
-        calls(primary, "get") >= primary_gets + 20,
+        command_calls(primary, "get") >= primary_gets + 20,
         "reads must fall back to the primary"
     );
 }

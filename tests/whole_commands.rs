@@ -5,18 +5,7 @@
 mod common;
 
 use common::raw::{RawClient, Reply};
-use common::{local_keyslot, query, start_proxy, unique_prefix, Cluster};
-
-/// `calls=` of `command` in the node's `INFO commandstats` (0 when absent).
-fn calls(port: u16, command: &str) -> u64 {
-    let stats: String = query(port, &["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
+use common::{command_calls, local_keyslot, query, start_proxy, unique_prefix, Cluster};
 
 #[test]
 fn same_slot_commands_stay_whole_and_others_go_one_per_slot() {
@@ -41,7 +30,7 @@ fn same_slot_commands_stay_whole_and_others_go_one_per_slot() {
     assert_eq!(client.call(&del), Reply::Int(5));
     for command in ["mset", "mget", "del"] {
         assert_eq!(
-            calls(node, command),
+            command_calls(node, command),
             1,
             "{command} reached {node} as one command"
         );
@@ -59,5 +48,5 @@ fn same_slot_commands_stay_whole_and_others_go_one_per_slot() {
     let mut mget = vec!["MGET"];
     mget.extend(own.iter().map(String::as_str));
     assert!(matches!(client.call(&mget), Reply::Array(Some(v)) if v.len() == 3));
-    assert_eq!(calls(node, "mget"), slots.len() as u64);
+    assert_eq!(command_calls(node, "mget"), slots.len() as u64);
 }

@@ -270,31 +270,54 @@ pub fn pick_node_port() -> u16 {
 
 /// Opens a connection to a node, or says why not (for polling).
 pub fn try_connect(port: u16) -> Result<redis::Connection, String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .map_err(|e| format!("127.0.0.1:{port}: {e}"))?;
+    try_connect_to(&format!("127.0.0.1:{port}"))
+}
+
+/// Opens a connection to the node at `addr` (`host:port`), or says why not (for polling).
+pub fn try_connect_to(addr: &str) -> Result<redis::Connection, String> {
+    let client =
+        redis::Client::open(format!("redis://{addr}")).map_err(|e| format!("{addr}: {e}"))?;
     let con = client
         .get_connection_with_timeout(Duration::from_secs(2))
-        .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     con.set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| format!("set timeouts on 127.0.0.1:{port}: {e}"))?;
+        .map_err(|e| format!("set timeouts on {addr}: {e}"))?;
     Ok(con)
 }
 
 /// Runs one command on a node over a fresh connection, or says why it failed (for polling).
 pub fn try_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Result<T, String> {
-    let mut con = try_connect(port)?;
+    try_query_to(&format!("127.0.0.1:{port}"), args)
+}
+
+/// [`try_query`] for the node at `addr` (`host:port`).
+pub fn try_query_to<T: redis::FromRedisValue>(addr: &str, args: &[&str]) -> Result<T, String> {
+    let mut con = try_connect_to(addr)?;
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
         cmd.arg(*arg);
     }
     cmd.query(&mut con)
-        .map_err(|e| format!("127.0.0.1:{port} {}: {e}", args.join(" ")))
+        .map_err(|e| format!("{addr} {}: {e}", args.join(" ")))
 }
 
 /// [`try_query`] that panics on failure.
 pub fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> T {
     try_query(port, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How many times the node on `port` has run `command` (`calls=` in its `INFO commandstats`;
+/// 0 when absent).
+#[allow(dead_code)]
+pub fn command_calls(port: u16, command: &str) -> u64 {
+    let stats: String = query(port, &["INFO", "commandstats"]);
+    info_field(&stats, &format!("cmdstat_{command}"))
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.strip_prefix("calls=")?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A field of `INFO`/`CLUSTER INFO` text (`name:value` lines).

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::{
     cli_program, info_field, launch_node, log_tail, pid_alive, port_is_free, reserved_ports,
-    run_with_timeout, tests_root, wait_until, CLUSTER_DEADLINE, IO_TIMEOUT, SLOTS,
+    run_with_timeout, tests_root, wait_until, CLUSTER_DEADLINE, SLOTS,
 };
 
 // --- /etc/hosts ----------------------------------------------------------------------------
@@ -182,25 +182,12 @@ pub fn loopback(n: u8) -> Ipv4Addr {
 
 /// A connection to the node at `at`, or why not (for polling).
 pub fn try_connect_at(at: At) -> Result<redis::Connection, String> {
-    let client = redis::Client::open(format!("redis://{at}")).map_err(|e| format!("{at}: {e}"))?;
-    let con = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .map_err(|e| format!("connect {at}: {e}"))?;
-    con.set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| format!("set timeouts on {at}: {e}"))?;
-    Ok(con)
+    super::try_connect_to(&at.to_string())
 }
 
 /// One command on the node at `at` over a fresh connection, or why it failed.
 pub fn try_query_at<T: redis::FromRedisValue>(at: At, args: &[&str]) -> Result<T, String> {
-    let mut con = try_connect_at(at)?;
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(&mut con)
-        .map_err(|e| format!("{at} {}: {e}", args.join(" ")))
+    super::try_query_to(&at.to_string(), args)
 }
 
 /// [`try_query_at`] that panics on failure.
