@@ -127,8 +127,12 @@ impl ReplyQueue {
     /// not copied into a buffer that is about to be dropped: a client that does not read
     /// replies of a node that answers fast would otherwise have them all copied first.
     pub fn drain_ready(&mut self, out: &mut BytesMut, limit: usize) {
-        while let Some(Some((seq, bytes))) = self.driven.next().now_or_never() {
-            self.fill(seq, bytes);
+        // Polling an empty `FuturesUnordered` still costs a waker registration.
+        while !self.driven.is_empty() {
+            match self.driven.next().now_or_never() {
+                Some(Some((seq, bytes))) => self.fill(seq, bytes),
+                _ => break,
+            }
         }
         // One clock read for every reply of this batch (they go out in the same write).
         let mut now = None;
@@ -162,7 +166,10 @@ impl ReplyQueue {
                 }
             }
             let mut progressed = false;
-            while let Poll::Ready(Some((seq, bytes))) = self.driven.poll_next_unpin(cx) {
+            while !self.driven.is_empty() {
+                let Poll::Ready(Some((seq, bytes))) = self.driven.poll_next_unpin(cx) else {
+                    break;
+                };
                 self.fill(seq, bytes);
                 progressed = true;
             }
