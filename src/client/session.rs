@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 
 use super::io::ClientStream;
 use super::replies::ReplyQueue;
@@ -57,7 +56,6 @@ pub async fn serve<S: ClientStream>(
     stream: S,
     peer: SocketAddr,
     local: LocalEnd,
-    shutdown: CancellationToken,
 ) {
     let shared = worker.shared.clone();
     shared.client_connected();
@@ -74,7 +72,7 @@ pub async fn serve<S: ClientStream>(
     let registration = shared.clients.register(id, peer, local.addr, local.fd);
     let mut client = ClientState::new(id, peer, !shared.users.load().required(), registration);
     tracing::debug!(client = id, %peer, "client connected");
-    if let Err(error) = run(&worker, stream, &mut client, shutdown).await {
+    if let Err(error) = run(&worker, stream, &mut client).await {
         tracing::debug!(client = id, %error, "client connection error");
     }
     tracking::stop(&shared, &mut client);
@@ -86,7 +84,6 @@ async fn run<S: ClientStream>(
     worker: &Rc<Worker>,
     stream: S,
     client: &mut ClientState,
-    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut decoder = RequestDecoder::new(worker.limits.clone());
     // Buffers start empty and are dropped again whenever the client is idle: an idle
@@ -115,11 +112,6 @@ async fn run<S: ClientStream>(
     // nothing after it is dispatched until the pause is over, as Redis blocks the client.
     let mut held: Option<(Command, bool)> = None;
     let registry = worker.shared.clients.clone();
-    // Made once: making and dropping it on every turn of the loop cost about 750
-    // instructions per request at `-P 1` (callgrind). Once it fired it is not polled again
-    // (`input_done` stays set).
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
     loop {
         // The limits may change with a reload (SIGHUP): read them as the client goes.
         let (output_limit, idle_timeout) = {
@@ -223,6 +215,10 @@ async fn run<S: ClientStream>(
                     tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
                     return Ok(());
                 }
+                // Shutdown: answer what was sent, then close.
+                if entry.take_stop_reading() {
+                    input_done = true;
+                }
                 tracking::hold(&mut invalidations, entry.take_invalidations());
             }
             () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
@@ -258,7 +254,6 @@ async fn run<S: ClientStream>(
                     Err(e) => return Err(e),
                 }
             }
-            () = &mut cancelled, if !input_done => input_done = true,
             () = &mut idle_timer, if idle.is_on() => {
                 // As in Redis: clients waiting on a blocking command, subscribed, or in a
                 // transaction are not idle.
