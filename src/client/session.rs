@@ -112,10 +112,13 @@ async fn run<S: ClientStream>(
     // nothing after it is dispatched until the pause is over, as Redis blocks the client.
     let mut held: Option<(Command, bool)> = None;
     let registry = worker.shared.clients.clone();
+    // Checked on every turn: the cache costs one atomic load while nothing changed (a plain
+    // `ArcSwap::load` several times that, callgrind).
+    let mut limits = arc_swap::Cache::new(&worker.shared.client_limits);
     loop {
         // The limits may change with a reload (SIGHUP): read them as the client goes.
         let (output_limit, idle_timeout) = {
-            let limits = worker.shared.client_limits.load();
+            let limits = limits.load();
             (limits.output_limit, limits.idle_timeout)
         };
         idle.follow(idle_timeout, idle_timer.as_mut());
