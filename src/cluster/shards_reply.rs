@@ -139,6 +139,12 @@ pub fn parse_shards(
                 },
                 primary: None,
                 health: Some(health.to_string()),
+                // Valkey 9.1 lists each node's `availability-zone` here.
+                zone: node
+                    .field("availability-zone")
+                    .and_then(Value::as_str)
+                    .filter(|z| !z.is_empty())
+                    .map(str::to_string),
             });
             if role == "master" {
                 online_primaries += usize::from(health == "online");
@@ -269,6 +275,7 @@ fn describe(
         },
         primary: primary.cloned(),
         health: None,
+        zone: None,
     });
 }
 
