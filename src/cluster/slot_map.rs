@@ -43,7 +43,7 @@ pub struct NodeInfo {
     /// not say (`CLUSTER SLOTS`, a standalone Redis).
     pub health: Option<String>,
     /// Its availability zone: what it reports (`availability-zone`) or the configured one;
-    /// `None` when neither says (see `topology`).
+    /// `None` when neither says (see `node_zones`).
     pub zone: Option<String>,
 }
 

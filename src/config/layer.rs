@@ -217,7 +217,12 @@ impl Layer {
             max_script_connections,
         );
         set(&mut c.backend.read_from, read_from);
-        set(&mut c.backend.zone, zone.map(Some));
+        // An empty zone is no zone (a deployment's template whose zone variable is unset);
+        // it also clears a zone set by a lower layer.
+        set(
+            &mut c.backend.zone,
+            zone.map(|z| Some(z).filter(|z| !z.trim().is_empty())),
+        );
         set(&mut c.backend.node_zones, backend.node_zones);
         set(&mut c.limits.max_bulk_len, max_bulk_len);
         set(&mut c.limits.max_array_len, max_array_len);
@@ -670,6 +675,8 @@ mod tests {
             (6, ReadFrom::Replica)
         );
         assert_eq!(from_env.clients.idle_timeout, Some(Duration::from_secs(30)));
+        let cleared = Config::layered([base(), parse_flags(&["--zone", ""])], no_env).unwrap();
+        assert_eq!(cleared.backend.zone, None, "an empty zone is none");
         assert_eq!(
             (
                 file_only.backend.zone.as_deref(),

@@ -155,7 +155,7 @@ pub struct Backend {
     /// `zone-affinity` or `zone-affinity-all`.
     pub read_from: ReadFrom,
     /// The availability zone the proxy runs in (`us-east-1a`), for the `zone-affinity`
-    /// policies; `None`: those policies act as `prefer-replica`.
+    /// policies; `None` (also for an empty value): those policies act as `prefer-replica`.
     pub zone: Option<String>,
     /// Zones of nodes that report none themselves (Redis, Valkey without `availability-zone`),
     /// by address as the cluster announces it (`10.0.0.1:6379`); it wins over what a node
@@ -587,17 +587,9 @@ impl Config {
         }
     }
 
-    /// A zone is a name (an empty one matches nothing, a typo to report); a node of the
-    /// mapping is named `host:port`, as the cluster announces it.
+    /// A node of the zone mapping is named `host:port`, as the cluster announces it, and has
+    /// a zone (an empty one would match no proxy: a mistake to report).
     fn validate_zones(&self, problems: &mut Vec<String>) {
-        if self
-            .backend
-            .zone
-            .as_deref()
-            .is_some_and(|z| z.trim().is_empty())
-        {
-            problems.push("zone: must not be empty (leave it out to have none)".into());
-        }
         for (node, zone) in &self.backend.node_zones {
             let port = node.rsplit_once(':').and_then(|(host, port)| {
                 (!host.is_empty()).then_some(())?;
@@ -722,7 +714,8 @@ mod tests {
     fn zone_settings_are_checked() {
         let cases: &[(&str, &[&str])] = &[
             ("zone = \"us-east-1a\"\n[backend.node_zones]\n\"10.0.0.1:6379\" = \"b\"\n\"[::1]:7000\" = \"c\"\n\"cache.example:6380\" = \"d\"", &[]),
-            ("zone = \" \"", &["zone: must not be empty (leave it out to have none)"]),
+            // An empty zone is no zone (see `layer`), not a problem.
+            ("zone = \" \"", &[]),
             (
                 "[backend.node_zones]\n\"nohost\" = \"z\"\n\":1\" = \"z\"\n\"a:port\" = \"z\"",
                 &[
