@@ -15,17 +15,16 @@ declare -A USED_PORTS=()
 PICKED=""
 
 # Adds every local TCP port currently open on this machine to USED_PORTS.
+# awk reads the tables: bash's `read` takes a /proc file a byte at a time, and the kernel
+# rebuilds the table for each read (seconds, up to a minute, on a busy machine).
 refresh_used_ports() {
-    local f line port hex
-    for f in /proc/net/tcp /proc/net/tcp6; do
-        [ -r "$f" ] || continue
-        while read -r _ line _; do
-            hex=${line##*:}
-            [[ $hex =~ ^[0-9A-Fa-f]+$ ]] || continue
-            port=$((16#$hex))
-            USED_PORTS[$port]=1
-        done <"$f"
-    done
+    local f hex files=()
+    for f in /proc/net/tcp /proc/net/tcp6; do [ -r "$f" ] && files+=("$f"); done
+    [ ${#files[@]} -gt 0 ] || return 0
+    while read -r hex; do
+        [[ $hex =~ ^[0-9A-Fa-f]+$ ]] || continue
+        USED_PORTS[$((16#$hex))]=1
+    done < <(awk 'FNR > 1 { n = split($2, a, ":"); print a[n] }' "${files[@]}")
 }
 
 # Sets PICKED to a random port in [$1, $2] that is free with its bus port (port + 10000), and
