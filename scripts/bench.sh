@@ -17,6 +17,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 # shellcheck source=scripts/lib/cluster.sh
 source "$ROOT/scripts/lib/cluster.sh"
+# shellcheck source=scripts/lib/ports.sh
+source "$ROOT/scripts/lib/ports.sh"
+# shellcheck source=scripts/lib/peers.sh
+source "$ROOT/scripts/lib/peers.sh"
 
 usage() {
     cat <<'EOF'
@@ -38,7 +42,7 @@ Workloads (64-byte values, 50 clients unless said otherwise):
   get_c1000  GET, 1000 clients, -P 1            -n 250000
   scaling    GET, 100 clients, -P 16            -n 3000000  (only with --workers-scaling)
 (sized for runs of ~2-5 s each on a 2-core machine; a default run takes ~2-3 minutes, more
-with peers and --workers-scaling)
+with peers and --workers-scaling: redis-cluster-proxy alone adds ~3-10 minutes)
 GET/SET use redis-benchmark's default key (`key:__rand_int__`, literal without -r); the direct
 runs go to the primary that owns its slot.
 
@@ -63,7 +67,10 @@ Options:
   --raw FILE          also write the raw per-round numbers (TSV) to FILE
   --proxy-cpu N       core for the proxies (default 0)
   --redis-cpu N       core for redis-server and redis-benchmark (default 1)
-  --run-timeout S     kill a single redis-benchmark run after S seconds (default 60)
+  --run-timeout S     kill a single redis-benchmark run after S seconds and count it failed
+                      (default 300: room for a slow peer on a busy machine, e.g.
+                      redis-cluster-proxy at -P 16 does ~50,000 req/s when the cores are
+                      shared, a minute for 3,000,000 requests; still ends a run that hangs)
   --keep-tmp          keep the temporary directory (configs, logs, raw output) on success too
                       (it is always kept when the script fails)
   -h, --help          this help
@@ -87,7 +94,7 @@ MARKDOWN_FILE=""
 RAW_FILE=""
 PROXY_CPU=0
 REDIS_CPU=1
-RUN_TIMEOUT=60
+RUN_TIMEOUT=300
 KEEP_TMP=0
 
 die_usage() {
@@ -171,15 +178,7 @@ for spec in "${PEERS[@]+"${PEERS[@]}"}"; do
     case "$name" in direct | slotproxy | slotproxy-2w | slotproxy-nometrics) die_usage "peer name '$name' is reserved" ;; esac
     [ -z "${PEER_PATH[$name]:-}" ] || die_usage "peer '$name' given twice"
     [ -x "$path" ] || die_usage "peer '$name': '$path' is not an executable file"
-    kind=""
-    for probe in "$name" "$(basename "$path")"; do
-        case "$probe" in
-            *redis-cluster-proxy* | *redis_cluster_proxy*) kind=rcp; break ;;
-            *predixy*) kind=predixy; break ;;
-            *slotproxy*) kind=slotproxy; break ;;
-        esac
-    done
-    [ -n "$kind" ] || die_usage "peer '$name': unsupported proxy (supported: predixy, redis-cluster-proxy, slotproxy: another build, e.g. slotproxy-base=PATH for before/after tables)"
+    kind=$(peer_kind "$name" "$path") || die_usage "peer '$name': unsupported proxy (supported: $PEER_KINDS_HELP)"
     PEER_NAMES+=("$name")
     PEER_PATH[$name]=$path
     PEER_KIND[$name]=$kind
@@ -302,55 +301,30 @@ log "temporary directory: $TMP"
 # ------------------------------------------------------------------------------------------
 PORT_MIN=31000
 PORT_MAX=31999
-declare -A USED_PORTS=()
-refresh_used_ports() {
-    local f line port hex
-    for f in /proc/net/tcp /proc/net/tcp6; do
-        [ -r "$f" ] || continue
-        while read -r _ line _; do
-            hex=${line##*:}
-            [[ $hex =~ ^[0-9A-Fa-f]+$ ]] || continue
-            port=$((16#$hex))
-            USED_PORTS[$port]=1
-        done <"$f"
-    done
-}
-PICKED=""
-pick_port() { # sets PICKED
-    local tries p
-    for ((tries = 0; tries < 5000; tries++)); do
-        p=$((PORT_MIN + RANDOM % (PORT_MAX - PORT_MIN + 1)))
-        [ -z "${USED_PORTS[$p]:-}" ] && [ -z "${USED_PORTS[$((p + 10000))]:-}" ] || continue
-        USED_PORTS[$p]=1
-        USED_PORTS[$((p + 10000))]=1
-        PICKED=$p
-        return 0
-    done
-    die "no free port pair in $PORT_MIN-$PORT_MAX"
-}
+next_port() { pick_port "$PORT_MIN" "$PORT_MAX" || die "no free port pair in $PORT_MIN-$PORT_MAX"; } # sets PICKED
 refresh_used_ports
 NODE_PORTS=()
 for i in 0 1 2 3 4 5; do
-    pick_port
+    next_port
     NODE_PORTS+=("$PICKED")
 done
-pick_port; PROXY_PORT=$PICKED
-pick_port; PROXY_ADMIN_PORT=$PICKED
+next_port; PROXY_PORT=$PICKED
+next_port; PROXY_ADMIN_PORT=$PICKED
 PROXY2_PORT=""
 PROXY2_ADMIN_PORT=""
 if [ "$WORKERS_SCALING" = 1 ]; then
-    pick_port; PROXY2_PORT=$PICKED
-    pick_port; PROXY2_ADMIN_PORT=$PICKED
+    next_port; PROXY2_PORT=$PICKED
+    next_port; PROXY2_ADMIN_PORT=$PICKED
 fi
 PROXY_NM_PORT=""
 PROXY_NM_ADMIN_PORT=""
 if [ "$METRICS_OFF" = 1 ]; then
-    pick_port; PROXY_NM_PORT=$PICKED
-    pick_port; PROXY_NM_ADMIN_PORT=$PICKED
+    next_port; PROXY_NM_PORT=$PICKED
+    next_port; PROXY_NM_ADMIN_PORT=$PICKED
 fi
 declare -A PEER_PORT=() PEER_PID=()
 for name in "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}"; do
-    pick_port
+    next_port
     PEER_PORT[$name]=$PICKED
 done
 SEED=${NODE_PORTS[0]}
@@ -522,53 +496,18 @@ fi
 
 start_peer() { # name
     local name=$1 path=${PEER_PATH[$1]} kind=${PEER_KIND[$1]} port=${PEER_PORT[$1]}
-    local logf="$TMP/$name.log" conf="$TMP/$name.conf" help p
+    local logf="$TMP/$name.log"
+    # The command line (and predixy's configuration) come from scripts/lib/peers.sh, shared
+    # with scripts/profile.sh: a benchmark and a profile measure the same set-up.
+    peer_command "$kind" "$name" "$path" "$port" "$SEED" "$TMP/$name.conf" "${NODE_PORTS[@]}" ||
+        die "peer $name: $PEER_ERR"
     case "$kind" in
-        predixy)
-            {
-                echo "Name slotproxy-bench-$name"
-                echo "Bind 127.0.0.1:$port"
-                echo "WorkerThreads 1"
-                echo "ClientTimeout 0"
-                echo "LogVerbSample 0"
-                echo "LogDebugSample 0"
-                echo "LogInfoSample 0"
-                echo "LogNoticeSample 1"
-                echo "LogWarnSample 1"
-                echo "LogErrorSample 1"
-                echo "ClusterServerPool {"
-                echo "    MasterReadPriority 100"
-                echo "    StaticSlaveReadPriority 0"
-                echo "    DynamicSlaveReadPriority 0"
-                echo "    RefreshInterval 1"
-                echo "    ServerFailureLimit 10"
-                echo "    ServerRetryTimeout 1"
-                echo "    Servers {"
-                for p in "${NODE_PORTS[@]}"; do echo "        + 127.0.0.1:$p"; done
-                echo "    }"
-                echo "}"
-            } >"$conf"
-            log "starting peer $name (predixy, WorkerThreads 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port"
-            taskset -c "$PROXY_CPU" "$path" "$conf" >"$logf" 2>&1 &
-            ;;
-        slotproxy)
-            # Another build of slotproxy (before/after comparisons in one run), run as the main one.
-            log "starting peer $name (slotproxy --workers 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port"
-            NO_COLOR=1 taskset -c "$PROXY_CPU" "$path" --listen "127.0.0.1:$port" \
-                --upstream "redis://127.0.0.1:$SEED" --admin-listen 127.0.0.1:0 --workers 1 >"$logf" 2>&1 &
-            ;;
-        rcp)
-            help=$("$path" --help 2>&1 || true)
-            # Without --bind, old builds listen on every interface: refuse (127.0.0.1 only).
-            grep -q -- '--bind' <<<"$help" || die "peer $name: this redis-cluster-proxy has no --bind option; refusing to listen beyond 127.0.0.1"
-            grep -q -- '--enable-cross-slot' <<<"$help" || die "peer $name: this redis-cluster-proxy has no --enable-cross-slot (needed for MGET across slots)"
-            local args=(--port "$port" --bind 127.0.0.1 --threads 1 --enable-cross-slot --maxclients 2048
-                --log-level warning)
-            grep -q -- '--disable-colors' <<<"$help" && args+=(--disable-colors)
-            log "starting peer $name (redis-cluster-proxy --threads 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port"
-            taskset -c "$PROXY_CPU" "$path" "${args[@]}" "127.0.0.1:$SEED" >"$logf" 2>&1 &
-            ;;
+        predixy) log "starting peer $name (predixy, WorkerThreads 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port" ;;
+        slotproxy) log "starting peer $name (slotproxy --workers 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port" ;;
+        rcp) log "starting peer $name (redis-cluster-proxy --threads 1, pinned to CPU $PROXY_CPU) on 127.0.0.1:$port" ;;
     esac
+    # NO_COLOR: plain log lines from a slotproxy peer.
+    NO_COLOR=1 taskset -c "$PROXY_CPU" "${PEER_CMD[@]}" >"$logf" 2>&1 &
     PEER_PID[$name]=$!
     track "$!" "$name"
     wait_proxy_ready "$port" "${PEER_PID[$name]}" "$logf" "$name"
@@ -746,6 +685,7 @@ run_one() { # round workload target
         case "${PEER_KIND[$name]}" in
             predixy) printf 'peer\t%s\tpredixy (WorkerThreads 1)\n' "$name" ;;
             rcp) printf 'peer\t%s\tredis-cluster-proxy (--threads 1 --enable-cross-slot)\n' "$name" ;;
+            slotproxy) printf 'peer\t%s\tslotproxy %s (--workers 1)\n' "$name" "${PEER_PATH[$name]}" ;;
         esac
     done
     [ "$METRICS_OFF" = 0 ] || printf 'peer\tslotproxy-nometrics\tslotproxy with metrics = false (no recorder)\n'

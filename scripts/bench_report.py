@@ -184,7 +184,10 @@ def main():
             md += f"\n\nScaling factor --workers 2 / --workers 1: **{fmt(factor, 2)}**"
             text_parts[-1] += f"\nscaling factor (--workers 2 / --workers 1, requests/s): {fmt(factor, 2)}"
         else:
-            summary_rows.append([wl] + [fmt(summaries[t].ratio, 2) for t in targets[1:]])
+            # A target with no successful round says so here too ("-" would read as "not run").
+            summary_rows.append(
+                [wl] + ["FAILED" if summaries[t].ok == 0 else fmt(summaries[t].ratio, 2) for t in targets[1:]]
+            )
         md_parts.append(md)
 
     if summary_rows:

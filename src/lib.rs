@@ -132,6 +132,18 @@ impl Proxy {
         )?;
         let topology = Arc::new(Topology::new(seeds, credentials, config.connect_timeout()));
         topology.set_max_replica_lag(config.replicas.max_lag);
+        topology.configure_zones(cluster::zones::ZoneSettings {
+            own: config.backend.zone.clone(),
+            configured: config.backend.node_zones.clone(),
+            learn: config.backend.read_from.is_zone_aware(),
+        });
+        if config.backend.read_from.is_zone_aware() && config.backend.zone.is_none() {
+            tracing::warn!(
+                read_from = ?config.backend.read_from,
+                "read_from is zone-aware but the proxy has no zone (zone, --zone, SLOTPROXY_ZONE): \
+                 reads go to any replica, as with prefer-replica"
+            );
+        }
         let refresh_interval = config.cluster.refresh_interval;
         let refresh_min_interval = config.cluster.refresh_min_interval;
         let mut shared = Shared::new(config, topology.clone(), workers, users);

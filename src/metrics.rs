@@ -91,6 +91,10 @@ fn describe() {
         "slotproxy_retries_total",
         "TRYAGAIN, CLUSTERDOWN and LOADING replies, and MOVED to the answering node's own address, retried inside the proxy"
     );
+    describe_counter!(
+        "slotproxy_replica_reads_total",
+        "Reads routed by a zone-aware read_from policy, by locality: same_zone (a node in the proxy's zone), other_zone (a replica elsewhere), primary (no replica)"
+    );
     describe_gauge!("slotproxy_client_connections", "Open client connections");
     describe_gauge!(
         "slotproxy_backend_connections",

@@ -251,6 +251,19 @@ mod tests {
                 &["read_from"],
             ),
             (
+                "zone",
+                |c| c.backend.zone = Some("us-east-1a".into()),
+                &["zone"],
+            ),
+            (
+                "backend.node_zones",
+                |c| {
+                    c.backend.node_zones =
+                        [("a:1".to_string(), "z".to_string())].into_iter().collect()
+                },
+                &["backend.node_zones"],
+            ),
+            (
                 "max_bulk_len",
                 |c| c.limits.max_bulk_len = 1,
                 &["max_bulk_len"],

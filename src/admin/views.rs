@@ -175,6 +175,9 @@ pub struct NodeView {
     pub primary_id: Option<String>,
     /// The cluster's own view (`online`, `failed`, `loading`); `null` when it does not say.
     pub health: Option<String>,
+    /// Its availability zone, as it reports it or as `[backend.node_zones]` says; `null`
+    /// when neither does.
+    pub zone: Option<String>,
     /// The proxy's view: false when its last query to the node failed.
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +214,7 @@ fn nodes(snap: &Snapshot<'_>) -> Vec<NodeView> {
                 role: Role::Primary,
                 primary: None,
                 health: None,
+                zone: None,
             });
         }
         for replica in &shard.replicas {
@@ -221,6 +225,7 @@ fn nodes(snap: &Snapshot<'_>) -> Vec<NodeView> {
                     role: Role::Replica,
                     primary: Some(shard.primary.clone()),
                     health: None,
+                    zone: None,
                 });
             }
         }
@@ -257,6 +262,7 @@ fn nodes(snap: &Snapshot<'_>) -> Vec<NodeView> {
                 primary: info.primary.map(|p| p.to_string()),
                 primary_id,
                 health: info.health,
+                zone: info.zone,
                 reachable: error.is_none(),
                 error,
                 slots,
@@ -338,6 +344,7 @@ mod tests {
             role,
             primary: primary.map(NodeAddr::from),
             health: Some(health.to_string()),
+            zone: None,
         }
     }
 

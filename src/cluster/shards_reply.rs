@@ -139,6 +139,7 @@ pub fn parse_shards(
                 },
                 primary: None,
                 health: Some(health.to_string()),
+                zone: reported_zone(node),
             });
             if role == "master" {
                 online_primaries += usize::from(health == "online");
@@ -189,6 +190,16 @@ pub fn parse_shards(
         }
     }
     Ok(SlotMap::from_ranges(ranges).with_node_info(node_info))
+}
+
+/// The availability zone a `CLUSTER SHARDS` node entry names (Valkey 9.1 lists it; the
+/// spelling of INFO's field is accepted too); `None` when absent or empty.
+fn reported_zone(node: &Value) -> Option<String> {
+    ["availability-zone", "availability_zone"]
+        .iter()
+        .find_map(|name| node.field(name).and_then(Value::as_str))
+        .filter(|zone| !zone.is_empty())
+        .map(str::to_string)
 }
 
 /// The `first, last` slot bounds at the start of `items`, if both are valid slots in order.
@@ -269,6 +280,7 @@ fn describe(
         },
         primary: primary.cloned(),
         health: None,
+        zone: None,
     });
 }
 
@@ -358,6 +370,25 @@ mod tests {
         assert_eq!(replicas(1_000_000), vec![NodeAddr::from("127.0.0.1:7001")]);
         assert_eq!(replicas(0).len(), 2, "0 means no lag limit");
         assert_eq!(replicas(40_000_000).len(), 2);
+    }
+
+    #[test]
+    fn a_zone_listed_with_a_node_is_kept() {
+        let node = |port: u16, role: &str, zone: &str| {
+            format!(
+                "*10\r\n$4\r\nport\r\n:{port}\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n${}\r\n{role}\r\n$6\r\nhealth\r\n$6\r\nonline\r\n$17\r\navailability-zone\r\n${}\r\n{zone}\r\n",
+                role.len(),
+                zone.len()
+            )
+        };
+        let raw = format!(
+            "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n{}{}",
+            node(7000, "master", "us-east-1a"),
+            node(7001, "replica", ""),
+        );
+        let map = parse_shards(&parse(raw.as_bytes()), "127.0.0.1:7000", false, 0).unwrap();
+        let zones: Vec<Option<&str>> = map.node_info().iter().map(|n| n.zone.as_deref()).collect();
+        assert_eq!(zones, [Some("us-east-1a"), None]);
     }
 
     #[test]

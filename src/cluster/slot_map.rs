@@ -3,7 +3,9 @@
 //! A new snapshot replaces the old one whole (readers hold an `Arc` to the one they started
 //! with), so routing never sees a half-updated map.
 
+use super::zones::{read_target, Locality, ReadTarget, ShardLocality};
 use super::{Slot, SLOT_COUNT};
+use crate::config::ReadFrom;
 
 /// Marks a slot that no known primary serves.
 const UNASSIGNED: u16 = u16::MAX;
@@ -40,6 +42,38 @@ pub struct NodeInfo {
     /// As the cluster reports it (`online`, `failed`, `loading`); `None` when the reply does
     /// not say (`CLUSTER SLOTS`, a standalone Redis).
     pub health: Option<String>,
+    /// Its availability zone: what it reports (`availability-zone`) or the configured one;
+    /// `None` when neither says (see `node_zones`).
+    pub zone: Option<String>,
+}
+
+/// The nodes a read of one slot may go to: one is picked at random among `replicas`, and
+/// `primary` when set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadCandidates<'m> {
+    pub replicas: &'m [NodeAddr],
+    pub primary: Option<&'m NodeAddr>,
+    /// How a zone-aware policy counts the read; `None` for the other policies.
+    pub locality: Option<Locality>,
+}
+
+impl<'m> ReadCandidates<'m> {
+    /// The candidate at `index` (below [`ReadCandidates::len`]) and whether it is a replica.
+    pub fn get(&self, index: usize) -> Option<(&'m NodeAddr, bool)> {
+        match self.replicas.get(index) {
+            Some(replica) => Some((replica, true)),
+            None => self.primary.map(|p| (p, false)),
+        }
+    }
+
+    /// How many nodes the read picks from.
+    pub fn len(&self) -> usize {
+        self.replicas.len() + usize::from(self.primary.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +86,9 @@ pub struct SlotMap {
     standalone: bool,
     /// Every node the topology reply listed, for the admin views.
     node_info: Vec<NodeInfo>,
+    /// Per shard (same index as `shards`), its nodes in the proxy's zone; empty until
+    /// [`SlotMap::with_zones`], which routing then reads without comparing a zone name.
+    locality: Vec<ShardLocality>,
 }
 
 impl SlotMap {
@@ -62,6 +99,7 @@ impl SlotMap {
             shards: Vec::new(),
             standalone: false,
             node_info: Vec::new(),
+            locality: Vec::new(),
         };
         for (first, last, shard) in ranges {
             let index = map.shard_index(shard);
@@ -87,6 +125,7 @@ impl SlotMap {
             role: Role::Primary,
             primary: None,
             health: None,
+            zone: None,
         };
         let shard = Shard {
             primary: node,
@@ -103,6 +142,79 @@ impl SlotMap {
     pub fn with_node_info(mut self, node_info: Vec<NodeInfo>) -> SlotMap {
         self.node_info = node_info;
         self
+    }
+
+    /// The same map with each node's zone, `zone_of(node, zone the map holds for it)`, and
+    /// for each shard its nodes in the proxy's zone `own` (none without one).
+    pub fn with_zones(
+        mut self,
+        own: Option<&str>,
+        zone_of: impl Fn(&NodeAddr, Option<&str>) -> Option<String>,
+    ) -> SlotMap {
+        for info in &mut self.node_info {
+            info.zone = zone_of(&info.addr, info.zone.as_deref());
+        }
+        let zones: Vec<(NodeAddr, Option<String>)> = self
+            .shards
+            .iter()
+            .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+            .filter(|addr| !self.node_info.iter().any(|i| &i.addr == *addr))
+            .map(|addr| (addr.clone(), zone_of(addr, None)))
+            .collect();
+        let zone = |addr: &NodeAddr| {
+            self.node_info
+                .iter()
+                .find(|i| &i.addr == addr)
+                .map(|i| i.zone.as_deref())
+                .or_else(|| {
+                    zones
+                        .iter()
+                        .find(|(a, _)| a == addr)
+                        .map(|(_, z)| z.as_deref())
+                })
+                .flatten()
+        };
+        let locality = self
+            .shards
+            .iter()
+            .map(|shard| ShardLocality::of(shard, own, zone))
+            .collect();
+        self.locality = locality;
+        self
+    }
+
+    /// The zone the map holds for `addr`, if any.
+    pub fn zone_of(&self, addr: &str) -> Option<&str> {
+        self.node_info
+            .iter()
+            .find(|i| &*i.addr == addr)
+            .and_then(|i| i.zone.as_deref())
+    }
+
+    /// The nodes a read of `slot` may go to under `policy` (`None`: no primary serves it).
+    pub fn read_candidates(&self, slot: Slot, policy: ReadFrom) -> Option<ReadCandidates<'_>> {
+        let index = self.shard_of(slot)?;
+        let shard = self.shards.get(index)?;
+        let local = self.locality.get(index);
+        let local_replicas = local.map_or(&[][..], |l| l.local_replicas.as_slice());
+        let primary_local = local.is_some_and(|l| l.primary_local);
+        let target = read_target(
+            policy,
+            local_replicas.len(),
+            primary_local,
+            shard.replicas.len(),
+        );
+        let (replicas, primary) = match target {
+            ReadTarget::LocalReplica => (local_replicas, None),
+            ReadTarget::Replica => (shard.replicas.as_slice(), None),
+            ReadTarget::ReplicaOrPrimary => (shard.replicas.as_slice(), Some(&shard.primary)),
+            ReadTarget::LocalPrimary | ReadTarget::Primary => (&[][..], Some(&shard.primary)),
+        };
+        Some(ReadCandidates {
+            replicas,
+            primary,
+            locality: Locality::of(policy, target),
+        })
     }
 
     /// What the cluster reported about each node, in the order of its reply.
@@ -159,6 +271,15 @@ impl SlotMap {
         let old = std::mem::take(&mut self.shards);
         let mut old: Vec<Option<Shard>> = old.into_iter().map(Some).collect();
         self.shards = order.iter().filter_map(|&i| old[i].take()).collect();
+        // The zones follow their shards (a MOVED to a new primary reorders them).
+        if !self.locality.is_empty() {
+            let old = std::mem::take(&mut self.locality);
+            let mut old: Vec<Option<ShardLocality>> = old.into_iter().map(Some).collect();
+            self.locality = order
+                .iter()
+                .map(|&i| old.get_mut(i).and_then(Option::take).unwrap_or_default())
+                .collect();
+        }
     }
 
     /// The primary serving `slot`.
@@ -232,6 +353,10 @@ impl SlotMap {
                     primary_id: None,
                     replicas: Vec::new(),
                 });
+                if !next.locality.is_empty() {
+                    // Its zone is learned at the next refresh.
+                    next.locality.push(ShardLocality::default());
+                }
                 (next.shards.len() - 1) as u16
             }
         };
@@ -322,6 +447,7 @@ mod tests {
             role,
             primary: None,
             health: Some(health.to_string()),
+            zone: None,
         };
         let with_replica = Shard {
             replicas: vec![NodeAddr::from("r:9")],

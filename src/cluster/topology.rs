@@ -18,9 +18,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::node_zones::ZoneBook;
 use super::settings::ServerSettings;
 use super::shards_reply::{announced_hostnames, parse_shards, parse_slots, TopologyError};
 use super::slot_map::{NodeAddr, SlotMap};
+use super::zones::{zone_from_info, ZoneSettings};
 use super::Slot;
 use crate::backend::connect::query;
 use crate::backend::connect::Credentials;
@@ -140,6 +142,8 @@ pub struct Topology {
     /// The settings applied through the proxy (`CONFIG SET`), applied by each refresh to the
     /// nodes that joined since the last map.
     pub settings: ServerSettings,
+    /// The nodes' availability zones, laid over every map published.
+    zones: std::sync::OnceLock<ZoneBook>,
 }
 
 impl Topology {
@@ -158,7 +162,14 @@ impl Topology {
             status: Mutex::new(BackendStatus::default()),
             max_replica_lag: AtomicU64::new(0),
             settings: ServerSettings::default(),
+            zones: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the proxy's zone, the configured node zones and whether to ask nodes for theirs;
+    /// once, before the first refresh (later calls are ignored: zones need a restart).
+    pub fn configure_zones(&self, settings: ZoneSettings) {
+        let _ = self.zones.set(ZoneBook::new(settings));
     }
 
     /// Replicas further behind their primary than this many bytes serve no reads (0: no
@@ -235,6 +246,10 @@ impl Topology {
     /// Publishes `map`; returns the nodes that joined (or changed role) since the last
     /// refresh's map.
     fn publish(&self, map: SlotMap) -> Vec<NodeAddr> {
+        let map = match self.zones.get() {
+            Some(zones) => zones.apply(map),
+            None => map,
+        };
         let joined = self.settings.joined_in(&map);
         let changed = !self.map.load().same_routing(&map);
         if changed {
@@ -319,6 +334,7 @@ impl Topology {
         }
         if published {
             self.recheck_unreachable(&mut round).await;
+            self.learn_zones().await;
         }
         // After the map is published: a CONFIG SET that finishes meanwhile applies its
         // settings to the nodes of this map itself (see `dispatch::server_config`).
@@ -369,6 +385,43 @@ impl Topology {
                 Ok(_) => round.answered.push(node.clone()),
                 Err(error) => round.note(node, error.into()),
             }
+        }
+    }
+
+    /// Asks the map's nodes whose zone is unknown or old for it (`INFO server`, all at once),
+    /// and lays the map over again when a zone changed. After the map is published, so a
+    /// slow node delays no routing change, and before the refresh ends, so the first
+    /// refresh at start-up ends with every zone known.
+    async fn learn_zones(&self) {
+        let Some(zones) = self.zones.get() else {
+            return;
+        };
+        let ask = zones.to_ask(&self.map.load(), Instant::now());
+        if ask.is_empty() {
+            return;
+        }
+        let asks = ask.into_iter().map(|node| async move {
+            let answer = match query(
+                node.as_str(),
+                &self.credentials,
+                self.timeout,
+                &[b"INFO", b"server"],
+            )
+            .await
+            {
+                Ok(Value::Error(e)) => Err(String::from_utf8_lossy(&e).into_owned()),
+                Ok(info) => Ok(info
+                    .as_bytes()
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(zone_from_info)),
+                Err(error) => Err(error.to_string()),
+            };
+            (node, answer)
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        if zones.record(answers, &self.known_nodes(), Instant::now()) {
+            self.map.rcu(|map| zones.apply(SlotMap::clone(map)));
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 

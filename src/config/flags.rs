@@ -52,9 +52,12 @@ pub struct ClusterFlags {
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct BackendFlags {
-    /// Where read-only commands go: primary, prefer-replica, replica or any [default: primary]
+    /// Where read-only commands go: primary, prefer-replica, replica, any, zone-affinity or zone-affinity-all [default: primary]
     #[arg(long, env = "SLOTPROXY_READ_FROM")]
     pub read_from: Option<ReadFrom>,
+    /// The proxy's availability zone (e.g. us-east-1a), for read_from = zone-affinity[-all] [default: none]
+    #[arg(long, env = "SLOTPROXY_ZONE")]
+    pub zone: Option<String>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -162,6 +165,7 @@ impl Flags {
             workers: listener.workers,
             upstreams: (!cluster.upstreams.is_empty()).then_some(cluster.upstreams),
             read_from: backend.read_from,
+            zone: backend.zone,
             admin_listen: admin.admin_listen,
             admin_commands: admin.admin_commands.then_some(true),
             cross_slot: admin.cross_slot,
@@ -182,6 +186,7 @@ impl Flags {
                     insecure_skip_verify: backend_tls.upstream_tls_insecure.then_some(true),
                     ..BackendTlsLayer::default()
                 },
+                node_zones: None,
             },
             client: ClientTable {
                 tls: ClientTlsLayer {

@@ -7,6 +7,7 @@
 //! `[client.tls]`, and that contract is kept here, so the sections in `Config` can be arranged
 //! for the code without renaming a key anyone has written.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub struct Layer {
     pub max_blocking_connections: Option<usize>,
     pub max_script_connections: Option<usize>,
     pub read_from: Option<ReadFrom>,
+    pub zone: Option<String>,
     pub max_replica_lag: Option<u64>,
     pub admin_commands: Option<bool>,
     pub cross_slot: Option<CrossSlot>,
@@ -69,7 +71,7 @@ pub struct Layer {
     /// Bare numbers in seconds.
     #[serde(deserialize_with = "duration::seconds")]
     pub shutdown_grace: Option<Duration>,
-    /// `[backend]`, which holds only `[backend.tls]`.
+    /// `[backend]`, which holds only `[backend.tls]` and `[backend.node_zones]`.
     pub backend: BackendTable,
     /// `[client]`, which holds only `[client.tls]`.
     pub client: ClientTable,
@@ -79,6 +81,9 @@ pub struct Layer {
 #[serde(default, deny_unknown_fields)]
 pub struct BackendTable {
     pub tls: BackendTlsLayer,
+    /// `[backend.node_zones]`: `"host:port" = "zone"`; a layer that sets it replaces the
+    /// whole table of the layers below.
+    pub node_zones: Option<BTreeMap<String, String>>,
 }
 
 /// `[backend.tls]`.
@@ -167,6 +172,7 @@ impl Layer {
             max_blocking_connections,
             max_script_connections,
             read_from,
+            zone,
             max_replica_lag,
             admin_commands,
             cross_slot,
@@ -211,6 +217,13 @@ impl Layer {
             max_script_connections,
         );
         set(&mut c.backend.read_from, read_from);
+        // An empty zone is no zone (a deployment's template whose zone variable is unset);
+        // it also clears a zone set by a lower layer.
+        set(
+            &mut c.backend.zone,
+            zone.map(|z| Some(z).filter(|z| !z.trim().is_empty())),
+        );
+        set(&mut c.backend.node_zones, backend.node_zones);
         set(&mut c.limits.max_bulk_len, max_bulk_len);
         set(&mut c.limits.max_array_len, max_array_len);
         set(&mut c.limits.max_query_buffer, max_query_buffer);
@@ -423,7 +436,8 @@ mod tests {
             reconnect_backoff_ms = 14
             max_blocking_connections = 15
             max_script_connections = 20
-            read_from = "prefer-replica"
+            read_from = "zone-affinity-all"
+            zone = "us-east-1a"
             max_replica_lag = 16
             admin_commands = true
             cross_slot = "emulate"
@@ -442,6 +456,9 @@ mod tests {
             key_file = "k.pem"
             insecure_skip_verify = true
             server_name = "redis.example"
+            [backend.node_zones]
+            "10.0.0.1:6379" = "us-east-1b"
+            "[::1]:7000" = "us-east-1c"
             [client.tls]
             cert_file = "lc.pem"
             key_file = "lk.pem"
@@ -478,7 +495,15 @@ mod tests {
                 recovery_queue_size: 33,
                 max_blocking_connections: 15,
                 max_script_connections: 20,
-                read_from: ReadFrom::PreferReplica,
+                read_from: ReadFrom::ZoneAffinityAll,
+                zone: Some("us-east-1a".into()),
+                node_zones: [
+                    ("10.0.0.1:6379", "us-east-1b"),
+                    ("[::1]:7000", "us-east-1c"),
+                ]
+                .into_iter()
+                .map(|(n, z)| (n.to_string(), z.to_string()))
+                .collect(),
             },
             limits: super::super::Limits {
                 max_bulk_len: 4,
@@ -534,6 +559,7 @@ mod tests {
             ("[client]\nx = 1", "unknown field `x`"),
             ("[client.tls]\ncert = \"x\"", "unknown field `cert`"),
             ("read_from = \"nearest\"", "unknown variant `nearest`"),
+            ("[backend.node_zones]\n\"a:1\" = 5", "invalid type"),
             ("log_format = \"xml\"", "unknown variant `xml`"),
             ("connect_timeout_ms = \"soon\"", "'soon'"),
             ("shutdown_grace = -1", "seconds"),
@@ -605,10 +631,11 @@ mod tests {
         let environment = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("SLOTPROXY_WORKERS", "6");
         std::env::set_var("SLOTPROXY_READ_FROM", "replica");
+        std::env::set_var("SLOTPROXY_ZONE", "env-zone");
         std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
         std::env::set_var("SLOTPROXY_MAX_MERGED_REPLY", "1000");
         let base = || {
-            file("workers = 2\nread_from = \"any\"\nmax_merged_reply = 10\nupstreams = [\"a:1\"]")
+            file("workers = 2\nread_from = \"any\"\nmax_merged_reply = 10\nzone = \"file-zone\"\nupstreams = [\"a:1\"]")
         };
         let from_env = Config::layered([base(), parse_flags(&[])], no_env).unwrap();
         let flagged = Config::layered(
@@ -621,6 +648,8 @@ mod tests {
                     "prefer-replica",
                     "--max-merged-reply",
                     "2000",
+                    "--zone",
+                    "flag-zone",
                 ]),
             ],
             no_env,
@@ -628,6 +657,7 @@ mod tests {
         .unwrap();
         std::env::remove_var("SLOTPROXY_WORKERS");
         std::env::remove_var("SLOTPROXY_READ_FROM");
+        std::env::remove_var("SLOTPROXY_ZONE");
         std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
         std::env::remove_var("SLOTPROXY_MAX_MERGED_REPLY");
         drop(environment);
@@ -645,6 +675,16 @@ mod tests {
             (6, ReadFrom::Replica)
         );
         assert_eq!(from_env.clients.idle_timeout, Some(Duration::from_secs(30)));
+        let cleared = Config::layered([base(), parse_flags(&["--zone", ""])], no_env).unwrap();
+        assert_eq!(cleared.backend.zone, None, "an empty zone is none");
+        assert_eq!(
+            (
+                file_only.backend.zone.as_deref(),
+                from_env.backend.zone.as_deref(),
+                flagged.backend.zone.as_deref()
+            ),
+            (Some("file-zone"), Some("env-zone"), Some("flag-zone"))
+        );
         assert_eq!(
             (flagged.listener.workers, flagged.backend.read_from),
             (8, ReadFrom::PreferReplica)

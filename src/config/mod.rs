@@ -11,6 +11,7 @@ pub mod flags;
 pub mod layer;
 pub mod upstream;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -150,8 +151,17 @@ pub struct Backend {
     /// once, over all workers, so a long script never holds back the shared pipes; past it
     /// a script goes on the shared pipe.
     pub max_script_connections: usize,
-    /// Where read-only commands go: `primary`, `prefer-replica`, `replica` or `any`.
+    /// Where read-only commands go: `primary`, `prefer-replica`, `replica`, `any`,
+    /// `zone-affinity` or `zone-affinity-all`.
     pub read_from: ReadFrom,
+    /// The availability zone the proxy runs in (`us-east-1a`), for the `zone-affinity`
+    /// policies; `None` (also for an empty value): those policies act as `prefer-replica`.
+    pub zone: Option<String>,
+    /// Zones of nodes that report none themselves (Redis, Valkey without `availability-zone`),
+    /// by address as the cluster announces it (`10.0.0.1:6379`); it wins over what a node
+    /// reports (`[backend.node_zones]`).
+    #[serde(rename = "backend.node_zones")]
+    pub node_zones: BTreeMap<String, String>,
 }
 
 impl Default for Backend {
@@ -167,6 +177,8 @@ impl Default for Backend {
             max_blocking_connections: 1000,
             max_script_connections: 256,
             read_from: ReadFrom::Primary,
+            zone: None,
+            node_zones: BTreeMap::new(),
         }
     }
 }
@@ -393,6 +405,19 @@ pub enum ReadFrom {
     Replica,
     /// Reads spread over the primary and its replicas.
     Any,
+    /// Reads on a replica in the proxy's own `zone`, else on any replica, else on the primary
+    /// (Valkey GLIDE's `AZAffinity`): a same-zone read saves a cross-zone hop and its cost.
+    ZoneAffinity,
+    /// Reads on a replica in the proxy's `zone`, else the primary if it is in that zone, else
+    /// any replica, else the primary (GLIDE's `AZAffinityReplicasAndPrimary`).
+    ZoneAffinityAll,
+}
+
+impl ReadFrom {
+    /// Whether the policy looks at the nodes' availability zones.
+    pub fn is_zone_aware(self) -> bool {
+        matches!(self, ReadFrom::ZoneAffinity | ReadFrom::ZoneAffinityAll)
+    }
 }
 
 /// What a command whose keys span several slots gets (`cross_slot`).
@@ -510,6 +535,7 @@ impl Config {
         self.validate_addresses(&mut problems);
         self.validate_tls(&mut problems);
         self.validate_numbers(&mut problems);
+        self.validate_zones(&mut problems);
         if let Err(mut users) = self.users() {
             problems.append(&mut users);
         }
@@ -558,6 +584,25 @@ impl Config {
         }
         if self.clients.max_clients == 0 {
             problems.push("max_clients: must be greater than 0".into());
+        }
+    }
+
+    /// A node of the zone mapping is named `host:port`, as the cluster announces it, and has
+    /// a zone (an empty one would match no proxy: a mistake to report).
+    fn validate_zones(&self, problems: &mut Vec<String>) {
+        for (node, zone) in &self.backend.node_zones {
+            let port = node.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then_some(())?;
+                port.parse::<u16>().ok()
+            });
+            if port.is_none() {
+                problems.push(format!(
+                    "backend.node_zones: '{node}' is not a node address like 10.0.0.1:6379"
+                ));
+            }
+            if zone.trim().is_empty() {
+                problems.push(format!("backend.node_zones: the zone of '{node}' is empty"));
+            }
         }
     }
 
@@ -663,6 +708,33 @@ mod tests {
             other,
             serde_json::to_string(&Secret("s3cret".into())).unwrap()
         );
+    }
+
+    #[test]
+    fn zone_settings_are_checked() {
+        let cases: &[(&str, &[&str])] = &[
+            ("zone = \"us-east-1a\"\n[backend.node_zones]\n\"10.0.0.1:6379\" = \"b\"\n\"[::1]:7000\" = \"c\"\n\"cache.example:6380\" = \"d\"", &[]),
+            // An empty zone is no zone (see `layer`), not a problem.
+            ("zone = \" \"", &[]),
+            (
+                "[backend.node_zones]\n\"nohost\" = \"z\"\n\":1\" = \"z\"\n\"a:port\" = \"z\"",
+                &[
+                    "backend.node_zones: ':1' is not a node address like 10.0.0.1:6379",
+                    "backend.node_zones: 'a:port' is not a node address like 10.0.0.1:6379",
+                    "backend.node_zones: 'nohost' is not a node address like 10.0.0.1:6379",
+                ],
+            ),
+            (
+                "[backend.node_zones]\n\"a:1\" = \"\"",
+                &["backend.node_zones: the zone of 'a:1' is empty"],
+            ),
+        ];
+        for (text, want) in cases {
+            let mut config = Config::from_toml(text).unwrap();
+            config.cluster.upstreams = parse_upstreams(&["a:1".to_string()]).unwrap();
+            let problems = config.validate().err().unwrap_or_default();
+            assert_eq!(problems, *want, "{text}");
+        }
     }
 
     #[test]

@@ -671,15 +671,12 @@ fn resolve(
 ) -> Option<(NodeAddr, bool)> {
     match target {
         Target::Slot(slot) if replica_ok && worker.read_from != ReadFrom::Primary => {
-            let replicas = map.replicas(*slot);
-            let pick = match worker.read_from {
-                ReadFrom::Any => fastrand::usize(..=replicas.len()),
-                _ => fastrand::usize(..replicas.len().max(1)),
-            };
-            match replicas.get(pick) {
-                Some(replica) => Some((replica.clone(), true)),
-                None => map.primary(*slot).map(|p| (p.clone(), false)),
+            let candidates = map.read_candidates(*slot, worker.read_from)?;
+            let (node, on_replica) = candidates.get(fastrand::usize(..candidates.len().max(1)))?;
+            if let Some(locality) = candidates.locality {
+                worker.count_zone_read(locality);
             }
+            Some((node.clone(), on_replica))
         }
         Target::Slot(slot) => map.primary(*slot).map(|p| (p.clone(), false)),
         Target::Node(addr) => Some((addr.clone(), false)),

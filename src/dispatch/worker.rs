@@ -16,6 +16,7 @@ const READ_SCRATCH: usize = 64 * 1024;
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
+use crate::cluster::zones::Locality;
 use crate::config::ReadFrom;
 use crate::latency::LocalLatency;
 use crate::resp::{Protocol, RequestLimits};
@@ -42,6 +43,10 @@ pub struct Worker {
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<Rc<CommandMetrics>>>>,
+    /// Zone-aware reads by locality since the last fold (plain cells: no atomic operation
+    /// per read), and their `slotproxy_replica_reads_total{locality}` counters; `None` under
+    /// the other policies, which count nothing.
+    zone_reads: Option<ZoneReads>,
     /// Every client read of this worker lands here first (sessions run one at a time on the
     /// worker's thread), so idle and waiting clients hold no read buffer of their own.
     pub read_scratch: RefCell<BytesMut>,
@@ -62,6 +67,29 @@ impl CommandMetrics {
     fn fold(&self, shared: &Shared) {
         self.count.increment(self.received.take());
         shared.latency.fold(&self.name, &self.latency);
+    }
+}
+
+/// Reads counted by [`Locality`] (indexed by [`Locality::index`]).
+struct ZoneReads {
+    counts: [Cell<u64>; 3],
+    counters: [Counter; 3],
+}
+
+impl ZoneReads {
+    fn new() -> ZoneReads {
+        ZoneReads {
+            counts: Default::default(),
+            counters: Locality::ALL.map(|locality| {
+                metrics::counter!("slotproxy_replica_reads_total", "locality" => locality.label())
+            }),
+        }
+    }
+
+    fn fold(&self) {
+        for (count, counter) in self.counts.iter().zip(&self.counters) {
+            counter.increment(count.take());
+        }
     }
 }
 
@@ -99,6 +127,11 @@ impl Worker {
             read_from: config.backend.read_from,
             protocol,
             command_metrics: RefCell::new(Vec::new()),
+            zone_reads: config
+                .backend
+                .read_from
+                .is_zone_aware()
+                .then(ZoneReads::new),
             // Sessions read through the RESP2 worker's buffer whatever their protocol.
             read_scratch: RefCell::new(match resp3 {
                 Some(_) => BytesMut::with_capacity(READ_SCRATCH),
@@ -148,11 +181,25 @@ impl Worker {
         }
     }
 
-    /// Moves this worker's (and its RESP3 twin's) command counts and latencies into the
-    /// shared metrics.
+    /// Counts a read a zone-aware policy routed.
+    pub fn count_zone_read(&self, locality: Locality) {
+        if let Some(count) = self
+            .zone_reads
+            .as_ref()
+            .and_then(|z| z.counts.get(locality.index()))
+        {
+            count.set(count.get() + 1);
+        }
+    }
+
+    /// Moves this worker's (and its RESP3 twin's) command counts, latencies and zone-aware
+    /// read counts into the shared metrics.
     pub fn fold_latencies(&self) {
         for m in self.command_metrics.borrow().iter().flatten() {
             m.fold(&self.shared);
+        }
+        if let Some(zone_reads) = &self.zone_reads {
+            zone_reads.fold();
         }
         if let Some(resp3) = &self.resp3 {
             resp3.fold_latencies();
