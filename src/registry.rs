@@ -76,7 +76,7 @@ impl Registry {
             inbox: Mutex::new(Vec::new()),
             inbox_full: AtomicBool::new(false),
             stop_reading: AtomicBool::new(false),
-            details: Mutex::new(Details::default()),
+            details: Mutex::new(None),
         });
         lock(&self.clients).insert(id, entry.clone());
         // After the insert: a shutdown that began before it is seen here, one that begins
@@ -131,7 +131,7 @@ impl Registry {
     /// One `CLIENT LIST` line (with its `\n`); `cmd`: the name of its last command.
     pub fn line(&self, entry: &ClientEntry, cmd: &str) -> String {
         let now = self.now_ms();
-        let details = entry.details();
+        let details = entry.snapshot();
         let laddr = self
             .laddr_of(entry)
             .map(|a| a.to_string())
@@ -247,7 +247,10 @@ pub struct ClientEntry {
     inbox_full: AtomicBool,
     /// Shutdown asks the session to stop reading (taken once by the session).
     stop_reading: AtomicBool,
-    details: Mutex<Details>,
+    /// `None` until something sets a detail: most clients never name themselves, and the
+    /// whole of `Details` (168 bytes) in every entry made 10,000 idle clients cost 1.5 MiB
+    /// more.
+    details: Mutex<Option<Box<Details>>>,
 }
 
 /// The parts of a client that change rarely.
@@ -289,18 +292,18 @@ impl ClientType {
 }
 
 impl ClientEntry {
-    fn details(&self) -> MutexGuard<'_, Details> {
+    fn details(&self) -> MutexGuard<'_, Option<Box<Details>>> {
         lock(&self.details)
     }
 
     /// Changes the rarely changing parts.
     pub fn update(&self, change: impl FnOnce(&mut Details)) {
-        change(&mut self.details());
+        change(self.details().get_or_insert_with(Box::default));
     }
 
     /// A copy of the rarely changing parts.
     pub fn snapshot(&self) -> Details {
-        self.details().clone()
+        self.details().as_deref().cloned().unwrap_or_default()
     }
 
     /// `CLIENT KILL`: its session closes at once.
@@ -420,7 +423,11 @@ impl ClientEntry {
     /// Where its blocking command waits (`None`: no longer).
     pub fn set_blocked_on(&self, on: Option<(NodeAddr, u64)>) {
         self.set_flag(flag::BLOCKED, on.is_some());
-        self.details().blocked_on = on;
+        let mut details = self.details();
+        // Every session clears it as it ends: no need to make the details for that.
+        if on.is_some() || details.is_some() {
+            details.get_or_insert_with(Box::default).blocked_on = on;
+        }
     }
 
     pub fn client_type(&self) -> ClientType {
@@ -434,8 +441,8 @@ impl ClientEntry {
     /// The user it runs as (Redis's `default` when none).
     pub fn user(&self) -> String {
         self.details()
-            .user
-            .clone()
+            .as_ref()
+            .and_then(|d| d.user.clone())
             .unwrap_or_else(|| "default".to_string())
     }
 

@@ -16,7 +16,8 @@ use crate::client::{self, session};
 use crate::dispatch::Worker;
 use crate::shared::Shared;
 
-/// How often a worker moves its command latencies into the shared histograms.
+/// How often a worker moves its command latencies into the shared histograms (and looks
+/// whether clients left, to give their memory back).
 const LATENCY_FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens `count` listeners on `addr`; with port 0, all share the port the first one got.
@@ -64,10 +65,19 @@ pub fn run_worker(
         let sessions = TaskTracker::new();
         let folding = {
             let worker = worker.clone();
+            let sessions = sessions.clone();
             tokio::task::spawn_local(async move {
+                let mut clients = 0;
                 loop {
                     tokio::time::sleep(LATENCY_FOLD_INTERVAL).await;
                     worker.fold_latencies();
+                    // The allocator is per thread: this worker's departed clients' memory is
+                    // given back from this thread.
+                    let now = sessions.len();
+                    if crate::memory::worth_releasing(clients, now) {
+                        crate::memory::release_now();
+                    }
+                    clients = now;
                 }
             })
         };

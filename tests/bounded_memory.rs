@@ -52,6 +52,20 @@ const SMALL_MERGED_LIMIT: u64 = 8 * MIB;
 /// 16 MiB limit, 252 MiB before replies stopped being copied past the limit. The bound is
 /// 128 MiB: above every measurement, far below the 1 GiB that 1024 such replies could be.
 const STALL_PEAK_GROWTH: u64 = 128 * MIB;
+/// Idle clients (connected, one PING answered, then silent) opened at once in the idle test;
+/// more would need a higher open-file limit than a test may count on.
+const IDLE_CLIENTS: usize = 2_000;
+/// What one more idle client may add to the proxy's anonymous memory (its session task, its
+/// registry entry, its socket's registration in the runtime, what its reply queue keeps).
+/// Measured, debug build, one worker: 4,194 bytes a client before (mimalloc's arena on
+/// transparent huge pages, the details `CLIENT SETNAME` sets allocated for every client,
+/// readiness futures in every session task), 3,342 after (a release build: 3.3 KiB).
+const IDLE_CLIENT_BYTES: u64 = 3_584;
+/// The proxy's anonymous memory at rest, one worker, before any client (its file-backed part,
+/// the binary's code, depends on the build): 15.2 MiB measured before mimalloc's arena was
+/// kept off transparent huge pages (each 2 MiB page touched was resident whole), 3.5 MiB
+/// after (debug build).
+const IDLE_ANON: u64 = 8 * MIB;
 /// Whole-test guard on loops that wait for the proxy.
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -148,6 +162,21 @@ impl ProxyProcess {
                 .unwrap_or_else(|| panic!("{name} in /proc status"))
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Anonymous memory (`Anonymous` of `smaps_rollup`), in bytes: the heap and stacks,
+    /// without the binary's code, whose resident part depends on the build and on which code
+    /// paths ran.
+    fn anonymous(&self) -> u64 {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid()))
+            .expect("read the proxy's smaps_rollup");
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect("Anonymous in smaps_rollup")
     }
 
     /// Resets VmHWM to the current RSS (`clear_refs` 5), so the next peak is this step's.
@@ -553,4 +582,98 @@ fn clients_pipelining_into_a_stalled_node_are_held_back_or_cut_off_without_growi
             r => Err(format!("{r:?}")),
         }
     });
+}
+
+/// Raises this process's open-file limit to its hard limit (the proxy, started after, inherits
+/// it); the limit it ends up with.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Opens `n` clients that each send PING and get PONG, then stay connected.
+fn idle_clients(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect an idle client");
+        stream
+            .set_read_timeout(Some(common::IO_TIMEOUT))
+            .expect("read timeout");
+        stream
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .expect("send PING");
+        clients.push(stream);
+        assert!(
+            started.elapsed() < STEP_DEADLINE,
+            "opening idle clients took too long"
+        );
+    }
+    for stream in &mut clients {
+        let mut pong = [0u8; 7];
+        stream.read_exact(&mut pong).expect("read PONG");
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    clients
+}
+
+#[test]
+fn idle_clients_cost_the_proxy_little_memory_each() {
+    let fd_limit = raise_open_files();
+    // The test's clients, the proxy's ends of them, and room for both processes' own files.
+    assert!(
+        fd_limit >= 2 * IDLE_CLIENTS as u64 + 256,
+        "open-file limit {fd_limit} too low for {IDLE_CLIENTS} clients"
+    );
+    let cluster = Cluster::start(3, 0);
+    let proxy = ProxyProcess::start(&cluster, "");
+    // Some clients first: the code paths and per-worker buffers the first clients bring are
+    // not what one more client costs.
+    let warm = idle_clients(proxy.addr, 64);
+    std::thread::sleep(Duration::from_millis(500));
+    let anon_before = proxy.anonymous();
+    let clients = idle_clients(proxy.addr, IDLE_CLIENTS);
+    std::thread::sleep(Duration::from_millis(500));
+    let anon_after = proxy.anonymous();
+    let per_client = anon_after.saturating_sub(anon_before) / IDLE_CLIENTS as u64;
+    eprintln!(
+        "idle clients: anonymous memory {} with {} clients, {} with {} more: {per_client} bytes a client",
+        mib(anon_before),
+        warm.len(),
+        mib(anon_after),
+        clients.len()
+    );
+    assert!(
+        anon_before < IDLE_ANON,
+        "the proxy holds {} of anonymous memory with {} idle clients (bound {})",
+        mib(anon_before),
+        warm.len(),
+        mib(IDLE_ANON)
+    );
+    assert!(
+        per_client <= IDLE_CLIENT_BYTES,
+        "an idle client costs the proxy {per_client} bytes (bound {IDLE_CLIENT_BYTES})"
+    );
+    // Still served: the clients were idle, not refused.
+    let mut client = proxy.client();
+    assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
 }
