@@ -198,6 +198,9 @@ async fn run<S: ClientStream>(
         {
             input = BytesMut::new();
         }
+        if pending.is_empty() {
+            pending.release_idle();
+        }
         // While a command holds the ones after it (a pause, a command carried out in steps,
         // a script), input is still read up to a bound: a client that hangs up is noticed
         // (its parked command abandoned), one that keeps sending is not buffered without end.
