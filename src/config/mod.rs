@@ -39,6 +39,7 @@ pub struct Config {
     pub auth: Auth,
     pub replicas: Replicas,
     pub tls: Tls,
+    pub near_cache: NearCache,
 }
 
 /// The client listener (restart to change).
@@ -285,6 +286,39 @@ impl Default for Replicas {
     }
 }
 
+/// The near cache (`[near_cache]`, `dispatch::near_cache`): `GET` replies of keys under the
+/// configured prefixes kept in the proxy's memory, invalidated by the nodes (restart to
+/// change: a restart starts with an empty cache).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NearCache {
+    /// Serve cached `GET`s from memory.
+    #[serde(rename = "near_cache.enabled")]
+    pub enabled: bool,
+    /// Only keys that start with one of these are cached; each is a `CLIENT TRACKING ON BCAST
+    /// PREFIX` of the nodes' invalidation connections, so only their changes are reported.
+    #[serde(rename = "near_cache.prefixes")]
+    pub prefixes: Vec<String>,
+    /// Bytes the cache may hold (keys, values and a fixed overhead per entry), over all
+    /// workers: each worker's cache gets an equal share; past it, least recently used
+    /// entries are evicted.
+    #[serde(rename = "near_cache.max_memory")]
+    pub max_memory: usize,
+    /// A value larger than this is not cached (its reply is passed on as usual).
+    #[serde(rename = "near_cache.max_value_size")]
+    pub max_value_size: usize,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache {
+            enabled: false,
+            prefixes: Vec::new(),
+            max_memory: 64 * 1024 * 1024,
+            max_value_size: 1024 * 1024,
+        }
+    }
+}
+
 /// TLS on both sides (`[backend.tls]`, `[client.tls]`). A reload reads the certificates again;
 /// turning TLS on or off needs a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -510,6 +544,7 @@ impl Config {
         self.validate_addresses(&mut problems);
         self.validate_tls(&mut problems);
         self.validate_numbers(&mut problems);
+        self.validate_near_cache(&mut problems);
         if let Err(mut users) = self.users() {
             problems.append(&mut users);
         }
@@ -558,6 +593,40 @@ impl Config {
         }
         if self.clients.max_clients == 0 {
             problems.push("max_clients: must be greater than 0".into());
+        }
+    }
+
+    /// The near cache needs prefixes the nodes accept on one connection: non-empty (an empty
+    /// one would report every key's change), and none the start of another (Redis refuses
+    /// overlapping prefixes).
+    fn validate_near_cache(&self, problems: &mut Vec<String>) {
+        let cache = &self.near_cache;
+        if !cache.enabled {
+            return;
+        }
+        if cache.prefixes.is_empty() {
+            problems.push(
+                "near_cache.prefixes: the near cache needs at least one key prefix (--near-cache-prefix user:)"
+                    .into(),
+            );
+        }
+        if cache.prefixes.iter().any(String::is_empty) {
+            problems.push("near_cache.prefixes: a prefix can't be empty".into());
+        }
+        for (i, a) in cache.prefixes.iter().enumerate() {
+            for b in cache.prefixes.iter().skip(i + 1) {
+                if !a.is_empty()
+                    && !b.is_empty()
+                    && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+                {
+                    problems.push(format!(
+                        "near_cache.prefixes: '{a}' and '{b}' overlap (one starts with the other); keep the shorter"
+                    ));
+                }
+            }
+        }
+        if cache.max_memory == 0 {
+            problems.push("near_cache.max_memory: must be greater than 0".into());
         }
     }
 

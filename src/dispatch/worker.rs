@@ -42,6 +42,8 @@ pub struct Worker {
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
     command_metrics: RefCell<Vec<Option<Rc<CommandMetrics>>>>,
+    /// The near cache (`[near_cache]`), shared with the RESP3 twin; `None` when off.
+    pub near_cache: Option<Rc<super::near_cache::NearCache>>,
     /// Every client read of this worker lands here first (sessions run one at a time on the
     /// worker's thread), so idle and waiting clients hold no read buffer of their own.
     pub read_scratch: RefCell<BytesMut>,
@@ -69,11 +71,31 @@ impl Worker {
     /// The worker of one thread: RESP2 backend connections, plus a RESP3 twin opened lazily
     /// (its pools connect on first use) for RESP3 clients.
     pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
-        let resp3 = Rc::new(Worker::speaking(shared.clone(), Protocol::Resp3, None));
-        Rc::new(Worker::speaking(shared, Protocol::Resp2, Some(resp3)))
+        let near_cache = super::near_cache::NearCache::new(
+            &shared.config.near_cache,
+            shared.workers,
+            shared.topology.clone(),
+        );
+        let resp3 = Rc::new(Worker::speaking(
+            shared.clone(),
+            Protocol::Resp3,
+            None,
+            near_cache.clone(),
+        ));
+        Rc::new(Worker::speaking(
+            shared,
+            Protocol::Resp2,
+            Some(resp3),
+            near_cache,
+        ))
     }
 
-    fn speaking(shared: Arc<Shared>, protocol: Protocol, resp3: Option<Rc<Worker>>) -> Worker {
+    fn speaking(
+        shared: Arc<Shared>,
+        protocol: Protocol,
+        resp3: Option<Rc<Worker>>,
+        near_cache: Option<Rc<super::near_cache::NearCache>>,
+    ) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
             // The topology's copy carries the TLS set-up built at start-up.
@@ -105,6 +127,7 @@ impl Worker {
                 None => BytesMut::new(),
             }),
             resp3,
+            near_cache,
             pool,
             dedicated,
             shared,
@@ -153,6 +176,9 @@ impl Worker {
     pub fn fold_latencies(&self) {
         for m in self.command_metrics.borrow().iter().flatten() {
             m.fold(&self.shared);
+        }
+        if let Some(cache) = &self.near_cache {
+            cache.fold();
         }
         if let Some(resp3) = &self.resp3 {
             resp3.fold_latencies();
