@@ -178,7 +178,7 @@ impl Worker {
             m.fold(&self.shared);
         }
         if let Some(cache) = &self.near_cache {
-            cache.fold();
+            cache.fold(&self.shared.near_cache);
         }
         if let Some(resp3) = &self.resp3 {
             resp3.fold_latencies();

@@ -54,6 +54,7 @@ pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -70,6 +71,7 @@ use crate::cluster::{Slot, SlotMap};
 use crate::command::route::{Route, SessionCommand};
 use crate::command::{CommandSpec, CommandTable};
 use crate::resp::{Command, Protocol};
+use crate::shared::NearCacheTotals;
 use store::{Cached, Stats, Store, Ticket};
 
 /// A worker's near cache (shared with its RESP3 twin: same thread, same cache).
@@ -284,25 +286,52 @@ impl NearCache {
         self.store.borrow_mut().node_lost(addr);
     }
 
-    /// Moves the counts since the last fold into the metrics.
-    pub fn fold(&self) {
+    /// Moves the counts since the last fold into the metrics and `totals` (the proxy's).
+    pub fn fold(&self, totals: &NearCacheTotals) {
         let store = self.store.borrow();
         let (now, bytes, len) = (store.stats, store.bytes(), store.len());
         let (before, before_bytes, before_len) = self.folded.replace((now, bytes, len));
         let m = &self.metrics;
-        m.hits.increment(now.hits - before.hits);
-        m.misses.increment(now.misses - before.misses);
-        m.invalidations
-            .increment(now.invalidations - before.invalidations);
-        m.evictions.increment(now.evictions - before.evictions);
-        m.bytes.increment(bytes as f64 - before_bytes as f64);
-        m.entries.increment(len as f64 - before_len as f64);
+        let counts = [
+            (&m.hits, &totals.hits, now.hits - before.hits),
+            (&m.misses, &totals.misses, now.misses - before.misses),
+            (
+                &m.invalidations,
+                &totals.invalidations,
+                now.invalidations - before.invalidations,
+            ),
+            (
+                &m.evictions,
+                &totals.evictions,
+                now.evictions - before.evictions,
+            ),
+        ];
+        for (counter, total, delta) in counts {
+            counter.increment(delta);
+            total.fetch_add(delta, Ordering::Relaxed);
+        }
+        let bytes_delta = bytes as i64 - before_bytes as i64;
+        let len_delta = len as i64 - before_len as i64;
+        m.bytes.increment(bytes_delta as f64);
+        m.entries.increment(len_delta as f64);
+        totals.bytes.fetch_add(bytes_delta, Ordering::Relaxed);
+        totals.entries.fetch_add(len_delta, Ordering::Relaxed);
     }
 
     /// Counts and size now: `(stats, bytes, entries)`.
     pub fn snapshot(&self) -> (Stats, usize, usize) {
         let store = self.store.borrow();
         (store.stats, store.bytes(), store.len())
+    }
+}
+
+impl Drop for NearCache {
+    /// The gauges are the process's (tests run several proxies): a cache that goes takes its
+    /// share with it.
+    fn drop(&mut self) {
+        let (_, bytes, len) = self.folded.get();
+        self.metrics.bytes.decrement(bytes as f64);
+        self.metrics.entries.decrement(len as f64);
     }
 }
 

@@ -58,6 +58,8 @@ impl Cached {
 
 struct Entry {
     value: Cached,
+    /// The placeholder generation of the read that filled it.
+    generation: u64,
     /// Index in `Store::nodes` of the primary it was read from.
     node: u16,
     slot: Slot,
@@ -189,10 +191,19 @@ impl Store {
         owner: Option<&NodeAddr>,
         reply: &[u8],
     ) -> bool {
-        if self.filling.get(key) != Some(&ticket.generation) {
+        // The placeholder is still there; or it was taken by a read of the same generation
+        // whose entry nothing invalidated since: this reply, later on the same connection, is
+        // at least as new and replaces it (so a client never reads a value older than the
+        // last one it read).
+        if self.filling.get(key) == Some(&ticket.generation) {
+            self.filling.remove(key);
+        } else if self
+            .entries
+            .peek(key)
+            .is_none_or(|entry| entry.generation != ticket.generation)
+        {
             return false;
         }
-        self.filling.remove(key);
         let Some(node) = self.nodes.get(usize::from(ticket.node)) else {
             return false;
         };
@@ -208,6 +219,7 @@ impl Store {
         }
         let entry = Entry {
             value,
+            generation: ticket.generation,
             node: ticket.node,
             slot: ticket.slot,
         };
@@ -400,8 +412,18 @@ mod tests {
         let (_, second) = store.begin_fill(b"k", slot(1), &addr(A)).unwrap();
         assert_eq!(first, second);
         assert!(store.finish_fill(&key, &first, Some(&addr(A)), b"$1\r\na\r\n"));
-        // The placeholder went with the first fill: the second reply is not needed.
-        assert!(!store.finish_fill(&key, &second, Some(&addr(A)), b"$1\r\na\r\n"));
+        // The second reply, sent later on the same connection, replaces the first's.
+        assert!(store.finish_fill(&key, &second, Some(&addr(A)), b"$1\r\nb\r\n"));
+        assert_eq!(
+            store.get(b"k"),
+            Some(&Cached::Bulk(Bytes::from_static(b"$1\r\nb\r\n")))
+        );
+        // Unless the key was invalidated in between.
+        let (key, first) = store.begin_fill(b"k2", slot(1), &addr(A)).unwrap();
+        let (_, second) = store.begin_fill(b"k2", slot(1), &addr(A)).unwrap();
+        assert!(store.finish_fill(&key, &first, Some(&addr(A)), b"$1\r\na\r\n"));
+        store.invalidate([b"k2".as_slice()]);
+        assert!(!store.finish_fill(&key, &second, Some(&addr(A)), b"$1\r\nb\r\n"));
         // An abandoned read takes its placeholder with it.
         let (key, third) = store.begin_fill(b"j", slot(1), &addr(A)).unwrap();
         store.abandon(&key, &third);
