@@ -696,6 +696,55 @@ mod tests {
     }
 
     #[test]
+    fn near_cache_prefixes_are_checked_when_on() {
+        let with = |enabled: bool, prefixes: &[&str], max_memory: usize| {
+            let mut config = with_seeds("redis://a:1");
+            config.near_cache = NearCache {
+                enabled,
+                prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                max_memory,
+                ..NearCache::default()
+            };
+            config.validate().err().unwrap_or_default()
+        };
+        let cases: &[(bool, &[&str], usize, &[&str])] = &[
+            (false, &[], 0, &[]),
+            (true, &["user:", "cart:"], 1, &[]),
+            (
+                true,
+                &[],
+                1,
+                &["near_cache.prefixes: the near cache needs at least one key prefix"],
+            ),
+            (
+                true,
+                &["user:", ""],
+                1,
+                &["near_cache.prefixes: a prefix can't be empty"],
+            ),
+            (
+                true,
+                &["user:", "user:1"],
+                1,
+                &["near_cache.prefixes: 'user:' and 'user:1' overlap"],
+            ),
+            (
+                true,
+                &["a"],
+                0,
+                &["near_cache.max_memory: must be greater than 0"],
+            ),
+        ];
+        for (enabled, prefixes, max_memory, want) in cases {
+            let problems = with(*enabled, prefixes, *max_memory);
+            assert_eq!(problems.len(), want.len(), "{prefixes:?}: {problems:?}");
+            for (problem, want) in problems.iter().zip(want.iter()) {
+                assert!(problem.starts_with(want), "{problem} / {want}");
+            }
+        }
+    }
+
+    #[test]
     fn tls_seeds_and_settings() {
         let tls = with_seeds("rediss://a:1");
         assert!(tls.backend_tls_enabled());
