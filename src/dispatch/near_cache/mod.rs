@@ -191,10 +191,19 @@ impl NearCache {
             return;
         }
         let newest = self.topology.map().clone();
-        self.store
-            .borrow_mut()
-            .keep_owned(|slot| newest.primary(slot));
-        *self.seen_map.borrow_mut() = Some(newest);
+        let previous = self.seen_map.replace(Some(newest.clone()));
+        // Every refresh publishes a new map, mostly the same routing: the entries are walked
+        // only when some slot's primary changed.
+        let moved = previous.is_none_or(|previous| {
+            (0..crate::cluster::SLOT_COUNT as u64)
+                .filter_map(Slot::new)
+                .any(|slot| previous.primary(slot) != newest.primary(slot))
+        });
+        if moved {
+            self.store
+                .borrow_mut()
+                .keep_owned(|slot| newest.primary(slot));
+        }
     }
 
     /// A command about to run: if it writes keys the cache covers, they are invalidated now
