@@ -84,8 +84,14 @@ pub async fn run(cache: Rc<NearCache>, shared: Arc<Shared>) {
 async fn listen(addr: NodeAddr, cache: Rc<NearCache>, credentials: Credentials, timeout: Duration) {
     let mut down = false;
     loop {
-        let opened =
-            FeedConnection::open(&addr, &credentials, timeout, FEED_NAME, cache.prefixes()).await;
+        // The connect has its own timeout; this one also covers a node that accepts but
+        // never answers the handshake (the task would otherwise wait on it for good).
+        let opened = tokio::time::timeout(
+            timeout + SILENCE,
+            FeedConnection::open(&addr, &credentials, timeout, FEED_NAME, cache.prefixes()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("CLIENT TRACKING not answered in time".into()));
         let reason = match opened {
             Ok(mut connection) => {
                 cache.node_heard(&addr);
