@@ -39,8 +39,9 @@
 //! everything; a node's invalidation connection breaks or falls silent (no `PING` answer for
 //! 3 s): that node's entries; a primary leaves the slot map: its entries; the slot map
 //! changes: entries whose slot's primary is no longer the node they came from; a write
-//! through this proxy (any command flagged `write` or `may_replicate`, `EXEC` of a transaction
-//! with such commands, `FLUSHALL`/`FLUSHDB`): its keys (everything for a flush) when it is
+//! through this proxy (any command flagged `write` or `may_replicate`, scripts and functions
+//! but their `_RO` forms, `EXEC` of a transaction with such commands, `FLUSHALL`/`FLUSHDB`):
+//! its keys (everything for a flush) when it is
 //! dispatched and again when its reply arrives, so a client reads its own write whatever
 //! connection the write took (a transaction's, a script's) and whichever read filled the
 //! cache meanwhile; past `max_memory`, the least recently used.
@@ -68,7 +69,7 @@ use super::transaction::TxState;
 use crate::backend::NodeAddr;
 use crate::cluster::topology::Topology;
 use crate::cluster::{Slot, SlotMap};
-use crate::command::route::{Route, SessionCommand};
+use crate::command::route::{Route, Script, SessionCommand};
 use crate::command::{CommandSpec, CommandTable};
 use crate::resp::{Command, Protocol};
 use crate::shared::NearCacheTotals;
@@ -244,7 +245,13 @@ impl NearCache {
 
     /// The covered keys `cmd` writes: `None` if none; `Some(None)` for everything (a flush).
     fn written_keys(&self, spec: &CommandSpec, cmd: &Command) -> Option<Option<Vec<Bytes>>> {
-        if !(spec.is_write() || spec.may_replicate()) {
+        // Scripts and functions may write their declared keys whatever their flags say
+        // (Redis 7.0 does not flag EVAL `may_replicate`); the `_ro` forms can't.
+        let script = matches!(
+            spec.route,
+            Route::Script(Script::Eval | Script::EvalSha | Script::Function)
+        ) && !spec.name.ends_with("_ro");
+        if !(spec.is_write() || spec.may_replicate() || script) {
             return None;
         }
         if spec.name == "flushall" || spec.name == "flushdb" {
@@ -471,5 +478,111 @@ impl Written {
                 reply
             })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::connect::Credentials;
+
+    const NODE: &str = "127.0.0.1:7000";
+
+    fn cache() -> Rc<NearCache> {
+        let config = crate::config::NearCache {
+            enabled: true,
+            prefixes: vec!["user:".into()],
+            ..crate::config::NearCache::default()
+        };
+        let topology = Arc::new(Topology::new(
+            Vec::new(),
+            Credentials::default(),
+            Duration::from_millis(10),
+        ));
+        let cache = NearCache::new(&config, 1, topology).unwrap();
+        cache.node_heard(&NodeAddr::from(NODE));
+        cache
+    }
+
+    /// Stores `key` as if a read of it had been answered `v`.
+    fn fill(cache: &NearCache, key: &str) {
+        let mut store = cache.store.borrow_mut();
+        let (key, ticket) = store
+            .begin_fill(key.as_bytes(), Slot::new(1).unwrap(), &NodeAddr::from(NODE))
+            .unwrap();
+        let node = NodeAddr::from(NODE);
+        assert!(store.finish_fill(&key, &ticket, Some(&node), b"$1\r\nv\r\n"));
+    }
+
+    fn cached(cache: &NearCache, key: &str) -> bool {
+        cache.store.borrow_mut().get(key.as_bytes()).is_some()
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        Command::from_args(args)
+    }
+
+    /// What a command through the proxy does to the cached keys when it is dispatched.
+    #[test]
+    fn writes_through_the_proxy_drop_their_covered_keys() {
+        let table = CommandTable::builtin();
+        let tx = TxState::default();
+        let cases: &[(&[&str], &[&str])] = &[
+            // (command, keys still cached afterwards, of user:a user:b)
+            (&["GET", "user:a"], &["user:a", "user:b"]),
+            (&["SET", "user:a", "1"], &["user:b"]),
+            (&["DEL", "user:a", "user:b"], &[]),
+            (&["MSET", "user:b", "1", "other", "2"], &["user:a"]),
+            (&["EXPIRE", "user:a", "10"], &["user:b"]),
+            (&["EVAL", "return 1", "1", "user:b"], &["user:a"]),
+            (&["FCALL", "f", "1", "user:a"], &["user:b"]),
+            (
+                &["EVAL_RO", "return 1", "1", "user:b"],
+                &["user:a", "user:b"],
+            ),
+            (&["SET", "other", "1"], &["user:a", "user:b"]),
+            (&["PUBLISH", "user:a", "m"], &["user:a", "user:b"]),
+            (&["FLUSHALL"], &[]),
+            (&["FLUSHDB", "ASYNC"], &[]),
+        ];
+        for (args, kept) in cases {
+            let cache = cache();
+            fill(&cache, "user:a");
+            fill(&cache, "user:b");
+            let command = cmd(args);
+            let spec = table.lookup(&command).unwrap();
+            let written = cache.written(table, spec, &command, &tx);
+            let still: Vec<&str> = ["user:a", "user:b"]
+                .into_iter()
+                .filter(|k| cached(&cache, k))
+                .collect();
+            assert_eq!(&still, kept, "{args:?}");
+            assert_eq!(written.is_some(), still.len() < 2, "{args:?}");
+        }
+    }
+
+    /// A value read while the write was on its way is dropped again when the write's reply
+    /// arrives (the write may have run after that read on another connection).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_drops_its_keys_again_when_answered() {
+        let cache = cache();
+        let table = CommandTable::builtin();
+        let command = cmd(&["SET", "user:a", "2"]);
+        let spec = table.lookup(&command).unwrap();
+        let written = cache
+            .written(table, spec, &command, &TxState::default())
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Bytes>();
+        let reply = written.after(Reply::later(async move { rx.await.unwrap_or_default() }));
+        fill(&cache, "user:a");
+        assert!(cached(&cache, "user:a"));
+        tx.send(Bytes::from_static(b"+OK\r\n")).unwrap();
+        let Reply::Later(future) = reply else {
+            panic!("a later reply stays later");
+        };
+        assert_eq!(future.await, Bytes::from_static(b"+OK\r\n"));
+        assert!(!cached(&cache, "user:a"));
     }
 }
