@@ -41,14 +41,18 @@
 //! changes: entries whose slot's primary is no longer the node they came from; a write
 //! through this proxy (any command flagged `write` or `may_replicate`, scripts and functions
 //! but their `_RO` forms, `EXEC` of a transaction with such commands, `FLUSHALL`/`FLUSHDB`):
-//! its keys (everything for a flush) when it is
-//! dispatched and again when its reply arrives, so a client reads its own write whatever
-//! connection the write took (a transaction's, a script's) and whichever read filled the
-//! cache meanwhile; past `max_memory`, the least recently used.
+//! its keys (everything for a flush) when it is dispatched and again when its reply arrives,
+//! so a client reads its own write whatever connection the write took (a transaction's, a
+//! script's) and whichever read filled the cache meanwhile; past `max_memory`, the least
+//! recently used.
 //!
-//! What stays out of reach: a script that writes keys it did not declare (the node's report
-//! still invalidates them, within the report's delay), and a value changed while the proxy
-//! can't hear its node but the node is still reachable (the heartbeat bounds that to 3 s).
+//! What stays out of reach: read-your-writes across workers (a write on a connection served
+//! by another worker is seen once the node's report reaches this worker, as a write through
+//! another proxy); a script that writes keys it did not declare (the node's report still
+//! invalidates them, within the report's delay); a value changed while the proxy can't hear
+//! its node but the node is still reachable (the heartbeat bounds that to 3 s); a slot that
+//! moves away and back between two reads of this worker while the node it visited was not
+//! yet heard.
 
 pub mod feed;
 pub mod store;
