@@ -67,6 +67,16 @@ fn register_fixed_series() {
     counter!("slotproxy_topology_refreshes_total").increment(0);
     counter!("slotproxy_topology_refresh_failures_total").increment(0);
     counter!("slotproxy_slot_map_patches_total").increment(0);
+    for name in [
+        "slotproxy_near_cache_hits_total",
+        "slotproxy_near_cache_misses_total",
+        "slotproxy_near_cache_invalidations_total",
+        "slotproxy_near_cache_evictions_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!("slotproxy_near_cache_bytes").increment(0.0);
+    gauge!("slotproxy_near_cache_entries").increment(0.0);
 }
 
 fn describe() {
@@ -121,6 +131,31 @@ fn describe() {
         "slotproxy_slot_map_age_seconds",
         Unit::Seconds,
         "Time since the slot map was last refreshed from the cluster (since start-up while no refresh has succeeded)"
+    );
+    describe_counter!(
+        "slotproxy_near_cache_hits_total",
+        "GETs answered from the near cache"
+    );
+    describe_counter!(
+        "slotproxy_near_cache_misses_total",
+        "GETs of keys under the near cache's prefixes that were not in it (sent to the cluster)"
+    );
+    describe_counter!(
+        "slotproxy_near_cache_invalidations_total",
+        "Near-cache entries dropped because their key changed (a node's report or a write through the proxy), or their node or slot could no longer vouch for them"
+    );
+    describe_counter!(
+        "slotproxy_near_cache_evictions_total",
+        "Near-cache entries evicted (least recently used) to stay within near_cache.max_memory"
+    );
+    describe_gauge!(
+        "slotproxy_near_cache_bytes",
+        Unit::Bytes,
+        "Bytes held by the near cache (keys, values, per-entry overhead), all workers"
+    );
+    describe_gauge!(
+        "slotproxy_near_cache_entries",
+        "Entries in the near cache, all workers"
     );
     describe_gauge!(
         "slotproxy_slots_covered",

@@ -130,6 +130,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         backend,
         limits,
         logging,
+        near_cache,
         // Reloadable: the binary applies the level, `Reloader::reload` the rest.
         log_level: _,
         clients: _,
@@ -144,6 +145,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         changed_keys(&running.backend, backend),
         changed_keys(&running.limits, limits),
         changed_keys(&running.logging, logging),
+        changed_keys(&running.near_cache, near_cache),
     ]
     .into_iter()
     .flatten()

@@ -63,6 +63,12 @@ pub fn run_worker(
         }
         let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
+        let near_cache_feed = worker.near_cache.clone().map(|cache| {
+            tokio::task::spawn_local(crate::dispatch::near_cache::feed::run(
+                cache,
+                shared.clone(),
+            ))
+        });
         let folding = {
             let worker = worker.clone();
             let sessions = sessions.clone();
@@ -117,6 +123,9 @@ pub fn run_worker(
             );
         }
         folding.abort();
+        if let Some(feed) = near_cache_feed {
+            feed.abort();
+        }
         worker.fold_latencies();
         Ok(())
     })

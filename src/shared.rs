@@ -1,7 +1,7 @@
 //! State shared by every worker thread: read-mostly, swapped whole, never locked on the hot path.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,20 @@ pub struct Shared {
     pub pubsub_slot: Slot,
     /// `CLIENT TRACKING`: who read which key, and the invalidation feed's state.
     pub tracking: Tracking,
+    /// The near cache's counts over every worker, folded in by each worker every second
+    /// (INFO's `# Proxy` section).
+    pub near_cache: NearCacheTotals,
+}
+
+/// The near caches' counts, summed over the workers (each worker adds what changed).
+#[derive(Default)]
+pub struct NearCacheTotals {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub evictions: AtomicU64,
+    pub bytes: AtomicI64,
+    pub entries: AtomicI64,
 }
 
 /// The client limits of the configuration, which a reload may change for every client.
@@ -147,6 +161,7 @@ impl Shared {
             subscribers: Arc::default(),
             pubsub_slot: Slot::random(),
             tracking: Tracking::new(config.limits.max_tracked_keys),
+            near_cache: NearCacheTotals::default(),
             config,
         }
     }

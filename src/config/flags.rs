@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::duration;
-use super::layer::{BackendTable, BackendTlsLayer, ClientTable, ClientTlsLayer, Layer};
+use super::layer::{
+    BackendTable, BackendTlsLayer, ClientTable, ClientTlsLayer, Layer, NearCacheLayer,
+};
 use super::{CrossSlot, LogFormat, ReadFrom, Secret};
 
 /// Every setting that has a flag, grouped by section.
@@ -31,6 +33,29 @@ pub struct Flags {
     pub auth: AuthFlags,
     #[command(flatten)]
     pub clients: ClientsFlags,
+    #[command(flatten)]
+    pub near_cache: NearCacheFlags,
+}
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NearCacheFlags {
+    /// Serve GETs of keys under --near-cache-prefix from the proxy's memory, invalidated by the nodes
+    #[arg(long = "near-cache", env = "SLOTPROXY_NEAR_CACHE")]
+    pub near_cache: bool,
+    /// Key prefix whose GETs the near cache keeps; repeat or comma-separate
+    #[arg(
+        long = "near-cache-prefix",
+        env = "SLOTPROXY_NEAR_CACHE_PREFIX",
+        value_delimiter = ','
+    )]
+    pub near_cache_prefixes: Vec<String>,
+    /// Bytes the near cache may hold over all workers [default: 67108864]
+    #[arg(
+        long = "near-cache-max-memory",
+        env = "SLOTPROXY_NEAR_CACHE_MAX_MEMORY",
+        value_name = "BYTES"
+    )]
+    pub near_cache_max_memory: Option<usize>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -159,6 +184,7 @@ impl Flags {
             logging,
             auth,
             clients,
+            near_cache,
         } = self.clone();
         Layer {
             listen: listener.listen,
@@ -194,6 +220,13 @@ impl Flags {
                     key_file: client_tls.tls_key,
                     client_ca_file: client_tls.tls_client_ca,
                 },
+            },
+            near_cache: NearCacheLayer {
+                enabled: near_cache.near_cache.then_some(true),
+                prefixes: (!near_cache.near_cache_prefixes.is_empty())
+                    .then_some(near_cache.near_cache_prefixes),
+                max_memory: near_cache.near_cache_max_memory,
+                max_value_size: None,
             },
             ..Layer::default()
         }

@@ -75,6 +75,18 @@ pub struct Layer {
     pub backend: BackendTable,
     /// `[client]`, which holds only `[client.tls]`.
     pub client: ClientTable,
+    /// `[near_cache]`.
+    pub near_cache: NearCacheLayer,
+}
+
+/// `[near_cache]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NearCacheLayer {
+    pub enabled: Option<bool>,
+    pub prefixes: Option<Vec<String>>,
+    pub max_memory: Option<usize>,
+    pub max_value_size: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -186,6 +198,7 @@ impl Layer {
             shutdown_grace,
             backend,
             client,
+            near_cache,
         } = self;
         set(upstreams, urls);
         let c = config;
@@ -248,6 +261,22 @@ impl Layer {
         set(&mut c.replicas.max_lag, max_replica_lag);
         backend.tls.apply(&mut c.tls.backend);
         client.tls.apply(&mut c.tls.client);
+        near_cache.apply(&mut c.near_cache);
+    }
+}
+
+impl NearCacheLayer {
+    fn apply(self, cache: &mut super::NearCache) {
+        let NearCacheLayer {
+            enabled,
+            prefixes,
+            max_memory,
+            max_value_size,
+        } = self;
+        set(&mut cache.enabled, enabled);
+        set(&mut cache.prefixes, prefixes);
+        set(&mut cache.max_memory, max_memory);
+        set(&mut cache.max_value_size, max_value_size);
     }
 }
 
@@ -463,6 +492,11 @@ mod tests {
             cert_file = "lc.pem"
             key_file = "lk.pem"
             client_ca_file = "lca.pem"
+            [near_cache]
+            enabled = true
+            prefixes = ["user:", "cart:"]
+            max_memory = 24
+            max_value_size = 25
         "#;
         let config = Config::from_toml(text).unwrap();
         let ms = Duration::from_millis;
@@ -546,6 +580,12 @@ mod tests {
                     client_ca_file: Some("lca.pem".into()),
                 },
             },
+            near_cache: super::super::NearCache {
+                enabled: true,
+                prefixes: vec!["user:".into(), "cart:".into()],
+                max_memory: 24,
+                max_value_size: 25,
+            },
         };
         assert_eq!(config, want);
     }
@@ -558,6 +598,7 @@ mod tests {
             ("[backend.tls]\nca = \"x\"", "unknown field `ca`"),
             ("[client]\nx = 1", "unknown field `x`"),
             ("[client.tls]\ncert = \"x\"", "unknown field `cert`"),
+            ("[near_cache]\nprefix = \"x\"", "unknown field `prefix`"),
             ("read_from = \"nearest\"", "unknown variant `nearest`"),
             ("[backend.node_zones]\n\"a:1\" = 5", "invalid type"),
             ("log_format = \"xml\"", "unknown variant `xml`"),

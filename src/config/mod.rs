@@ -40,6 +40,7 @@ pub struct Config {
     pub auth: Auth,
     pub replicas: Replicas,
     pub tls: Tls,
+    pub near_cache: NearCache,
 }
 
 /// The client listener (restart to change).
@@ -297,6 +298,39 @@ impl Default for Replicas {
     }
 }
 
+/// The near cache (`[near_cache]`, `dispatch::near_cache`): `GET` replies of keys under the
+/// configured prefixes kept in the proxy's memory, invalidated by the nodes (restart to
+/// change: a restart starts with an empty cache).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NearCache {
+    /// Serve cached `GET`s from memory.
+    #[serde(rename = "near_cache.enabled")]
+    pub enabled: bool,
+    /// Only keys that start with one of these are cached; each is a `CLIENT TRACKING ON BCAST
+    /// PREFIX` of the nodes' invalidation connections, so only their changes are reported.
+    #[serde(rename = "near_cache.prefixes")]
+    pub prefixes: Vec<String>,
+    /// Bytes the cache may hold (keys, values and a fixed overhead per entry), over all
+    /// workers: each worker's cache gets an equal share; past it, least recently used
+    /// entries are evicted.
+    #[serde(rename = "near_cache.max_memory")]
+    pub max_memory: usize,
+    /// A value larger than this is not cached (its reply is passed on as usual).
+    #[serde(rename = "near_cache.max_value_size")]
+    pub max_value_size: usize,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache {
+            enabled: false,
+            prefixes: Vec::new(),
+            max_memory: 64 * 1024 * 1024,
+            max_value_size: 1024 * 1024,
+        }
+    }
+}
+
 /// TLS on both sides (`[backend.tls]`, `[client.tls]`). A reload reads the certificates again;
 /// turning TLS on or off needs a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -536,6 +570,7 @@ impl Config {
         self.validate_tls(&mut problems);
         self.validate_numbers(&mut problems);
         self.validate_zones(&mut problems);
+        self.validate_near_cache(&mut problems);
         if let Err(mut users) = self.users() {
             problems.append(&mut users);
         }
@@ -606,6 +641,40 @@ impl Config {
         }
     }
 
+    /// The near cache needs prefixes the nodes accept on one connection: non-empty (an empty
+    /// one would report every key's change), and none the start of another (Redis refuses
+    /// overlapping prefixes).
+    fn validate_near_cache(&self, problems: &mut Vec<String>) {
+        let cache = &self.near_cache;
+        if !cache.enabled {
+            return;
+        }
+        if cache.prefixes.is_empty() {
+            problems.push(
+                "near_cache.prefixes: the near cache needs at least one key prefix (--near-cache-prefix user:)"
+                    .into(),
+            );
+        }
+        if cache.prefixes.iter().any(String::is_empty) {
+            problems.push("near_cache.prefixes: a prefix can't be empty".into());
+        }
+        for (i, a) in cache.prefixes.iter().enumerate() {
+            for b in cache.prefixes.iter().skip(i + 1) {
+                if !a.is_empty()
+                    && !b.is_empty()
+                    && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+                {
+                    problems.push(format!(
+                        "near_cache.prefixes: '{a}' and '{b}' overlap (one starts with the other); keep the shorter"
+                    ));
+                }
+            }
+        }
+        if cache.max_memory == 0 {
+            problems.push("near_cache.max_memory: must be greater than 0".into());
+        }
+    }
+
     /// TLS settings that contradict each other or do nothing; the files themselves are read
     /// by `tls::check` and at start-up.
     fn validate_tls(&self, problems: &mut Vec<String>) {
@@ -669,6 +738,55 @@ mod tests {
         bad.limits.max_bulk_len = 0;
         let problems = bad.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn near_cache_prefixes_are_checked_when_on() {
+        let with = |enabled: bool, prefixes: &[&str], max_memory: usize| {
+            let mut config = with_seeds("redis://a:1");
+            config.near_cache = NearCache {
+                enabled,
+                prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                max_memory,
+                ..NearCache::default()
+            };
+            config.validate().err().unwrap_or_default()
+        };
+        let cases: &[(bool, &[&str], usize, &[&str])] = &[
+            (false, &[], 0, &[]),
+            (true, &["user:", "cart:"], 1, &[]),
+            (
+                true,
+                &[],
+                1,
+                &["near_cache.prefixes: the near cache needs at least one key prefix"],
+            ),
+            (
+                true,
+                &["user:", ""],
+                1,
+                &["near_cache.prefixes: a prefix can't be empty"],
+            ),
+            (
+                true,
+                &["user:", "user:1"],
+                1,
+                &["near_cache.prefixes: 'user:' and 'user:1' overlap"],
+            ),
+            (
+                true,
+                &["a"],
+                0,
+                &["near_cache.max_memory: must be greater than 0"],
+            ),
+        ];
+        for (enabled, prefixes, max_memory, want) in cases {
+            let problems = with(*enabled, prefixes, *max_memory);
+            assert_eq!(problems.len(), want.len(), "{prefixes:?}: {problems:?}");
+            for (problem, want) in problems.iter().zip(want.iter()) {
+                assert!(problem.starts_with(want), "{problem} / {want}");
+            }
+        }
     }
 
     #[test]

@@ -416,6 +416,8 @@ pub struct InFlight {
     addr: NodeAddr,
     sent_mark: u64,
     on_replica: bool,
+    /// The near cache's part when the reply arrives (fill it, or invalidate a write's keys).
+    near_cache: Option<Box<super::near_cache::OnReply>>,
 }
 
 /// The node's side of an [`InFlight`] made by `InFlight::for_tests`: dropped unanswered, it
@@ -452,6 +454,7 @@ impl InFlight {
             addr: NodeAddr::from("127.0.0.1:7000"),
             sent_mark: 0,
             on_replica: false,
+            near_cache: None,
         };
         (in_flight, TestNode(tx))
     }
@@ -475,7 +478,30 @@ impl InFlight {
         Some(self.settle(outcome, worker))
     }
 
+    /// The node it was sent to.
+    pub fn addr(&self) -> &NodeAddr {
+        &self.addr
+    }
+
+    /// Whether it was sent to a replica.
+    pub fn on_replica(&self) -> bool {
+        self.on_replica
+    }
+
+    /// Has the near cache see the reply when it settles.
+    pub fn on_reply(&mut self, hook: Box<super::near_cache::OnReply>) {
+        self.near_cache = Some(hook);
+    }
+
     fn settle(&mut self, outcome: ReplyResult, worker: &Rc<Worker>) -> Settled {
+        let settled = self.settle_outcome(outcome, worker);
+        match self.near_cache.take() {
+            None => settled,
+            Some(hook) => (*hook).settled(settled),
+        }
+    }
+
+    fn settle_outcome(&mut self, outcome: ReplyResult, worker: &Rc<Worker>) -> Settled {
         match outcome {
             Ok(bytes) if classify(&bytes).is_none() => Settled::Final(bytes),
             outcome => {
@@ -536,6 +562,7 @@ pub fn start(
             addr,
             sent_mark,
             on_replica,
+            near_cache: None,
         }),
         None => Started::Deferred {
             payload,

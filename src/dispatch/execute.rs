@@ -11,6 +11,7 @@ use super::driver::{self, execute as run, Resend, Started, Target};
 use super::error::ProxyError;
 use super::local;
 use super::merge;
+use super::near_cache;
 use super::plan::{Plan, Send};
 use super::pubsub;
 use super::reply::{self, Reply};
@@ -37,7 +38,18 @@ pub fn execute(
 ) -> Reply {
     match plan {
         Plan::Local(command) => local(worker, client, command, &cmd),
-        Plan::Send(send) => send_one(worker, client, map, cmd, send),
+        Plan::Send(send) => {
+            if let Some(cache) = &worker.near_cache {
+                match cache.read(client, map, spec, &cmd, &send) {
+                    near_cache::Read::Hit(reply) => return Reply::Ready(reply),
+                    near_cache::Read::Miss(miss) => {
+                        return miss.attach(send_one(worker, client, map, cmd, send))
+                    }
+                    near_cache::Read::Pass => {}
+                }
+            }
+            send_one(worker, client, map, cmd, send)
+        }
         Plan::Split {
             kind,
             parts,

@@ -160,62 +160,133 @@ async fn listen_until_lost(
     timeout: Duration,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), String> {
-    let mut stream = connect(addr, credentials, timeout, false, Protocol::Resp3)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Named, so operators (and `CLIENT LIST`) can tell it from the data connections.
-    let name = Command::from_args(&[b"CLIENT".as_slice(), b"SETNAME", FEED_NAME]);
-    let on = Command::from_args(&[b"CLIENT".as_slice(), b"TRACKING", b"ON", b"BCAST"]);
-    let mut request = name.raw().to_vec();
-    request.extend_from_slice(on.raw());
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(4096);
-    // Replies still owed: SETNAME's (whatever it says), then TRACKING's.
-    let mut owed = 2;
+    let mut feed = FeedConnection::open(addr, credentials, timeout, FEED_NAME, &[]).await?;
+    if events.send(Event::Heard(addr.clone())).is_err() {
+        return Ok(());
+    }
     loop {
-        while let Some((value, len)) = Value::parse(&buf).map_err(|e| e.to_string())? {
-            let _ = buf.split_to(len);
-            if owed == 2 && !matches!(value, Value::Array(_)) {
-                owed = 1;
-                continue;
-            }
-            let event = if owed > 0 {
-                if let Value::Error(e) = &value {
-                    return Err(format!(
-                        "the node refused CLIENT TRACKING ON BCAST: {}",
-                        String::from_utf8_lossy(e)
-                    ));
-                }
-                owed = 0;
-                Event::Heard(addr.clone())
-            } else {
-                match report(value) {
-                    Some(event) => event,
-                    None => continue,
-                }
-            };
-            if events.send(event).is_err() {
-                return Ok(());
-            }
-        }
-        if buf.len() > MAX_REPORT {
-            return Err("an invalidation report past 64 MiB".into());
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096.max(buf.len()));
-        }
-        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("the node closed the connection".into());
+        let event = match feed.next().await? {
+            Report::Keys(keys) => Event::Changed(keys),
+            Report::Everything => Event::Everything,
+        };
+        if events.send(event).is_err() {
+            return Ok(());
         }
     }
 }
 
-/// What an `invalidate` push says (other pushes say nothing to the feed).
-fn report(value: Value) -> Option<Event> {
+/// What a broadcast-tracking connection reports.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// These keys changed (written, expired, evicted).
+    Keys(Vec<Bytes>),
+    /// A flush: everything changed.
+    Everything,
+}
+
+/// One RESP3 connection to a node in broadcast tracking mode (`CLIENT TRACKING ON BCAST
+/// [PREFIX p]...`), shared by the client-tracking feed and the near cache
+/// (`super::near_cache`), which differ in what they do with the reports.
+pub(crate) struct FeedConnection {
+    stream: crate::backend::stream::BackendStream,
+    buf: BytesMut,
+}
+
+impl FeedConnection {
+    /// Connects, names the connection `name` (for the node's `CLIENT LIST`) and turns broadcast
+    /// tracking on for `prefixes` (none: every key). Returns once the node accepted it: every
+    /// change on the node after that is reported on this connection.
+    pub(crate) async fn open(
+        addr: &NodeAddr,
+        credentials: &Credentials,
+        timeout: Duration,
+        name: &[u8],
+        prefixes: &[Bytes],
+    ) -> Result<FeedConnection, String> {
+        let stream = connect(addr, credentials, timeout, false, Protocol::Resp3)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut feed = FeedConnection {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+        };
+        let setname = Command::from_args(&[b"CLIENT".as_slice(), b"SETNAME", name]);
+        let mut on: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+        for prefix in prefixes {
+            on.push(b"PREFIX");
+            on.push(prefix);
+        }
+        let mut request = setname.raw().to_vec();
+        request.extend_from_slice(Command::from_args(&on).raw());
+        feed.send(&request).await?;
+        // SETNAME's reply (whatever it says), then TRACKING's.
+        let mut owed = 2;
+        while owed > 0 {
+            let value = feed.next_value().await?;
+            if owed == 2 && !matches!(value, Value::Array(_)) {
+                owed = 1;
+                continue;
+            }
+            if let Value::Error(e) = &value {
+                return Err(format!(
+                    "the node refused CLIENT TRACKING ON BCAST: {}",
+                    String::from_utf8_lossy(e)
+                ));
+            }
+            owed = 0;
+        }
+        Ok(feed)
+    }
+
+    /// Writes `bytes` (a `PING`, for a heartbeat).
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stream.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// The next invalidation report; other replies and pushes are skipped.
+    ///
+    /// # Cancel safety
+    /// Safe: it waits only in a read into the connection's buffer; what was read stays there.
+    pub(crate) async fn next(&mut self) -> Result<Report, String> {
+        loop {
+            if let Some(report) = report(self.next_value().await?) {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// The next value of any kind (a reply or a push). Cancel safety: as [`Self::next`].
+    pub(crate) async fn next_value(&mut self) -> Result<Value, String> {
+        loop {
+            if let Some((value, len)) = Value::parse(&self.buf).map_err(|e| e.to_string())? {
+                let _ = self.buf.split_to(len);
+                return Ok(value);
+            }
+            if self.buf.len() > MAX_REPORT {
+                return Err("an invalidation report past 64 MiB".into());
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096.max(self.buf.len()));
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("the node closed the connection".into());
+            }
+        }
+    }
+}
+
+/// What an `invalidate` push says (other pushes and replies say nothing to the feed).
+pub(crate) fn report(value: Value) -> Option<Report> {
     let Value::Array(mut items) = value else {
         return None;
     };
@@ -227,8 +298,8 @@ fn report(value: Value) -> Option<Event> {
         return None;
     }
     match items.pop()? {
-        Value::Nil => Some(Event::Everything),
-        Value::Array(keys) => Some(Event::Changed(
+        Value::Nil => Some(Report::Everything),
+        Value::Array(keys) => Some(Report::Keys(
             keys.into_iter()
                 .filter_map(|key| match key {
                     Value::Bulk(key) | Value::Simple(key) => Some(key),
@@ -254,10 +325,10 @@ mod tests {
             b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
         ));
         assert!(
-            matches!(keys, Some(Event::Changed(k)) if k == vec![Bytes::from("a"), Bytes::from("b")])
+            matches!(keys, Some(Report::Keys(k)) if k == vec![Bytes::from("a"), Bytes::from("b")])
         );
         let all = report(parse(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
-        assert!(matches!(all, Some(Event::Everything)));
+        assert_eq!(all, Some(Report::Everything));
         assert!(report(parse(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n")).is_none());
         assert!(report(parse(b"+OK\r\n")).is_none());
     }

@@ -226,7 +226,7 @@ pub fn keyslot(cmd: &Command) -> Bytes {
 pub fn proxy_info(worker: &Worker) -> String {
     let shared = &worker.shared;
     let map = shared.topology.map();
-    format!(
+    let mut info = format!(
         "# Proxy\r\nproxy_version:{}\r\nproxy_uptime_in_seconds:{}\r\nproxy_workers:{}\r\nproxy_connected_clients:{}\r\n\
 proxy_cluster_shards:{}\r\nproxy_replicas_known:{}\r\nproxy_slots_covered:{}\r\nproxy_topology_generation:{}\r\nproxy_topology_age_ms:{}\r\nproxy_commands_known:{}\r\n\
 proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_backend_errors:{}\r\n",
@@ -244,7 +244,22 @@ proxy_moved_redirects:{}\r\nproxy_ask_redirects:{}\r\nproxy_retries:{}\r\nproxy_
         Counters::get(&shared.counters.ask),
         Counters::get(&shared.counters.retries),
         Counters::get(&shared.counters.backend_errors),
-    )
+    );
+    if shared.config.near_cache.enabled {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = &shared.near_cache;
+        info.push_str(&format!(
+            "proxy_near_cache_hits:{}\r\nproxy_near_cache_misses:{}\r\nproxy_near_cache_invalidations:{}\r\n\
+proxy_near_cache_evictions:{}\r\nproxy_near_cache_bytes:{}\r\nproxy_near_cache_entries:{}\r\n",
+            n.hits.load(Relaxed),
+            n.misses.load(Relaxed),
+            n.invalidations.load(Relaxed),
+            n.evictions.load(Relaxed),
+            n.bytes.load(Relaxed),
+            n.entries.load(Relaxed),
+        ));
+    }
+    info
 }
 
 /// The payload of a bulk string reply.

@@ -15,6 +15,7 @@ pub mod info;
 pub mod invalidation_feed;
 pub mod local;
 pub mod merge;
+pub mod near_cache;
 pub mod pinned;
 pub mod plan;
 pub mod pubsub;
@@ -86,6 +87,9 @@ fn dispatch_command(
                 if client.tracking.is_some() {
                     tracking::note_queued(worker, client, spec, &cmd);
                 }
+                if let Some(cache) = &worker.near_cache {
+                    cache.queued(spec, &cmd);
+                }
                 None
             }
         };
@@ -116,19 +120,25 @@ fn dispatch_command(
     if client.tracking.is_some() {
         tracking::note_command(worker, client, spec, &cmd, &mut planned);
     }
-    if !worker.shared.config.admin.metrics {
-        return Dispatched {
-            reply: execute::execute(worker, client, &map, spec, cmd, planned),
-            latency: None,
-            silent: false,
-        };
-    }
-    let metrics = worker.command_metrics(spec.id, &spec.name);
-    metrics.received.set(metrics.received.get() + 1);
-    let started = *arrived.get_or_insert_with(Instant::now);
+    // The near cache: a write's keys are invalidated now and again once it is answered.
+    let written = match &worker.near_cache {
+        Some(cache) => cache.written(&table, spec, &cmd, &client.tx),
+        None => None,
+    };
+    let latency = if worker.shared.config.admin.metrics {
+        let metrics = worker.command_metrics(spec.id, &spec.name);
+        metrics.received.set(metrics.received.get() + 1);
+        Some((*arrived.get_or_insert_with(Instant::now), metrics))
+    } else {
+        None
+    };
+    let reply = execute::execute(worker, client, &map, spec, cmd, planned);
     Dispatched {
-        reply: execute::execute(worker, client, &map, spec, cmd, planned),
-        latency: Some((started, metrics)),
+        reply: match written {
+            Some(written) => written.after(reply),
+            None => reply,
+        },
+        latency,
         silent: false,
     }
 }

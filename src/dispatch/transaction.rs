@@ -62,6 +62,12 @@ impl TxState {
         self.multi.as_ref().map(|q| q.commands.len())
     }
 
+    /// The commands queued so far (none outside MULTI): the near cache invalidates their keys
+    /// after EXEC.
+    pub fn queued_commands(&self) -> &[Command] {
+        self.multi.as_ref().map_or(&[], |q| q.commands.as_slice())
+    }
+
     /// Whether a queued command writes (or may replicate): `CLIENT PAUSE WRITE` holds its EXEC.
     pub fn queued_writes(&self) -> bool {
         self.multi.as_ref().is_some_and(|q| q.writes)

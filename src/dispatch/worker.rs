@@ -52,6 +52,8 @@ pub struct Worker {
     /// per read), and their `slotproxy_replica_reads_total{locality}` counters; `None` under
     /// the other policies, which count nothing.
     zone_reads: Option<ZoneReads>,
+    /// The near cache (`[near_cache]`), shared with the RESP3 twin; `None` when off.
+    pub near_cache: Option<Rc<super::near_cache::NearCache>>,
     /// Every client read of this worker lands here first (sessions run one at a time on the
     /// worker's thread), so idle and waiting clients hold no read buffer of their own.
     pub read_scratch: RefCell<BytesMut>,
@@ -129,11 +131,31 @@ impl Worker {
     /// The worker of one thread: RESP2 backend connections, plus a RESP3 twin opened lazily
     /// (its pools connect on first use) for RESP3 clients.
     pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
-        let resp3 = Rc::new(Worker::speaking(shared.clone(), Protocol::Resp3, None));
-        Rc::new(Worker::speaking(shared, Protocol::Resp2, Some(resp3)))
+        let near_cache = super::near_cache::NearCache::new(
+            &shared.config.near_cache,
+            shared.workers,
+            shared.topology.clone(),
+        );
+        let resp3 = Rc::new(Worker::speaking(
+            shared.clone(),
+            Protocol::Resp3,
+            None,
+            near_cache.clone(),
+        ));
+        Rc::new(Worker::speaking(
+            shared,
+            Protocol::Resp2,
+            Some(resp3),
+            near_cache,
+        ))
     }
 
-    fn speaking(shared: Arc<Shared>, protocol: Protocol, resp3: Option<Rc<Worker>>) -> Worker {
+    fn speaking(
+        shared: Arc<Shared>,
+        protocol: Protocol,
+        resp3: Option<Rc<Worker>>,
+        near_cache: Option<Rc<super::near_cache::NearCache>>,
+    ) -> Worker {
         let config = &shared.config;
         let settings = Rc::new(PipeSettings {
             // The topology's copy carries the TLS set-up built at start-up.
@@ -170,6 +192,7 @@ impl Worker {
                 None => BytesMut::new(),
             }),
             resp3,
+            near_cache,
             pool,
             dedicated,
             commands: RefCell::new(Cache::new(CommandsOf(shared.clone()))),
@@ -244,6 +267,9 @@ impl Worker {
         }
         if let Some(zone_reads) = &self.zone_reads {
             zone_reads.fold();
+        }
+        if let Some(cache) = &self.near_cache {
+            cache.fold(&self.shared.near_cache);
         }
         if let Some(resp3) = &self.resp3 {
             resp3.fold_latencies();
