@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use super::reply_slot as oneshot;
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::addr::NodeAddr;
 use super::pipe::{Connector, NodeConnector, Pipe, PipeSettings, ReplyResult};

@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::backend::reply_slot as oneshot;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 use tokio::time::Instant;
 
