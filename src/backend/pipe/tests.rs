@@ -74,7 +74,7 @@ pub(crate) fn concat(parts: &[&[u8]]) -> Vec<u8> {
 pub(crate) fn reply_now(rx: &mut oneshot::Receiver<ReplyResult>) -> ReplyResult {
     match rx.try_recv() {
         Ok(result) => result,
-        Err(e) => panic!("no reply yet: {e}"),
+        Err(e) => panic!("no reply yet: {e:?}"),
     }
 }
 
