@@ -60,6 +60,10 @@ Options:
                       file name
   --metrics-off       also run a second slotproxy with `metrics = false` (no recorder) the same
                       way, as target `slotproxy-nometrics`: what recording metrics costs
+  --near-cache        also run a slotproxy with the near cache on for the benchmark's keys
+                      (`[near_cache] prefixes = ["key:"]`), the same way, as target
+                      `slotproxy-nearcache`, in the GET workloads: hits are answered from the
+                      proxy's memory, so this one can pass the direct connection
   --workers-scaling   extra workload `scaling`: GET -P 16, 100 clients, through slotproxy with
                       --workers 1 (pinned) and with --workers 2 (unpinned); reports the ratio
   --workloads LIST    comma-separated subset of the workloads above (default: all)
@@ -89,6 +93,7 @@ PROXY_BIN=""
 PEERS=()
 WORKERS_SCALING=0
 METRICS_OFF=0
+NEAR_CACHE=0
 WORKLOADS_OPT=""
 MARKDOWN_FILE=""
 RAW_FILE=""
@@ -116,6 +121,7 @@ while [ $# -gt 0 ]; do
         --peer=*) PEERS+=("${1#*=}"); shift ;;
         --workers-scaling) WORKERS_SCALING=1; shift ;;
         --metrics-off) METRICS_OFF=1; shift ;;
+        --near-cache) NEAR_CACHE=1; shift ;;
         --workloads) need_arg "$@"; WORKLOADS_OPT=$2; shift 2 ;;
         --workloads=*) WORKLOADS_OPT=${1#*=}; shift ;;
         --markdown) need_arg "$@"; MARKDOWN_FILE=$2; shift 2 ;;
@@ -175,7 +181,7 @@ for spec in "${PEERS[@]+"${PEERS[@]}"}"; do
     name=${spec%%=*}
     path=$(abs_path "${spec#*=}")
     [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die_usage "peer name '$name': use letters, digits, _ . -"
-    case "$name" in direct | slotproxy | slotproxy-2w | slotproxy-nometrics) die_usage "peer name '$name' is reserved" ;; esac
+    case "$name" in direct | slotproxy | slotproxy-2w | slotproxy-nometrics | slotproxy-nearcache) die_usage "peer name '$name' is reserved" ;; esac
     [ -z "${PEER_PATH[$name]:-}" ] || die_usage "peer '$name' given twice"
     [ -x "$path" ] || die_usage "peer '$name': '$path' is not an executable file"
     kind=$(peer_kind "$name" "$path") || die_usage "peer '$name': unsupported proxy (supported: $PEER_KINDS_HELP)"
@@ -318,6 +324,12 @@ if [ "$WORKERS_SCALING" = 1 ]; then
 fi
 PROXY_NM_PORT=""
 PROXY_NM_ADMIN_PORT=""
+PROXY_NC_PORT=""
+PROXY_NC_ADMIN_PORT=""
+if [ "$NEAR_CACHE" = 1 ]; then
+    next_port; PROXY_NC_PORT=$PICKED
+    next_port; PROXY_NC_ADMIN_PORT=$PICKED
+fi
 if [ "$METRICS_OFF" = 1 ]; then
     next_port; PROXY_NM_PORT=$PICKED
     next_port; PROXY_NM_ADMIN_PORT=$PICKED
@@ -493,6 +505,12 @@ if [ "$METRICS_OFF" = 1 ]; then
     start_slotproxy "$PROXY_NM_PORT" "$PROXY_NM_ADMIN_PORT" 1 yes slotproxy-nometrics "$TMP/nometrics.toml"
     PROXY_NM_PID=$STARTED_PID
 fi
+PROXY_NC_PID=""
+if [ "$NEAR_CACHE" = 1 ]; then
+    printf '[near_cache]\nenabled = true\nprefixes = ["key:"]\n' >"$TMP/nearcache.toml"
+    start_slotproxy "$PROXY_NC_PORT" "$PROXY_NC_ADMIN_PORT" 1 yes slotproxy-nearcache "$TMP/nearcache.toml"
+    PROXY_NC_PID=$STARTED_PID
+fi
 
 start_peer() { # name
     local name=$1 path=${PEER_PATH[$1]} kind=${PEER_KIND[$1]} port=${PEER_PORT[$1]}
@@ -539,6 +557,7 @@ workload_targets() { # workload -> TARGETS
     else
         TARGETS=(direct slotproxy "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}")
         [ "$METRICS_OFF" = 0 ] || TARGETS+=(slotproxy-nometrics)
+        case "$NEAR_CACHE:$1" in 1:get_*) TARGETS+=(slotproxy-nearcache) ;; esac
     fi
 }
 
@@ -548,6 +567,7 @@ target_port() {
         slotproxy) echo "$PROXY_PORT" ;;
         slotproxy-2w) echo "$PROXY2_PORT" ;;
         slotproxy-nometrics) echo "$PROXY_NM_PORT" ;;
+        slotproxy-nearcache) echo "$PROXY_NC_PORT" ;;
         *) echo "${PEER_PORT[$1]}" ;;
     esac
 }
@@ -557,6 +577,7 @@ target_pid() {
         slotproxy) echo "$PROXY_PID" ;;
         slotproxy-2w) echo "$PROXY2_PID" ;;
         slotproxy-nometrics) echo "$PROXY_NM_PID" ;;
+        slotproxy-nearcache) echo "$PROXY_NC_PID" ;;
         *) echo "${PEER_PID[$1]}" ;;
     esac
 }
@@ -689,6 +710,7 @@ run_one() { # round workload target
         esac
     done
     [ "$METRICS_OFF" = 0 ] || printf 'peer\tslotproxy-nometrics\tslotproxy with metrics = false (no recorder)\n'
+    [ "$NEAR_CACHE" = 0 ] || printf 'peer\tslotproxy-nearcache\tslotproxy with the near cache on for key: (GET workloads)\n'
 } >"$META"
 
 total_runs=0

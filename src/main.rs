@@ -8,7 +8,9 @@ use clap::Parser;
 /// mimalloc's thread-local free lists serve them far cheaper than glibc's malloc (measured:
 /// glibc's malloc/free were a fifth of the proxy's CPU time under pipelined load).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+
+mod allocator;
 use slotproxy::config::{Flags, LoadError, LogFormat};
 use slotproxy::{Config, Proxy};
 

@@ -96,7 +96,7 @@ pub fn run_worker(
                         match worker.shared.client_tls.load_full() {
                             None => {
                                 let local = session::LocalEnd::of(&stream);
-                                sessions.spawn_local(session::serve(worker.clone(), stream, peer, local, shutdown.clone()))
+                                sessions.spawn_local(session::serve(worker.clone(), stream, peer, local))
                             }
                             Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
                         };
@@ -112,6 +112,7 @@ pub fn run_worker(
         // Stop accepting, then let every session write the replies it owes (each closes once
         // its commands are answered; idle ones at once), within the grace period.
         drop(listener);
+        shared.clients.shut_down();
         sessions.close();
         let grace = shared.client_limits.load().shutdown_grace;
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {

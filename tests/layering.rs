@@ -15,6 +15,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("auth", 0),
     // Tells the allocator to return memory after a large buffer is freed (a hook main sets).
     ("memory", 0),
+    // The binary's global allocator (a module of main.rs, not of the library).
+    ("allocator", 0),
     ("command", 1),
     ("config", 1),
     ("tls", 2),

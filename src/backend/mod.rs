@@ -6,6 +6,7 @@ pub mod dedicated;
 pub mod error;
 pub mod pipe;
 pub mod pool;
+pub mod reply_slot;
 pub mod stream;
 pub mod tls;
 

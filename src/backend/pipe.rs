@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
+
+use super::reply_slot as oneshot;
 // tokio's clock rather than std's: the same clock in production, and the one a test pauses.
 use tokio::time::Instant;
 

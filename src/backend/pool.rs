@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use super::reply_slot as oneshot;
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::addr::NodeAddr;
 use super::pipe::{Connector, NodeConnector, Pipe, PipeSettings, ReplyResult};
@@ -31,7 +31,9 @@ struct Retired {
 /// `C` opens the connections: real nodes in production, in-memory streams in the unit tests.
 pub struct Pool<C = NodeConnector> {
     connector: C,
-    pipes: RefCell<HashMap<NodeAddr, InService>>,
+    /// Looked up on every request: a fast hasher (node addresses come from the cluster, and a
+    /// worker holds one entry per node).
+    pipes: RefCell<HashMap<NodeAddr, InService, foldhash::fast::RandomState>>,
     /// Counts every pipe opened and every pipe retired: a client notes its value right after
     /// each write ([`Pool::write_mark`]), so its `WAIT` later finds the pipe that was in
     /// service for that node at that moment, the one that carried the write.
@@ -60,7 +62,7 @@ impl<C: Connector + Clone> Pool<C> {
     ) -> Pool<C> {
         Pool {
             connector,
-            pipes: RefCell::new(HashMap::new()),
+            pipes: RefCell::new(HashMap::default()),
             epoch: Cell::new(0),
             retired: RefCell::new(Vec::new()),
             settings,

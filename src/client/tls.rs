@@ -58,7 +58,7 @@ pub async fn serve(
             return;
         }
     };
-    tokio::task::spawn_local(session::serve(worker, theirs, peer, local, shutdown));
+    tokio::task::spawn_local(session::serve(worker, theirs, peer, local));
     bridge(tls, ours).await;
 }
 

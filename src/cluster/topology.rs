@@ -203,6 +203,11 @@ impl Topology {
         self.map.load()
     }
 
+    /// Where the current map is published, for a worker's cache of it.
+    pub fn map_source(&self) -> &ArcSwap<SlotMap> {
+        &self.map
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }

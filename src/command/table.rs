@@ -293,6 +293,20 @@ impl CommandSpec {
         keys::key_indices(self, cmd, out);
     }
 
+    /// The argv index of the command's only key, for commands whose specs say it always has
+    /// exactly one, at a fixed place (GET, SET, HGET...): what [`CommandSpec::key_indices`]
+    /// would give, without building a list.
+    pub fn single_key_index(&self) -> Option<usize> {
+        match self.key_specs.as_slice() {
+            [KeySpec {
+                begin_search: BeginSearch::Index { pos },
+                find_keys: FindKeys::Range { last_key: 0, .. },
+                flags,
+            }] if !flags.contains(KeySpecFlags::INCOMPLETE) => usize::try_from(*pos).ok(),
+            _ => None,
+        }
+    }
+
     /// The key specs as the server described them.
     pub fn key_specs(&self) -> &[KeySpec] {
         &self.key_specs

@@ -255,3 +255,46 @@ fn client_errors_use_redis_wording() {
         "wrong number of arguments for 'object|encoding' command"
     );
 }
+
+#[test]
+fn the_single_key_shortcut_agrees_with_the_key_specs_for_every_command() {
+    let table = CommandTable::builtin();
+    let mut shortcuts = 0;
+    for spec in table.iter() {
+        let Some(index) = spec.single_key_index() else {
+            continue;
+        };
+        shortcuts += 1;
+        // Argument lists of every length the arity allows, up to a few beyond it.
+        let least = usize::try_from(spec.arity.unsigned_abs()).unwrap();
+        for argc in least..least + 4 {
+            let mut args = vec![spec.name.split('|').next().unwrap().to_owned()];
+            if let Some((_, sub)) = spec.name.split_once('|') {
+                args.push(sub.to_owned());
+            }
+            while args.len() < argc {
+                args.push(format!("a{}", args.len()));
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let command = Command::from_args(&refs);
+            let mut out = Vec::new();
+            spec.key_indices(&command, &mut out);
+            assert_eq!(out, vec![index], "{} with {argc} arguments", spec.name);
+        }
+    }
+    // GET, SET, HGET, INCR...: most of the table.
+    assert!(
+        shortcuts > 100,
+        "only {shortcuts} commands take the shortcut"
+    );
+    for name in ["get", "set", "hget", "incr", "lpush", "zadd", "expire"] {
+        assert_eq!(
+            table.get(name).unwrap().single_key_index(),
+            Some(1),
+            "{name}"
+        );
+    }
+    for name in ["mget", "del", "eval", "sort", "migrate", "xread", "ping"] {
+        assert_eq!(table.get(name).unwrap().single_key_index(), None, "{name}");
+    }
+}

@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::backend::reply_slot as oneshot;
 
 use super::decision::{decide, Attempts, Next, Outcome, Recovery, RetryKind, Rules};
 use super::error::ProxyError;
@@ -469,7 +471,7 @@ impl InFlight {
 
     /// The outcome if the reply has arrived, without waiting.
     pub fn try_settle(&mut self, worker: &Rc<Worker>) -> Option<Settled> {
-        use tokio::sync::oneshot::error::TryRecvError;
+        use oneshot::error::TryRecvError;
         let outcome = match self.reply.try_recv() {
             Ok(outcome) => outcome,
             Err(TryRecvError::Empty) => return None,

@@ -72,9 +72,9 @@ fn dispatch_command(
     cmd: Command,
     arrived: &mut Option<Instant>,
 ) -> Dispatched {
-    let table = worker.shared.commands.load();
+    let table = worker.command_table();
     // One snapshot of the slot map for the whole command: planning and sending see the same.
-    let map = worker.shared.topology.map();
+    let map = worker.slot_map();
     if client.tx.in_multi() && !transaction::runs_in_multi(cmd.name()) {
         let spec = table.lookup(&cmd);
         if let Some(spec) = spec {

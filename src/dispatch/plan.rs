@@ -144,6 +144,10 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
 /// The slot of the command's keys (any primary when it has none), or Redis's CROSSSLOT.
 /// Behind a standalone Redis one node has every key: any keys go together.
 pub fn target_of(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Result<Target, ProxyError> {
+    // Most commands have one key at a fixed place (GET, SET, HGET...): no list to build.
+    if let Some(index) = spec.single_key_index() {
+        return Ok(Target::Slot(Slot::of(cmd.arg(index).unwrap_or_default())));
+    }
     let mut keys = Vec::new();
     spec.key_indices(cmd, &mut keys);
     let mut slot: Option<Slot> = None;

@@ -10,9 +10,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::backend::reply_slot as oneshot;
 use bytes::Bytes;
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
 
 use super::driver::{self, Target};
 use super::error::ProxyError;

@@ -13,10 +13,15 @@ use metrics::Counter;
 /// Size of a worker's client read buffer: one read takes at most this much.
 const READ_SCRATCH: usize = 64 * 1024;
 
+use arc_swap::{ArcSwap, Cache};
+
 use crate::backend::dedicated::DedicatedPool;
 use crate::backend::pipe::PipeSettings;
 use crate::backend::Pool;
+use crate::cluster::slot_map::SlotMap;
+use crate::cluster::topology::Topology;
 use crate::cluster::zones::Locality;
+use crate::command::CommandTable;
 use crate::config::ReadFrom;
 use crate::latency::LocalLatency;
 use crate::resp::{Protocol, RequestLimits};
@@ -52,6 +57,33 @@ pub struct Worker {
     /// Every client read of this worker lands here first (sessions run one at a time on the
     /// worker's thread), so idle and waiting clients hold no read buffer of their own.
     pub read_scratch: RefCell<BytesMut>,
+    /// The shared command table and slot map as this worker last saw them: looked up on
+    /// every command, where a cache costs one atomic load while nothing changed (a plain
+    /// `ArcSwap::load` costs several times that, callgrind).
+    commands: RefCell<Cache<CommandsOf, Arc<CommandTable>>>,
+    slot_map: RefCell<Cache<SlotMapOf, Arc<SlotMap>>>,
+}
+
+/// The command table of `Shared`, as a cache's source.
+struct CommandsOf(Arc<Shared>);
+
+impl std::ops::Deref for CommandsOf {
+    type Target = ArcSwap<CommandTable>;
+
+    fn deref(&self) -> &ArcSwap<CommandTable> {
+        &self.0.commands
+    }
+}
+
+/// The slot map of the topology, as a cache's source.
+struct SlotMapOf(Arc<Topology>);
+
+impl std::ops::Deref for SlotMapOf {
+    type Target = ArcSwap<SlotMap>;
+
+    fn deref(&self) -> &ArcSwap<SlotMap> {
+        self.0.map_source()
+    }
 }
 
 /// Metrics of one command on this worker, counted in plain cells (no atomic operation per
@@ -163,12 +195,24 @@ impl Worker {
             near_cache,
             pool,
             dedicated,
+            commands: RefCell::new(Cache::new(CommandsOf(shared.clone()))),
+            slot_map: RefCell::new(Cache::new(SlotMapOf(shared.topology.clone()))),
             shared,
         }
     }
 }
 
 impl Worker {
+    /// The current command table (as `shared.commands.load()`, cheaper).
+    pub fn command_table(&self) -> Arc<CommandTable> {
+        self.commands.borrow_mut().load().clone()
+    }
+
+    /// The current slot map (as `shared.topology.map()`, cheaper).
+    pub fn slot_map(&self) -> Arc<SlotMap> {
+        self.slot_map.borrow_mut().load().clone()
+    }
+
     /// The worker whose backend connections speak `protocol`.
     pub fn speaking_to(self: &Rc<Self>, protocol: Protocol) -> &Rc<Worker> {
         match (protocol, &self.resp3) {

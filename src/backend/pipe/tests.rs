@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::backend::reply_slot as oneshot;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 use tokio::time::Instant;
 
@@ -74,7 +74,7 @@ pub(crate) fn concat(parts: &[&[u8]]) -> Vec<u8> {
 pub(crate) fn reply_now(rx: &mut oneshot::Receiver<ReplyResult>) -> ReplyResult {
     match rx.try_recv() {
         Ok(result) => result,
-        Err(e) => panic!("no reply yet: {e}"),
+        Err(e) => panic!("no reply yet: {e:?}"),
     }
 }
 
