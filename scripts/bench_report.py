@@ -184,10 +184,14 @@ def main():
             md += f"\n\nScaling factor --workers 2 / --workers 1: **{fmt(factor, 2)}**"
             text_parts[-1] += f"\nscaling factor (--workers 2 / --workers 1, requests/s): {fmt(factor, 2)}"
         else:
-            # A target with no successful round says so here too ("-" would read as "not run").
-            summary_rows.append(
-                [wl] + ["FAILED" if summaries[t].ok == 0 else fmt(summaries[t].ratio, 2) for t in targets[1:]]
-            )
+            # A target with no successful round says so here too; "-" is a target that is not
+            # part of this workload (the near-cache proxy runs only the GET workloads).
+            def ratio_cell(s):
+                if s.total == 0:
+                    return "-"
+                return "FAILED" if s.ok == 0 else fmt(s.ratio, 2)
+
+            summary_rows.append([wl] + [ratio_cell(summaries[t]) for t in targets[1:]])
         md_parts.append(md)
 
     if summary_rows:

@@ -295,14 +295,21 @@ impl CommandSpec {
 
     /// The argv index of the command's only key, for commands whose specs say it always has
     /// exactly one, at a fixed place (GET, SET, HGET...): what [`CommandSpec::key_indices`]
-    /// would give, without building a list.
+    /// gives whenever the command has that many arguments, without building a list.
     pub fn single_key_index(&self) -> Option<usize> {
         match self.key_specs.as_slice() {
             [KeySpec {
                 begin_search: BeginSearch::Index { pos },
-                find_keys: FindKeys::Range { last_key: 0, .. },
+                find_keys:
+                    FindKeys::Range {
+                        last_key: 0,
+                        key_step,
+                        ..
+                    },
                 flags,
-            }] if !flags.contains(KeySpecFlags::INCOMPLETE) => usize::try_from(*pos).ok(),
+            }] if !flags.contains(KeySpecFlags::INCOMPLETE) && *pos >= 1 && *key_step >= 1 => {
+                usize::try_from(*pos).ok()
+            }
             _ => None,
         }
     }

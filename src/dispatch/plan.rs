@@ -145,8 +145,9 @@ pub fn plan(spec: &CommandSpec, cmd: &Command, allowed: Allowed, map: &SlotMap) 
 /// Behind a standalone Redis one node has every key: any keys go together.
 pub fn target_of(spec: &CommandSpec, cmd: &Command, map: &SlotMap) -> Result<Target, ProxyError> {
     // Most commands have one key at a fixed place (GET, SET, HGET...): no list to build.
-    if let Some(index) = spec.single_key_index() {
-        return Ok(Target::Slot(Slot::of(cmd.arg(index).unwrap_or_default())));
+    // (With fewer arguments the specs do not fit: the general path decides.)
+    if let Some(key) = spec.single_key_index().and_then(|i| cmd.arg(i)) {
+        return Ok(Target::Slot(Slot::of(key)));
     }
     let mut keys = Vec::new();
     spec.key_indices(cmd, &mut keys);
