@@ -217,8 +217,9 @@ async fn run<S: ClientStream>(
             && (!holding || input.len() < HELD_INPUT_LIMIT);
         let held_write = held.as_ref().map(|(_, write)| *write);
         // In a fixed order: replies first (they make room), reading last (it adds work). A
-        // random start costs a random number per turn and buys nothing here: every branch
-        // that is ready is served on a later turn, as each turn serves one.
+        // random start costs a random number per turn and buys nothing here: the earlier
+        // branches cannot stay ready for ever (replies come only from commands already read,
+        // at most `max_pipeline_depth` of them), so reading is never starved.
         tokio::select! {
             biased;
             _ = pending.progress(), if !pending.is_empty() => {}
