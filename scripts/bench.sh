@@ -21,6 +21,10 @@ source "$ROOT/scripts/lib/cluster.sh"
 source "$ROOT/scripts/lib/ports.sh"
 # shellcheck source=scripts/lib/peers.sh
 source "$ROOT/scripts/lib/peers.sh"
+# shellcheck disable=SC2034  # read by scripts/lib/procs.sh
+LOG_TAG=bench
+# shellcheck source=scripts/lib/procs.sh
+source "$ROOT/scripts/lib/procs.sh"
 
 usage() {
     cat <<'EOF'
@@ -191,70 +195,14 @@ for spec in "${PEERS[@]+"${PEERS[@]}"}"; do
 done
 
 # ------------------------------------------------------------------------------------------
-# Logging, process bookkeeping, cleanup
+# Cleanup (logging and process bookkeeping: scripts/lib/procs.sh)
 # ------------------------------------------------------------------------------------------
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
 TMP=""
-STARTED_PIDS=()     # every long-running process we started, in start order
-declare -A PID_NAME=()
-BENCH_PID=""        # the redis-benchmark run in progress (its `timeout` wrapper)
-
-# Records a background process we just started.
-track() { # pid name
-    STARTED_PIDS+=("$1")
-    PID_NAME[$1]=$2
-}
-
-# Stops the given PIDs (all ours): SIGTERM to all, up to 10 s grace, then SIGKILL; reaps them.
-stop_pids() {
-    local pid waited=0 alive
-    [ $# -gt 0 ] || return 0
-    for pid in "$@"; do
-        pid_alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
-    done
-    while :; do
-        # A child that exited stays a zombie (kill -0 succeeds) until reaped: reap the dead.
-        for pid in "$@"; do
-            if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
-                wait "$pid" 2>/dev/null || true
-            fi
-        done
-        alive=()
-        for pid in "$@"; do pid_alive "$pid" && alive+=("$pid"); done
-        [ ${#alive[@]} -gt 0 ] || break
-        if [ "$waited" -ge 100 ]; then
-            for pid in "${alive[@]}"; do
-                log "pid $pid (${PID_NAME[$pid]:-?}) ignored SIGTERM for 10 s: SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                wait "$pid" 2>/dev/null || true
-            done
-            break
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
     set +e
-    if [ -n "$BENCH_PID" ]; then
-        stop_pids "$BENCH_PID"
-        BENCH_PID=""
-    fi
-    if [ ${#STARTED_PIDS[@]} -gt 0 ]; then
-        log "stopping ${#STARTED_PIDS[@]} processes (proxies, redis-server)"
-        # Proxies first (they were started last), then the nodes.
-        local reversed=() i
-        for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do reversed+=("${STARTED_PIDS[$i]}"); done
-        stop_pids "${reversed[@]}"
-    fi
+    stop_everything
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         if [ "$rc" -eq 0 ] && [ "$KEEP_TMP" = 0 ]; then
             rm -rf "$TMP"

@@ -19,6 +19,11 @@ source "$ROOT/scripts/lib/cluster.sh"
 source "$ROOT/scripts/lib/ports.sh"
 # shellcheck source=scripts/lib/peers.sh
 source "$ROOT/scripts/lib/peers.sh"
+# Read by scripts/lib/procs.sh. valgrind writes its last output file on exit: give it time.
+# shellcheck disable=SC2034
+LOG_TAG=profile STOP_GRACE_S=20
+# shellcheck source=scripts/lib/procs.sh
+source "$ROOT/scripts/lib/procs.sh"
 
 usage() {
     cat <<'EOF'
@@ -154,77 +159,14 @@ done
 [ ${#TARGETS[@]} -gt 0 ] || die_usage "nothing to profile (--no-slotproxy without --peer)"
 
 # ------------------------------------------------------------------------------------------
-# Logging, process bookkeeping, cleanup
+# Cleanup (logging and process bookkeeping: scripts/lib/procs.sh)
 # ------------------------------------------------------------------------------------------
-log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
 TMP=""
-STARTED_PIDS=() # every long-running process we started, in start order
-declare -A PID_NAME=()
-BENCH_PID="" # the redis-benchmark run in progress (its `timeout` wrapper)
-
-track() { # pid name
-    STARTED_PIDS+=("$1")
-    PID_NAME[$1]=$2
-}
-
-# Stops the given PIDs (all ours): SIGTERM to all, up to 20 s grace (valgrind writes its last
-# output file on exit), then SIGKILL; reaps them.
-stop_pids() {
-    local pid waited=0 alive
-    [ $# -gt 0 ] || return 0
-    for pid in "$@"; do
-        pid_alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
-    done
-    while :; do
-        # A child that exited stays a zombie (kill -0 succeeds) until reaped: reap the dead.
-        for pid in "$@"; do
-            if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
-                wait "$pid" 2>/dev/null || true
-            fi
-        done
-        alive=()
-        for pid in "$@"; do pid_alive "$pid" && alive+=("$pid"); done
-        [ ${#alive[@]} -gt 0 ] || break
-        if [ "$waited" -ge 200 ]; then
-            for pid in "${alive[@]}"; do
-                log "pid $pid (${PID_NAME[$pid]:-?}) ignored SIGTERM for 20 s: SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                wait "$pid" 2>/dev/null || true
-            done
-            break
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-}
-
-# Stops one started process and forgets it.
-stop_tracked() { # pid
-    local kept=() p
-    stop_pids "$1"
-    for p in "${STARTED_PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
-    STARTED_PIDS=("${kept[@]+"${kept[@]}"}")
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
     set +e
-    if [ -n "$BENCH_PID" ]; then
-        stop_pids "$BENCH_PID"
-        BENCH_PID=""
-    fi
-    if [ ${#STARTED_PIDS[@]} -gt 0 ]; then
-        log "stopping ${#STARTED_PIDS[@]} processes (proxies, redis-server)"
-        local reversed=() i
-        for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do reversed+=("${STARTED_PIDS[$i]}"); done
-        stop_pids "${reversed[@]}"
-    fi
+    stop_everything
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         if [ "$rc" -eq 0 ]; then
             rm -rf "$TMP"
@@ -463,6 +405,11 @@ for t in "${TARGETS[@]}"; do profile_target "$t"; done
 # Report
 # ------------------------------------------------------------------------------------------
 commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+# One table cell: the target's Ir/request for the workload, or FAILED.
+ir_cell() { # target workload
+    local v=${IR_PER_REQ[$1.$2]:-}
+    if [ -n "$v" ]; then commas "$v"; else echo FAILED; fi
+}
 title() {
     case "$1" in
         get_p1) echo "GET -P 1" ;;
@@ -486,8 +433,7 @@ title() {
     for t in "${TARGETS[@]}"; do
         printf '%-22s' "$t"
         for wl in "${WORKLOADS[@]}"; do
-            v=${IR_PER_REQ[$t.$wl]:-}
-            printf '  %14s' "$([ -n "$v" ] && commas "$v" || echo FAILED)"
+            printf '  %14s' "$(ir_cell "$t" "$wl")"
         done
         echo
     done
@@ -501,8 +447,7 @@ title() {
     for t in "${TARGETS[@]}"; do
         printf '| %s |' "$t"
         for wl in "${WORKLOADS[@]}"; do
-            v=${IR_PER_REQ[$t.$wl]:-}
-            printf ' %s |' "$([ -n "$v" ] && commas "$v" || echo FAILED)"
+            printf ' %s |' "$(ir_cell "$t" "$wl")"
         done
         echo
     done
