@@ -40,6 +40,14 @@ fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(con).expect("GET")
 }
 
+fn set(con: &mut redis::Connection, key: &str, value: impl redis::ToRedisArgs) {
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query(con)
+        .expect("SET");
+}
+
 /// Waits until `key` is answered from the cache on `con`: a second GET leaves the node's
 /// `get` count unchanged (the cache fills once the node's invalidation connection is heard).
 fn wait_cached(con: &mut redis::Connection, cluster: &Cluster, key: &str) {
@@ -89,11 +97,7 @@ fn hits_are_answered_without_the_node_and_only_plain_gets_of_the_prefix_are() {
     let proxy = caching_proxy(cluster, &format!("{prefix}:"), 1 << 20);
     let mut con = proxy_client(&proxy);
     let key = format!("{prefix}:k");
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("v")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &key, "v");
     wait_cached(&mut con, cluster, &key);
     let port = owner(cluster, &key);
     let before = command_calls(port, "get");
@@ -107,11 +111,7 @@ fn hits_are_answered_without_the_node_and_only_plain_gets_of_the_prefix_are() {
     // Keys outside the prefix are never cached.
     let outside = format!("other-{prefix}");
     let outside_port = owner(cluster, &outside);
-    let () = redis::cmd("SET")
-        .arg(&outside)
-        .arg("x")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &outside, "x");
     let before = command_calls(outside_port, "get");
     for _ in 0..10 {
         assert_eq!(get(&mut con, &outside).as_deref(), Some("x"));
@@ -161,18 +161,10 @@ fn a_write_on_the_node_or_through_another_proxy_is_seen_and_own_writes_at_once()
     let key = format!("{prefix}:k");
     let mut node = cluster.direct(owner(cluster, &key));
 
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("0")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &key, "0");
     wait_cached(&mut con, cluster, &key);
     let invalidations = proxy_count(&proxy, "proxy_near_cache_invalidations");
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("node")
-        .query(&mut node)
-        .unwrap();
+    set(&mut node, &key, "node");
     let seen = |con: &mut redis::Connection, want: &str| {
         let start = Instant::now();
         wait_until(&format!("{key} = {want}"), Duration::from_secs(2), || {
@@ -186,22 +178,14 @@ fn a_write_on_the_node_or_through_another_proxy_is_seen_and_own_writes_at_once()
     let took = seen(&mut con, "node");
     wait_count(&proxy, "proxy_near_cache_invalidations", invalidations + 1);
     wait_cached(&mut con, cluster, &key);
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("other")
-        .query(&mut via_other)
-        .unwrap();
+    set(&mut via_other, &key, "other");
     let took_other = seen(&mut con, "other");
     eprintln!("direct write seen after {took:?}, through another proxy after {took_other:?}");
 
     // Read-your-writes on one connection, every time, with the key cached in between.
     for i in 0..300 {
         let value = i.to_string();
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
+        set(&mut con, &key, &value);
         assert_eq!(get(&mut con, &key), Some(value.clone()), "round {i}");
         assert_eq!(get(&mut con, &key), Some(value), "round {i}, cached");
     }
@@ -235,7 +219,7 @@ fn concurrent_writes_on_the_node_are_never_read_stale_past_the_report() {
     let key = format!("{prefix}:counter");
     let port = owner(cluster, &key);
     let mut con = proxy_client(&proxy);
-    let () = redis::cmd("SET").arg(&key).arg(0).query(&mut con).unwrap();
+    set(&mut con, &key, 0);
     wait_cached(&mut con, cluster, &key);
 
     let start = Instant::now();
@@ -248,7 +232,7 @@ fn concurrent_writes_on_the_node_are_never_read_stale_past_the_report() {
         let key = key.clone();
         std::thread::spawn(move || {
             for i in 1..=WRITES {
-                let () = redis::cmd("SET").arg(&key).arg(i).query(&mut node).unwrap();
+                set(&mut node, &key, i);
                 acked[i as usize].store(start.elapsed().as_micros() as u64 + 1, Ordering::SeqCst);
                 if i % 10 == 0 {
                     std::thread::sleep(Duration::from_millis(1));
@@ -300,11 +284,7 @@ fn a_cut_invalidation_connection_drops_its_nodes_entries() {
     let mut con = proxy_client(&proxy);
     let key = format!("{prefix}:k");
     let port = owner(cluster, &key);
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("old")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &key, "old");
     wait_cached(&mut con, cluster, &key);
     let invalidations = proxy_count(&proxy, "proxy_near_cache_invalidations");
 
@@ -334,11 +314,7 @@ fn a_cut_invalidation_connection_drops_its_nodes_entries() {
             .query(&mut node)
             .unwrap();
     }
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("new")
-        .query(&mut node)
-        .unwrap();
+    set(&mut node, &key, "new");
     wait_until("the new value", Duration::from_secs(2), || {
         let got = get(&mut con, &key);
         (got.as_deref() == Some("new"))
@@ -358,11 +334,7 @@ fn a_flush_on_the_node_clears_the_cache() {
     let proxy = caching_proxy(cluster, &format!("{prefix}:"), 1 << 20);
     let mut con = proxy_client(&proxy);
     let key = format!("{prefix}:k");
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg("v")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &key, "v");
     wait_cached(&mut con, cluster, &key);
     let mut node = cluster.direct(owner(cluster, &key));
     let () = redis::cmd("FLUSHALL").query(&mut node).unwrap();
@@ -382,19 +354,11 @@ fn the_memory_bound_holds_and_evictions_are_counted() {
     let mut con = proxy_client(&proxy);
     let value = "x".repeat(100);
     let warm = format!("{prefix}:warm");
-    let () = redis::cmd("SET")
-        .arg(&warm)
-        .arg(&value)
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &warm, &value);
     wait_cached(&mut con, cluster, &warm);
     for i in 0..200 {
         let key = format!("{prefix}:{i}");
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(&value)
-            .query(&mut con)
-            .unwrap();
+        set(&mut con, &key, &value);
         assert_eq!(get(&mut con, &key).as_deref(), Some(value.as_str()));
         assert_eq!(get(&mut con, &key).as_deref(), Some(value.as_str()));
     }

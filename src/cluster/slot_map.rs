@@ -325,9 +325,14 @@ impl SlotMap {
         &self.shards
     }
 
+    /// The primary of every shard, in shard order.
+    pub fn primaries(&self) -> Vec<NodeAddr> {
+        self.shards.iter().map(|s| s.primary.clone()).collect()
+    }
+
     /// Every node known: primaries, then replicas.
     pub fn nodes(&self) -> Vec<NodeAddr> {
-        let mut nodes: Vec<NodeAddr> = self.shards.iter().map(|s| s.primary.clone()).collect();
+        let mut nodes = self.primaries();
         nodes.extend(self.shards.iter().flat_map(|s| s.replicas.iter().cloned()));
         nodes
     }

@@ -62,13 +62,7 @@ pub async fn run(worker: Rc<Worker>) {
             tracing::info!("client tracking: no client tracks any more; invalidation feed closed");
             return;
         }
-        let primaries: Vec<NodeAddr> = shared
-            .topology
-            .map()
-            .shards()
-            .iter()
-            .map(|shard| shard.primary.clone())
-            .collect();
+        let primaries = shared.topology.map().primaries();
         let before = feeds.len();
         feeds.retain(|addr, (task, _)| {
             let keep = primaries.contains(addr) && !task.is_finished();

@@ -48,13 +48,7 @@ impl Drop for Connections {
 pub async fn run(cache: Rc<NearCache>, shared: Arc<Shared>) {
     let mut held = Connections(HashMap::new());
     loop {
-        let primaries: Vec<NodeAddr> = shared
-            .topology
-            .map()
-            .shards()
-            .iter()
-            .map(|shard| shard.primary.clone())
-            .collect();
+        let primaries = shared.topology.map().primaries();
         held.0.retain(|addr, task| {
             let keep = primaries.contains(addr) && !task.is_finished();
             if !keep {
