@@ -54,6 +54,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("bad TLS material: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Io(String),
 }
 
 /// How long `start` waits for a first topology before serving anyway (clients then get
@@ -83,6 +85,15 @@ impl Proxy {
         let users = config.users().map_err(StartError::Config)?;
         let seeds: Vec<String> = config.seeds().iter().map(|s| s.addr.clone()).collect();
         let workers = config.worker_count();
+        #[cfg(target_os = "linux")]
+        let io_uring = client::uring::decide(config.listener.io).map_err(StartError::Io)?;
+        #[cfg(not(target_os = "linux"))]
+        let io_uring = match config.listener.io {
+            config::IoMode::Uring => {
+                return Err(StartError::Io("io = \"uring\" needs Linux".into()))
+            }
+            _ => false,
+        };
         let listen: SocketAddr = config
             .listener
             .listen
@@ -181,7 +192,7 @@ impl Proxy {
             let thread = std::thread::Builder::new()
                 .name(format!("slotproxy-worker-{i}"))
                 .spawn(move || {
-                    if let Err(error) = server::run_worker(shared, listener, shutdown) {
+                    if let Err(error) = server::run_worker(shared, listener, shutdown, io_uring) {
                         tracing::error!(%error, "worker failed");
                     }
                 })
@@ -191,6 +202,7 @@ impl Proxy {
         tracing::info!(
             %local_addr,
             workers,
+            io = if io_uring { "io_uring" } else { "epoll" },
             tls = shared.client_tls.load().is_some(),
             backend_tls = shared.topology.credentials().tls.is_some(),
             "slotproxy listening"

@@ -46,11 +46,13 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Runs a worker's accept loop on the current thread until `shutdown`.
+/// Runs a worker's accept loop on the current thread until `shutdown`. `io_uring`: plain TCP
+/// clients are served through this worker's ring (`client::uring`) rather than epoll.
 pub fn run_worker(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
+    io_uring: bool,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,6 +65,7 @@ pub fn run_worker(
         }
         let worker = Worker::new(shared.clone());
         let sessions = TaskTracker::new();
+        let uring = io_uring.then(start_uring).flatten();
         let near_cache_feed = worker.near_cache.clone().map(|cache| {
             tokio::task::spawn_local(crate::dispatch::near_cache::feed::run(
                 cache,
@@ -96,7 +99,16 @@ pub fn run_worker(
                         match worker.shared.client_tls.load_full() {
                             None => {
                                 let local = session::LocalEnd::of(&stream);
-                                sessions.spawn_local(session::serve(worker.clone(), stream, peer, local))
+                                match &uring {
+                                    None => sessions.spawn_local(session::serve(worker.clone(), stream, peer, local)),
+                                    Some((driver, _)) => match adopt(driver, stream) {
+                                        Ok(stream) => sessions.spawn_local(session::serve(worker.clone(), stream, peer, local)),
+                                        Err(error) => {
+                                            tracing::warn!(%error, %peer, "cannot hand a client to io_uring");
+                                            continue;
+                                        }
+                                    },
+                                }
                             }
                             Some(tls) => sessions.spawn_local(client::tls::serve((*tls).clone(), worker.clone(), stream, peer, shutdown.clone())),
                         };
@@ -122,6 +134,10 @@ pub fn run_worker(
                 "shutdown grace period over: closing the clients still waiting for replies"
             );
         }
+        if let Some((driver, task)) = uring {
+            flush_uring(&driver, grace).await;
+            task.abort();
+        }
         folding.abort();
         if let Some(feed) = near_cache_feed {
             feed.abort();
@@ -130,3 +146,63 @@ pub fn run_worker(
         Ok(())
     })
 }
+
+#[cfg(target_os = "linux")]
+type Uring = (
+    std::rc::Rc<client::uring::Driver>,
+    tokio::task::JoinHandle<()>,
+);
+#[cfg(not(target_os = "linux"))]
+type Uring = (std::rc::Rc<()>, tokio::task::JoinHandle<()>);
+
+/// This worker's io_uring driver, running; `None` (epoll) if its ring cannot be set up although
+/// the probe at start passed (a per-process limit reached by many workers, say).
+#[cfg(target_os = "linux")]
+fn start_uring() -> Option<Uring> {
+    match client::uring::Driver::new() {
+        Ok(driver) => {
+            let task = tokio::task::spawn_local(driver.clone().run());
+            Some((driver, task))
+        }
+        Err(error) => {
+            tracing::error!(%error, "this worker cannot set up its io_uring ring: its clients use epoll");
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_uring() -> Option<Uring> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn adopt(
+    driver: &std::rc::Rc<client::uring::Driver>,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<client::uring::UringStream> {
+    // Out of tokio's reactor: from here on the ring alone reads and writes the socket.
+    let stream = stream.into_std()?;
+    Ok(client::uring::UringStream::new(driver, stream.into()))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn adopt(
+    _: &std::rc::Rc<()>,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<tokio::net::TcpStream> {
+    Ok(stream)
+}
+
+/// Replies that closed sessions handed to the ring may still be on their way: wait for them
+/// (within the shutdown grace period) before the ring goes with the worker.
+#[cfg(target_os = "linux")]
+async fn flush_uring(driver: &client::uring::Driver, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while driver.sockets() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn flush_uring(_: &(), _: Duration) {}

@@ -4,3 +4,5 @@ pub mod io;
 pub mod replies;
 pub mod session;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod uring;

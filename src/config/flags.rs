@@ -10,7 +10,7 @@ use super::duration;
 use super::layer::{
     BackendTable, BackendTlsLayer, ClientTable, ClientTlsLayer, Layer, NearCacheLayer,
 };
-use super::{CrossSlot, LogFormat, ReadFrom, Secret};
+use super::{CrossSlot, IoMode, LogFormat, ReadFrom, Secret};
 
 /// Every setting that has a flag, grouped by section.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -66,6 +66,9 @@ pub struct ListenerFlags {
     /// Worker threads [default: available cores]
     #[arg(long, env = "SLOTPROXY_WORKERS")]
     pub workers: Option<usize>,
+    /// Client socket I/O: auto (io_uring where the kernel allows it, else epoll), epoll or uring [default: auto]
+    #[arg(long, env = "SLOTPROXY_IO")]
+    pub io: Option<IoMode>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -189,6 +192,7 @@ impl Flags {
         Layer {
             listen: listener.listen,
             workers: listener.workers,
+            io: listener.io,
             upstreams: (!cluster.upstreams.is_empty()).then_some(cluster.upstreams),
             read_from: backend.read_from,
             zone: backend.zone,

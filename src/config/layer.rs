@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
-use super::{parse_upstreams, Config, CrossSlot, LogFormat, ReadFrom, Secret};
+use super::{parse_upstreams, Config, CrossSlot, IoMode, LogFormat, ReadFrom, Secret};
 
 /// One source's settings, named and nested exactly as in the TOML file. Unknown keys are
 /// refused (a typo would otherwise be silently ignored).
@@ -25,6 +25,7 @@ pub struct Layer {
     pub upstreams: Option<Vec<String>>,
     pub admin_listen: Option<String>,
     pub workers: Option<usize>,
+    pub io: Option<IoMode>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub max_bulk_len: Option<usize>,
@@ -163,6 +164,7 @@ impl Layer {
             upstreams: urls,
             admin_listen,
             workers,
+            io,
             log_level,
             log_format,
             max_bulk_len,
@@ -204,6 +206,7 @@ impl Layer {
         let c = config;
         set(&mut c.listener.listen, listen);
         set(&mut c.listener.workers, workers);
+        set(&mut c.listener.io, io);
         set(&mut c.admin.listen, admin_listen.map(Some));
         set(&mut c.admin.metrics, metrics);
         set(&mut c.admin.commands, admin_commands);
@@ -445,6 +448,7 @@ mod tests {
             upstreams = ["rediss://u:p@a:1", "rediss://b:2,rediss://c:3"]
             admin_listen = "0.0.0.0:2"
             workers = 3
+            io = "epoll"
             log_level = "debug"
             log_format = "json"
             max_bulk_len = 4
@@ -505,6 +509,7 @@ mod tests {
             listener: super::super::Listener {
                 listen: "0.0.0.0:1".into(),
                 workers: 3,
+                io: IoMode::Epoll,
             },
             admin: super::super::Admin {
                 listen: Some("0.0.0.0:2".into()),
@@ -675,6 +680,7 @@ mod tests {
         std::env::set_var("SLOTPROXY_ZONE", "env-zone");
         std::env::set_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT", "30");
         std::env::set_var("SLOTPROXY_MAX_MERGED_REPLY", "1000");
+        std::env::set_var("SLOTPROXY_IO", "uring");
         let base = || {
             file("workers = 2\nread_from = \"any\"\nmax_merged_reply = 10\nzone = \"file-zone\"\nupstreams = [\"a:1\"]")
         };
@@ -691,6 +697,8 @@ mod tests {
                     "2000",
                     "--zone",
                     "flag-zone",
+                    "--io",
+                    "epoll",
                 ]),
             ],
             no_env,
@@ -701,6 +709,7 @@ mod tests {
         std::env::remove_var("SLOTPROXY_ZONE");
         std::env::remove_var("SLOTPROXY_CLIENT_IDLE_TIMEOUT");
         std::env::remove_var("SLOTPROXY_MAX_MERGED_REPLY");
+        std::env::remove_var("SLOTPROXY_IO");
         drop(environment);
         let file_only = Config::layered([base()], no_env).unwrap();
         assert_eq!(
@@ -716,6 +725,14 @@ mod tests {
             (6, ReadFrom::Replica)
         );
         assert_eq!(from_env.clients.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            (
+                file_only.listener.io,
+                from_env.listener.io,
+                flagged.listener.io
+            ),
+            (IoMode::Auto, IoMode::Uring, IoMode::Epoll)
+        );
         let cleared = Config::layered([base(), parse_flags(&["--zone", ""])], no_env).unwrap();
         assert_eq!(cleared.backend.zone, None, "an empty zone is none");
         assert_eq!(

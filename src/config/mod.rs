@@ -50,6 +50,9 @@ pub struct Listener {
     pub listen: String,
     /// Worker threads, each with its own listener and backend connections; 0 = available cores.
     pub workers: usize,
+    /// How client sockets are read and written (`io`): io_uring where the kernel allows it, or
+    /// epoll readiness (`client::uring`).
+    pub io: IoMode,
 }
 
 impl Default for Listener {
@@ -57,6 +60,7 @@ impl Default for Listener {
         Listener {
             listen: "127.0.0.1:6380".to_string(),
             workers: 0,
+            io: IoMode::Auto,
         }
     }
 }
@@ -452,6 +456,21 @@ impl ReadFrom {
     pub fn is_zone_aware(self) -> bool {
         matches!(self, ReadFrom::ZoneAffinity | ReadFrom::ZoneAffinityAll)
     }
+}
+
+/// How client sockets are read and written (`io`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else epoll (said once in the log at start).
+    #[default]
+    Auto,
+    /// Readiness through epoll: one `recv` and one `send` system call per client turn.
+    Epoll,
+    /// io_uring only: the proxy does not start where the kernel refuses it.
+    Uring,
 }
 
 /// What a command whose keys span several slots gets (`cross_slot`).

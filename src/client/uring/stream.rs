@@ -1,0 +1,136 @@
+//! A client socket served by the io_uring driver, behind the same readiness interface the
+//! session loop uses for epoll sockets: "readable" means the driver holds received bytes (or
+//! the end of the stream), "writable" means the driver takes more reply bytes.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BufMut};
+use tokio::io::Interest;
+
+use super::conn::{ConnIo, KEEP_BUFFER, OUTBOX_LIMIT};
+use super::driver::{Conn, Driver};
+use crate::client::io::ClientStream;
+
+pub struct UringStream {
+    driver: Rc<Driver>,
+    conn: Rc<Conn>,
+}
+
+impl UringStream {
+    /// Serves `fd` (a connected, non-blocking TCP socket) through `driver`.
+    pub fn new(driver: &Rc<Driver>, fd: OwnedFd) -> UringStream {
+        UringStream {
+            conn: driver.adopt(fd),
+            driver: driver.clone(),
+        }
+    }
+}
+
+fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
+fn read_ready(io: &ConnIo) -> bool {
+    !io.inbox.is_empty() || io.read_end.is_some()
+}
+
+fn write_ready(io: &ConnIo) -> bool {
+    io.write_error.is_some() || io.queued.len() < OUTBOX_LIMIT
+}
+
+impl ClientStream for UringStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut io = self.conn.io.borrow_mut();
+        if read_ready(&io) {
+            return Poll::Ready(Ok(()));
+        }
+        keep_waker(&mut io.read_waker, cx);
+        drop(io);
+        // A receive cancelled while the session was not reading starts again now.
+        self.driver.settle(&self.conn);
+        Poll::Pending
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut io = self.conn.io.borrow_mut();
+        if write_ready(&io) {
+            return Poll::Ready(Ok(()));
+        }
+        keep_waker(&mut io.write_waker, cx);
+        Poll::Pending
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut io = self.conn.io.borrow_mut();
+        if let Some(errno) = io.write_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if !io.send_in_flight {
+            io.sending.extend_from_slice(buf);
+            io.send_in_flight = true;
+            self.driver.send(&self.conn, &io);
+            return Ok(buf.len());
+        }
+        let room = OUTBOX_LIMIT.saturating_sub(io.queued.len());
+        if room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = room.min(buf.len());
+        io.queued.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
+        let mut io = self.conn.io.borrow_mut();
+        if io.inbox.is_empty() {
+            return match io.read_end {
+                Some(Ok(())) => Ok(0),
+                Some(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            };
+        }
+        let n = io.inbox.len().min(buf.remaining_mut());
+        buf.put_slice(&io.inbox[..n]);
+        io.inbox.advance(n);
+        if io.inbox.is_empty() && io.inbox.capacity() > KEEP_BUFFER {
+            io.inbox = bytes::BytesMut::new();
+        }
+        drop(io);
+        // Reading made room: a receive stopped for a full inbox starts again.
+        self.driver.settle(&self.conn);
+        Ok(n)
+    }
+
+    /// Readiness is the driver's state itself, never a stale flag to clear.
+    fn try_io<R>(&self, _interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        f()
+    }
+}
+
+impl Drop for UringStream {
+    fn drop(&mut self) {
+        {
+            let mut io = self.conn.io.borrow_mut();
+            io.released = true;
+            io.read_waker = None;
+            io.write_waker = None;
+            io.inbox = bytes::BytesMut::new();
+        }
+        // Cancels the receive; the socket closes once the replies it was given are sent.
+        self.driver.settle(&self.conn);
+    }
+}
