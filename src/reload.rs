@@ -187,6 +187,11 @@ mod tests {
                 &["listen"],
             ),
             ("workers", |c| c.listener.workers = 3, &["workers"]),
+            (
+                "io",
+                |c| c.listener.io = crate::config::IoMode::Epoll,
+                &["io"],
+            ),
             ("admin_listen", |c| c.admin.listen = None, &["admin_listen"]),
             ("metrics", |c| c.admin.metrics = false, &["metrics"]),
             (

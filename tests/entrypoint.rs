@@ -284,3 +284,168 @@ fn slotproxy_variables(text: &str) -> std::collections::BTreeSet<String> {
         })
         .collect()
 }
+
+/// Makes `io_uring_setup` fail with EPERM in the child, as Docker's default seccomp profile
+/// does: a filter installed between fork and exec.
+fn forbid_io_uring(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let filter = [
+        // The system call number (offset 0 of `struct seccomp_data`).
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    // SAFETY: only async-signal-safe calls (prctl) between fork and exec, on memory the
+    // closure owns.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The binary on one worker (or `workers`) with JSON logs, and the lines it logged up to
+/// "slotproxy listening" (or its exit).
+fn start_logging(mut command: Command, args: &[&str]) -> (Binary, Vec<serde_json::Value>) {
+    let cluster = shared();
+    command.args([
+        "--log-format",
+        "json",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &cluster.seed_url(),
+    ]);
+    command.args(args);
+    let binary = Binary::start(command);
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + CLUSTER_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match binary.stderr.recv_timeout(left) {
+            Ok(line) => {
+                // A start error is printed as plain text.
+                let event = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                let done = message(&event) == "slotproxy listening";
+                lines.push(event);
+                if done {
+                    return (binary, lines);
+                }
+            }
+            // The sender is gone: the binary exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (binary, lines),
+            Err(e) => panic!("no \"slotproxy listening\" log line ({e}); so far:\n{lines:#?}"),
+        }
+    }
+}
+
+/// A field of a JSON log event, at the top or under `fields`.
+fn field<'a>(event: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    match event.get(name) {
+        Some(value) => value,
+        None => &event["fields"][name],
+    }
+}
+
+fn message(event: &serde_json::Value) -> &str {
+    field(event, "message").as_str().unwrap_or_default()
+}
+
+#[test]
+fn where_io_uring_is_forbidden_auto_serves_on_epoll_and_says_so_once() {
+    let mut command = bare_binary();
+    forbid_io_uring(&mut command);
+    let (mut binary, lines) = start_logging(command, &["--workers", "2", "--io", "auto"]);
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|l| message(l).contains("io_uring is not available"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{lines:#?}");
+    assert_eq!(warnings[0]["level"], "WARN", "{lines:#?}");
+    let listening = lines
+        .iter()
+        .find(|l| message(l) == "slotproxy listening")
+        .unwrap_or_else(|| panic!("did not start: {lines:#?}"));
+    assert_eq!(field(listening, "io"), "epoll", "{listening}");
+    let addr: SocketAddr = field(listening, "local_addr")
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no local_addr in {listening}"));
+    let mut client = RawClient::connect(addr);
+    assert_eq!(
+        client.call(&["SET", "io:fallback", "ok"]),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(client.call(&["GET", "io:fallback"]).text(), "ok");
+    assert!(binary.terminate().success());
+}
+
+#[test]
+fn where_io_uring_is_forbidden_io_uring_refuses_to_start() {
+    let mut command = bare_binary();
+    forbid_io_uring(&mut command);
+    let (mut binary, lines) = start_logging(command, &["--io", "uring"]);
+    let status = binary.child.wait().expect("wait for the binary");
+    assert!(!status.success(), "started without io_uring: {lines:#?}");
+    let stderr: Vec<String> = binary.stderr.try_iter().collect();
+    let said = lines
+        .iter()
+        .map(|l| l.to_string())
+        .chain(stderr)
+        .any(|l| l.contains("io_uring is not available here"));
+    assert!(said, "no reason given: {lines:#?}");
+}
+
+#[test]
+fn where_io_uring_works_auto_uses_it() {
+    if let Err(error) = slotproxy::client::uring::probe() {
+        eprintln!("io_uring is not available here ({error}): nothing to check");
+        return;
+    }
+    let (mut binary, lines) = start_logging(bare_binary(), &["--workers", "1"]);
+    let listening = lines
+        .iter()
+        .find(|l| message(l) == "slotproxy listening")
+        .unwrap_or_else(|| panic!("did not start: {lines:#?}"));
+    assert_eq!(field(listening, "io"), "io_uring", "{listening}");
+    assert!(!lines
+        .iter()
+        .any(|l| message(l).contains("io_uring is not available")));
+    assert!(binary.terminate().success());
+}

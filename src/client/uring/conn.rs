@@ -14,6 +14,10 @@ pub(super) const INBOX_LIMIT: usize = 64 * 1024;
 /// answers `WouldBlock` and the rest waits in the session's own output buffer (where the
 /// client output buffer limit sees it).
 pub(super) const OUTBOX_LIMIT: usize = 64 * 1024;
+/// The most one send takes from the session at once: a large reply goes out in pieces of this
+/// size from the session's own output buffer, rather than being copied whole (a 48 MiB `KEYS`
+/// reply was held twice, and the copy's memory not returned to the system after).
+pub(super) const SEND_CHUNK: usize = 256 * 1024;
 /// Emptied buffers that grew past this are given back rather than kept for the next turn.
 pub(super) const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -42,6 +46,8 @@ pub(super) struct ConnIo {
     /// The bytes of the send in flight: not touched until its completion (the kernel reads
     /// them).
     pub sending: BytesMut,
+    /// The size `sending` had when its send started.
+    pub send_size: usize,
     pub send_in_flight: bool,
     /// Taken while a send was in flight: the next send.
     pub queued: BytesMut,
@@ -61,6 +67,7 @@ impl ConnIo {
             inbox: BytesMut::new(),
             read_end: None,
             sending: BytesMut::new(),
+            send_size: 0,
             send_in_flight: false,
             queued: BytesMut::new(),
             write_error: None,

@@ -359,8 +359,8 @@ impl Driver {
         if result < 0 || (result == 0 && !io.sending.is_empty()) {
             io.write_error = Some(if result < 0 { -result } else { libc::EPIPE });
             io.send_in_flight = false;
-            io.sending.clear();
-            io.queued.clear();
+            io.sending = bytes::BytesMut::new();
+            io.queued = bytes::BytesMut::new();
             // The session learns it from its next read as well.
             if let Some(waker) = io.read_waker.take() {
                 waker.wake();
@@ -373,17 +373,28 @@ impl Driver {
             self.send(conn, &io);
             return None;
         }
+        // An emptied buffer keeps its allocation (`advance` only moves its start): one that
+        // carried a large send is given back.
+        let was_large = io.send_size > conn::KEEP_BUFFER;
         if io.queued.is_empty() {
             io.send_in_flight = false;
-            if io.sending.capacity() > conn::KEEP_BUFFER {
+            if was_large {
                 io.sending = bytes::BytesMut::new();
             }
         } else {
             let ConnIo {
-                sending, queued, ..
+                sending,
+                queued,
+                send_size,
+                ..
             } = &mut *io;
             std::mem::swap(sending, queued);
-            queued.clear();
+            *send_size = sending.len();
+            if was_large {
+                *queued = bytes::BytesMut::new();
+            } else {
+                queued.clear();
+            }
             self.send(conn, &io);
         }
         io.write_waker.take()

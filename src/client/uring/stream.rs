@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BufMut};
 use tokio::io::Interest;
 
-use super::conn::{ConnIo, KEEP_BUFFER, OUTBOX_LIMIT};
+use super::conn::{ConnIo, KEEP_BUFFER, OUTBOX_LIMIT, SEND_CHUNK};
 use super::driver::{Conn, Driver};
 use crate::client::io::ClientStream;
 
@@ -80,10 +80,12 @@ impl ClientStream for UringStream {
             return Err(io::Error::from_raw_os_error(errno));
         }
         if !io.send_in_flight {
-            io.sending.extend_from_slice(buf);
+            let n = buf.len().min(SEND_CHUNK);
+            io.sending.extend_from_slice(&buf[..n]);
+            io.send_size = n;
             io.send_in_flight = true;
             self.driver.send(&self.conn, &io);
-            return Ok(buf.len());
+            return Ok(n);
         }
         let room = OUTBOX_LIMIT.saturating_sub(io.queued.len());
         if room == 0 {
