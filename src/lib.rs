@@ -85,15 +85,7 @@ impl Proxy {
         let users = config.users().map_err(StartError::Config)?;
         let seeds: Vec<String> = config.seeds().iter().map(|s| s.addr.clone()).collect();
         let workers = config.worker_count();
-        #[cfg(target_os = "linux")]
-        let io_uring = client::uring::decide(config.listener.io).map_err(StartError::Io)?;
-        #[cfg(not(target_os = "linux"))]
-        let io_uring = match config.listener.io {
-            config::IoMode::Uring => {
-                return Err(StartError::Io("io = \"uring\" needs Linux".into()))
-            }
-            _ => false,
-        };
+        let io_uring = server::use_io_uring(config.listener.io).map_err(StartError::Io)?;
         let listen: SocketAddr = config
             .listener
             .listen

@@ -13,12 +13,43 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, session};
+use crate::config::IoMode;
 use crate::dispatch::Worker;
 use crate::shared::Shared;
 
 /// How often a worker moves its command latencies into the shared histograms (and looks
 /// whether clients left, to give their memory back).
 const LATENCY_FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The I/O the workers use, decided once at start: whether io_uring works here, and what
+/// `io` asks for. `Err` only for `uring` where it does not work.
+pub fn use_io_uring(mode: IoMode) -> Result<bool, String> {
+    #[cfg(target_os = "linux")]
+    let probe = client::uring::probe;
+    #[cfg(not(target_os = "linux"))]
+    let probe = || Err(std::io::Error::other("io_uring is Linux only"));
+    decide_io(mode, probe)
+}
+
+fn decide_io(mode: IoMode, probe: impl FnOnce() -> std::io::Result<()>) -> Result<bool, String> {
+    match mode {
+        IoMode::Epoll => Ok(false),
+        IoMode::Uring => probe()
+            .map(|()| true)
+            .map_err(|error| format!("io = \"uring\" but io_uring is not available here: {error}")),
+        IoMode::Auto => match probe() {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "io_uring is not available (a seccomp profile, kernel.io_uring_disabled or \
+                     a kernel before 6.0): client sockets use epoll"
+                );
+                Ok(false)
+            }
+        },
+    }
+}
 
 /// Opens `count` listeners on `addr`; with port 0, all share the port the first one got.
 pub fn bind_listeners(
@@ -206,3 +237,20 @@ async fn flush_uring(driver: &client::uring::Driver, grace: Duration) {
 
 #[cfg(not(target_os = "linux"))]
 async fn flush_uring(_: &(), _: Duration) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_io_mode_and_the_probe_decide() {
+        let works = || Ok(());
+        let refused = || Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(decide_io(IoMode::Auto, works), Ok(true));
+        assert_eq!(decide_io(IoMode::Auto, refused), Ok(false));
+        assert_eq!(decide_io(IoMode::Epoll, works), Ok(false));
+        assert_eq!(decide_io(IoMode::Uring, works), Ok(true));
+        let error = decide_io(IoMode::Uring, refused).unwrap_err();
+        assert!(error.contains("not available"), "{error}");
+    }
+}
