@@ -138,8 +138,21 @@ pub(super) fn buffers(ring: &IoUring) -> io::Result<BufRing> {
 /// Whether io_uring works here as the driver uses it: a ring can be set up (container
 /// runtimes' seccomp profiles and `kernel.io_uring_disabled` refuse that), a buffer ring
 /// registered (5.19), cooperative task work (5.19), a multishot receive delivers into it and
-/// stays armed (6.0), and a send completes. Tried for real on a socket pair, so what the driver needs is what was tested.
+/// stays armed (6.0), and a send completes. Tried for real on a socket pair, so what the
+/// driver needs is what was tested.
+///
+/// On a thread of its own: the kernel's teardown of a ring interrupts every thread that used
+/// it (task work signalled like a signal), and a blocking `recv` with a timeout on such a
+/// thread then fails with EINTR (seen in the tests, whose threads start the proxy).
 pub fn probe() -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("slotproxy-io-probe".into())
+        .spawn(probe_here)?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the io_uring probe panicked")))
+}
+
+fn probe_here() -> io::Result<()> {
     let mut ring = build(8)?;
     let mut bufs = BufRing::register(&ring, 4, 64)?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
