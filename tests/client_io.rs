@@ -173,3 +173,76 @@ fn clients_hanging_up_mid_pipeline_hurt_no_one() {
         }
     }
 }
+
+/// The proxy's socket for the client whose address is `client`: its inode, from
+/// `/proc/net/tcp` (the proxy runs in this process, listening on `proxy_port`).
+fn proxy_socket_inode(proxy_port: u16, client: std::net::SocketAddr) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| {
+            field
+                .split(':')
+                .nth(1)
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        (port(fields.get(1)?) == Some(proxy_port) && port(fields.get(2)?) == Some(client.port()))
+            .then(|| fields.get(9).map(|s| s.to_string()))
+            .flatten()
+    })
+}
+
+/// Whether this process still has a descriptor open on the socket `inode`.
+fn socket_open(inode: &str) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|target| target.to_string_lossy() == wanted)
+        })
+        .unwrap_or(false)
+}
+
+/// A client killed while replies wait for it to read (its socket full): the proxy closes its
+/// socket even though the client never reads: at once with epoll, after the replies already
+/// handed to the kernel had 10 s to go with io_uring.
+#[test]
+fn a_killed_client_that_never_reads_is_closed() {
+    for mode in modes() {
+        // Far above what is sent: the client is closed by the kill, not by the limit.
+        let proxy = start_proxy_configured(vec![shared().seed_url()], |c| {
+            c.listener.io = mode;
+            c.clients.output_buffer_limit = 1 << 30;
+        });
+        let mut admin = RawClient::connect(proxy.local_addr());
+        let value = vec![b'v'; 3 * 1024 * 1024];
+        admin.send(&[b"SET", b"io:kill:big", &value]);
+        assert_eq!(admin.read_reply(), Reply::Simple("OK".into()));
+        let mut stuck = TcpStream::connect(proxy.local_addr()).unwrap();
+        let gets: Vec<u8> = (0..40)
+            .flat_map(|_| encode(&[b"GET", b"io:kill:big"]))
+            .collect();
+        stuck.write_all(&gets).unwrap();
+        let client = stuck.local_addr().unwrap();
+        let inode = common::wait_until("the proxy's socket", common::CLUSTER_DEADLINE, || {
+            proxy_socket_inode(proxy.local_addr().port(), client)
+                .ok_or_else(|| "not yet".to_string())
+        });
+        // Let the replies fill both socket buffers.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(socket_open(&inode), "{mode:?}: closed before the kill");
+        let killed = admin.call(&["CLIENT", "KILL", "ADDR", &client.to_string()]);
+        assert_eq!(killed, Reply::Int(1), "{mode:?}");
+        common::wait_until(
+            "the proxy to close the killed client's socket",
+            Duration::from_secs(20),
+            || match socket_open(&inode) {
+                true => Err("open".to_string()),
+                false => Ok(()),
+            },
+        );
+        drop(stuck);
+    }
+}

@@ -3,6 +3,7 @@
 //! tables below).
 
 use std::task::Waker;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -18,6 +19,10 @@ pub(super) const OUTBOX_LIMIT: usize = 64 * 1024;
 /// size from the session's own output buffer, rather than being copied whole (a 48 MiB `KEYS`
 /// reply was held twice, and the copy's memory not returned to the system after).
 pub(super) const SEND_CHUNK: usize = 256 * 1024;
+/// How long replies handed to the kernel may still take once their session is gone (it
+/// closed the client, or killed it: `CLIENT KILL`, the output buffer limit). A client that
+/// does not read would otherwise keep its socket open for as long as it likes.
+pub(super) const LINGER: Duration = Duration::from_secs(10);
 /// Emptied buffers that grew past this are given back rather than kept for the next turn.
 pub(super) const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -56,6 +61,11 @@ pub(super) struct ConnIo {
     pub write_waker: Option<Waker>,
     /// The session dropped its stream: queued replies still go out, then the socket closes.
     pub released: bool,
+    /// Where the linger timeout (see [`LINGER`]) stands.
+    pub lingering: Linger,
+    /// The linger timeout's duration, read by the kernel when it is submitted: it lives here,
+    /// at a stable address, as long as the socket.
+    pub linger: io_uring::types::Timespec,
 }
 
 impl ConnIo {
@@ -74,6 +84,8 @@ impl ConnIo {
             read_waker: None,
             write_waker: None,
             released: false,
+            lingering: Linger::Off,
+            linger: io_uring::types::Timespec::from(LINGER),
         }
     }
 
@@ -88,6 +100,11 @@ impl ConnIo {
 
     pub fn finished(&self) -> bool {
         finished(self.recv, self.send_in_flight, self.cancels, self.released)
+            && self.lingering == Linger::Off
+    }
+
+    pub fn linger_action(&self) -> LingerAction {
+        linger_action(self.released, self.send_in_flight, self.lingering)
     }
 }
 
@@ -120,12 +137,47 @@ pub(super) fn finished(recv: Recv, send_in_flight: bool, cancels: u8, released: 
     released && recv == Recv::Idle && !send_in_flight && cancels == 0
 }
 
+/// The linger timeout of a socket whose session is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Linger {
+    Off,
+    /// In flight.
+    Armed,
+    /// Its removal was asked for; its completion has not come yet.
+    Removing,
+}
+
+/// What to do about the linger timeout of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LingerAction {
+    Nothing,
+    /// The session is gone with a send still in flight: bound how long it may take.
+    Start,
+    /// The send finished first: the timeout is not needed any more.
+    Remove,
+}
+
+pub(super) fn linger_action(
+    released: bool,
+    send_in_flight: bool,
+    lingering: Linger,
+) -> LingerAction {
+    match lingering {
+        Linger::Off if released && send_in_flight => LingerAction::Start,
+        Linger::Armed if !send_in_flight => LingerAction::Remove,
+        _ => LingerAction::Nothing,
+    }
+}
+
 /// What a completion is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum OpKind {
     Recv,
     Send,
+    /// A cancel or a timeout removal: its completion only counts down.
     Cancel,
+    /// The linger timeout.
+    Linger,
 }
 
 /// `user_data` of an operation: the socket's slot, the receive generation and the kind.
@@ -134,22 +186,23 @@ pub(super) fn user_data(slot: usize, generation: u8, kind: OpKind) -> u64 {
         OpKind::Recv => 0,
         OpKind::Send => 1,
         OpKind::Cancel => 2,
+        OpKind::Linger => 3,
     };
     ((slot as u64) << 10) | (u64::from(generation) << 2) | kind
 }
 
-pub(super) fn decode(user_data: u64) -> Option<(usize, u8, OpKind)> {
+pub(super) fn decode(user_data: u64) -> (usize, u8, OpKind) {
     let kind = match user_data & 3 {
         0 => OpKind::Recv,
         1 => OpKind::Send,
         2 => OpKind::Cancel,
-        _ => return None,
+        _ => OpKind::Linger,
     };
-    Some((
+    (
         (user_data >> 10) as usize,
         ((user_data >> 2) & 0xff) as u8,
         kind,
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -206,18 +259,41 @@ mod tests {
     }
 
     #[test]
+    fn a_send_outliving_its_session_is_bounded() {
+        use LingerAction as L;
+        // (released, send in flight, lingering) -> action
+        let table = [
+            (false, false, Linger::Off, L::Nothing),
+            (false, true, Linger::Off, L::Nothing),
+            (true, false, Linger::Off, L::Nothing),
+            (true, true, Linger::Off, L::Start),
+            (true, true, Linger::Armed, L::Nothing),
+            (true, false, Linger::Armed, L::Remove),
+            (true, false, Linger::Removing, L::Nothing),
+            (true, true, Linger::Removing, L::Nothing),
+        ];
+        for (released, sending, lingering, want) in table {
+            assert_eq!(
+                linger_action(released, sending, lingering),
+                want,
+                "released={released} sending={sending} lingering={lingering:?}"
+            );
+        }
+    }
+
+    #[test]
     fn user_data_round_trips() {
         for (slot, generation, kind) in [
             (0, 0, OpKind::Recv),
             (1, 255, OpKind::Send),
             (123_456, 7, OpKind::Cancel),
             (usize::MAX >> 10, 1, OpKind::Recv),
+            (9, 0, OpKind::Linger),
         ] {
             assert_eq!(
                 decode(user_data(slot, generation, kind)),
-                Some((slot, generation, kind))
+                (slot, generation, kind)
             );
         }
-        assert_eq!(decode(3), None);
     }
 }

@@ -18,7 +18,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::conn::{self, ConnIo, OpKind, Recv, RecvAction};
+use super::conn::{self, ConnIo, Linger, LingerAction, OpKind, Recv, RecvAction};
 use super::ring::{self, BufRing, BUFFER_GROUP};
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
@@ -153,6 +153,25 @@ impl Driver {
                 let entry = opcode::AsyncCancel::new(target)
                     .build()
                     .user_data(conn::user_data(conn.slot, io.generation, OpKind::Cancel));
+                self.push(entry);
+            }
+        }
+        match io.linger_action() {
+            LingerAction::Nothing => {}
+            LingerAction::Start => {
+                io.lingering = Linger::Armed;
+                let entry = opcode::Timeout::new(&io.linger)
+                    .build()
+                    .user_data(conn::user_data(conn.slot, 0, OpKind::Linger));
+                self.push(entry);
+            }
+            LingerAction::Remove => {
+                io.lingering = Linger::Removing;
+                io.cancels += 1;
+                let entry =
+                    opcode::TimeoutRemove::new(conn::user_data(conn.slot, 0, OpKind::Linger))
+                        .build()
+                        .user_data(conn::user_data(conn.slot, 0, OpKind::Cancel));
                 self.push(entry);
             }
         }
@@ -297,9 +316,7 @@ impl Driver {
     }
 
     fn complete(&self, user_data: u64, result: i32, flags: u32) {
-        let Some((slot, generation, kind)) = conn::decode(user_data) else {
-            return;
-        };
+        let (slot, generation, kind) = conn::decode(user_data);
         let Some(conn) = self.conns.borrow().slots.get(slot).cloned().flatten() else {
             return;
         };
@@ -309,6 +326,20 @@ impl Driver {
             OpKind::Cancel => {
                 let mut io = conn.io.borrow_mut();
                 io.cancels = io.cancels.saturating_sub(1);
+                None
+            }
+            OpKind::Linger => {
+                let mut io = conn.io.borrow_mut();
+                io.lingering = Linger::Off;
+                // Fired (not removed) with the send still owed: the client did not read in
+                // time; the send fails with ECANCELED and the socket closes.
+                if result == -libc::ETIME && io.send_in_flight {
+                    io.cancels += 1;
+                    let entry = opcode::AsyncCancel::new(conn::user_data(slot, 0, OpKind::Send))
+                        .build()
+                        .user_data(conn::user_data(slot, 0, OpKind::Cancel));
+                    self.push(entry);
+                }
                 None
             }
         };
