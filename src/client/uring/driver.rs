@@ -269,15 +269,18 @@ impl Driver {
     fn submit(&self, force: bool) -> bool {
         let mut ring = self.ring.borrow_mut();
         {
+            // In the order they were queued (a cancel before the receive armed after it).
             let mut backlog = self.backlog.borrow_mut();
             let mut sq = ring.submission();
-            while let Some(entry) = backlog.last() {
+            let mut moved = 0;
+            for entry in backlog.iter() {
                 // SAFETY: as in `push`.
                 if unsafe { sq.push(entry).is_err() } {
                     break;
                 }
-                backlog.pop();
+                moved += 1;
             }
+            backlog.drain(..moved);
         }
         // Pending task work (completions not posted yet) needs an enter too: `submit` adds
         // GETEVENTS for it.

@@ -36,8 +36,10 @@ fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
+/// Received bytes, the end of the stream, or a failed send (the connection is broken: the
+/// session learns it from its read as well, as epoll reports an error to both directions).
 fn read_ready(io: &ConnIo) -> bool {
-    !io.inbox.is_empty() || io.read_end.is_some()
+    !io.inbox.is_empty() || io.read_end.is_some() || io.write_error.is_some()
 }
 
 fn write_ready(io: &ConnIo) -> bool {
@@ -99,10 +101,12 @@ impl ClientStream for UringStream {
     fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
         let mut io = self.conn.io.borrow_mut();
         if io.inbox.is_empty() {
-            return match io.read_end {
-                Some(Ok(())) => Ok(0),
-                Some(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
-                None => Err(io::ErrorKind::WouldBlock.into()),
+            return match (io.read_end, io.write_error) {
+                (Some(Ok(())), _) => Ok(0),
+                (Some(Err(errno)), _) | (None, Some(errno)) => {
+                    Err(io::Error::from_raw_os_error(errno))
+                }
+                (None, None) => Err(io::ErrorKind::WouldBlock.into()),
             };
         }
         let n = io.inbox.len().min(buf.remaining_mut());
