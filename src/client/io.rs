@@ -16,10 +16,19 @@ use tokio::net::{TcpStream, UnixStream};
 /// A readiness-based client socket (tokio's `TcpStream` and `UnixStream` methods of the same
 /// names).
 pub trait ClientStream {
-    /// Waits until the socket may be readable.
-    fn readable(&self) -> impl Future<Output = io::Result<()>>;
-    /// Waits until the socket may be writable.
-    fn writable(&self) -> impl Future<Output = io::Result<()>>;
+    /// Waits until the socket may be readable: polls [`ClientStream::poll_read_ready`], whose
+    /// waker lives in the socket's own registration. tokio's `readable()` / `writable()` futures
+    /// carry a waiter node of 152 bytes each, and a session waits on both in one `select!`, so
+    /// every session task, idle or not, carried both (measured: the task went from 2,176 to
+    /// 1,920 bytes, mimalloc's 2 KiB size class instead of 2.5 KiB). One task owns each socket,
+    /// so the single waker per direction is enough.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
+    }
+    /// Waits until the socket may be writable (as [`ClientStream::readable`]).
+    fn writable(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
+    }
     /// Polls for read readiness. Cheaper than a `readable()` future made on every turn of
     /// the session loop (no waiter to link and unlink); only the latest waker is woken, which
     /// suits a socket that one session owns.
@@ -34,24 +43,12 @@ pub trait ClientStream {
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
 }
 
-/// Forwards every method to the inherent method of the same name, except the readiness waits:
-/// those poll `poll_read_ready` / `poll_write_ready`, whose waker lives in the socket's own
-/// registration, instead of awaiting `readable()` / `writable()`, whose futures carry a waiter
-/// node of 152 bytes each. A session waits on both in one `select!`, so every session task,
-/// idle or not, carried both (measured: the task went from 2,176 to 1,920 bytes, which put it
-/// in mimalloc's 2 KiB size class instead of 2.5 KiB). One task owns each socket, so the single
-/// waker per direction these keep is enough.
+/// Forwards every method to the inherent method of the same name; the readiness waits are the
+/// trait's own, which poll `poll_read_ready` / `poll_write_ready` rather than awaiting tokio's
+/// `readable()` / `writable()`.
 macro_rules! client_stream {
     ($ty:ty) => {
         impl ClientStream for $ty {
-            #[inline]
-            fn readable(&self) -> impl Future<Output = io::Result<()>> {
-                std::future::poll_fn(move |cx| <$ty>::poll_read_ready(self, cx))
-            }
-            #[inline]
-            fn writable(&self) -> impl Future<Output = io::Result<()>> {
-                std::future::poll_fn(move |cx| <$ty>::poll_write_ready(self, cx))
-            }
             #[inline]
             fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 <$ty>::poll_read_ready(self, cx)

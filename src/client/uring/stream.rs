@@ -2,7 +2,6 @@
 //! session loop uses for epoll sockets: "readable" means the driver holds received bytes (or
 //! the end of the stream), "writable" means the driver takes more reply bytes.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -47,14 +46,6 @@ fn write_ready(io: &ConnIo) -> bool {
 }
 
 impl ClientStream for UringStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> {
-        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
-    }
-
-    fn writable(&self) -> impl Future<Output = io::Result<()>> {
-        std::future::poll_fn(move |cx| self.poll_write_ready(cx))
-    }
-
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut io = self.conn.io.borrow_mut();
         if read_ready(&io) {
