@@ -185,54 +185,24 @@ fn the_container_entrypoint_is_configured_by_environment_alone() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let cluster = shared();
-    let mut command = bare_binary();
-    command.args([
-        "--log-format",
-        "json",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--upstream",
-        &cluster.seed_url(),
-    ]);
-    let mut binary = Binary::start(command);
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + CLUSTER_DEADLINE;
-    while !lines
-        .iter()
-        .any(|l: &String| l.contains("slotproxy listening"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match binary.stderr.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(e) => {
-                panic!("no \"slotproxy listening\" log line ({e}); stderr so far:\n{lines:#?}")
-            }
-        }
-    }
+    let (mut binary, mut lines) = start_logging(bare_binary(), &["--workers", "1"]);
     let status = binary.terminate();
     assert!(
         status.success(),
         "slotproxy exited with {status} on SIGTERM"
     );
-    lines.extend(binary.stderr.try_iter());
+    lines.extend(binary.stderr.try_iter().map(log_event));
     assert!(lines.len() >= 2, "{lines:#?}");
-    for line in &lines {
-        let event: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+    for event in &lines {
+        assert!(event.is_object(), "a log line is not JSON: {event}");
         for field in ["timestamp", "level", "message", "target"] {
-            assert!(event.get(field).is_some(), "no {field} in {line}");
+            assert!(event.get(field).is_some(), "no {field} in {event}");
         }
     }
     let listening = lines
         .iter()
-        .find(|l| l.contains("slotproxy listening"))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .unwrap();
+        .find(|e| message(e) == "slotproxy listening")
+        .unwrap_or_else(|| panic!("no \"slotproxy listening\" log line: {lines:#?}"));
     assert_eq!(listening["level"], "INFO", "{listening}");
     assert!(listening.get("local_addr").is_some(), "{listening}");
 }
@@ -338,8 +308,14 @@ fn forbid_io_uring(command: &mut Command) {
     }
 }
 
-/// The binary on one worker (or `workers`) with JSON logs, and the lines it logged up to
-/// "slotproxy listening" (or its exit).
+/// One stderr line as a JSON log event; a line that is not JSON (a start error is printed as
+/// plain text) as a JSON string.
+fn log_event(line: String) -> serde_json::Value {
+    serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line))
+}
+
+/// The binary (`command` plus `args`) with JSON logs on loopback, seeded with the shared
+/// cluster, and the lines it logged up to "slotproxy listening" (or its exit).
 fn start_logging(mut command: Command, args: &[&str]) -> (Binary, Vec<serde_json::Value>) {
     let cluster = shared();
     command.args([
@@ -360,8 +336,7 @@ fn start_logging(mut command: Command, args: &[&str]) -> (Binary, Vec<serde_json
         let left = deadline.saturating_duration_since(Instant::now());
         match binary.stderr.recv_timeout(left) {
             Ok(line) => {
-                // A start error is printed as plain text.
-                let event = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                let event = log_event(line);
                 let done = message(&event) == "slotproxy listening";
                 lines.push(event);
                 if done {
