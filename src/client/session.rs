@@ -10,8 +10,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
+use bytes::BytesMut;
 use tokio::time::Sleep;
 
 use super::io::ClientStream;
@@ -23,7 +22,6 @@ use crate::dispatch::Worker;
 use crate::dispatch::{dispatch, flag, ClientState, Dispatched, ProxyError};
 use crate::resp::{Command, RequestDecoder};
 
-const READ_CHUNK: usize = 16 * 1024;
 /// The idle timer's delay while `client_idle_timeout` is off (it is then never polled).
 const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
@@ -252,7 +250,7 @@ async fn run<S: ClientStream>(
             }
             ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if can_read => {
                 ready?;
-                match read_draining(&stream, &mut worker.read_scratch.borrow_mut(), &mut input) {
+                match stream.read_into(&mut worker.read_scratch.borrow_mut(), &mut input) {
                     // The client hung up (or shut down its sending side): finish what it
                     // sent, then close; unless a command is parked waiting for data, which
                     // may never come (Redis too frees a blocked client that disconnects).
@@ -344,9 +342,8 @@ fn write_some<S: ClientStream>(
     nothing_owed: bool,
     high: &mut usize,
 ) -> std::io::Result<usize> {
-    match stream.try_write(output) {
+    match stream.write_from(output) {
         Ok(n) => {
-            output.advance(n);
             if output.is_empty() && ((nothing_owed && *high > SMALL_BUFFER) || *high > KEEP_BUFFER)
             {
                 *output = BytesMut::new();
@@ -354,7 +351,6 @@ fn write_some<S: ClientStream>(
             }
             Ok(n)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
     }
 }
@@ -411,43 +407,6 @@ impl Idle {
         timer.reset((self.last_active + limit).into());
         false
     }
-}
-
-/// Reads what the socket has into `input`, through the worker's scratch buffer: the bytes are
-/// then copied into `input` at their real size, so a command waiting for its backend pins a
-/// few dozen bytes rather than a whole read buffer (10,000 clients with a GET in flight would
-/// otherwise hold 16 KiB each).
-///
-/// A read that leaves buffer space unused has drained the socket, so the readiness is cleared
-/// at once: the next wait goes to epoll instead of costing a `recv` that returns EAGAIN
-/// (tokio's `poll_read` does the same; `try_read` does not). With edge-triggered epoll, data
-/// arriving later raises a new event, so nothing is missed.
-fn read_draining<S: ClientStream>(
-    stream: &S,
-    scratch: &mut BytesMut,
-    input: &mut BytesMut,
-) -> std::io::Result<usize> {
-    scratch.clear();
-    if scratch.capacity() < READ_CHUNK {
-        scratch.reserve(READ_CHUNK);
-    }
-    let mut read = None;
-    let outcome = stream.try_io(Interest::READABLE, || {
-        let space = scratch.capacity();
-        let n = stream.try_read_buf(scratch)?;
-        read = Some(n);
-        if n > 0 && n < space {
-            Err(std::io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(n)
-        }
-    });
-    let n = match (outcome, read) {
-        (Err(e), Some(n)) if e.kind() == std::io::ErrorKind::WouldBlock => n,
-        (outcome, _) => outcome?,
-    };
-    input.extend_from_slice(scratch);
-    Ok(n)
 }
 
 /// The next Pub/Sub event of a subscribed client (never completes without subscriptions).

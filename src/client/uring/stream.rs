@@ -7,12 +7,12 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::Interest;
 
 use super::conn::{ConnIo, KEEP_BUFFER, OUTBOX_LIMIT, SEND_CHUNK};
 use super::driver::{Conn, Driver};
-use crate::client::io::ClientStream;
+use crate::client::io::{write_copying, ClientStream};
 
 pub struct UringStream {
     driver: Rc<Driver>,
@@ -39,6 +39,16 @@ fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
 /// session learns it from its read as well, as epoll reports an error to both directions).
 fn read_ready(io: &ConnIo) -> bool {
     !io.inbox.is_empty() || io.read_end.is_some() || io.write_error.is_some()
+}
+
+/// What a read finds when no bytes wait: the end of the stream, the socket's error, or
+/// `WouldBlock`.
+fn nothing_received(io: &ConnIo) -> io::Result<usize> {
+    match (io.read_end, io.write_error) {
+        (Some(Ok(())), _) => Ok(0),
+        (Some(Err(errno)), _) | (None, Some(errno)) => Err(io::Error::from_raw_os_error(errno)),
+        (None, None) => Err(io::ErrorKind::WouldBlock.into()),
+    }
 }
 
 fn write_ready(io: &ConnIo) -> bool {
@@ -92,23 +102,61 @@ impl ClientStream for UringStream {
     fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
         let mut io = self.conn.io.borrow_mut();
         if io.inbox.is_empty() {
-            return match (io.read_end, io.write_error) {
-                (Some(Ok(())), _) => Ok(0),
-                (Some(Err(errno)), _) | (None, Some(errno)) => {
-                    Err(io::Error::from_raw_os_error(errno))
-                }
-                (None, None) => Err(io::ErrorKind::WouldBlock.into()),
-            };
+            return nothing_received(&io);
         }
         let n = io.inbox.len().min(buf.remaining_mut());
         buf.put_slice(&io.inbox[..n]);
         io.inbox.advance(n);
         if io.inbox.is_empty() && io.inbox.capacity() > KEEP_BUFFER {
-            io.inbox = bytes::BytesMut::new();
+            io.inbox = BytesMut::new();
         }
         drop(io);
         // Reading made room: a receive stopped for a full inbox starts again.
         self.driver.settle(&self.conn);
+        Ok(n)
+    }
+
+    /// The inbox is already a buffer of the received bytes' own size: when `input` is empty
+    /// (a client that waits for each reply, and the end of every pipeline) it becomes `input`,
+    /// with no copy and no allocation.
+    fn read_into(&self, _scratch: &mut BytesMut, input: &mut BytesMut) -> io::Result<usize> {
+        let mut io = self.conn.io.borrow_mut();
+        if io.inbox.is_empty() {
+            return nothing_received(&io);
+        }
+        let n = io.inbox.len();
+        if input.is_empty() {
+            *input = std::mem::take(&mut io.inbox);
+        } else {
+            input.extend_from_slice(&io.inbox);
+            io.inbox.clear();
+            if io.inbox.capacity() > KEEP_BUFFER {
+                io.inbox = BytesMut::new();
+            }
+        }
+        drop(io);
+        // Reading made room: a receive stopped for a full inbox starts again.
+        self.driver.settle(&self.conn);
+        Ok(n)
+    }
+
+    /// With no send in flight, the session's output itself becomes the send: it is swapped
+    /// with the emptied buffer of the last send instead of copied into it.
+    fn write_from(&self, output: &mut BytesMut) -> io::Result<usize> {
+        let mut io = self.conn.io.borrow_mut();
+        if let Some(errno) = io.write_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if io.send_in_flight || output.is_empty() || output.len() > SEND_CHUNK {
+            drop(io);
+            return write_copying(self, output);
+        }
+        std::mem::swap(&mut io.sending, output);
+        output.clear();
+        let n = io.sending.len();
+        io.send_size = n;
+        io.send_in_flight = true;
+        self.driver.send(&self.conn, &io);
         Ok(n)
     }
 
@@ -125,7 +173,7 @@ impl Drop for UringStream {
             io.released = true;
             io.read_waker = None;
             io.write_waker = None;
-            io.inbox = bytes::BytesMut::new();
+            io.inbox = BytesMut::new();
         }
         // Cancels the receive; the socket closes once the replies it was given are sent.
         self.driver.settle(&self.conn);
