@@ -5,7 +5,7 @@
 //!
 //! Routing, arity and command names are not looked at here; that is `command`'s job.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Command, OffendingByte, ProtocolError};
 
@@ -114,6 +114,10 @@ impl RequestDecoder {
                 return Ok(None);
             };
             let progressed = if first == b'*' {
+                if let Some((end, args)) = self.parse_whole(buf) {
+                    self.scan_from = 0;
+                    return Ok(Some(Command::from_parts(take_front(buf, end), args)));
+                }
                 self.start_multibulk(buf)?
             } else {
                 match self.decode_inline(buf)? {
@@ -126,6 +130,31 @@ impl RequestDecoder {
                 return Ok(None);
             }
         }
+    }
+
+    /// A well-formed request that is all in `buf`, parsed in one pass (the usual case: a
+    /// client's request arrives whole): where it ends and where its arguments are. `None` for
+    /// anything else (incomplete, malformed, over a limit, or a count Redis skips), which the
+    /// resumable path then takes from the start and answers with Redis's exact errors.
+    fn parse_whole(&self, buf: &[u8]) -> Option<(usize, Vec<(usize, usize)>)> {
+        let (count, mut pos) = parse_header(buf, 0, b'*')?;
+        if count == 0 || count > self.limits.max_array_len {
+            return None;
+        }
+        let mut args = Vec::with_capacity(count.min(MAX_PREALLOC_ARGS));
+        for _ in 0..count {
+            let (len, start) = parse_header(buf, pos, b'$')?;
+            if len > self.limits.max_bulk_len {
+                return None;
+            }
+            let end = start.checked_add(len)?;
+            if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+                return None;
+            }
+            args.push((start, end));
+            pos = end + 2;
+        }
+        (pos <= self.limits.max_query_buffer).then_some((pos, args))
     }
 
     /// Parses the `*N` header. Returns whether anything was consumed or started.
@@ -215,8 +244,10 @@ impl RequestDecoder {
         let Some(partial) = self.partial.take() else {
             return Ok(None);
         };
-        let raw = buf.split_to(partial.pos).freeze();
-        Ok(Some(Command::from_parts(raw, partial.args)))
+        Ok(Some(Command::from_parts(
+            take_front(buf, partial.pos),
+            partial.args,
+        )))
     }
 
     /// Finds the `\r` ending the header line that starts at `start`. `Ok(None)` if the line,
@@ -277,6 +308,47 @@ enum Inline {
     Command(Command),
     Skipped,
     Incomplete,
+}
+
+/// The first `end` bytes of `buf`, without copying. A request that is the whole buffer takes
+/// the buffer as it is: splitting would first turn its allocation into a shared one (one more
+/// allocation, and atomic reference counts) for a remainder that is empty.
+fn take_front(buf: &mut BytesMut, end: usize) -> Bytes {
+    if end == buf.len() {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(end).freeze()
+    }
+}
+
+/// A `*N` or `$N` header line at `at` with a count as [`parse_integer`] reads it, non-negative
+/// and at most 18 digits: the count and where the line ends. `None` for anything else,
+/// including a header not all here yet.
+fn parse_header(buf: &[u8], at: usize, marker: u8) -> Option<(usize, usize)> {
+    const MAX_DIGITS: usize = 18;
+    if *buf.get(at)? != marker {
+        return None;
+    }
+    let digits_start = at + 1;
+    let mut value: u64 = 0;
+    let mut i = digits_start;
+    loop {
+        let byte = *buf.get(i)?;
+        if byte == b'\r' {
+            break;
+        }
+        let digit = byte.wrapping_sub(b'0');
+        // No sign, no leading zero (a first `0` must be the only digit), no overflow.
+        if digit > 9 || (i > digits_start && value == 0) || i - digits_start >= MAX_DIGITS {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+        i += 1;
+    }
+    if i == digits_start || *buf.get(i + 1)? != b'\n' {
+        return None;
+    }
+    Some((usize::try_from(value).ok()?, i + 2))
 }
 
 /// Position of the first `byte` at or after `from`.

@@ -189,6 +189,48 @@ fn protocol_errors_use_redis_wording() {
     }
 }
 
+/// A request that arrives whole takes the one-pass parse; one that trickles in, the resumable
+/// one. Both must give the same commands and the same errors for anything a client may send.
+#[test]
+fn whole_and_trickled_requests_decode_alike() {
+    let inputs: &[&[u8]] = &[
+        b"*1\r\n$0\r\n\r\n",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n",
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n",
+        b"*0\r\n*1\r\n$4\r\nPING\r\n",
+        b"*-1\r\n*1\r\n$4\r\nPING\r\n",
+        b"*01\r\n$4\r\nPING\r\n",
+        b"*+1\r\n$4\r\nPING\r\n",
+        b"*1\r\n$04\r\nPING\r\n",
+        b"*1\r\n$+4\r\nPING\r\n",
+        b"*1\r\n$-0\r\n\r\n",
+        b"*1\r\n$\r\n\r\n",
+        b"*\r\n",
+        b"*1\r\n$4\r\nPINGxx",
+        b"*1\r\n$4\r\nPING\r\r",
+        b"*1\r\n$4\rxPING\r\n",
+        b"*1\rx$4\r\nPING\r\n",
+        b"*1\r\n:4\r\n",
+        b"*2\r\n$4\r\nPING\r\n",
+        b"*1\r\n$999999999999999999\r\n",
+        b"*1\r\n$9999999999999999999999\r\n",
+        b"*99999999999999999999\r\n",
+        b"*1\r\n$4\r\nPI",
+    ];
+    let outcome = |decoded: Result<Vec<Command>, ProtocolError>| match decoded {
+        Ok(commands) => Ok(commands.iter().map(args_of).collect::<Vec<_>>()),
+        Err(error) => Err(error.to_string()),
+    };
+    for input in inputs {
+        assert_eq!(
+            outcome(decode_all(input, RequestLimits::default())),
+            outcome(decode_bytewise(input)),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
 #[test]
 fn limits_are_enforced_before_buffering() {
     let limits = RequestLimits {
