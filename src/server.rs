@@ -103,9 +103,13 @@ pub fn run_worker(
                 shared.clone(),
             ))
         });
+        // Clients accepted since the release check last looked.
+        let arrivals = std::rc::Rc::new(std::cell::Cell::new(0_usize));
         let folding = {
             let worker = worker.clone();
             let sessions = sessions.clone();
+            let driver = uring.as_ref().map(|(driver, _)| driver.clone());
+            let arrivals = arrivals.clone();
             tokio::task::spawn_local(async move {
                 let mut clients = 0;
                 loop {
@@ -114,8 +118,13 @@ pub fn run_worker(
                     // The allocator is per thread: this worker's departed clients' memory is
                     // given back from this thread.
                     let now = sessions.len();
-                    if crate::memory::worth_releasing(clients, now) {
+                    if crate::memory::worth_releasing(clients, arrivals.replace(0), now) {
                         crate::memory::release_now();
+                    }
+                    if now == 0 {
+                        if let Some(driver) = &driver {
+                            release_idle_buffers(driver);
+                        }
                     }
                     clients = now;
                 }
@@ -126,6 +135,7 @@ pub fn run_worker(
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        arrivals.set(arrivals.get() + 1);
                         let _ = stream.set_nodelay(true);
                         match worker.shared.client_tls.load_full() {
                             None => {
@@ -206,6 +216,16 @@ fn start_uring() -> Option<Uring> {
 fn start_uring() -> Option<Uring> {
     None
 }
+
+/// An idle worker's io_uring receive buffers go back to the system (see
+/// `Driver::release_buffers`).
+#[cfg(target_os = "linux")]
+fn release_idle_buffers(driver: &client::uring::Driver) {
+    driver.release_buffers();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_idle_buffers(_: &()) {}
 
 #[cfg(target_os = "linux")]
 fn adopt(

@@ -677,3 +677,44 @@ fn idle_clients_cost_the_proxy_little_memory_each() {
     let mut client = proxy.client();
     assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
 }
+
+/// Anonymous memory a worker may keep once a burst of clients has gone, over what it held at
+/// rest before: what it cost them is given back within a second or two (the allocator's free
+/// pages, and with io_uring the receive buffers, which the kernel fills in ring order so that
+/// any burst touches all 512 KiB of them).
+const AFTER_BURST_SLACK: u64 = 384 * 1024;
+
+#[test]
+fn a_worker_idle_after_a_burst_of_clients_returns_to_its_size_at_rest() {
+    let fd_limit = raise_open_files();
+    assert!(
+        fd_limit >= 2 * 600 + 256,
+        "open-file limit {fd_limit} too low"
+    );
+    let cluster = Cluster::start(3, 0);
+    let proxy = ProxyProcess::start(&cluster, "");
+    // At rest: after a few clients came and went (the code paths they bring are not what a
+    // burst costs), and after the once-a-second release.
+    drop(idle_clients(proxy.addr, 8));
+    std::thread::sleep(Duration::from_millis(2_500));
+    let at_rest = proxy.anonymous();
+    for _ in 0..3 {
+        drop(idle_clients(proxy.addr, 600));
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let after = proxy.anonymous();
+    eprintln!(
+        "anonymous memory at rest {} KiB, after 3 bursts of 600 clients {} KiB",
+        at_rest / 1024,
+        after / 1024
+    );
+    assert!(
+        after <= at_rest + AFTER_BURST_SLACK,
+        "the proxy kept {} of anonymous memory after its clients left (at rest: {}, slack {} KiB)",
+        mib(after),
+        mib(at_rest),
+        AFTER_BURST_SLACK / 1024
+    );
+    let mut client = proxy.client();
+    assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
+}

@@ -51,6 +51,8 @@ pub struct Driver {
     /// The task is running a turn: a kick then needs no wake-up (the turn submits it).
     in_turn: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    /// A receive filled a buffer since they were last given back to the system.
+    buffers_touched: Cell<bool>,
     /// Entries that did not fit the submission queue, submitted next turn.
     backlog: RefCell<Vec<squeue::Entry>>,
     reaped: RefCell<Vec<(u64, i32, u32)>>,
@@ -88,6 +90,7 @@ impl Driver {
             conns: RefCell::new(Slab::default()),
             kicked: Cell::new(false),
             in_turn: Cell::new(false),
+            buffers_touched: Cell::new(false),
             waker: RefCell::new(None),
             backlog: RefCell::new(Vec::new()),
             reaped: RefCell::new(Vec::with_capacity(256)),
@@ -117,6 +120,16 @@ impl Driver {
     pub fn sockets(&self) -> usize {
         let conns = self.conns.borrow();
         conns.slots.len() - conns.free.len()
+    }
+
+    /// Gives the receive buffers' memory back to the system when no client socket is left
+    /// (so no receive is armed): a worker idle after a burst of clients returns to its size
+    /// at start.
+    pub fn release_buffers(&self) {
+        if self.buffers_touched.get() && self.sockets() == 0 {
+            self.bufs.borrow().discard();
+            self.buffers_touched.set(false);
+        }
     }
 
     /// Starts a send of `conn`'s `sending` bytes (or of their rest after a short send).
@@ -360,6 +373,7 @@ impl Driver {
         if result > 0 {
             match cqueue::buffer_select(flags) {
                 Some(bid) => {
+                    self.buffers_touched.set(true);
                     let mut bufs = self.bufs.borrow_mut();
                     if !io.released {
                         io.inbox.extend_from_slice(bufs.chunk(bid, result as usize));

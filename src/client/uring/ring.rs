@@ -67,18 +67,30 @@ impl BufRing {
             4096,
         )
         .map_err(io::Error::other)?;
-        let data_layout =
-            Layout::from_size_align(usize::from(count) * size, 64).map_err(io::Error::other)?;
-        // SAFETY: both layouts have a non-zero size.
-        let (entries, data) = unsafe {
-            (
-                alloc_zeroed(entries_layout).cast::<types::BufRingEntry>(),
-                alloc_zeroed(data_layout),
-            )
-        };
-        if entries.is_null() || data.is_null() {
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { alloc_zeroed(entries_layout).cast::<types::BufRingEntry>() };
+        if entries.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
+        // The buffers are mapped rather than allocated: their pages become resident only as
+        // receives fill them (an allocator zeroing 512 KiB would touch them all at start),
+        // and `discard` can hand back whole pages.
+        // SAFETY: an anonymous private mapping at an address of the kernel's choice; no
+        // existing memory is affected.
+        let data = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                usize::from(count) * size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if data == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let data = data.cast::<u8>();
         let mut bufs = BufRing {
             entries,
             data,
@@ -99,6 +111,28 @@ impl BufRing {
             bufs.give_back(bid);
         }
         Ok(bufs)
+    }
+
+    /// Gives the buffers' pages back to the system (they read as zeros when next touched).
+    /// The kernel picks buffers in ring order, so under traffic every one of them becomes
+    /// resident (512 KiB per worker) and would stay so while the worker is idle.
+    ///
+    /// Only while no receive is armed on the ring: a receive in progress could be writing
+    /// into a buffer.
+    pub fn discard(&self) {
+        // SAFETY: `data` is a mapping of `count * size` bytes owned by this ring; MADV_DONTNEED on private anonymous memory only replaces its contents with
+        // zeros, which no reader relies on (a buffer is read only after a completion filled
+        // it). The caller guarantees that the kernel is not filling any.
+        let result = unsafe {
+            libc::madvise(
+                self.data.cast(),
+                usize::from(self.count) * self.size,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "io_uring: buffers kept");
+        }
     }
 
     /// The first `len` bytes of buffer `bid`, as a completion delivered them.
