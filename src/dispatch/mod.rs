@@ -99,7 +99,7 @@ fn dispatch_command(
             silent: false,
         };
     }
-    let spec = match classify(&table, &cmd, client) {
+    let spec = match classify(worker.lookup(&table, &cmd), &cmd, client) {
         Ok(spec) => spec,
         Err(error) => return Dispatched::untimed(error.answer()),
     };
@@ -143,13 +143,14 @@ fn dispatch_command(
     }
 }
 
-/// The command's table entry, or why the client may not run it now (as one Redis would say).
+/// The command's table entry (`spec`, `None` for a name the table does not know), or why the
+/// client may not run it now (as one Redis would say).
 fn classify<'t>(
-    table: &'t crate::command::CommandTable,
+    spec: Option<&'t CommandSpec>,
     cmd: &Command,
     client: &ClientState,
 ) -> Result<&'t CommandSpec, ProxyError> {
-    let Some(spec) = table.lookup(cmd) else {
+    let Some(spec) = spec else {
         return Err(unknown_command(cmd));
     };
     if !spec.check_arity(cmd.argc()) {

@@ -21,10 +21,10 @@ use crate::backend::Pool;
 use crate::cluster::slot_map::SlotMap;
 use crate::cluster::topology::Topology;
 use crate::cluster::zones::Locality;
-use crate::command::CommandTable;
+use crate::command::{CommandSpec, CommandTable};
 use crate::config::ReadFrom;
 use crate::latency::LocalLatency;
-use crate::resp::{Protocol, RequestLimits};
+use crate::resp::{Command, Protocol, RequestLimits};
 use crate::shared::Shared;
 
 /// What a session needs from its worker.
@@ -62,6 +62,50 @@ pub struct Worker {
     /// `ArcSwap::load` costs several times that, callgrind).
     commands: RefCell<Cache<CommandsOf, Arc<CommandTable>>>,
     slot_map: RefCell<Cache<SlotMapOf, Arc<SlotMap>>>,
+    last_lookup: RefCell<LastLookup>,
+}
+
+/// The longest command name [`LastLookup`] remembers.
+const LAST_LOOKUP_NAME: usize = 16;
+
+/// The command name this worker looked up last, exactly as sent: clients mostly repeat the
+/// same few commands, and a repeat then costs comparing a few bytes instead of lowercasing and
+/// hashing the name (about 150 instructions a request, callgrind). Only commands without
+/// subcommands (their spec depends on the name alone).
+#[derive(Default)]
+struct LastLookup {
+    /// The table the name was looked up in; held, so that a new table cannot be mistaken
+    /// for it by address.
+    table: Option<Arc<CommandTable>>,
+    name: [u8; LAST_LOOKUP_NAME],
+    len: usize,
+    id: u16,
+}
+
+/// `table.lookup(cmd)` through `last`, which it updates.
+fn cached_lookup<'t>(
+    last: &mut LastLookup,
+    table: &'t Arc<CommandTable>,
+    cmd: &Command,
+) -> Option<&'t CommandSpec> {
+    let name = cmd.name();
+    let same_table = last.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table));
+    if same_table && last.len == name.len() && last.name.get(..name.len()) == Some(name) {
+        return table.by_id(last.id);
+    }
+    let spec = table.lookup(cmd)?;
+    // A container's subcommand (`client|list`) depends on argv[1], not on the name alone.
+    if !spec.has_subcommands() && !spec.name.contains('|') {
+        if let Some(slot) = last.name.get_mut(..name.len()) {
+            slot.copy_from_slice(name);
+            last.len = name.len();
+            last.id = spec.id;
+            if !same_table {
+                last.table = Some(table.clone());
+            }
+        }
+    }
+    Some(spec)
 }
 
 /// The command table of `Shared`, as a cache's source.
@@ -197,6 +241,7 @@ impl Worker {
             dedicated,
             commands: RefCell::new(Cache::new(CommandsOf(shared.clone()))),
             slot_map: RefCell::new(Cache::new(SlotMapOf(shared.topology.clone()))),
+            last_lookup: RefCell::default(),
             shared,
         }
     }
@@ -206,6 +251,15 @@ impl Worker {
     /// The current command table (as `shared.commands.load()`, cheaper).
     pub fn command_table(&self) -> Arc<CommandTable> {
         self.commands.borrow_mut().load().clone()
+    }
+
+    /// `table.lookup(cmd)`, answered from [`LastLookup`] when `cmd` repeats the last name.
+    pub fn lookup<'t>(
+        &self,
+        table: &'t Arc<CommandTable>,
+        cmd: &Command,
+    ) -> Option<&'t CommandSpec> {
+        cached_lookup(&mut self.last_lookup.borrow_mut(), table, cmd)
     }
 
     /// The current slot map (as `shared.topology.map()`, cheaper).
@@ -292,4 +346,54 @@ pub(crate) fn test_worker(retry_deadline: Duration) -> Rc<Worker> {
     ));
     let shared = Arc::new(Shared::new(config, topology, 1, Default::default()));
     Worker::new(shared)
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Command {
+        Command::from_args(args)
+    }
+
+    #[test]
+    fn a_repeated_name_is_answered_as_the_table_answers_it() {
+        let table = Arc::new(CommandTable::builtin().clone());
+        let other_table = Arc::new(CommandTable::builtin().clone());
+        let mut last = LastLookup::default();
+        let long = "x".repeat(LAST_LOOKUP_NAME + 1);
+        // In order, through one cache: each answer must be the table's own.
+        for (table, args) in [
+            (&table, vec!["GET", "k"]),
+            (&table, vec!["GET", "k"]),
+            (&table, vec!["get", "k"]),
+            (&table, vec!["SET", "k", "v"]),
+            (&table, vec!["GET", "k"]),
+            // A container's spec depends on its argv[1]: never answered from the cache.
+            (&table, vec!["CLIENT", "LIST"]),
+            (&table, vec!["CLIENT", "ID"]),
+            (&table, vec!["CLIENT"]),
+            (&table, vec!["CLIENT", "ID"]),
+            (&table, vec![long.as_str()]),
+            (&table, vec![long.as_str()]),
+            (&table, vec!["NOSUCHCOMMAND"]),
+            (&table, vec!["GET", "k"]),
+            // A new table (as after a reload) is asked again.
+            (&other_table, vec!["GET", "k"]),
+            (&other_table, vec!["GETDEL", "k"]),
+        ] {
+            let command = cmd(&args);
+            let cached = cached_lookup(&mut last, table, &command).map(|s| (s.id, s.name.clone()));
+            let direct = table.lookup(&command).map(|s| (s.id, s.name.clone()));
+            assert_eq!(cached, direct, "{args:?}");
+        }
+        // The last remembered name is that of the last table.
+        assert!(last
+            .table
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, &other_table)));
+        assert_eq!(&last.name[..last.len], b"GETDEL");
+    }
 }
