@@ -41,11 +41,11 @@ const SESSIONS_WORTH_RELEASING: usize = 64;
 /// count went from `before` to `now` while `arrived` new clients connected: when many clients
 /// left (or the last ones did). Those that came and went within the tick count too: a burst
 /// of short connections between two ticks left the count the same and kept its memory
-/// (measured: +1.8 MiB of anonymous memory after three bursts of 600 clients, +0.2 MiB once counted). The allocator returns freed pages
-/// only once their purge delay is over *and* the thread allocates again, so a worker left idle
-/// after a burst of clients kept its peak RSS for good (measured, one worker: 13.5 MiB after
-/// 1,000 benchmark clients had gone, 9.6 MiB once released). A few clients coming and going
-/// do not cost a collection each.
+/// (measured: +1.8 MiB of anonymous memory after three bursts of 600 clients; +0.2 MiB once
+/// they count). The allocator returns freed pages only once their purge delay is over *and*
+/// the thread allocates again, so a worker left idle after a burst of clients kept its peak
+/// RSS for good (measured, one worker: 13.5 MiB after 1,000 benchmark clients had gone,
+/// 9.6 MiB once released). A few clients coming and going do not cost a collection each.
 pub fn worth_releasing(before: usize, arrived: usize, now: usize) -> bool {
     let left = before.saturating_add(arrived).saturating_sub(now);
     left >= SESSIONS_WORTH_RELEASING || (now == 0 && left > 0)

@@ -119,7 +119,6 @@ impl RequestDecoder {
                     // Split even when the request is the whole buffer: its bytes are cloned
                     // for a possible redirect, and a buffer taken whole becomes shared only on
                     // that clone, at a higher cost (measured: 200 more instructions a GET).
-
                     return Ok(Some(Command::from_parts(buf.split_to(end).freeze(), args)));
                 }
                 self.start_multibulk(buf)?

@@ -120,9 +120,10 @@ impl BufRing {
     /// Only while no receive is armed on the ring: a receive in progress could be writing
     /// into a buffer.
     pub fn discard(&self) {
-        // SAFETY: `data` is a mapping of `count * size` bytes owned by this ring; MADV_DONTNEED on private anonymous memory only replaces its contents with
-        // zeros, which no reader relies on (a buffer is read only after a completion filled
-        // it). The caller guarantees that the kernel is not filling any.
+        // SAFETY: `data` is a mapping of `count * size` bytes owned by this ring;
+        // MADV_DONTNEED on private anonymous memory only replaces its contents with zeros,
+        // which no reader relies on (a buffer is read only after a completion filled it). The
+        // caller guarantees that the kernel is not filling any.
         let result = unsafe {
             libc::madvise(
                 self.data.cast(),
