@@ -50,7 +50,9 @@ pub trait ClientStream {
     }
 
     /// Writes from the front of `output` what the socket takes now and removes it from
-    /// `output`: the number of bytes, 0 when it takes none.
+    /// `output`: the number of bytes, 0 when it takes none. A socket may take `output`'s
+    /// buffer itself, leaving an empty one in its place: callers that must see a large
+    /// buffer's memory go write through [`write_copying`].
     fn write_from(&self, output: &mut BytesMut) -> io::Result<usize> {
         write_copying(self, output)
     }

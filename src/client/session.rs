@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::time::Sleep;
 
-use super::io::ClientStream;
+use super::io::{write_copying, ClientStream};
 use super::replies::ReplyQueue;
 use crate::dispatch::clients;
 use crate::dispatch::pubsub::Subscriptions;
@@ -342,7 +342,15 @@ fn write_some<S: ClientStream>(
     nothing_owed: bool,
     high: &mut usize,
 ) -> std::io::Result<usize> {
-    match stream.write_from(output) {
+    // A buffer that grew large is written by copy: its memory is given back (and returned to
+    // the system) right below once it is empty, which a buffer handed over to the socket
+    // would escape (measured: 49 MiB kept after a 48 MiB `KEYS` reply).
+    let written = if *high > KEEP_BUFFER {
+        write_copying(stream, output)
+    } else {
+        stream.write_from(output)
+    };
+    match written {
         Ok(n) => {
             if output.is_empty() && ((nothing_owed && *high > SMALL_BUFFER) || *high > KEEP_BUFFER)
             {
