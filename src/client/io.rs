@@ -37,17 +37,11 @@ pub trait ClientStream {
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Writes what the socket takes now, or `WouldBlock`.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
-    /// Reads what the socket has now into `buf`, or `WouldBlock`.
-    fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize>;
-    /// Runs `f`, clearing the readiness for `interest` if it returns `WouldBlock`.
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
 
     /// Appends what the socket has now to `input`: the number of bytes, `Ok(0)` at the end of
     /// the stream, or `WouldBlock`. `scratch` is the worker's read buffer, for sockets that
     /// read through one ([`read_draining`]).
-    fn read_into(&self, scratch: &mut BytesMut, input: &mut BytesMut) -> io::Result<usize> {
-        read_draining(self, scratch, input)
-    }
+    fn read_into(&self, scratch: &mut BytesMut, input: &mut BytesMut) -> io::Result<usize>;
 
     /// Writes from the front of `output` what the socket takes now and removes it from
     /// `output`: the number of bytes, 0 when it takes none. A socket may take `output`'s
@@ -74,6 +68,15 @@ pub(crate) fn write_copying<S: ClientStream + ?Sized>(
     }
 }
 
+/// The reads of an epoll socket that [`read_draining`] is made of (tokio's `TcpStream` and
+/// `UnixStream` methods of the same names).
+trait DrainingRead {
+    /// Reads what the socket has now into `buf`, or `WouldBlock`.
+    fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize>;
+    /// Runs `f`, clearing the readiness for `interest` if it returns `WouldBlock`.
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
 /// The most one read takes from a readiness-based socket.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -86,7 +89,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// at once: the next wait goes to epoll instead of costing a `recv` that returns EAGAIN
 /// (tokio's `poll_read` does the same; `try_read` does not). With edge-triggered epoll, data
 /// arriving later raises a new event, so nothing is missed.
-fn read_draining<S: ClientStream + ?Sized>(
+fn read_draining<S: DrainingRead>(
     stream: &S,
     scratch: &mut BytesMut,
     input: &mut BytesMut,
@@ -114,9 +117,9 @@ fn read_draining<S: ClientStream + ?Sized>(
     Ok(n)
 }
 
-/// Forwards every method to the inherent method of the same name; the readiness waits are the
-/// trait's own, which poll `poll_read_ready` / `poll_write_ready` rather than awaiting tokio's
-/// `readable()` / `writable()`.
+/// Forwards the socket methods to tokio's inherent methods of the same name, and reads through
+/// [`read_draining`]; the readiness waits are the trait's own, which poll `poll_read_ready` /
+/// `poll_write_ready` rather than awaiting tokio's `readable()` / `writable()`.
 macro_rules! client_stream {
     ($ty:ty) => {
         impl ClientStream for $ty {
@@ -132,6 +135,13 @@ macro_rules! client_stream {
             fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
                 <$ty>::try_write(self, buf)
             }
+            #[inline]
+            fn read_into(&self, scratch: &mut BytesMut, input: &mut BytesMut) -> io::Result<usize> {
+                read_draining(self, scratch, input)
+            }
+        }
+
+        impl DrainingRead for $ty {
             #[inline]
             fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
                 <$ty>::try_read_buf(self, buf)

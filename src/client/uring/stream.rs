@@ -7,8 +7,7 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::Interest;
+use bytes::BytesMut;
 
 use super::conn::{ConnIo, KEEP_BUFFER, OUTBOX_LIMIT, SEND_CHUNK};
 use super::driver::{Conn, Driver};
@@ -99,23 +98,6 @@ impl ClientStream for UringStream {
         Ok(n)
     }
 
-    fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
-        let mut io = self.conn.io.borrow_mut();
-        if io.inbox.is_empty() {
-            return nothing_received(&io);
-        }
-        let n = io.inbox.len().min(buf.remaining_mut());
-        buf.put_slice(&io.inbox[..n]);
-        io.inbox.advance(n);
-        if io.inbox.is_empty() && io.inbox.capacity() > KEEP_BUFFER {
-            io.inbox = BytesMut::new();
-        }
-        drop(io);
-        // Reading made room: a receive stopped for a full inbox starts again.
-        self.driver.settle(&self.conn);
-        Ok(n)
-    }
-
     /// The inbox is already a buffer of the received bytes' own size: when `input` is empty
     /// (a client that waits for each reply, and the end of every pipeline) it becomes `input`,
     /// with no copy and no allocation.
@@ -158,11 +140,6 @@ impl ClientStream for UringStream {
         io.send_in_flight = true;
         self.driver.send(&self.conn, &io);
         Ok(n)
-    }
-
-    /// Readiness is the driver's state itself, never a stale flag to clear.
-    fn try_io<R>(&self, _interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        f()
     }
 }
 
