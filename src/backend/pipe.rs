@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::reply_slot as oneshot;
 // tokio's clock rather than std's: the same clock in production, and the one a test pauses.
@@ -28,6 +28,9 @@ use super::connect::Credentials;
 use super::stream::{BackendReader, BackendWriter};
 use super::BackendError;
 use crate::resp::{Protocol, ReplyScanner};
+use queue::Queue;
+
+mod queue;
 
 /// The reply to one request: the raw reply bytes, or why there is none.
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -117,8 +120,14 @@ impl Connector for NodeConnector {
 
 /// Handle to a pipe; the connection task ends when every handle is gone.
 pub struct Pipe {
-    tx: mpsc::UnboundedSender<Request>,
+    queue: Rc<Queue<Request>>,
     state: Rc<PipeState>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.queue.close_handle();
+    }
 }
 
 /// What the pool needs to know about a pipe's connection.
@@ -161,15 +170,24 @@ impl Pipe {
         retrying: bool,
         on_close: impl FnOnce(&PipeState) + 'static,
     ) -> Pipe {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Rc::new(Queue::default());
         let state = Rc::new(PipeState::default());
         let task_state = state.clone();
+        let task_queue = queue.clone();
         tokio::task::spawn_local(async move {
-            run(&connector, addr, settings, retrying, rx, &task_state).await;
+            run(
+                &connector,
+                addr,
+                settings,
+                retrying,
+                &task_queue,
+                &task_state,
+            )
+            .await;
             task_state.closed.set(true);
             on_close(&task_state);
         });
-        Pipe { tx, state }
+        Pipe { queue, state }
     }
 
     pub fn state(&self) -> &PipeState {
@@ -188,7 +206,7 @@ impl Pipe {
 
     fn queue(&self, payload: Bytes, asking: bool, untimed: bool) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(request)) = self.tx.send(Request {
+        if let Err(request) = self.queue.push(Request {
             payload,
             asking,
             untimed,
@@ -208,7 +226,7 @@ async fn run<C: Connector>(
     addr: NodeAddr,
     settings: Rc<PipeSettings>,
     retrying: bool,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    queue: &Queue<Request>,
     state: &PipeState,
 ) {
     let (reader, writer) = match connector.connect(&addr, &settings).await {
@@ -232,7 +250,7 @@ async fn run<C: Connector>(
             };
             *state.connect_error.borrow_mut() = Some((Instant::now(), reason));
             state.closed.set(true);
-            fail_queued(&mut rx, &error);
+            fail_queued(queue, &error);
             return;
         }
     };
@@ -242,7 +260,7 @@ async fn run<C: Connector>(
     let waiting = RefCell::new(VecDeque::<Waiting>::new());
     let drain = Drain::default();
     let outcome = tokio::select! {
-        r = write_loop(writer, &mut rx, &waiting, &drain) => r,
+        r = write_loop(writer, queue, &waiting, &drain) => r,
         r = read_loop(reader, &addr, &waiting, &drain, settings.command_timeout) => r,
     };
     state.closed.set(true);
@@ -267,16 +285,15 @@ async fn run<C: Connector>(
     }
     // Still queued: certainly not written.
     fail_queued(
-        &mut rx,
+        queue,
         &BackendError::NotSent {
             addr: addr.to_string(),
         },
     );
 }
 
-fn fail_queued(rx: &mut mpsc::UnboundedReceiver<Request>, error: &BackendError) {
-    rx.close();
-    while let Ok(request) = rx.try_recv() {
+fn fail_queued(queue: &Queue<Request>, error: &BackendError) {
+    for request in queue.close() {
         let _ = request.reply.send(Err(error.clone()));
     }
 }
@@ -284,14 +301,14 @@ fn fail_queued(rx: &mut mpsc::UnboundedReceiver<Request>, error: &BackendError) 
 /// Cancel safety: dropped by `select!` only when the connection is over.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
-    rx: &mut mpsc::UnboundedReceiver<Request>,
+    queue: &Queue<Request>,
     waiting: &RefCell<VecDeque<Waiting>>,
     drain: &Drain,
 ) -> Result<(), BackendError> {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = VecDeque::new();
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if queue.take(&mut batch, MAX_BATCH).await == 0 {
             // Every handle is gone: deliver the replies still owed, then close.
             drain.closing.set(true);
             while !waiting.borrow().is_empty() {
