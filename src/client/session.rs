@@ -26,7 +26,8 @@ use crate::resp::{Command, RequestDecoder};
 const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
-/// An emptied output buffer that never held more than this is kept even when nothing more is
+/// An emptied output buffer that never held more than this (an input buffer with no more room
+/// than this) is kept even when nothing more is
 /// owed: a client sending one command at a time would otherwise cost an allocation for every
 /// reply (about 300 instructions per request at `-P 1`, callgrind), and this much per idle
 /// client is little (10,000 idle clients: at most 5 MiB, in practice the few dozen bytes of
@@ -196,9 +197,12 @@ async fn run<S: ClientStream>(
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
         }
+        // An emptied input buffer with little room left is kept like a small output buffer:
+        // the next request is copied into it once the requests split from it are answered
+        // (see `ClientStream::read_into`), instead of arriving in a new buffer every time.
         if input.is_empty()
-            && input.capacity() > 0
-            && (pending.is_empty() || input.capacity() > KEEP_BUFFER)
+            && ((pending.is_empty() && input.capacity() > SMALL_BUFFER)
+                || input.capacity() > KEEP_BUFFER)
         {
             input = BytesMut::new();
         }

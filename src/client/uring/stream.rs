@@ -98,16 +98,20 @@ impl ClientStream for UringStream {
         Ok(n)
     }
 
-    /// The inbox is already a buffer of the received bytes' own size: when `input` is empty
-    /// (a client that waits for each reply, and the end of every pipeline) it becomes `input`,
-    /// with no copy and no allocation.
+    /// When `input` is empty (a client that waits for each reply, and the end of every
+    /// pipeline), the received bytes are copied into it if its buffer can be reused (the
+    /// requests split from it are answered and it has the room): the inbox then keeps its own
+    /// buffer for the next receive. Otherwise the inbox, already a buffer of the received
+    /// bytes' own size, becomes `input` with no copy. Reusing saves, per request at `-P 1`,
+    /// an allocation for the inbox, one for sharing the buffer on its first split, and their
+    /// frees (about 250 instructions, callgrind); a copy of a request costs a few dozen.
     fn read_into(&self, _scratch: &mut BytesMut, input: &mut BytesMut) -> io::Result<usize> {
         let mut io = self.conn.io.borrow_mut();
         if io.inbox.is_empty() {
             return nothing_received(&io);
         }
         let n = io.inbox.len();
-        if input.is_empty() {
+        if input.is_empty() && !input.try_reclaim(n) {
             *input = std::mem::take(&mut io.inbox);
         } else {
             input.extend_from_slice(&io.inbox);
