@@ -5,8 +5,15 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::encode;
+
+/// `(start, end)` byte offsets of a command's arguments. Three fit in place (`GET key`,
+/// `SET key value`, most commands a proxy sees): decoding them then allocates nothing, where a
+/// `Vec` cost an allocation and a free per request (about 70 instructions at `-P 1`,
+/// callgrind).
+pub(crate) type ArgSpans = SmallVec<[(usize, usize); 3]>;
 
 /// One client request: the RESP array it arrived as, and where each argument sits in it.
 ///
@@ -16,13 +23,13 @@ use super::encode;
 pub struct Command {
     raw: Bytes,
     /// `(start, end)` byte offsets of each argument's payload in `raw`.
-    args: Vec<(usize, usize)>,
+    args: ArgSpans,
 }
 
 impl Command {
     /// Assembles a command from bytes the decoder has validated. Offsets outside `raw` cannot
     /// panic later (accessors use checked slicing) but would hide arguments, hence the assert.
-    pub(crate) fn from_parts(raw: Bytes, args: Vec<(usize, usize)>) -> Command {
+    pub(crate) fn from_parts(raw: Bytes, args: ArgSpans) -> Command {
         debug_assert!(args.iter().all(|&(s, e)| s <= e && e <= raw.len()));
         Command { raw, args }
     }
@@ -35,7 +42,7 @@ impl Command {
         let payload: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
         let mut out = BytesMut::with_capacity(payload + 16);
         encode::array_header(&mut out, args.len());
-        let mut spans = Vec::with_capacity(args.len());
+        let mut spans = ArgSpans::with_capacity(args.len());
         for arg in args {
             let arg = arg.as_ref();
             encode::bulk_header(&mut out, arg.len());

@@ -7,6 +7,7 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::command::ArgSpans;
 use super::{Command, OffendingByte, ProtocolError};
 
 /// Size limits applied while decoding client requests. Each is checked as soon as the header
@@ -65,7 +66,7 @@ struct Partial {
     remaining: usize,
     /// Length of the bulk whose header ends at `pos` but whose payload is incomplete.
     bulk_len: Option<usize>,
-    args: Vec<(usize, usize)>,
+    args: ArgSpans,
 }
 
 impl RequestDecoder {
@@ -139,12 +140,12 @@ impl RequestDecoder {
     /// client's request arrives whole): where it ends and where its arguments are. `None` for
     /// anything else (incomplete, malformed, over a limit, or a count Redis skips), which the
     /// resumable path then takes from the start and answers with Redis's exact errors.
-    fn parse_whole(&self, buf: &[u8]) -> Option<(usize, Vec<(usize, usize)>)> {
+    fn parse_whole(&self, buf: &[u8]) -> Option<(usize, ArgSpans)> {
         let (count, mut pos) = parse_header(buf, 0, b'*')?;
         if count == 0 || count > self.limits.max_array_len {
             return None;
         }
-        let mut args = Vec::with_capacity(count.min(MAX_PREALLOC_ARGS));
+        let mut args = ArgSpans::with_capacity(count.min(MAX_PREALLOC_ARGS));
         for _ in 0..count {
             let (len, start) = parse_header(buf, pos, b'$')?;
             if len > self.limits.max_bulk_len {
@@ -184,7 +185,7 @@ impl RequestDecoder {
             pos: line_end + 2,
             remaining: count,
             bulk_len: None,
-            args: Vec::with_capacity(count.min(MAX_PREALLOC_ARGS)),
+            args: ArgSpans::with_capacity(count.min(MAX_PREALLOC_ARGS)),
         });
         Ok(true)
     }
