@@ -40,10 +40,13 @@ impl std::fmt::Display for Slot {
 
 /// The part of `key` that is hashed: the bytes between the first `{` and the first `}` after it,
 /// when that part is non-empty; otherwise the whole key.
+///
+/// `memchr` looks for the braces a vector at a time: a byte-by-byte search cost about as much as
+/// the CRC of the key itself (about 100 instructions for a 16-byte key, callgrind).
 pub fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
+    if let Some(open) = memchr::memchr(b'{', key) {
         let rest = &key[open + 1..];
-        if let Some(close) = rest.iter().position(|&b| b == b'}') {
+        if let Some(close) = memchr::memchr(b'}', rest) {
             if close > 0 {
                 return &rest[..close];
             }
