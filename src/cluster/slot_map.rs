@@ -104,13 +104,10 @@ impl SlotMap {
         for (first, last, shard) in ranges {
             let index = map.shard_index(shard);
             let last = usize::from(last).min(SLOT_COUNT - 1);
-            for owner in map
-                .owners
-                .iter_mut()
-                .take(last + 1)
-                .skip(usize::from(first))
-            {
-                *owner = index;
+            // A whole range at once: slot by slot through an iterator cost about 500,000
+            // instructions per map (callgrind), on every topology refresh.
+            if let Some(owners) = map.owners.get_mut(usize::from(first)..=last) {
+                owners.fill(index);
             }
         }
         map.drop_unused_shards();
@@ -407,10 +404,32 @@ impl SlotMap {
     }
 
     /// True when both maps route every slot to the same primary.
+    ///
+    /// Shards are matched by primary once, then slots compared as shard indices: comparing the
+    /// primaries' addresses slot by slot cost about 1.2 million instructions per topology
+    /// refresh (callgrind).
     pub fn same_routing(&self, other: &SlotMap) -> bool {
-        (0..SLOT_COUNT as u64)
-            .filter_map(Slot::new)
-            .all(|s| self.primary(s) == other.primary(s))
+        let counterpart: Vec<Option<u16>> = self
+            .shards
+            .iter()
+            .map(|mine| {
+                let found = other.shards.iter().position(|o| o.primary == mine.primary);
+                found.and_then(|i| u16::try_from(i).ok())
+            })
+            .collect();
+        self.owners
+            .iter()
+            .zip(other.owners.iter())
+            .all(|(&mine, &theirs)| {
+                if mine == UNASSIGNED || theirs == UNASSIGNED {
+                    return mine == theirs;
+                }
+                counterpart.get(usize::from(mine)).copied().flatten() == Some(theirs)
+                    // Two shards of `other` with one primary (not in a map a cluster reports):
+                    // compared by address after all.
+                    || self.shards.get(usize::from(mine)).map(|s| &s.primary)
+                        == other.shards.get(usize::from(theirs)).map(|s| &s.primary)
+            })
     }
 }
 
@@ -442,6 +461,53 @@ mod tests {
         assert_eq!(moved.shards().len(), 4);
         assert_eq!(moved.ranges().len(), 4);
         assert!(!map.same_routing(&moved));
+    }
+
+    #[test]
+    fn same_routing_agrees_with_comparing_every_slot_by_address() {
+        let slot_by_slot = |a: &SlotMap, b: &SlotMap| {
+            (0..SLOT_COUNT as u64)
+                .filter_map(Slot::new)
+                .all(|s| a.primary(s) == b.primary(s))
+        };
+        let thirds = SlotMap::from_ranges(vec![
+            (0, 5460, shard("a:1")),
+            (5461, 10922, shard("b:2")),
+            (10923, 16383, shard("c:3")),
+        ]);
+        let maps = [
+            thirds.clone(),
+            // The same routing listed in another order, and with a replica more.
+            SlotMap::from_ranges(vec![
+                (10923, 16383, shard("c:3")),
+                (0, 5460, shard("a:1")),
+                (
+                    5461,
+                    10922,
+                    Shard {
+                        replicas: vec![NodeAddr::from("b:22")],
+                        ..shard("b:2")
+                    },
+                ),
+            ]),
+            thirds.with_moved(Slot::new(0).unwrap(), "d:4"),
+            thirds.with_moved(Slot::new(16383).unwrap(), "a:1"),
+            // A slot nobody owns, at each end.
+            SlotMap::from_ranges(vec![(1, 5460, shard("a:1")), (5461, 16383, shard("b:2"))]),
+            SlotMap::from_ranges(vec![(0, 5460, shard("a:1")), (5461, 16382, shard("b:2"))]),
+            SlotMap::from_ranges(vec![]),
+            SlotMap::standalone(NodeAddr::from("a:1")),
+            // Shard indices alike, primaries not.
+            SlotMap::from_ranges(vec![(0, 8191, shard("a:1")), (8192, 16383, shard("b:2"))]),
+            SlotMap::from_ranges(vec![(0, 8191, shard("a:1")), (8192, 16383, shard("c:3"))]),
+        ];
+        for (i, a) in maps.iter().enumerate() {
+            for (j, b) in maps.iter().enumerate() {
+                assert_eq!(a.same_routing(b), slot_by_slot(a, b), "maps {i} and {j}");
+            }
+        }
+        assert!(maps[0].same_routing(&maps[1]));
+        assert!(!maps[0].same_routing(&maps[2]));
     }
 
     #[test]
