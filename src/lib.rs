@@ -305,6 +305,9 @@ fn control(
         }
     };
     runtime.block_on(async move {
+        let clock = shared.clients.clone();
+        let clock_stop = shutdown.clone();
+        tokio::spawn(async move { clock.run_clock(clock_stop).await });
         let topology = shared.topology.clone();
         let started = Instant::now();
         loop {

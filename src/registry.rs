@@ -22,11 +22,17 @@ use tokio::sync::Notify;
 use crate::backend::NodeAddr;
 use crate::tracking::Invalidation;
 
+/// How often [`Registry::recent_ms`] moves on.
+pub const CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The proxy's clients, by id (so `CLIENT LIST` is in connection order, as in Redis).
 pub struct Registry {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     /// The clock every entry's times count from.
     epoch: Instant,
+    /// [`Registry::now_ms`] as of the clock's last tick (0 before the first), for the time of
+    /// a client's last interaction, which every request records.
+    recent_ms: AtomicU64,
     /// The client listener's address (`laddr=`): every worker listens on the same one.
     local_addr: OnceLock<SocketAddr>,
     /// `CLIENT PAUSE`, server-wide.
@@ -41,6 +47,7 @@ impl Default for Registry {
         Registry {
             clients: Mutex::new(BTreeMap::new()),
             epoch: Instant::now(),
+            recent_ms: AtomicU64::new(0),
             local_addr: OnceLock::new(),
             pause: Pause::default(),
             shutting_down: AtomicBool::new(false),
@@ -126,6 +133,32 @@ impl Registry {
     /// Milliseconds since the registry was made: the clock of every entry's times.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// [`Registry::now_ms`] at most [`CLOCK_TICK`] ago (exact before the clock first ticks).
+    /// A clock read on every request cost about 70 instructions at `-P 1` (callgrind) and a
+    /// vDSO call; `idle=` is shown in seconds, and Redis too stamps a client's last
+    /// interaction with a cached time.
+    pub fn recent_ms(&self) -> u64 {
+        match self.recent_ms.load(Ordering::Relaxed) {
+            0 => self.now_ms(),
+            ms => ms,
+        }
+    }
+
+    /// Keeps [`Registry::recent_ms`] current until `stop` is cancelled (on the control
+    /// thread).
+    pub async fn run_clock(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(CLOCK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.recent_ms
+                .store(self.now_ms().max(1), Ordering::Relaxed);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+        }
     }
 
     /// One `CLIENT LIST` line (with its `\n`); `cmd`: the name of its last command.
@@ -568,6 +601,36 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn the_recent_clock_is_exact_until_it_ticks_then_at_most_a_tick_behind() {
+        let registry = Arc::new(Registry::default());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let before = registry.recent_ms();
+        assert!(before >= 30 && before <= registry.now_ms(), "{before}");
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let clock = tokio::spawn({
+            let (registry, stop) = (registry.clone(), stop.clone());
+            async move { registry.run_clock(stop).await }
+        });
+        let mut last = before;
+        for _ in 0..3 {
+            tokio::time::sleep(CLOCK_TICK * 2).await;
+            let recent = registry.recent_ms();
+            assert!(
+                recent > last && recent <= registry.now_ms(),
+                "{recent} after {last}"
+            );
+            // The runtime's one thread is blocked here, so the clock cannot tick: the time
+            // read stays what the last tick stored.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(registry.recent_ms(), recent);
+            last = recent;
+        }
+        stop.cancel();
+        assert!(clock.await.is_ok());
     }
 
     #[test]

@@ -263,7 +263,7 @@ async fn run<S: ClientStream>(
                     Ok(n) => {
                         bytes_in.increment(n as u64);
                         idle.touch();
-                        client.entry().touch(registry.now_ms());
+                        client.entry().touch(registry.recent_ms());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
