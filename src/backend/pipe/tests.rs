@@ -649,3 +649,30 @@ async fn a_failed_connect_fails_the_queued_requests_as_not_sent() {
     })
     .await;
 }
+
+#[test]
+fn the_read_timeout_expires_only_when_reads_stopped_and_the_oldest_request_waited_as_long() {
+    let limit = Duration::from_millis(100);
+    let base = Instant::now();
+    let at = |ms: u64| base + Duration::from_millis(ms);
+    // (now, last read, oldest timed request written at, decision)
+    let cases = [
+        // Quiet for the limit and the request waited as long: stuck.
+        (300, 200, Some(150), ReadTimeout::Expired),
+        (300, 200, Some(200), ReadTimeout::Expired),
+        // Quiet, but the request was written mid-period: its own limit, not the next period.
+        (300, 200, Some(260), ReadTimeout::WaitUntil(at(360))),
+        // Reads still arrive (a slow, large reply): the limit counts from the last read.
+        (300, 250, Some(100), ReadTimeout::WaitUntil(at(350))),
+        // Nothing waits (or only untimed requests): look again a limit from now.
+        (300, 100, None, ReadTimeout::WaitUntil(at(400))),
+        (300, 290, None, ReadTimeout::WaitUntil(at(400))),
+    ];
+    for (now, last_read, oldest, want) in cases {
+        let got = read_timeout(at(now), at(last_read), oldest.map(at), limit);
+        assert_eq!(
+            got, want,
+            "now {now} last read {last_read} oldest {oldest:?}"
+        );
+    }
+}
