@@ -99,8 +99,7 @@ async fn run<S: ClientStream>(
     // written: `advance` moves its start), so that giving back a large one returns the memory.
     let mut output_high = 0usize;
     let mut pending = ReplyQueue::new(worker.clone());
-    let bytes_in = metrics::counter!("slotproxy_bytes_total", "direction" => "in");
-    let bytes_out = metrics::counter!("slotproxy_bytes_total", "direction" => "out");
+    let bytes = &worker.bytes;
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
     let mut input_done = false;
     // The client shut its sending side: what it sent is still carried out, as far as the
@@ -192,7 +191,7 @@ async fn run<S: ClientStream>(
         // `WouldBlock` without a system call while the socket is known to be full.
         if !output.is_empty() {
             let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
-            bytes_out.increment(n as u64);
+            bytes.count_written(n);
         }
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
@@ -250,7 +249,7 @@ async fn run<S: ClientStream>(
             ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if !output.is_empty() => {
                 ready?;
                 let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
-                bytes_out.increment(n as u64);
+                bytes.count_written(n);
             }
             ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if can_read => {
                 ready?;
@@ -261,7 +260,7 @@ async fn run<S: ClientStream>(
                     Ok(0) if pending.has_parked() => return Ok(()),
                     Ok(0) => peer_closed = true,
                     Ok(n) => {
-                        bytes_in.increment(n as u64);
+                        bytes.count_read(n);
                         idle.touch();
                         client.entry().touch(registry.recent_ms());
                     }

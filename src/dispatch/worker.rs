@@ -52,6 +52,10 @@ pub struct Worker {
     /// per read), and their `slotproxy_replica_reads_total{locality}` counters; `None` under
     /// the other policies, which count nothing.
     zone_reads: Option<ZoneReads>,
+    /// Client bytes read and written since the last fold, for `slotproxy_bytes_total`: plain
+    /// cells, where the shared counters cost two atomic additions per request, on a cache
+    /// line every worker writes.
+    pub bytes: ByteCounts,
     /// The near cache (`[near_cache]`), shared with the RESP3 twin; `None` when off.
     pub near_cache: Option<Rc<super::near_cache::NearCache>>,
     /// Every client read of this worker lands here first (sessions run one at a time on the
@@ -148,6 +152,40 @@ impl CommandMetrics {
     }
 }
 
+/// Client bytes in and out since the last fold, and their `slotproxy_bytes_total{direction}`
+/// counters.
+pub struct ByteCounts {
+    pub read: Cell<u64>,
+    pub written: Cell<u64>,
+    counters: [Counter; 2],
+}
+
+impl ByteCounts {
+    fn new() -> ByteCounts {
+        ByteCounts {
+            read: Cell::new(0),
+            written: Cell::new(0),
+            counters: ["in", "out"].map(
+                |direction| metrics::counter!("slotproxy_bytes_total", "direction" => direction),
+            ),
+        }
+    }
+
+    pub fn count_read(&self, n: usize) {
+        self.read.set(self.read.get() + n as u64);
+    }
+
+    pub fn count_written(&self, n: usize) {
+        self.written.set(self.written.get() + n as u64);
+    }
+
+    fn fold(&self) {
+        let [read, written] = &self.counters;
+        read.increment(self.read.take());
+        written.increment(self.written.take());
+    }
+}
+
 /// Reads counted by [`Locality`] (indexed by [`Locality::index`]).
 struct ZoneReads {
     counts: [Cell<u64>; 3],
@@ -225,6 +263,7 @@ impl Worker {
             read_from: config.backend.read_from,
             protocol,
             command_metrics: RefCell::new(Vec::new()),
+            bytes: ByteCounts::new(),
             zone_reads: config
                 .backend
                 .read_from
@@ -319,6 +358,7 @@ impl Worker {
         for m in self.command_metrics.borrow().iter().flatten() {
             m.fold(&self.shared);
         }
+        self.bytes.fold();
         if let Some(zone_reads) = &self.zone_reads {
             zone_reads.fold();
         }
