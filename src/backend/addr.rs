@@ -19,6 +19,12 @@ impl NodeAddr {
     pub fn host(&self) -> &str {
         host_of(&self.0)
     }
+
+    /// Whether both are clones of one address value (a pointer comparison): equal then, but
+    /// equal addresses made apart (by two topology refreshes) are not the same value.
+    pub fn same_value(&self, other: &NodeAddr) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// The host part of `host:port`, without IPv6 brackets.
