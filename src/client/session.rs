@@ -27,11 +27,10 @@ const IDLE_TIMER_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Buffers that grew past this for a large value are given back once they are empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 /// An emptied output buffer that never held more than this (an input buffer with no more room
-/// than this) is kept even when nothing more is
-/// owed: a client sending one command at a time would otherwise cost an allocation for every
-/// reply (about 300 instructions per request at `-P 1`, callgrind), and this much per idle
-/// client is little (10,000 idle clients: at most 5 MiB, in practice the few dozen bytes of
-/// their last reply).
+/// than this) is kept even when nothing more is owed: a client sending one command at a time
+/// would otherwise cost an allocation for every reply (about 300 instructions per request at
+/// `-P 1`, callgrind), and this much per idle client is little (10,000 idle clients: at most
+/// 5 MiB, in practice the few dozen bytes of their last reply).
 const SMALL_BUFFER: usize = 512;
 /// Input read ahead while a command is held by CLIENT PAUSE; beyond it the socket waits.
 const HELD_INPUT_LIMIT: usize = 1024 * 1024;

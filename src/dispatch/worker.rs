@@ -155,8 +155,8 @@ impl CommandMetrics {
 /// Client bytes in and out since the last fold, and their `slotproxy_bytes_total{direction}`
 /// counters.
 pub struct ByteCounts {
-    pub read: Cell<u64>,
-    pub written: Cell<u64>,
+    read: Cell<u64>,
+    written: Cell<u64>,
     counters: [Counter; 2],
 }
 
