@@ -3,6 +3,7 @@
 pub mod io;
 pub mod replies;
 pub mod session;
+pub mod spares;
 pub mod tls;
 #[cfg(target_os = "linux")]
 pub mod uring;

@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
+use super::spares::{self, Spares};
 use crate::dispatch::{CommandMetrics, Dispatched, InFlight, Reply, Settled, Worker};
 
 /// A ready reply at least this large, reaching an empty output buffer, is moved into it rather
@@ -37,6 +38,16 @@ struct Entry {
     parked: bool,
     /// `CLIENT REPLY OFF|SKIP`: completes in its place but writes nothing.
     silent: bool,
+}
+
+/// Emptied queue storage kept for the next client whose queue grows (see [`spares`]): a
+/// worker keeps at most this many, each of at most [`SPARE_QUEUE_ENTRIES`] entries (128 bytes
+/// each: at most 256 KiB per worker).
+const SPARE_QUEUES: usize = 32;
+const SPARE_QUEUE_ENTRIES: usize = 64;
+
+thread_local! {
+    static QUEUE_SPARES: Spares<VecDeque<Entry>> = const { Spares::new(SPARE_QUEUES) };
 }
 
 /// A driven future tagged with its slot's sequence number.
@@ -98,13 +109,23 @@ impl ReplyQueue {
     /// Gives back the queue's storage once it is empty, so an idle client keeps at most one
     /// entry's room (a pipeline's 4 or more: 480 bytes per client, 10,000 idle clients held
     /// 6 MiB more). The one entry is kept: a client sending one command at a time then costs
-    /// no allocation per command, one that pipelines one allocation per burst.
+    /// no allocation per command. A pipeline's storage goes to the worker's spares, for the
+    /// next burst of this client or another.
+    #[inline(always)]
     pub fn release_idle(&mut self) {
-        if !self.entries.is_empty() {
-            return;
+        if self.entries.is_empty() && (self.entries.capacity() > 1 || self.driven.is_some()) {
+            self.release_storage();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn release_storage(&mut self) {
         if self.entries.capacity() > 1 {
-            self.entries = VecDeque::new();
+            let storage = std::mem::take(&mut self.entries);
+            if storage.capacity() <= SPARE_QUEUE_ENTRIES {
+                spares::give(&QUEUE_SPARES, storage);
+            }
         }
         if self.driven.as_ref().is_some_and(|d| d.is_empty()) {
             self.driven = None;
@@ -137,9 +158,8 @@ impl ReplyQueue {
             }
         };
         self.parked += usize::from(parked);
-        if self.entries.capacity() == 0 {
-            // Room for one: the most a client sending one command at a time ever needs.
-            self.entries.reserve_exact(1);
+        if self.entries.len() == self.entries.capacity() && self.entries.capacity() <= 1 {
+            self.make_room();
         }
         self.entries.push_back(Entry {
             state,
@@ -147,6 +167,22 @@ impl ReplyQueue {
             parked,
             silent: dispatched.silent,
         });
+    }
+
+    /// Room for a first command, or for a second one: a spare pipeline's storage if the worker
+    /// has one, else room for one (the most a client sending one command at a time ever
+    /// needs). A queue that outgrows a spare grows as any `VecDeque` does.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&mut self) {
+        match spares::take(&QUEUE_SPARES) {
+            Some(mut spare) => {
+                spare.extend(self.entries.drain(..));
+                self.entries = spare;
+            }
+            None if self.entries.capacity() == 0 => self.entries.reserve_exact(1),
+            None => {}
+        }
     }
 
     /// Moves every reply that is complete at the head of the queue into `out`, without waiting,
@@ -419,6 +455,41 @@ mod tests {
             queue.progress().await;
             assert_eq!(drained(&mut queue), b"*-1\r\n");
             assert!(!queue.has_parked());
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelines_queue_storage_goes_to_the_next_queue_that_grows() {
+        local(async {
+            let worker = test_worker(Duration::ZERO);
+            let mut first = ReplyQueue::new(worker.clone());
+            for _ in 0..10 {
+                first.push(ready(b"+OK\r\n"));
+            }
+            let capacity = first.entries.capacity();
+            assert!(capacity >= 10);
+            drained(&mut first);
+            first.release_idle();
+            assert_eq!(first.entries.capacity(), 0);
+            // The next queue's first command takes it whole.
+            let mut second = ReplyQueue::new(worker.clone());
+            second.push(ready(b"+OK\r\n"));
+            assert_eq!(second.entries.capacity(), capacity);
+            // A queue of one command at a time keeps its room for one, and gives nothing.
+            let mut third = ReplyQueue::new(worker.clone());
+            third.push(ready(b"+OK\r\n"));
+            assert_eq!(third.entries.capacity(), 1);
+            drained(&mut third);
+            third.release_idle();
+            assert_eq!(third.entries.capacity(), 1);
+            // A second command in flight: the queue of one takes a spare (none left: it grows).
+            drained(&mut second);
+            second.release_idle();
+            third.push(ready(b"+OK\r\n"));
+            third.push(ready(b"+OK\r\n"));
+            assert_eq!(third.entries.capacity(), capacity);
+            assert_eq!(drained(&mut third), b"+OK\r\n+OK\r\n");
         })
         .await;
     }

@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::io::{write_copying, ClientStream};
 use super::replies::ReplyQueue;
+use super::spares::{self, Spares};
 use crate::dispatch::clients;
 use crate::dispatch::pubsub::Subscriptions;
 use crate::dispatch::tracking;
@@ -32,6 +33,15 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// `-P 1`, callgrind), and this much per idle client is little (10,000 idle clients: at most
 /// 5 MiB, in practice the few dozen bytes of their last reply).
 const SMALL_BUFFER: usize = 512;
+/// Emptied output buffers kept per worker for the next pipeline's replies (see
+/// [`super::spares`]): at most this many, each with room for at most
+/// [`SPARE_OUTPUT_CAPACITY`] bytes (at most 512 KiB per worker).
+const SPARE_OUTPUTS: usize = 32;
+const SPARE_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    static OUTPUT_SPARES: Spares<BytesMut> = const { Spares::new(SPARE_OUTPUTS) };
+}
 /// Input read ahead while a command is held by CLIENT PAUSE; beyond it the socket waits.
 const HELD_INPUT_LIMIT: usize = 1024 * 1024;
 
@@ -125,6 +135,7 @@ async fn run<S: ClientStream>(
             (limits.output_limit, limits.idle_timeout)
         };
         idle.follow(idle_timeout, idle_timer.as_mut());
+        room_for_replies(&mut output, pending.len());
         // Replies that completed first: taking them out of the queue makes room for the
         // commands still waiting in `input` (a full pipeline stops dispatching, and nothing
         // else would wake the session for input that is already read).
@@ -138,6 +149,7 @@ async fn run<S: ClientStream>(
                 &mut pending,
                 &mut held,
             );
+            room_for_replies(&mut output, pending.len());
             // Everything already complete goes out in one write.
             pending.drain_ready(&mut output, output_limit);
         }
@@ -354,14 +366,85 @@ fn write_some<S: ClientStream>(
     };
     match written {
         Ok(n) => {
-            if output.is_empty() && ((nothing_owed && *high > SMALL_BUFFER) || *high > KEEP_BUFFER)
-            {
-                *output = BytesMut::new();
-                crate::memory::released(std::mem::take(high));
+            if output.is_empty() {
+                // Its start moved to its end as it was written (or it is the last send's
+                // emptied buffer): take back the room before it, which the next reply would
+                // take back anyway, so its size is known here.
+                let _ = output.try_reclaim(output.capacity() + 1);
+                release_emptied(output, nothing_owed, high);
             }
             Ok(n)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What becomes of an output buffer once it is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emptied {
+    /// The client keeps it: a small one, or replies are still owed.
+    Keep,
+    /// To the worker's spares, for the next pipeline's replies.
+    Spare,
+    /// Dropped; `Released` also returns its memory to the system (it grew large).
+    Dropped,
+    Released,
+}
+
+/// An emptied output buffer that held more than [`KEEP_BUFFER`] (`high`) is dropped and its
+/// memory returned to the system. One that held, or has room for, more than a small reply
+/// leaves its client once nothing more is owed: to the spares unless it has more room than
+/// they keep.
+fn emptied_output(high: usize, capacity: usize, nothing_owed: bool) -> Emptied {
+    if high > KEEP_BUFFER {
+        Emptied::Released
+    } else if !nothing_owed || (high <= SMALL_BUFFER && capacity <= SMALL_BUFFER) {
+        Emptied::Keep
+    } else if capacity <= SPARE_OUTPUT_CAPACITY {
+        Emptied::Spare
+    } else {
+        Emptied::Dropped
+    }
+}
+
+/// Carries out [`emptied_output`] on the session's emptied output buffer.
+#[inline(always)]
+fn release_emptied(output: &mut BytesMut, nothing_owed: bool, high: &mut usize) {
+    match emptied_output(*high, output.capacity(), nothing_owed) {
+        Emptied::Keep => {}
+        fate => give_back_output(output, fate, high),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn give_back_output(output: &mut BytesMut, fate: Emptied, high: &mut usize) {
+    let emptied = std::mem::take(output);
+    let held = std::mem::take(high);
+    match fate {
+        Emptied::Spare => spares::give(&OUTPUT_SPARES, emptied),
+        Emptied::Released => {
+            drop(emptied);
+            crate::memory::released(held);
+        }
+        Emptied::Keep | Emptied::Dropped => {}
+    }
+}
+
+/// Room for the replies of a pipeline (`owed` commands): an empty output buffer without room
+/// takes a spare one, instead of growing in steps as the replies are copied in.
+#[inline(always)]
+fn room_for_replies(output: &mut BytesMut, owed: usize) {
+    if owed > 1 && output.capacity() == 0 {
+        take_spare_output(output);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn take_spare_output(output: &mut BytesMut) {
+    if let Some(spare) = spares::take(&OUTPUT_SPARES) {
+        *output = spare;
     }
 }
 
@@ -424,5 +507,60 @@ async fn next_subscription_event(worker: &Worker, subs: Option<&mut Subscription
     match subs {
         Some(subs) => subs.next_event(worker).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_output_buffer_is_kept_spared_dropped_or_released() {
+        use Emptied::*;
+        let small = SMALL_BUFFER;
+        let table = [
+            // (most it held, room it has, nothing more owed) -> fate
+            ((71, 71, true), Keep), // one small reply at a time: no allocation per reply
+            ((small, small, true), Keep), // the edge of small
+            ((71, 2048, false), Keep), // replies still owed: it is needed again soon
+            ((1136, 2048, false), Keep),
+            ((1136, 2048, true), Spare), // a pipeline's replies, all answered
+            ((71, 2048, true), Spare),   // a spare that carried little: not kept per client
+            ((small + 1, small + 1, true), Spare),
+            ((4096, SPARE_OUTPUT_CAPACITY, true), Spare),
+            ((4096, SPARE_OUTPUT_CAPACITY + 1, true), Dropped), // more room than spares keep
+            ((KEEP_BUFFER, KEEP_BUFFER, true), Dropped),
+            ((KEEP_BUFFER + 1, KEEP_BUFFER + 1, true), Released), // a large value's buffer
+            ((KEEP_BUFFER + 1, KEEP_BUFFER + 1, false), Released), // even with more owed
+        ];
+        for ((high, capacity, nothing_owed), want) in table {
+            assert_eq!(
+                emptied_output(high, capacity, nothing_owed),
+                want,
+                "high={high} capacity={capacity} nothing_owed={nothing_owed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_spared_output_buffer_serves_the_next_pipeline_only() {
+        let mut emptied = BytesMut::with_capacity(2048);
+        let at = emptied.as_ptr();
+        let mut high = 1136;
+        release_emptied(&mut emptied, true, &mut high);
+        assert_eq!((emptied.capacity(), high), (0, 0));
+        // One reply owed: it grows as it is, no spare taken.
+        let mut single = BytesMut::new();
+        room_for_replies(&mut single, 1);
+        assert_eq!(single.capacity(), 0);
+        // A pipeline's replies go to the spared buffer.
+        let mut pipelined = BytesMut::new();
+        room_for_replies(&mut pipelined, 16);
+        assert_eq!(pipelined.as_ptr(), at);
+        assert!(pipelined.capacity() >= 2048);
+        // None left.
+        let mut next = BytesMut::new();
+        room_for_replies(&mut next, 16);
+        assert_eq!(next.capacity(), 0);
     }
 }
