@@ -7,10 +7,17 @@ pub const SLOT_COUNT: usize = 16384;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot(u16);
 
+/// CRC16-XMODEM (Redis Cluster's key hash), sixteen bytes at a time from sixteen 512-byte
+/// tables: about 1.5 instructions per key byte where a byte-at-a-time table (the `crc16`
+/// crate, kept as the tests' reference) takes about 6, which was 105 of the instructions of a
+/// GET of a 16-byte key (callgrind).
+static KEY_HASH: crc::Crc<u16, crc::Table<16>> =
+    crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_XMODEM);
+
 impl Slot {
     /// The slot that `key` hashes to, honouring `{hash tags}`.
     pub fn of(key: &[u8]) -> Slot {
-        Slot(crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) & (SLOT_COUNT as u16 - 1))
+        Slot(KEY_HASH.checksum(hash_tag(key)) & (SLOT_COUNT as u16 - 1))
     }
 
     /// A slot from a number, if it is in range.
@@ -85,6 +92,23 @@ mod tests {
             crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
             0x31C3
         );
+    }
+
+    #[test]
+    fn the_key_hash_agrees_with_the_reference_crc16_at_every_length_and_alignment() {
+        // Every length from 0 to 300 (the sixteen-byte steps and every remainder), each at
+        // several starting offsets, over bytes that are not all alike.
+        let bytes: Vec<u8> = (0..320u32).map(|i| (i * 167 + 13) as u8).collect();
+        for start in 0..4 {
+            for len in 0..=300 {
+                let key = &bytes[start..start + len];
+                assert_eq!(
+                    KEY_HASH.checksum(key),
+                    crc16::State::<crc16::XMODEM>::calculate(key),
+                    "start {start} len {len}"
+                );
+            }
+        }
     }
 
     #[test]
