@@ -42,6 +42,16 @@ impl ReplyScanner {
     /// A [`ProtocolError`] when the bytes are not RESP. The connection cannot be trusted after
     /// that: it must be closed and its pending requests failed.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if self.remaining == 0 {
+            if let Some(len) = whole_plain_reply(buf) {
+                return Ok(Some(len));
+            }
+        }
+        self.scan_framed(buf)
+    }
+
+    /// [`ReplyScanner::scan`] for every reply: element by element, resumable.
+    fn scan_framed(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         if self.remaining == 0 || self.pos > buf.len() {
             // Idle, or the caller broke the contract: start at the front.
             *self = ReplyScanner {
@@ -119,6 +129,40 @@ impl ReplyScanner {
     }
 }
 
+/// The length of the reply at the front of `buf` when it is whole and of the kinds most replies
+/// are (a simple string, error or integer; a bulk string of up to 99,999,999 bytes, without a
+/// leading zero); `None` for anything else, complete or not, which [`ReplyScanner`] then frames
+/// element by element. Same answers, in one pass over the header: the general path cost about
+/// 150 instructions for a GET's `$64` reply (callgrind).
+fn whole_plain_reply(buf: &[u8]) -> Option<usize> {
+    match *buf.first()? {
+        b'+' | b'-' | b':' => {
+            let cr = find_byte(buf, 1, b'\r')?;
+            (buf.get(cr + 1) == Some(&b'\n')).then_some(cr + 2)
+        }
+        b'$' => {
+            let mut len = 0usize;
+            let mut i = 1;
+            loop {
+                match *buf.get(i)? {
+                    digit @ b'0'..=b'9' if i <= 8 => {
+                        len = len * 10 + usize::from(digit - b'0');
+                        i += 1;
+                    }
+                    b'\r' if i > 1 => break,
+                    _ => return None,
+                }
+            }
+            if (buf.get(1) == Some(&b'0') && i > 2) || buf.get(i + 1) != Some(&b'\n') {
+                return None;
+            }
+            let end = i + 2 + len + 2;
+            (buf.get(end - 2..end)? == b"\r\n").then_some(end)
+        }
+        _ => None,
+    }
+}
+
 /// A bulk-like length: `Some(n)` for `n >= 0`, `None` for the RESP2 null (`-1`).
 pub(crate) fn parse_len(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
     match parse_integer(line) {
@@ -146,4 +190,64 @@ fn parse_count(line: &[u8], per_entry: u64) -> Result<u64, ProtocolError> {
 /// starts with an attribute is not inspected further and counts as not an error.
 pub fn is_error_reply(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-' | b'!'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every prefix of these, and each followed by more bytes, is framed the same by the
+    /// shortcut (where it answers) as element by element.
+    #[test]
+    fn the_plain_reply_shortcut_agrees_with_framing_element_by_element() {
+        let replies: &[&[u8]] = &[
+            b"+OK\r\n",
+            b"-ERR wrong\r\n",
+            b"-MOVED 3999 127.0.0.1:7001\r\n",
+            b":0\r\n",
+            b":-12\r\n",
+            b"$0\r\n\r\n",
+            b"$3\r\nabc\r\n",
+            b"$5\r\na\r\nbc\r\n",
+            b"$10\r\n0123456789\r\n",
+            b"$-1\r\n",
+            b"$03\r\nabc\r\n", // leading zero: an error, decided by the framer
+            b"$3\r\nabcd\r\n", // payload longer than said
+            b"$3\r\nab\r\n",   // shorter
+            b"$3\rXabc\r\n",   // no LF after the length
+            b"$\r\n",          // no length
+            b"$1a\r\nx\r\n",   // not a number
+            b"$123456789\r\n", // nine digits: left to the framer
+            b"+OK\rX",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"%1\r\n+a\r\n+b\r\n",
+            b"|1\r\n+k\r\n+v\r\n+OK\r\n",
+            b"_\r\n",
+            b"?\r\n",
+        ];
+        let mut bulk64 = b"$64\r\n".to_vec();
+        bulk64.extend_from_slice(&[b'x'; 64]);
+        bulk64.extend_from_slice(b"\r\n");
+        let mut answered = 0;
+        for reply in replies.iter().copied().chain([bulk64.as_slice()]) {
+            for cut in 0..=reply.len() {
+                for tail in [&b""[..], b"+OK\r\n", b"$"] {
+                    let buf = [&reply[..cut], tail].concat();
+                    let framed = ReplyScanner::new().scan_framed(&buf);
+                    if let Some(len) = whole_plain_reply(&buf) {
+                        answered += 1;
+                        assert_eq!(framed, Ok(Some(len)), "{:?}", String::from_utf8_lossy(&buf));
+                    }
+                    assert_eq!(
+                        ReplyScanner::new().scan(&buf),
+                        framed,
+                        "{:?}",
+                        String::from_utf8_lossy(&buf)
+                    );
+                }
+            }
+        }
+        // The shortcut answered the whole ones (not just left everything to the framer).
+        assert!(answered > 30, "{answered}");
+    }
 }
