@@ -169,19 +169,20 @@ impl ReplyQueue {
         });
     }
 
-    /// Room for a first command, or for a second one: a spare pipeline's storage if the worker
-    /// has one, else room for one (the most a client sending one command at a time ever
-    /// needs). A queue that outgrows a spare grows as any `VecDeque` does.
+    /// Room for a first command: room for one, the most a client sending one command at a
+    /// time ever needs (a spare taken then would go back at once, and cycle through the
+    /// spares with every command). Room for a second: a spare pipeline's storage if the
+    /// worker has one; else, and past a spare's room, the queue grows as any `VecDeque` does.
     #[cold]
     #[inline(never)]
     fn make_room(&mut self) {
-        match spares::take(&QUEUE_SPARES) {
-            Some(mut spare) => {
-                spare.extend(self.entries.drain(..));
-                self.entries = spare;
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        } else if let Some(mut spare) = spares::take(&QUEUE_SPARES) {
+            while let Some(entry) = self.entries.pop_front() {
+                spare.push_back(entry);
             }
-            None if self.entries.capacity() == 0 => self.entries.reserve_exact(1),
-            None => {}
+            self.entries = spare;
         }
     }
 
@@ -472,8 +473,10 @@ mod tests {
             drained(&mut first);
             first.release_idle();
             assert_eq!(first.entries.capacity(), 0);
-            // The next queue's first command takes it whole.
+            // The next queue's first command gets room for one, its second takes it whole.
             let mut second = ReplyQueue::new(worker.clone());
+            second.push(ready(b"+OK\r\n"));
+            assert_eq!(second.entries.capacity(), 1);
             second.push(ready(b"+OK\r\n"));
             assert_eq!(second.entries.capacity(), capacity);
             // A queue of one command at a time keeps its room for one, and gives nothing.
@@ -483,9 +486,14 @@ mod tests {
             drained(&mut third);
             third.release_idle();
             assert_eq!(third.entries.capacity(), 1);
-            // A second command in flight: the queue of one takes a spare (none left: it grows).
+            // The second gives it back; one command at a time after that does not take it
+            // (it would cycle through the spares with every command).
             drained(&mut second);
             second.release_idle();
+            assert_eq!(second.entries.capacity(), 0);
+            second.push(ready(b"+OK\r\n"));
+            assert_eq!(second.entries.capacity(), 1);
+            // A second command in flight: the queue of one takes the spare.
             third.push(ready(b"+OK\r\n"));
             third.push(ready(b"+OK\r\n"));
             assert_eq!(third.entries.capacity(), capacity);
