@@ -126,7 +126,7 @@ fn dispatch_command(
         None => None,
     };
     let latency = if worker.shared.config.admin.metrics {
-        let metrics = worker.command_metrics(spec.id, &spec.name);
+        let metrics = worker.command_metrics(&table, spec);
         metrics.received.set(metrics.received.get() + 1);
         Some((*arrived.get_or_insert_with(Instant::now), metrics))
     } else {

@@ -47,7 +47,7 @@ pub struct Worker {
     resp3: Option<Rc<Worker>>,
     /// Per-command metric handles by command-table id, registered on first use so the hot
     /// path never formats a metric name.
-    command_metrics: RefCell<Vec<Option<Rc<CommandMetrics>>>>,
+    command_metrics: RefCell<MetricsById>,
     /// Zone-aware reads by locality since the last fold (plain cells: no atomic operation
     /// per read), and their `slotproxy_replica_reads_total{locality}` counters; `None` under
     /// the other policies, which count nothing.
@@ -132,6 +132,15 @@ impl std::ops::Deref for SlotMapOf {
     fn deref(&self) -> &ArcSwap<SlotMap> {
         self.0.map_source()
     }
+}
+
+/// Per-command metrics by id in `table`, held so that a new table cannot be mistaken for it by
+/// address: while it is the current one, an id names the same command, and the handle is found
+/// without comparing command names (a `memcmp` per request).
+#[derive(Default)]
+struct MetricsById {
+    table: Option<Arc<CommandTable>>,
+    by_id: Vec<Option<Rc<CommandMetrics>>>,
 }
 
 /// Metrics of one command on this worker, counted in plain cells (no atomic operation per
@@ -262,7 +271,7 @@ impl Worker {
             max_pipeline_depth: config.limits.max_pipeline_depth,
             read_from: config.backend.read_from,
             protocol,
-            command_metrics: RefCell::new(Vec::new()),
+            command_metrics: RefCell::new(MetricsById::default()),
             bytes: ByteCounts::new(),
             zone_reads: config
                 .backend
@@ -314,21 +323,33 @@ impl Worker {
         }
     }
 
-    /// The metrics of the command `name` with table id `id`.
-    pub fn command_metrics(&self, id: u16, name: &str) -> Rc<CommandMetrics> {
-        let mut all = self.command_metrics.borrow_mut();
-        let index = usize::from(id);
+    /// The metrics of the command `spec` of `table`.
+    pub fn command_metrics(
+        &self,
+        table: &Arc<CommandTable>,
+        spec: &CommandSpec,
+    ) -> Rc<CommandMetrics> {
+        let mut metrics = self.command_metrics.borrow_mut();
+        let index = usize::from(spec.id);
+        if !metrics
+            .table
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, table))
+        {
+            // A new table may give an id another command: fold what each has and start over.
+            for old in metrics.by_id.drain(..).flatten() {
+                old.fold(&self.shared);
+            }
+            metrics.table = Some(table.clone());
+        }
+        let all = &mut metrics.by_id;
         if all.len() <= index {
             all.resize(index + 1, None);
         }
         match &all[index] {
-            Some(m) if m.name == name => m.clone(),
-            previous => {
-                // A new table may give the id another command: fold what the old one has.
-                if let Some(old) = previous {
-                    old.fold(&self.shared);
-                }
-                let label = name.to_string();
+            Some(m) => m.clone(),
+            None => {
+                let label = spec.name.to_string();
                 let m = Rc::new(CommandMetrics {
                     name: label.clone(),
                     received: Cell::new(0),
@@ -355,7 +376,7 @@ impl Worker {
     /// Moves this worker's (and its RESP3 twin's) command counts, latencies and zone-aware
     /// read counts into the shared metrics.
     pub fn fold_latencies(&self) {
-        for m in self.command_metrics.borrow().iter().flatten() {
+        for m in self.command_metrics.borrow().by_id.iter().flatten() {
             m.fold(&self.shared);
         }
         self.bytes.fold();
