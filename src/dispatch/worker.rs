@@ -457,4 +457,28 @@ mod lookup_tests {
             .is_some_and(|t| Arc::ptr_eq(t, &other_table)));
         assert_eq!(&last.name[..last.len], b"GETDEL");
     }
+
+    #[test]
+    fn command_metrics_are_kept_per_id_while_their_table_is_current() {
+        let worker = test_worker(Duration::ZERO);
+        let table = Arc::new(CommandTable::builtin().clone());
+        let get = table.get("get").expect("get");
+        let set = table.get("set").expect("set");
+        let first = worker.command_metrics(&table, get);
+        assert!(Rc::ptr_eq(&first, &worker.command_metrics(&table, get)));
+        assert_eq!(worker.command_metrics(&table, set).name, "set");
+        first.received.set(3);
+        // A new table (a reload): what the old handles counted is folded, and each id gets a
+        // handle of the new table's command.
+        let reloaded = Arc::new(CommandTable::builtin().clone());
+        let get_again = reloaded.get("get").expect("get");
+        let second = worker.command_metrics(&reloaded, get_again);
+        assert!(!Rc::ptr_eq(&first, &second));
+        assert_eq!(first.received.get(), 0);
+        assert_eq!(second.name, "get");
+        assert!(Rc::ptr_eq(
+            &second,
+            &worker.command_metrics(&reloaded, get_again)
+        ));
+    }
 }
