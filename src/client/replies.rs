@@ -77,6 +77,14 @@ fn append_reply(out: &mut BytesMut, reply: Bytes) {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn take_spare_output(out: &mut BytesMut) {
+    if let Some(spare) = spares::take(&spares::OUTPUTS) {
+        *out = spare;
+    }
+}
+
 pub struct ReplyQueue {
     worker: Rc<Worker>,
     entries: VecDeque<Entry>,
@@ -201,12 +209,20 @@ impl ReplyQueue {
         }
         // One clock read for every reply of this batch (they go out in the same write).
         let mut now = None;
+        let pipelined = self.entries.len() > 1;
         while let Some(front) = self.entries.front_mut() {
             if limit > 0 && out.len() > limit {
                 break;
             }
             match &mut front.state {
-                State::Ready(_) => self.pop_into(out, &mut now),
+                State::Ready(bytes) => {
+                    // A pipeline's replies go into a spare buffer rather than one that grows
+                    // in steps as they are copied in (a reply moved in whole needs none).
+                    if out.capacity() == 0 && pipelined && bytes.len() < TAKE_WHOLE {
+                        take_spare_output(out);
+                    }
+                    self.pop_into(out, &mut now)
+                }
                 State::InFlight(in_flight) => match in_flight.try_settle(&self.worker) {
                     Some(settled) => self.settle(0, settled),
                     None => break,
@@ -498,6 +514,29 @@ mod tests {
             third.push(ready(b"+OK\r\n"));
             assert_eq!(third.entries.capacity(), capacity);
             assert_eq!(drained(&mut third), b"+OK\r\n+OK\r\n");
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelines_replies_go_into_a_spare_output_buffer() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            let spare = BytesMut::with_capacity(2048);
+            let at = spare.as_ptr();
+            spares::give(&spares::OUTPUTS, spare);
+            // One reply: copied into the buffer as it is; the spare stays.
+            queue.push(ready(b"+one\r\n"));
+            let mut out = BytesMut::new();
+            queue.drain_ready(&mut out, 0);
+            assert_ne!(out.as_ptr(), at);
+            // Two: the spare takes them.
+            queue.push(ready(b"+first\r\n"));
+            queue.push(ready(b"+second\r\n"));
+            let mut out = BytesMut::new();
+            queue.drain_ready(&mut out, 0);
+            assert_eq!(out.as_ptr(), at);
+            assert_eq!(out, b"+first\r\n+second\r\n".as_slice());
         })
         .await;
     }

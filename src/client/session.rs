@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 
 use super::io::{write_copying, ClientStream};
 use super::replies::ReplyQueue;
-use super::spares::{self, Spares};
+use super::spares::{self, OUTPUTS, OUTPUT_CAPACITY};
 use crate::dispatch::clients;
 use crate::dispatch::pubsub::Subscriptions;
 use crate::dispatch::tracking;
@@ -33,15 +33,6 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// `-P 1`, callgrind), and this much per idle client is little (10,000 idle clients: at most
 /// 5 MiB, in practice the few dozen bytes of their last reply).
 const SMALL_BUFFER: usize = 512;
-/// Emptied output buffers kept per worker for the next pipeline's replies (see
-/// [`super::spares`]): at most this many, each with room for at most
-/// [`SPARE_OUTPUT_CAPACITY`] bytes (at most 512 KiB per worker).
-const SPARE_OUTPUTS: usize = 32;
-const SPARE_OUTPUT_CAPACITY: usize = 16 * 1024;
-
-thread_local! {
-    static OUTPUT_SPARES: Spares<BytesMut> = const { Spares::new(SPARE_OUTPUTS) };
-}
 /// Input read ahead while a command is held by CLIENT PAUSE; beyond it the socket waits.
 const HELD_INPUT_LIMIT: usize = 1024 * 1024;
 
@@ -135,7 +126,6 @@ async fn run<S: ClientStream>(
             (limits.output_limit, limits.idle_timeout)
         };
         idle.follow(idle_timeout, idle_timer.as_mut());
-        room_for_replies(&mut output, pending.len());
         // Replies that completed first: taking them out of the queue makes room for the
         // commands still waiting in `input` (a full pipeline stops dispatching, and nothing
         // else would wake the session for input that is already read).
@@ -149,7 +139,6 @@ async fn run<S: ClientStream>(
                 &mut pending,
                 &mut held,
             );
-            room_for_replies(&mut output, pending.len());
             // Everything already complete goes out in one write.
             pending.drain_ready(&mut output, output_limit);
         }
@@ -400,7 +389,7 @@ fn emptied_output(high: usize, capacity: usize, nothing_owed: bool) -> Emptied {
         Emptied::Released
     } else if !nothing_owed || (high <= SMALL_BUFFER && capacity <= SMALL_BUFFER) {
         Emptied::Keep
-    } else if capacity <= SPARE_OUTPUT_CAPACITY {
+    } else if capacity <= OUTPUT_CAPACITY {
         Emptied::Spare
     } else {
         Emptied::Dropped
@@ -422,29 +411,12 @@ fn give_back_output(output: &mut BytesMut, fate: Emptied, high: &mut usize) {
     let emptied = std::mem::take(output);
     let held = std::mem::take(high);
     match fate {
-        Emptied::Spare => spares::give(&OUTPUT_SPARES, emptied),
+        Emptied::Spare => spares::give(&OUTPUTS, emptied),
         Emptied::Released => {
             drop(emptied);
             crate::memory::released(held);
         }
         Emptied::Keep | Emptied::Dropped => {}
-    }
-}
-
-/// Room for the replies of a pipeline (`owed` commands): an empty output buffer without room
-/// takes a spare one, instead of growing in steps as the replies are copied in.
-#[inline(always)]
-fn room_for_replies(output: &mut BytesMut, owed: usize) {
-    if owed > 1 && output.capacity() == 0 {
-        take_spare_output(output);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn take_spare_output(output: &mut BytesMut) {
-    if let Some(spare) = spares::take(&OUTPUT_SPARES) {
-        *output = spare;
     }
 }
 
@@ -527,8 +499,8 @@ mod tests {
             ((1136, 2048, true), Spare), // a pipeline's replies, all answered
             ((71, 2048, true), Spare),   // a spare that carried little: not kept per client
             ((small + 1, small + 1, true), Spare),
-            ((4096, SPARE_OUTPUT_CAPACITY, true), Spare),
-            ((4096, SPARE_OUTPUT_CAPACITY + 1, true), Dropped), // more room than spares keep
+            ((4096, OUTPUT_CAPACITY, true), Spare),
+            ((4096, OUTPUT_CAPACITY + 1, true), Dropped), // more room than spares keep
             ((KEEP_BUFFER, KEEP_BUFFER, true), Dropped),
             ((KEEP_BUFFER + 1, KEEP_BUFFER + 1, true), Released), // a large value's buffer
             ((KEEP_BUFFER + 1, KEEP_BUFFER + 1, false), Released), // even with more owed
@@ -543,24 +515,17 @@ mod tests {
     }
 
     #[test]
-    fn a_spared_output_buffer_serves_the_next_pipeline_only() {
+    fn an_emptied_pipeline_buffer_goes_to_the_spares_and_a_small_one_stays() {
         let mut emptied = BytesMut::with_capacity(2048);
         let at = emptied.as_ptr();
         let mut high = 1136;
         release_emptied(&mut emptied, true, &mut high);
         assert_eq!((emptied.capacity(), high), (0, 0));
-        // One reply owed: it grows as it is, no spare taken.
-        let mut single = BytesMut::new();
-        room_for_replies(&mut single, 1);
-        assert_eq!(single.capacity(), 0);
-        // A pipeline's replies go to the spared buffer.
-        let mut pipelined = BytesMut::new();
-        room_for_replies(&mut pipelined, 16);
-        assert_eq!(pipelined.as_ptr(), at);
-        assert!(pipelined.capacity() >= 2048);
-        // None left.
-        let mut next = BytesMut::new();
-        room_for_replies(&mut next, 16);
-        assert_eq!(next.capacity(), 0);
+        assert_eq!(spares::take(&OUTPUTS).map(|b| b.as_ptr()), Some(at));
+        let mut small = BytesMut::with_capacity(80);
+        let mut high = 71;
+        release_emptied(&mut small, true, &mut high);
+        assert_eq!((small.capacity(), high), (80, 71));
+        assert!(spares::take(&OUTPUTS).is_none());
     }
 }

@@ -15,6 +15,19 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
+use bytes::BytesMut;
+
+/// Emptied output buffers kept per worker for the next pipeline's replies: at most this many,
+/// each with room for at most [`OUTPUT_CAPACITY`] bytes (at most 512 KiB per worker). The
+/// session gives them (see `session::emptied_output`), the reply queue takes one when it
+/// copies a pipeline's replies into an output buffer without room.
+const OUTPUT_COUNT: usize = 32;
+pub const OUTPUT_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    pub static OUTPUTS: Spares<BytesMut> = const { Spares::new(OUTPUT_COUNT) };
+}
+
 /// A bounded stack of spare storage of one kind.
 pub struct Spares<T> {
     kept: RefCell<Vec<T>>,
