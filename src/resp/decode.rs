@@ -320,9 +320,19 @@ fn parse_header(buf: &[u8], at: usize, marker: u8) -> Option<(usize, usize)> {
     if *buf.get(at)? != marker {
         return None;
     }
-    // Most headers have a single digit (`*2`, `$3`): read at once, without the loop.
-    if let Some(&[digit @ b'0'..=b'9', b'\r', b'\n']) = buf.get(at + 1..at + 4) {
-        return Some((usize::from(digit - b'0'), at + 4));
+    // Most headers have one or two digits (`*2`, `$3`, `$16`): read at once, without the
+    // loop (which takes the rest, and a header at the very end of the buffer).
+    match buf.get(at + 1..at + 5) {
+        Some(&[digit @ b'0'..=b'9', b'\r', b'\n', _]) => {
+            return Some((usize::from(digit - b'0'), at + 4));
+        }
+        Some(&[tens @ b'1'..=b'9', ones @ b'0'..=b'9', b'\r', b'\n']) => {
+            return Some((
+                usize::from(tens - b'0') * 10 + usize::from(ones - b'0'),
+                at + 5,
+            ));
+        }
+        _ => {}
     }
     let digits_start = at + 1;
     let mut value: u64 = 0;
