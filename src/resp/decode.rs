@@ -501,3 +501,45 @@ pub fn decode_command(
 ) -> Result<Option<Command>, ProtocolError> {
     RequestDecoder::new(limits.clone()).decode(buf)
 }
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// `parse_header` against `parse_integer`'s rules, for every header of up to three
+    /// characters over digits, a sign and a letter, each followed by CRLF and then nothing,
+    /// one byte, or more: the shortcuts for one and two digits and the loop agree.
+    #[test]
+    fn headers_read_as_parse_integer_reads_their_counts() {
+        let alphabet = [b'0', b'1', b'2', b'5', b'9', b'-', b'x'];
+        let mut bodies: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=3 {
+            let mut next = Vec::new();
+            for body in bodies.iter().filter(|b| b.len() == len - 1) {
+                for &c in &alphabet {
+                    let mut longer = body.clone();
+                    longer.push(c);
+                    next.push(longer);
+                }
+            }
+            bodies.extend(next);
+        }
+        for body in &bodies {
+            let want = parse_integer(body)
+                .filter(|&n| n >= 0)
+                .map(|n| (n as usize, body.len() + 3));
+            for tail in [&b""[..], b"x", b"xyz"] {
+                let mut header = vec![b'$'];
+                header.extend_from_slice(body);
+                header.extend_from_slice(b"\r\n");
+                header.extend_from_slice(tail);
+                assert_eq!(
+                    parse_header(&header, 0, b'$'),
+                    want,
+                    "{:?}",
+                    String::from_utf8_lossy(&header)
+                );
+            }
+        }
+    }
+}
