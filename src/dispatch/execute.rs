@@ -359,9 +359,7 @@ fn split(
             replies.push(request.reply(worker.clone()).await);
         }
         match kind {
-            SplitKind::Values => {
-                merge::by_position(positions.into_iter().zip(replies).collect(), total)
-            }
+            SplitKind::Values => merge::by_position(&positions, &replies, total),
             SplitKind::Pairs => merge::all_ok(&replies),
             SplitKind::Count => merge::sum(&replies),
         }

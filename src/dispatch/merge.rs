@@ -2,9 +2,11 @@
 //! Every merge fails with the first error reply among the parts, in argument (or shard) order.
 
 use bytes::{Bytes, BytesMut};
+use smallvec::{smallvec, SmallVec};
 
 use super::error::ProxyError;
 use super::reply;
+use super::split::Positions;
 use crate::resp::{encode, is_error_reply, ReplyScanner};
 
 fn first_error(parts: &[Bytes]) -> Option<Bytes> {
@@ -47,31 +49,52 @@ fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
     out.freeze()
 }
 
-/// MGET: each part answered for some of the keys; put every value back at its key's position.
-pub fn by_position(parts: Vec<(Vec<usize>, Bytes)>, total: usize) -> Bytes {
-    let replies: Vec<Bytes> = parts.iter().map(|(_, r)| r.clone()).collect();
-    if let Some(e) = first_error(&replies) {
+/// The byte ranges of an array reply's elements; `None` for anything else.
+fn element_ranges(reply: &[u8]) -> Option<SmallVec<[(usize, usize); 4]>> {
+    let rest = reply.strip_prefix(b"*")?;
+    let line_end = rest.iter().position(|&b| b == b'\r')?;
+    let count: usize = std::str::from_utf8(rest.get(..line_end)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut at = 1 + line_end + 2;
+    let mut ranges = SmallVec::new();
+    for _ in 0..count {
+        let len = ReplyScanner::default().scan(reply.get(at..)?).ok()??;
+        ranges.push((at, at + len));
+        at += len;
+    }
+    (at == reply.len()).then_some(ranges)
+}
+
+/// MGET: each part answered for the keys at `positions[i]`; put every value back at its key's
+/// position. Values are copied straight from the parts' replies into the merged one.
+pub fn by_position(positions: &[Positions], replies: &[Bytes], total: usize) -> Bytes {
+    if let Some(e) = first_error(replies) {
         return e;
     }
-    let mut slots: Vec<Option<Bytes>> = vec![None; total];
-    for (positions, reply) in parts {
-        let Some(values) = array_elements(&reply) else {
+    // For each key position: (part, start, end) of its value in that part's reply.
+    let mut values: SmallVec<[Option<(usize, usize, usize)>; 16]> = smallvec![None; total];
+    let mut size = 16;
+    for (part, (positions, reply)) in positions.iter().zip(replies).enumerate() {
+        let Some(ranges) = element_ranges(reply) else {
             return malformed();
         };
-        if values.len() != positions.len() {
+        if ranges.len() != positions.len() {
             return malformed();
         }
-        for (pos, value) in positions.into_iter().zip(values) {
-            if let Some(slot) = slots.get_mut(pos) {
-                *slot = Some(value);
+        for (&position, (start, end)) in positions.iter().zip(ranges) {
+            if let Some(value) = values.get_mut(position) {
+                *value = Some((part, start, end));
+                size += end - start;
             }
         }
     }
-    let mut out =
-        BytesMut::with_capacity(16 + slots.iter().flatten().map(Bytes::len).sum::<usize>());
+    let mut out = BytesMut::with_capacity(size);
     encode::array_header(&mut out, total);
-    for value in &slots {
-        let Some(value) = value else {
+    for value in &values {
+        let Some(value) = value.and_then(|(part, start, end)| replies.get(part)?.get(start..end))
+        else {
             return malformed();
         };
         out.extend_from_slice(value);
@@ -319,21 +342,75 @@ mod tests {
     #[test]
     fn mget_positions() {
         let merged = by_position(
-            vec![
-                (vec![0, 2], b("*2\r\n$1\r\na\r\n$-1\r\n")),
-                (vec![1], b("*1\r\n$2\r\nbb\r\n")),
-            ],
+            &[smallvec![0, 2], smallvec![1]],
+            &[b("*2\r\n$1\r\na\r\n$-1\r\n"), b("*1\r\n$2\r\nbb\r\n")],
             3,
         );
         assert_eq!(merged, b("*3\r\n$1\r\na\r\n$2\r\nbb\r\n$-1\r\n"));
         let failed = by_position(
-            vec![
-                (vec![0], b("*1\r\n$1\r\na\r\n")),
-                (vec![1], b("-TRYAGAIN x\r\n")),
-            ],
+            &[smallvec![0], smallvec![1]],
+            &[b("*1\r\n$1\r\na\r\n"), b("-TRYAGAIN x\r\n")],
             2,
         );
         assert_eq!(failed, b("-TRYAGAIN x\r\n"));
+    }
+
+    /// Parts whose replies do not fit their keys give the merge error, never a reply with a
+    /// value missing or in the wrong place.
+    #[test]
+    fn mget_parts_that_do_not_fit_are_malformed() {
+        let one = || b("*1\r\n$1\r\na\r\n");
+        let cases: Vec<(&str, Vec<Positions>, Vec<Bytes>, usize)> = vec![
+            (
+                "not an array",
+                vec![smallvec![0]],
+                vec![b("$1\r\na\r\n")],
+                1,
+            ),
+            ("too few values", vec![smallvec![0, 1]], vec![one()], 2),
+            (
+                "too many values",
+                vec![smallvec![0]],
+                vec![b("*2\r\n:1\r\n:2\r\n")],
+                1,
+            ),
+            (
+                "trailing bytes",
+                vec![smallvec![0]],
+                vec![b("*1\r\n:1\r\n:2\r\n")],
+                1,
+            ),
+            (
+                "cut short",
+                vec![smallvec![0]],
+                vec![b("*1\r\n$3\r\nab")],
+                1,
+            ),
+            ("a position unanswered", vec![smallvec![0]], vec![one()], 2),
+            (
+                "a position past the end",
+                vec![smallvec![1]],
+                vec![one()],
+                1,
+            ),
+        ];
+        for (what, positions, replies, total) in cases {
+            assert_eq!(
+                by_position(&positions, &replies, total),
+                malformed(),
+                "{what}"
+            );
+        }
+        let values = by_position(
+            &[smallvec![3, 0], smallvec![2], smallvec![1]],
+            &[
+                b("*2\r\n$1\r\nd\r\n*1\r\n:0\r\n"),
+                b("*1\r\n_\r\n"),
+                b("*1\r\n$-1\r\n"),
+            ],
+            4,
+        );
+        assert_eq!(values, b("*4\r\n*1\r\n:0\r\n$-1\r\n_\r\n$1\r\nd\r\n"));
     }
 
     #[test]

@@ -770,8 +770,10 @@ mod tests {
             panic!("MGET over two slots is split");
         };
         assert_eq!((kind, resend), (SplitKind::Values, Resend::Safe));
-        let slots: Vec<(Slot, Vec<usize>)> =
-            parts.into_iter().map(|p| (p.slot, p.positions)).collect();
+        let slots: Vec<(Slot, Vec<usize>)> = parts
+            .into_iter()
+            .map(|p| (p.slot, p.positions.to_vec()))
+            .collect();
         assert_eq!(slots, [(slot("a"), vec![0, 2]), (slot("b"), vec![1])]);
         for (args, expected_kind, expected_resend) in [
             (

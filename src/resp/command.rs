@@ -81,6 +81,19 @@ impl Command {
         (start <= end && end <= self.raw.len()).then(|| self.raw.slice(start..end))
     }
 
+    /// Argument `i` as the request encodes it (`$len\r\n` payload `\r\n`), to copy into a
+    /// sub-command without encoding it again; `None` past the end. `raw` is one array of bulk
+    /// strings laid end to end, so argument `i` starts where argument `i - 1` (or the array
+    /// header) ends.
+    pub fn arg_encoded(&self, i: usize) -> Option<&[u8]> {
+        let &(_, end) = self.args.get(i)?;
+        let start = match i.checked_sub(1) {
+            Some(previous) => self.args.get(previous)?.1 + 2,
+            None => self.raw.iter().position(|&b| b == b'\n')? + 1,
+        };
+        self.raw.get(start..end + 2)
+    }
+
     /// All arguments in order, starting with the name.
     pub fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.args

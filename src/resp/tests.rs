@@ -480,3 +480,20 @@ fn values_wait_for_complete_input_and_limit_depth() {
     // A huge declared length does not allocate up front.
     assert_eq!(Value::parse(b"*1000000000\r\n").unwrap(), None);
 }
+
+/// Sub-commands copy arguments as the request encoded them: every argument of every way a
+/// command comes about (whole, byte by byte, inline, built) reads back as its bulk string.
+#[test]
+fn each_argument_reads_back_as_its_bulk_string() {
+    let mut commands = decode_all(PIPELINE, RequestLimits::default()).unwrap();
+    commands.extend(decode_bytewise(PIPELINE).unwrap());
+    commands.push(Command::from_args(&["MSET", "k1", "v", "", "x\r\ny"]));
+    for cmd in &commands {
+        for i in 0..cmd.argc() {
+            let mut want = BytesMut::new();
+            encode::bulk(&mut want, cmd.arg(i).unwrap());
+            assert_eq!(cmd.arg_encoded(i), Some(&want[..]), "{cmd:?} argument {i}");
+        }
+        assert_eq!(cmd.arg_encoded(cmd.argc()), None);
+    }
+}
