@@ -41,6 +41,10 @@ impl ReplyScanner {
     ///
     /// A [`ProtocolError`] when the bytes are not RESP. The connection cannot be trusted after
     /// that: it must be closed and its pending requests failed.
+    ///
+    /// Inline with the one-pass shortcut, the element-by-element framing out of line: it runs
+    /// once per backend reply.
+    #[inline(always)]
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         if self.remaining == 0 {
             if let Some(len) = whole_plain_reply(buf) {
@@ -51,6 +55,7 @@ impl ReplyScanner {
     }
 
     /// [`ReplyScanner::scan`] for every reply: element by element, resumable.
+    #[inline(never)]
     fn scan_framed(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         if self.remaining == 0 || self.pos > buf.len() {
             // Idle, or the caller broke the contract: start at the front.
