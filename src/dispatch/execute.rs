@@ -237,6 +237,9 @@ fn start_send(
     started
 }
 
+/// Inline: the path of nearly every command. Each call on it costs its moves of the reply
+/// (about a hundred bytes) besides the call itself; the deferred case stays out of line.
+#[inline(always)]
 fn send_one(
     worker: &Rc<Worker>,
     client: &mut ClientState,
@@ -250,8 +253,14 @@ fn send_one(
             payload,
             target,
             resend,
-        } => Reply::later(run(worker.clone(), payload, target, resend)),
+        } => deferred(worker, payload, target, resend),
     }
+}
+
+/// A request with no node to go to right now, to the driver.
+#[inline(never)]
+fn deferred(worker: &Rc<Worker>, payload: Bytes, target: Target, resend: Resend) -> Reply {
+    Reply::later(run(worker.clone(), payload, target, resend))
 }
 
 /// A script on a connection of its own when its client has nothing else in flight and a
