@@ -83,6 +83,9 @@ impl<C: Connector + Clone> Pool<C> {
     }
 
     /// Queues `payload` on the pipe to `addr`, opening one if needed.
+    ///
+    /// Inline with the common case, a node among the recent ones (the rest is out of line).
+    #[inline(always)]
     pub fn send(
         &self,
         addr: &NodeAddr,
@@ -99,6 +102,17 @@ impl<C: Connector + Clone> Pool<C> {
                 return Ok(pipe.send(payload, asking));
             }
         }
+        self.send_to_any_pipe(addr, payload, asking)
+    }
+
+    /// [`Pool::send`] past the recent pipes: the node's pipe in service, or a new one.
+    #[inline(never)]
+    fn send_to_any_pipe(
+        &self,
+        addr: &NodeAddr,
+        payload: Bytes,
+        asking: bool,
+    ) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
         let mut pipes = self.pipes.borrow_mut();
         let mut retrying = false;
         if let Some(InService { pipe, .. }) = pipes.get(addr) {
