@@ -204,6 +204,8 @@ impl Pipe {
         self.queue(payload, false, true)
     }
 
+    /// Inline: once per request; the refusal of a pipe whose task is gone is out of line.
+    #[inline(always)]
     fn queue(&self, payload: Bytes, asking: bool, untimed: bool) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(request) = self.queue.push(Request {
@@ -212,13 +214,19 @@ impl Pipe {
             untimed,
             reply,
         }) {
-            // The task is gone: nothing was written, so the caller may resend elsewhere.
-            let _ = request.reply.send(Err(BackendError::NotSent {
-                addr: String::new(),
-            }));
+            not_sent(request);
         }
         rx
     }
+}
+
+/// The task is gone: nothing was written, so the caller may resend elsewhere.
+#[cold]
+#[inline(never)]
+fn not_sent(request: Request) {
+    let _ = request.reply.send(Err(BackendError::NotSent {
+        addr: String::new(),
+    }));
 }
 
 async fn run<C: Connector>(
