@@ -485,7 +485,7 @@ for name in "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}"; do start_peer "$name"; done
 # ------------------------------------------------------------------------------------------
 RAW="$TMP/raw.tsv"
 META="$TMP/meta.tsv"
-printf 'round\tworkload\ttarget\trequests\trps\tavg_ms\tp50_ms\tp95_ms\tp99_ms\tmax_ms\tcpu_ticks\tcpu_us_per_req\trss_kb\tstatus\tdetail\n' >"$RAW"
+printf 'round\tworkload\ttarget\trequests\trps\tavg_ms\tp50_ms\tp95_ms\tp99_ms\tmax_ms\tcpu_ticks\tcpu_us_per_req\trss_kb\tstatus\tdetail\tcpu_user_us_per_req\tcpu_sys_us_per_req\n' >"$RAW"
 
 workload_title() {
     case "$1" in
@@ -552,14 +552,15 @@ bench_args() {
     BARGS=(-h 127.0.0.1 -p "$(target_port "$2")" -n "$NREQ" --csv "${BARGS[@]}")
 }
 
-cpu_ticks() { # pid -> utime+stime (fields 14 and 15 of /proc/PID/stat), in clock ticks
+cpu_ticks() { # pid -> "utime stime" (fields 14 and 15 of /proc/PID/stat), in clock ticks
     local s
     s=$(<"/proc/$1/stat") || return 1
     s=${s##*) }   # the command name (field 2) may contain spaces: cut after its ')'
     # shellcheck disable=SC2086
     set -- $s     # now $1 is field 3
-    echo $((${12} + ${13}))
+    echo "${12} ${13}"
 }
+per_req_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$NREQ" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }'; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
 sanitize() { { tr '\t\r\n' '   ' | sed 's/  */ /g; s/^ //; s/ $//' | head -c 600; } || true; }
@@ -567,8 +568,9 @@ sanitize() { { tr '\t\r\n' '   ' | sed 's/  */ /g; s/^ //; s/ $//' | head -c 600
 FAILED_RUNS=0
 declare -A TARGET_DEAD=()
 run_one() { # round workload target
-    local round=$1 wl=$2 target=$3 pid port out err rc t0 t1 row status detail
+    local round=$1 wl=$2 target=$3 pid port out err rc row status detail
     local rps="" avg="" p50="" p95="" p99="" max="" ticks="" cpu_us="" rss="" elapsed
+    local user_us="" sys_us="" u0 s0 u1 s1
     pid=$(target_pid "$target")
     port=$(target_port "$target")
     bench_args "$wl" "$target"
@@ -577,11 +579,11 @@ run_one() { # round workload target
     if [ -n "$pid" ] && ! pid_alive "$pid"; then
         [ -n "${TARGET_DEAD[$target]:-}" ] || log "ERROR: $target (pid $pid) is not running any more; see $TMP/$target.log"
         TARGET_DEAD[$target]=1
-        printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t\tfailed\t%s\n' "$round" "$wl" "$target" "$NREQ" "$target not running" >>"$RAW"
+        printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t\tfailed\t%s\t\t\n' "$round" "$wl" "$target" "$NREQ" "$target not running" >>"$RAW"
         FAILED_RUNS=$((FAILED_RUNS + 1))
         return 0
     fi
-    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    [ -n "$pid" ] && read -r u0 s0 <<<"$(cpu_ticks "$pid")"
     local start_ns end_ns
     start_ns=$(date +%s%N)
     timeout -k 5 "$RUN_TIMEOUT" taskset -c "$REDIS_CPU" redis-benchmark "${BARGS[@]}" >"$out" 2>"$err" &
@@ -592,9 +594,11 @@ run_one() { # round workload target
     end_ns=$(date +%s%N)
     elapsed=$(((end_ns - start_ns) / 1000000))
     if [ -n "$pid" ] && pid_alive "$pid"; then
-        t1=$(cpu_ticks "$pid")
-        ticks=$((t1 - t0))
-        cpu_us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$NREQ" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
+        read -r u1 s1 <<<"$(cpu_ticks "$pid")"
+        ticks=$((u1 - u0 + s1 - s0))
+        cpu_us=$(per_req_us "$ticks")
+        user_us=$(per_req_us $((u1 - u0)))
+        sys_us=$(per_req_us $((s1 - s0)))
         rss=$(rss_kb "$pid")
     fi
     # The data row: the last line starting with a quote that is not the header.
@@ -617,12 +621,12 @@ run_one() { # round workload target
         [ -n "$row" ] || detail+="; no CSV row"
         FAILED_RUNS=$((FAILED_RUNS + 1))
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$round" "$wl" "$target" "$NREQ" "$rps" "$avg" "$p50" "$p95" "$p99" "$max" \
-        "$ticks" "$cpu_us" "$rss" "$status" "$detail" >>"$RAW"
+        "$ticks" "$cpu_us" "$rss" "$status" "$detail" "$user_us" "$sys_us" >>"$RAW"
     local msg
     msg=$(printf 'round %d/%d %-9s %-13s %10s req/s  p50 %s  p99 %s ms' "$round" "$ROUNDS" "$wl" "$target" "${rps:-?}" "${p50:-?}" "${p99:-?}")
-    [ -n "$cpu_us" ] && msg+=$(printf '  cpu %s us/req  rss %s kB' "$cpu_us" "${rss:-?}")
+    [ -n "$cpu_us" ] && msg+=$(printf '  cpu %s us/req (user %s)  rss %s kB' "$cpu_us" "$user_us" "${rss:-?}")
     msg+=$(printf '  (%d.%01d s)' $((elapsed / 1000)) $(((elapsed % 1000) / 100)))
     log "$msg"
     if [ "$status" != ok ]; then

@@ -5,7 +5,8 @@ per-round numbers. Standard library only.
     bench_report.py --raw RAW.tsv --meta META.tsv [--markdown FILE]
 
 RAW.tsv: one row per redis-benchmark run (header: round, workload, target, requests, rps,
-avg_ms, p50_ms, p95_ms, p99_ms, max_ms, cpu_ticks, cpu_us_per_req, rss_kb, status, detail).
+avg_ms, p50_ms, p95_ms, p99_ms, max_ms, cpu_ticks, cpu_us_per_req, rss_kb, status, detail,
+cpu_user_us_per_req, cpu_sys_us_per_req; the last two may be missing in files of older runs).
 META.tsv: `key<TAB>value` lines, plus `workload<TAB>name<TAB>title` and
 `peer<TAB>name<TAB>description` lines, in run order.
 """
@@ -70,6 +71,7 @@ class Summary:
         self.p50 = median(num(r["p50_ms"]) for r in ok)
         self.p99 = median(num(r["p99_ms"]) for r in ok)
         self.cpu = median(num(r["cpu_us_per_req"]) for r in ok)
+        self.cpu_split = median_run_split(ok, self.cpu)
         self.rss = median(num(r["rss_kb"]) for r in ok)
         # Ratio: the median of the per-round ratios against the same round's reference run
         # (rounds are interleaved, so a slow phase of the machine hits both sides).
@@ -80,6 +82,24 @@ class Summary:
             if ref and rps is not None:
                 ratios.append(rps / ref)
         self.ratio = median(ratios)
+
+
+def median_run_split(ok, median_cpu):
+    """(user, system) µs/request of the run whose total is the median total, so that the two
+    add up to the CPU figure shown (medians taken separately would not), or None."""
+    runs = [
+        (num(r["cpu_us_per_req"]), num(r.get("cpu_user_us_per_req")), num(r.get("cpu_sys_us_per_req")))
+        for r in ok
+    ]
+    runs = [run for run in runs if None not in run]
+    if median_cpu is None or not runs:
+        return None
+    _, user, system = min(runs, key=lambda run: abs(run[0] - median_cpu))
+    return user, system
+
+
+def split_text(split):
+    return "-" if split is None else f"{split[0]:.2f} / {split[1]:.2f}"
 
 
 def summarise(rows, workload, targets, reference):
@@ -108,6 +128,8 @@ def metric_rows(summaries, targets, reference, ratio_label):
         + [cell(summaries[t], "1.00" if t == reference else fmt(summaries[t].ratio, 2)) for t in targets],
         ["proxy CPU (µs/request)"]
         + ["-" if t == "direct" else cell(summaries[t], fmt(summaries[t].cpu, 2)) for t in targets],
+        ["proxy CPU user / system (µs/request)"]
+        + ["-" if t == "direct" else cell(summaries[t], split_text(summaries[t].cpu_split)) for t in targets],
         ["proxy RSS (MiB)"]
         + ["-" if t == "direct" else cell(summaries[t], fmt_mib(summaries[t].rss)) for t in targets],
     ]
