@@ -25,17 +25,13 @@ pub fn integer(reply: &[u8]) -> Option<i64> {
 
 /// The elements of an array reply, as zero-copy slices; `None` for anything else.
 pub fn array_elements(reply: &Bytes) -> Option<Vec<Bytes>> {
-    let rest = reply.strip_prefix(b"*")?;
-    let line_end = rest.iter().position(|&b| b == b'\r')?;
-    let count: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
-    let mut at = 1 + line_end + 2;
-    let mut elements = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = ReplyScanner::default().scan(reply.get(at..)?).ok()??;
-        elements.push(reply.slice(at..at + len));
-        at += len;
-    }
-    (at == reply.len()).then_some(elements)
+    let ranges = element_ranges(reply)?;
+    Some(
+        ranges
+            .into_iter()
+            .map(|(start, end)| reply.slice(start..end))
+            .collect(),
+    )
 }
 
 fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
@@ -49,15 +45,10 @@ fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
     out.freeze()
 }
 
-/// The byte ranges of an array reply's elements; `None` for anything else.
+/// The byte ranges of an array reply's elements; `None` for anything else (or for an array
+/// whose elements do not fill the reply exactly).
 fn element_ranges(reply: &[u8]) -> Option<SmallVec<[(usize, usize); 4]>> {
-    let rest = reply.strip_prefix(b"*")?;
-    let line_end = rest.iter().position(|&b| b == b'\r')?;
-    let count: usize = std::str::from_utf8(rest.get(..line_end)?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut at = 1 + line_end + 2;
+    let (count, mut at) = array_header(reply)?;
     let mut ranges = SmallVec::new();
     for _ in 0..count {
         let len = ReplyScanner::default().scan(reply.get(at..)?).ok()??;
