@@ -22,6 +22,8 @@ use common::{local_keyslot, proxy_client, start_proxy_configured, unique_prefix}
 
 /// Writer threads of the checker: each has at most one write in flight.
 const WRITERS: usize = 4;
+/// `start_proxy_configured`'s workers: each holds its own connection to a node.
+const PROXY_WORKERS: usize = 2;
 
 /// `n` list keys spread over the keyspace (and so over every primary).
 fn spread_keys(prefix: &str, n: usize) -> Vec<String> {
@@ -247,9 +249,25 @@ fn a_primary_restarted_with_its_node_id_on_another_address_is_followed() {
     );
     verdict.assert_nothing_lost();
     // Only a write in flight to the node when it went down may fail (it was sent, so it is
-    // never sent again): at most one per writer, on that node's slots, around the restart.
+    // never sent again): on that node's slots, between the stop and the restart. A writer has
+    // one write in flight at a time, but a node shutting down on SIGTERM keeps accepting
+    // connections until it exits (writes paused meanwhile), and each proxy worker holds its
+    // own connection to it: a writer may lose one write on each connection the exit closes
+    // (seen: 5 failures from 4 writers, one writer's two 4 ms apart as the node exited).
+    let outside: Vec<_> = writes
+        .failed
+        .iter()
+        .filter(|w| {
+            !on_node(&w.key) || w.at < stop_at || w.at > started_at + Duration::from_secs(1)
+        })
+        .collect();
     assert!(
-        writes.failed.len() <= WRITERS,
+        outside.is_empty(),
+        "writes failed off the node or outside its restart (stopped at {stop_at:?}, started at \
+         {started_at:?}): {outside:#?}"
+    );
+    assert!(
+        writes.failed.len() <= WRITERS * PROXY_WORKERS,
         "{} writes failed: {:#?}",
         writes.failed.len(),
         writes.failures
