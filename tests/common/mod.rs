@@ -39,6 +39,10 @@ pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
 /// the test instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Workers of a proxy from [`start_proxy_configured`] (unless `adjust` changes it): each holds
+/// its own connection to every node.
+pub const PROXY_WORKERS: usize = 2;
+
 /// What the README tells people to run to get `redis-server` and `redis-cli`.
 const SETUP_HINT: &str =
     "run scripts/test.sh, which installs them (or scripts/install-deps.sh as root)";
@@ -1465,7 +1469,7 @@ pub fn start_proxy_configured(
     config.listener.listen = "127.0.0.1:0".into();
     config.cluster.upstreams = slotproxy::config::parse_upstreams(&upstreams).unwrap();
     config.admin.listen = Some("127.0.0.1:0".into());
-    config.listener.workers = 2;
+    config.listener.workers = PROXY_WORKERS;
     adjust(&mut config);
     slotproxy::Proxy::start(config).unwrap_or_else(|e| panic!("the proxy failed to start: {e:?}"))
 }
