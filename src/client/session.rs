@@ -5,9 +5,11 @@
 //! pipelines a huge batch before reading anything cannot deadlock against the proxy: the proxy
 //! keeps reading while its writes wait, up to `max_pipeline_depth` commands in flight.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -218,13 +220,59 @@ async fn run<S: ClientStream>(
             && (!holding || input.len() < HELD_INPUT_LIMIT);
         let held_write = held.as_ref().map(|(_, write)| *write);
         // In a fixed order: replies first (they make room), reading last (it adds work). A
-        // random start costs a random number per turn and buys nothing here: the earlier
-        // branches cannot stay ready for ever (replies come only from commands already read,
-        // at most `max_pipeline_depth` of them), so reading is never starved.
-        tokio::select! {
-            biased;
-            _ = pending.progress(), if !pending.is_empty() => {}
-            () = entry.attention() => {
+        // random start would buy nothing here: the earlier sources cannot stay ready for ever
+        // (replies come only from commands already read, at most `max_pipeline_depth` of
+        // them), so reading is never starved. Polled by hand rather than through `select!`,
+        // whose branch loop cost about 90 instructions per turn (two turns per request at
+        // `-P 1`, callgrind); the futures live in this block, so each handler below may use
+        // what they borrowed.
+        let replies_owed = !pending.is_empty();
+        let owes_output = !output.is_empty();
+        let subscribed = client.subs.is_some();
+        let idle_on = idle.is_on();
+        let event = {
+            let mut progress = std::pin::pin!(pending.progress());
+            let attention = entry.attention();
+            let mut attention = std::pin::pin!(attention);
+            let mut pause_over = std::pin::pin!(clients::pause_over(
+                &registry,
+                held_write.unwrap_or_default()
+            ));
+            let mut subscription =
+                std::pin::pin!(next_subscription_event(worker, client.subs.as_deref_mut()));
+            std::future::poll_fn(|cx| {
+                if replies_owed && progress.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Progress);
+                }
+                if attention.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Attention);
+                }
+                if held_write.is_some() && pause_over.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::PauseOver);
+                }
+                if subscribed && subscription.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Subscription);
+                }
+                if owes_output {
+                    if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(Event::Writable(ready));
+                    }
+                }
+                if can_read {
+                    if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                        return Poll::Ready(Event::Readable(ready));
+                    }
+                }
+                if idle_on && idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::IdleTimer);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Progress | Event::Subscription => {}
+            Event::Attention => {
                 if entry.is_killed() {
                     tracing::debug!(client = client.id, "closing a client (CLIENT KILL)");
                     return Ok(());
@@ -235,23 +283,27 @@ async fn run<S: ClientStream>(
                 }
                 tracking::hold(&mut invalidations, entry.take_invalidations());
             }
-            () = clients::pause_over(&registry, held_write.unwrap_or_default()), if held_write.is_some() => {
+            Event::PauseOver => {
                 if let Some((command, _)) = held.take() {
                     client.entry().set_flag(flag::BLOCKED, false);
                     client.nothing_in_flight = pending.is_empty();
-                    pending.push(dispatch(worker.speaking_to(client.protocol), client, command, &mut None));
+                    pending.push(dispatch(
+                        worker.speaking_to(client.protocol),
+                        client,
+                        command,
+                        &mut None,
+                    ));
                     if client.closing {
                         input_done = true;
                     }
                 }
             }
-            _ = next_subscription_event(worker, client.subs.as_deref_mut()), if client.subs.is_some() => {}
-            ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if !output.is_empty() => {
+            Event::Writable(ready) => {
                 ready?;
                 let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
                 bytes.count_written(n);
             }
-            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if can_read => {
+            Event::Readable(ready) => {
                 ready?;
                 match stream.read_into(&mut worker.read_scratch.borrow_mut(), &mut input) {
                     // The client hung up (or shut down its sending side): finish what it
@@ -268,7 +320,7 @@ async fn run<S: ClientStream>(
                     Err(e) => return Err(e),
                 }
             }
-            () = &mut idle_timer, if idle.is_on() => {
+            Event::IdleTimer => {
                 // As in Redis: clients waiting on a blocking command, subscribed, or in a
                 // transaction are not idle.
                 let busy = !pending.is_empty()
@@ -276,12 +328,33 @@ async fn run<S: ClientStream>(
                     || client.subs.is_some()
                     || client.tx.in_multi();
                 if idle.expired(busy, idle_timer.as_mut()) {
-                    tracing::debug!(client = client.id, "closing an idle client (client_idle_timeout)");
+                    tracing::debug!(
+                        client = client.id,
+                        "closing an idle client (client_idle_timeout)"
+                    );
                     return Ok(());
                 }
             }
         }
     }
+}
+
+/// What the session woke for, in the order it looks.
+enum Event {
+    /// A reply is ready (or a command's next step may run).
+    Progress,
+    /// Killed, asked to stop reading, or invalidations to write.
+    Attention,
+    /// The pause holding a command is over.
+    PauseOver,
+    /// A Pub/Sub message to hand on (or the subscriptions' state moved).
+    Subscription,
+    /// The socket takes output again.
+    Writable(std::io::Result<()>),
+    /// Input to read (or the client hung up).
+    Readable(std::io::Result<()>),
+    /// The idle timer fired.
+    IdleTimer,
 }
 
 /// Decodes and dispatches every complete command in `input`, in arrival order, as long as the
