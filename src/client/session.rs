@@ -241,6 +241,13 @@ async fn run<S: ClientStream>(
             let mut subscription =
                 std::pin::pin!(next_subscription_event(worker, client.subs.as_deref_mut()));
             std::future::poll_fn(|cx| {
+                // As `select!` does: once the task's coop budget is spent it yields, so the
+                // worker's other tasks run first (tokio's sockets and timers, polled below,
+                // would answer pending then too).
+                if !tokio::task::coop::has_budget_remaining() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 if replies_owed && progress.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Progress);
                 }
