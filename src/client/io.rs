@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 pub trait ClientStream {
     /// Waits until the socket may be readable: polls [`ClientStream::poll_read_ready`], whose
     /// waker lives in the socket's own registration. tokio's `readable()` / `writable()` futures
-    /// carry a waiter node of 152 bytes each, and a session waits on both in one `select!`, so
+    /// carry a waiter node of 152 bytes each, and a session waits on both in one wait, so
     /// every session task, idle or not, carried both (measured: the task went from 2,176 to
     /// 1,920 bytes, mimalloc's 2 KiB size class instead of 2.5 KiB). One task owns each socket,
     /// so the single waker per direction is enough.

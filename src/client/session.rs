@@ -1,9 +1,10 @@
 //! One client connection: read → decode every complete command → dispatch in arrival order →
 //! write replies from the head of the queue, batching every reply that is ready into one write.
 //!
-//! Reading, completing replies and writing all happen in one `select!` loop, so a client that
-//! pipelines a huge batch before reading anything cannot deadlock against the proxy: the proxy
-//! keeps reading while its writes wait, up to `max_pipeline_depth` commands in flight.
+//! Reading, completing replies and writing all happen in one loop that waits on them all at
+//! once, so a client that pipelines a huge batch before reading anything cannot deadlock
+//! against the proxy: the proxy keeps reading while its writes wait, up to
+//! `max_pipeline_depth` commands in flight.
 
 use std::future::Future;
 use std::net::SocketAddr;
