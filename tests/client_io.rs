@@ -2,7 +2,8 @@
 //! in order, values larger than every buffer of the io_uring path (its inbox, its outbox, a
 //! provided buffer) both ways, a client that writes without reading held back and then served
 //! whole, QUIT answered before the close, a client hanging up mid-pipeline hurting no other,
-//! and sockets (and their driver slots) reused many times over.
+//! one pipelining without pause holding back no other on its worker, and sockets (and their
+//! driver slots) reused many times over.
 //!
 //! Where the kernel refuses io_uring, the `uring` half is skipped with a note: `auto` then
 //! runs on epoll, as `entrypoint.rs` checks with a seccomp filter.
@@ -243,5 +244,67 @@ fn a_killed_client_that_never_reads_is_closed() {
             },
         );
         drop(stuck);
+    }
+}
+
+/// One worker serves both clients: while one keeps the proxy busy with long pipelines, the
+/// other's single commands are still answered, each within the harness's I/O timeout (a
+/// session that never gave the worker back would leave them unanswered).
+#[test]
+fn a_client_pipelining_without_pause_holds_back_no_other_client() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const BATCH: usize = 1_000;
+    const MAX_BATCHES: usize = 2_000;
+    for mode in modes() {
+        let proxy = start_proxy_configured(vec![shared().seed_url()], |c| {
+            c.listener.io = mode;
+            c.listener.workers = 1;
+        });
+        let mut other = RawClient::connect(proxy.local_addr());
+        assert_eq!(
+            other.call(&["SET", "io:busy", "x"]),
+            Reply::Simple("OK".into())
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            let addr = proxy.local_addr();
+            std::thread::spawn(move || {
+                let mut client = RawClient::connect(addr);
+                let batch: Vec<u8> = (0..BATCH)
+                    .flat_map(|_| encode(&[b"GET", b"io:busy"]))
+                    .collect();
+                let mut batches = 0;
+                // Bounded in count as well as by the flag.
+                while batches < MAX_BATCHES && !stop.load(Ordering::Relaxed) {
+                    client.send_raw(&batch);
+                    for i in 0..BATCH {
+                        let reply = client.read_reply();
+                        assert_eq!(reply.text(), "x", "batch {batches}, reply {i}");
+                    }
+                    batches += 1;
+                }
+                batches
+            })
+        };
+        // The busy client is under way before the other starts.
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..200 {
+            let key = format!("io:other:{i}");
+            other.send(&[b"SET", key.as_bytes(), b"1"]);
+            let reply = other
+                .try_read_reply()
+                .unwrap_or_else(|e| panic!("{mode:?}: SET {i} while another client is busy: {e}"));
+            assert_eq!(reply, Reply::Simple("OK".into()), "{mode:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let batches = busy.join().expect("the busy client");
+        // Still busy when the other was done: the two were served side by side (about one
+        // busy batch per single command here, as the worker takes turns).
+        assert!(
+            (1..MAX_BATCHES).contains(&batches),
+            "{mode:?}: {batches} batches of the busy client, not during the other's commands"
+        );
     }
 }
