@@ -233,8 +233,7 @@ async fn run<S: ClientStream>(
         let idle_on = idle.is_on();
         let event = {
             let mut progress = std::pin::pin!(pending.progress());
-            let attention = entry.attention();
-            let mut attention = std::pin::pin!(attention);
+            let mut attention = std::pin::pin!(entry.attention());
             let mut pause_over = std::pin::pin!(clients::pause_over(
                 &registry,
                 held_write.unwrap_or_default()
