@@ -1,13 +1,18 @@
 //! Long pipelines over many slots: every reply comes back in request order with the value a
-//! single Redis would have given, also with several clients pipelining at once.
+//! single Redis would have given, also with several clients pipelining at once. A pipeline's
+//! replies go out together, but are never held for a blocking command or a later pipeline.
 
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::Value;
 
-use common::{proxy_client, shared, start_proxy, unique_prefix};
+use common::raw::{encode, RawClient, Reply};
+use common::{
+    local_keyslot, proxy_client, query, shared, start_proxy, tag_for_slot, unique_prefix,
+};
 
 /// Builds a pipeline of `n` SET/GET/INCR/MGET commands over 1,000 keys and 100 counters under
 /// `prefix`, and the reply a single Redis server would give to each.
@@ -96,4 +101,86 @@ fn concurrent_clients_pipelining_each_get_their_own_replies_in_order() {
             handle.join().expect("a pipelining client failed");
         }
     });
+}
+
+/// Two hash tags under `prefix` whose keys live on different primaries.
+fn tags_on_two_primaries(prefix: &str) -> (String, String) {
+    let cluster = shared();
+    let first = tag_for_slot(100, prefix);
+    let owner = cluster.primary_for_slot(100);
+    let other = (0..16384u16)
+        .step_by(1000)
+        .find(|&slot| cluster.primary_for_slot(slot) != owner)
+        .expect("a slot on another primary");
+    (first, tag_for_slot(other, prefix))
+}
+
+#[test]
+fn a_pipelines_replies_go_out_together() {
+    // The GET's node answers at once; the SET's node holds writes for 300 ms (CLIENT PAUSE on
+    // the node itself, so the SET waits there as a plain request). The GET's reply waits for
+    // the SET's, and the client gets both in one send, as from one Redis, not two.
+    let proxy = start_proxy(shared());
+    let (fast, slow) = tags_on_two_primaries(&unique_prefix("together"));
+    let mut client = RawClient::connect(proxy.local_addr());
+    assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
+    let slow_key = format!("{{{slow}}}k");
+    let slow_node = shared().primary_for_slot(local_keyslot(slow_key.as_bytes()));
+    let _: () = query(slow_node, &["CLIENT", "PAUSE", "300", "WRITE"]);
+    let mut batch = encode(&[b"GET", format!("{{{fast}}}k").as_bytes()]);
+    batch.extend(encode(&[b"SET", slow_key.as_bytes(), b"v"]));
+    client.send_raw(&batch);
+    assert_eq!(client.read_reply(), Reply::Bulk(None));
+    assert!(
+        !client.buffered().is_empty(),
+        "the GET's reply came alone, before the SET's"
+    );
+    assert_eq!(client.read_reply(), Reply::Simple("OK".into()));
+}
+
+#[test]
+fn replies_are_not_held_for_a_blocking_command() {
+    // BLPOP may wait for ever: the SET's reply before it goes out at once, as Redis sends it.
+    let proxy = start_proxy(shared());
+    let tag = tag_for_slot(100, &unique_prefix("unheld"));
+    let (key, list) = (format!("{{{tag}}}k"), format!("{{{tag}}}list"));
+    let mut client = RawClient::connect(proxy.local_addr());
+    let mut batch = encode(&[b"SET", key.as_bytes(), b"v"]);
+    batch.extend(encode(&[b"BLPOP", list.as_bytes(), b"0"]));
+    client.send_raw(&batch);
+    assert_eq!(client.read_reply(), Reply::Simple("OK".into()));
+    assert!(client.buffered().is_empty(), "BLPOP answered early");
+    let mut other = RawClient::connect(proxy.local_addr());
+    assert_eq!(other.call(&["RPUSH", &list, "x"]), Reply::Int(1));
+    assert_eq!(
+        client.read_reply(),
+        Reply::Array(Some(vec![
+            Reply::Bulk(Some(list.into_bytes())),
+            Reply::Bulk(Some(b"x".to_vec())),
+        ]))
+    );
+}
+
+#[test]
+fn a_complete_pipeline_is_not_held_for_the_next() {
+    // Two one-command pipelines, each a SET waiting at its node (CLIENT PAUSE on the node):
+    // the first for 300 ms, the second, sent 100 ms after it, for a second. The first reply is
+    // out once its node answers, though the second pipeline is still at its node.
+    let proxy = start_proxy(shared());
+    let (first, second) = tags_on_two_primaries(&unique_prefix("next"));
+    let mut client = RawClient::connect(proxy.local_addr());
+    assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
+    let (first_key, second_key) = (format!("{{{first}}}k"), format!("{{{second}}}k"));
+    let node_of = |key: &str| shared().primary_for_slot(local_keyslot(key.as_bytes()));
+    let _: () = query(node_of(&second_key), &["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let _: () = query(node_of(&first_key), &["CLIENT", "PAUSE", "300", "WRITE"]);
+    client.send(&[b"SET", first_key.as_bytes(), b"1"]);
+    std::thread::sleep(Duration::from_millis(100));
+    client.send(&[b"SET", second_key.as_bytes(), b"2"]);
+    assert_eq!(client.read_reply(), Reply::Simple("OK".into()));
+    assert!(
+        client.buffered().is_empty(),
+        "the first pipeline's reply waited for the second's"
+    );
+    assert_eq!(client.read_reply(), Reply::Simple("OK".into()));
 }

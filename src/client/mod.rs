@@ -1,5 +1,6 @@
 //! Client connections: reading commands, keeping replies in order, writing them back in batches.
 
+pub mod flush;
 pub mod io;
 pub mod replies;
 pub mod session;

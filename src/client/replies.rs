@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
+use super::flush::Head;
 use super::spares::{self, Spares};
 use crate::dispatch::{CommandMetrics, Dispatched, InFlight, Reply, Settled, Worker};
 
@@ -38,6 +39,8 @@ struct Entry {
     parked: bool,
     /// `CLIENT REPLY OFF|SKIP`: completes in its place but writes nothing.
     silent: bool,
+    /// The last command of what one read brought (see [`ReplyQueue::end_batch`]).
+    ends_batch: bool,
 }
 
 /// Emptied queue storage kept for the next client whose queue grows (see [`spares`]): a
@@ -177,6 +180,7 @@ impl ReplyQueue {
             latency: dispatched.latency,
             parked,
             silent: dispatched.silent,
+            ends_batch: false,
         });
     }
 
@@ -197,23 +201,49 @@ impl ReplyQueue {
         }
     }
 
+    /// Marks the last queued command as the end of a batch: the commands one read brought,
+    /// which the client sent together (a pipeline). The session may hold a batch's first
+    /// replies until the rest of it is ready, to write them in one send.
+    pub fn end_batch(&mut self) {
+        if let Some(last) = self.entries.back_mut() {
+            last.ends_batch = true;
+        }
+    }
+
+    /// What the head of the queue (the first reply owed) is, for [`flush::sends_now`].
+    ///
+    /// [`flush::sends_now`]: super::flush::sends_now
+    pub fn head(&self) -> Head {
+        match self.entries.front() {
+            None => Head::Nothing,
+            Some(Entry {
+                state: State::InFlight(_),
+                parked: false,
+                ..
+            }) => Head::Request,
+            Some(_) => Head::Other,
+        }
+    }
+
     /// Moves every reply that is complete at the head of the queue into `out`, without waiting,
     /// until `out` holds more than `limit` bytes (0 = no limit: the session's
     /// `client_output_buffer_limit`, which then closes the client). Past the limit, replies are
     /// not copied into a buffer that is about to be dropped: a client that does not read
     /// replies of a node that answers fast would otherwise have them all copied first.
+    /// Returns whether one of the replies moved was the last of its batch
+    /// ([`ReplyQueue::end_batch`]).
     ///
     /// Inline for the check of an empty queue (the session calls this on every turn).
     #[inline(always)]
-    pub fn drain_ready(&mut self, out: &mut BytesMut, limit: usize) {
+    pub fn drain_ready(&mut self, out: &mut BytesMut, limit: usize) -> bool {
         if self.entries.is_empty() && self.driven.as_ref().is_none_or(|d| d.is_empty()) {
-            return;
+            return false;
         }
-        self.drain_entries(out, limit);
+        self.drain_entries(out, limit)
     }
 
     #[inline(never)]
-    fn drain_entries(&mut self, out: &mut BytesMut, limit: usize) {
+    fn drain_entries(&mut self, out: &mut BytesMut, limit: usize) -> bool {
         // Polling an empty `FuturesUnordered` still costs a waker registration.
         while let Some(driven) = self.driven.as_mut().filter(|d| !d.is_empty()) {
             match driven.next().now_or_never() {
@@ -224,6 +254,7 @@ impl ReplyQueue {
         // One clock read for every reply of this batch (they go out in the same write).
         let mut now = None;
         let pipelined = self.entries.len() > 1;
+        let mut batch_ended = false;
         while let Some(front) = self.entries.front_mut() {
             if limit > 0 && out.len() > limit {
                 break;
@@ -235,7 +266,7 @@ impl ReplyQueue {
                     if out.capacity() == 0 && pipelined && bytes.len() < TAKE_WHOLE {
                         take_spare_output(out);
                     }
-                    self.pop_into(out, &mut now)
+                    batch_ended |= self.pop_into(out, &mut now);
                 }
                 State::InFlight(in_flight) => match in_flight.try_settle(&self.worker) {
                     Some(settled) => self.settle(0, settled),
@@ -244,6 +275,7 @@ impl ReplyQueue {
                 State::Driven => break,
             }
         }
+        batch_ended
     }
 
     /// Waits until the head can make progress: its backend reply arrived or a driven future
@@ -277,22 +309,25 @@ impl ReplyQueue {
         .await
     }
 
-    fn pop_into(&mut self, out: &mut BytesMut, now: &mut Option<Instant>) {
-        if let Some(entry) = self.entries.pop_front() {
-            self.head_seq += 1;
-            self.parked -= usize::from(entry.parked);
-            if let Some((started, metrics)) = entry.latency {
-                let now = *now.get_or_insert_with(Instant::now);
-                metrics
-                    .latency
-                    .record(now.saturating_duration_since(started));
-            }
-            if let State::Ready(bytes) = entry.state {
-                if !entry.silent {
-                    append_reply(out, bytes);
-                }
+    /// Moves the head's reply into `out`; returns whether it ended a batch.
+    fn pop_into(&mut self, out: &mut BytesMut, now: &mut Option<Instant>) -> bool {
+        let Some(entry) = self.entries.pop_front() else {
+            return false;
+        };
+        self.head_seq += 1;
+        self.parked -= usize::from(entry.parked);
+        if let Some((started, metrics)) = entry.latency {
+            let now = *now.get_or_insert_with(Instant::now);
+            metrics
+                .latency
+                .record(now.saturating_duration_since(started));
+        }
+        if let State::Ready(bytes) = entry.state {
+            if !entry.silent {
+                append_reply(out, bytes);
             }
         }
+        entry.ends_batch
     }
 
     fn fill(&mut self, seq: u64, bytes: Bytes) {
@@ -412,6 +447,37 @@ mod tests {
             first_tx.reply(b"+first\r\n");
             assert_eq!(drained(&mut queue), b"+first\r\n+second\r\n+third\r\n");
             assert!(queue.is_empty());
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_says_when_a_batch_ended_and_the_head_what_is_owed_next() {
+        local(async {
+            let mut queue = ReplyQueue::new(test_worker(Duration::ZERO));
+            assert_eq!(queue.head(), Head::Nothing);
+            // One read brought two commands, the next read one.
+            queue.push(ready(b"+a\r\n"));
+            let (second, node) = in_flight(Resend::Safe);
+            queue.push(second);
+            queue.end_batch();
+            queue.push(ready(b"+c\r\n"));
+            queue.end_batch();
+            let mut out = BytesMut::new();
+            assert!(
+                !queue.drain_ready(&mut out, 0),
+                "only the first batch's start"
+            );
+            assert_eq!(&out[..], b"+a\r\n");
+            assert_eq!(queue.head(), Head::Request);
+            node.reply(b"+b\r\n");
+            assert!(queue.drain_ready(&mut out, 0));
+            assert_eq!(&out[..], b"+a\r\n+b\r\n+c\r\n");
+            assert_eq!(queue.head(), Head::Nothing);
+            // A command carried out in steps is not a plain request.
+            let (third, _tx) = later();
+            queue.push(third);
+            assert_eq!(queue.head(), Head::Other);
         })
         .await;
     }

@@ -1,5 +1,6 @@
 //! One client connection: read → decode every complete command → dispatch in arrival order →
-//! write replies from the head of the queue, batching every reply that is ready into one write.
+//! write replies from the head of the queue, batching every reply that is ready into one write
+//! (and a pipeline's first replies with the rest of it: see `flush`).
 //!
 //! Reading, completing replies and writing all happen in one loop that waits on them all at
 //! once, so a client that pipelines a huge batch before reading anything cannot deadlock
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::time::Sleep;
 
+use super::flush::{self, Head};
 use super::io::{write_copying, ClientStream};
 use super::replies::ReplyQueue;
 use super::spares::{self, OUTPUTS, OUTPUT_CAPACITY};
@@ -101,6 +103,8 @@ async fn run<S: ClientStream>(
     // The most `output` held since it was last given back (its capacity no longer says once
     // written: `advance` moves its start), so that giving back a large one returns the memory.
     let mut output_high = 0usize;
+    // `output` holds the last reply of a batch: it goes out without waiting (see `flush`).
+    let mut batch_ended = false;
     let mut pending = ReplyQueue::new(worker.clone());
     let bytes = &worker.bytes;
     // No more input will be read: the client sent QUIT, a protocol error, or hung up.
@@ -128,11 +132,12 @@ async fn run<S: ClientStream>(
             let limits = limits.load();
             (limits.output_limit, limits.idle_timeout)
         };
+        let hold_limit = flush::hold_limit(output_limit);
         idle.follow(idle_timeout, idle_timer.as_mut());
         // Replies that completed first: taking them out of the queue makes room for the
         // commands still waiting in `input` (a full pipeline stops dispatching, and nothing
         // else would wake the session for input that is already read).
-        pending.drain_ready(&mut output, output_limit);
+        batch_ended |= pending.drain_ready(&mut output, output_limit);
         if !input_done && held.is_none() {
             input_done = dispatch_decoded(
                 worker,
@@ -143,7 +148,7 @@ async fn run<S: ClientStream>(
                 &mut held,
             );
             // Everything already complete goes out in one write.
-            pending.drain_ready(&mut output, output_limit);
+            batch_ended |= pending.drain_ready(&mut output, output_limit);
         }
         // A command carried out in steps held the ones after it back until its reply was out.
         if client.hold_until_replied && pending.is_empty() && !input_done && held.is_none() {
@@ -155,7 +160,7 @@ async fn run<S: ClientStream>(
                 &mut pending,
                 &mut held,
             );
-            pending.drain_ready(&mut output, output_limit);
+            batch_ended |= pending.drain_ready(&mut output, output_limit);
         }
         output_high = output_high.max(output.len());
         if peer_closed
@@ -192,9 +197,16 @@ async fn run<S: ClientStream>(
         // has room, and learning so through readiness and another `select!` cost about a
         // thousand instructions per request at `-P 1` (callgrind). `try_write` answers
         // `WouldBlock` without a system call while the socket is known to be full.
-        if !output.is_empty() {
-            let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
+        let head = pending.head();
+        if !output.is_empty() && flush::sends_now(output.len(), hold_limit, batch_ended, head) {
+            let n = write_some(
+                &stream,
+                &mut output,
+                head == Head::Nothing,
+                &mut output_high,
+            )?;
             bytes.count_written(n);
+            batch_ended &= !output.is_empty();
         }
         if input_done && pending.is_empty() && output.is_empty() {
             return Ok(());
@@ -228,7 +240,8 @@ async fn run<S: ClientStream>(
         // `-P 1`, callgrind); the futures live in this block, so each handler below may use
         // what they borrowed.
         let replies_owed = !pending.is_empty();
-        let owes_output = !output.is_empty();
+        let owes_output = !output.is_empty()
+            && flush::sends_now(output.len(), hold_limit, batch_ended, pending.head());
         let subscribed = client.subs.is_some();
         let idle_on = idle.is_on();
         let event = {
@@ -300,6 +313,7 @@ async fn run<S: ClientStream>(
                         command,
                         &mut None,
                     ));
+                    pending.end_batch();
                     if client.closing {
                         input_done = true;
                     }
@@ -309,6 +323,7 @@ async fn run<S: ClientStream>(
                 ready?;
                 let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
                 bytes.count_written(n);
+                batch_ended &= !output.is_empty();
             }
             Event::Readable(ready) => {
                 ready?;
@@ -365,9 +380,24 @@ enum Event {
 }
 
 /// Decodes and dispatches every complete command in `input`, in arrival order, as long as the
-/// pipeline has room. Returns whether input is over (QUIT, or a protocol error, which Redis
-/// reports and then closes that connection only).
+/// pipeline has room; they are one batch (see `flush`). Returns whether input is over (QUIT,
+/// or a protocol error, which Redis reports and then closes that connection only).
 fn dispatch_decoded(
+    worker: &Rc<Worker>,
+    client: &mut ClientState,
+    decoder: &mut RequestDecoder,
+    input: &mut BytesMut,
+    pending: &mut ReplyQueue,
+    held: &mut Option<(Command, bool)>,
+) -> bool {
+    let input_done = dispatch_batch(worker, client, decoder, input, pending, held);
+    pending.end_batch();
+    input_done
+}
+
+/// [`dispatch_decoded`] but for marking the batch's end.
+#[inline(always)]
+fn dispatch_batch(
     worker: &Rc<Worker>,
     client: &mut ClientState,
     decoder: &mut RequestDecoder,

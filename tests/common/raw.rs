@@ -81,6 +81,12 @@ impl RawClient {
             .expect("read timeout");
     }
 
+    /// The bytes received but not yet read as replies: what arrived together with the last
+    /// reply read (or after it, up to the buffer's size).
+    pub fn buffered(&self) -> &[u8] {
+        self.reader.buffer()
+    }
+
     /// Writes bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to server");
