@@ -40,6 +40,11 @@ Workloads (64-byte values, 50 clients unless said otherwise):
   get_p1     GET, -P 1                          -n 250000
   set_p16    SET, -P 16                         -n 3000000
   get_p16    GET, -P 16                         -n 3000000
+  set_p16_spread  SET, -P 16, over 100,000 keys  -n 3000000
+  get_p16_spread  GET, -P 16, over 100,000 keys  -n 3000000
+             (through a proxy: keys on every primary, so a pipeline's commands go to
+             different nodes; direct: 100,000 keys sharing a hash tag owned by the direct
+             primary)
   mget10     MGET of 10 keys                    -n 150000
              (through a proxy: 10 keys in 10 different slots; direct: 10 keys sharing a hash
              tag owned by the direct primary)
@@ -152,7 +157,7 @@ is_uint "$REDIS_CPU" || die_usage "--redis-cpu must be a CPU number"
 is_uint "$RUN_TIMEOUT" && [ "$RUN_TIMEOUT" -ge 1 ] || die_usage "--run-timeout must be a positive integer"
 [ "$PROXY_CPU" != "$REDIS_CPU" ] || die_usage "--proxy-cpu and --redis-cpu must differ"
 
-ALL_WORKLOADS=(set_p1 get_p1 set_p16 get_p16 mget10 get_c1000)
+ALL_WORKLOADS=(set_p1 get_p1 set_p16 get_p16 set_p16_spread get_p16_spread mget10 get_c1000)
 WORKLOADS=()
 if [ -n "$WORKLOADS_OPT" ]; then
     IFS=',' read -r -a requested <<<"$WORKLOADS_OPT"
@@ -389,6 +394,14 @@ DIRECT_MGET_KEYS=()
 for i in 1 2 3 4 5 6 7 8 9 10; do DIRECT_MGET_KEYS+=("{$DIRECT_TAG}:$i"); done
 log "MGET keys direct: {$DIRECT_TAG}:1..10 (slot $(keyslot "{$DIRECT_TAG}") @$DIRECT_PORT)"
 
+# The spread workloads' keys: redis-benchmark puts a number below $SPREAD_KEYS in place of
+# __rand_int__, so through a proxy they fall on every primary; direct, the hash tag keeps them
+# on the direct primary.
+SPREAD_KEYS=100000
+spread_key() { # target -> key pattern
+    if [ "$1" = direct ]; then echo "{$DIRECT_TAG}key:__rand_int__"; else echo "key:__rand_int__"; fi
+}
+
 # Pre-populate (cluster mode follows the redirects).
 for k in "$BENCH_KEY" "${PROXY_MGET_KEYS[@]}" "${DIRECT_MGET_KEYS[@]}"; do
     out=$(redis-cli -c -h 127.0.0.1 -p "$SEED" set "$k" "$VALUE" | tr -d '\r')
@@ -493,6 +506,8 @@ workload_title() {
         get_p1) echo "GET, 50 clients, -P 1, 64-byte values, n=$N_P1" ;;
         set_p16) echo "SET, 50 clients, -P 16, 64-byte values, n=$N_P16" ;;
         get_p16) echo "GET, 50 clients, -P 16, 64-byte values, n=$N_P16" ;;
+        set_p16_spread) echo "SET over $SPREAD_KEYS keys (every primary through a proxy; one hash tag direct), 50 clients, -P 16, 64-byte values, n=$N_P16" ;;
+        get_p16_spread) echo "GET over $SPREAD_KEYS keys (every primary through a proxy; one hash tag direct), 50 clients, -P 16, n=$N_P16" ;;
         mget10) echo "MGET of 10 keys (10 slots through a proxy; one hash tag direct), 50 clients, -P 1, n=$N_MGET" ;;
         get_c1000) echo "GET, 1000 clients, -P 1, 64-byte values, n=$N_C1000" ;;
         scaling) echo "Workers scaling: GET, 100 clients, -P 16, n=$N_P16, through slotproxy --workers 1 (pinned to CPU $PROXY_CPU) vs --workers 2 (not pinned)" ;;
@@ -505,7 +520,7 @@ workload_targets() { # workload -> TARGETS
     else
         TARGETS=(direct slotproxy "${PEER_NAMES[@]+"${PEER_NAMES[@]}"}")
         [ "$METRICS_OFF" = 0 ] || TARGETS+=(slotproxy-nometrics)
-        case "$NEAR_CACHE:$1" in 1:get_*) TARGETS+=(slotproxy-nearcache) ;; esac
+        case "$NEAR_CACHE:$1" in 1:get_p1 | 1:get_p16 | 1:get_c1000) TARGETS+=(slotproxy-nearcache) ;; esac
     fi
 }
 
@@ -537,6 +552,8 @@ bench_args() {
         get_p1) NREQ=$N_P1; BARGS=(-t get -c 50 -P 1 -d 64) ;;
         set_p16) NREQ=$N_P16; BARGS=(-t set -c 50 -P 16 -d 64) ;;
         get_p16) NREQ=$N_P16; BARGS=(-t get -c 50 -P 16 -d 64) ;;
+        set_p16_spread) NREQ=$N_P16; BARGS=(-c 50 -P 16 -r "$SPREAD_KEYS" SET "$(spread_key "$2")" "$VALUE") ;;
+        get_p16_spread) NREQ=$N_P16; BARGS=(-c 50 -P 16 -r "$SPREAD_KEYS" GET "$(spread_key "$2")") ;;
         get_c1000) NREQ=$N_C1000; BARGS=(-t get -c 1000 -P 1 -d 64) ;;
         scaling) NREQ=$N_P16; BARGS=(-t get -c 100 -P 16 -d 64) ;;
         mget10)

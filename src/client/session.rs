@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::time::Sleep;
 
-use super::flush::{self, Head};
+use super::flush;
 use super::io::{write_copying, ClientStream};
 use super::replies::ReplyQueue;
 use super::spares::{self, OUTPUTS, OUTPUT_CAPACITY};
@@ -132,7 +132,6 @@ async fn run<S: ClientStream>(
             let limits = limits.load();
             (limits.output_limit, limits.idle_timeout)
         };
-        let hold_limit = flush::hold_limit(output_limit);
         idle.follow(idle_timeout, idle_timer.as_mut());
         // Replies that completed first: taking them out of the queue makes room for the
         // commands still waiting in `input` (a full pipeline stops dispatching, and nothing
@@ -197,14 +196,8 @@ async fn run<S: ClientStream>(
         // has room, and learning so through readiness and another `select!` cost about a
         // thousand instructions per request at `-P 1` (callgrind). `try_write` answers
         // `WouldBlock` without a system call while the socket is known to be full.
-        let head = pending.head();
-        if !output.is_empty() && flush::sends_now(output.len(), hold_limit, batch_ended, head) {
-            let n = write_some(
-                &stream,
-                &mut output,
-                head == Head::Nothing,
-                &mut output_high,
-            )?;
+        if !output.is_empty() && sends_now(&output, output_limit, batch_ended, &pending) {
+            let n = write_some(&stream, &mut output, pending.is_empty(), &mut output_high)?;
             bytes.count_written(n);
             batch_ended &= !output.is_empty();
         }
@@ -240,8 +233,8 @@ async fn run<S: ClientStream>(
         // `-P 1`, callgrind); the futures live in this block, so each handler below may use
         // what they borrowed.
         let replies_owed = !pending.is_empty();
-        let owes_output = !output.is_empty()
-            && flush::sends_now(output.len(), hold_limit, batch_ended, pending.head());
+        let owes_output =
+            !output.is_empty() && sends_now(&output, output_limit, batch_ended, &pending);
         let subscribed = client.subs.is_some();
         let idle_on = idle.is_on();
         let event = {
@@ -443,6 +436,24 @@ fn dispatch_batch(
         }
     }
     false
+}
+
+/// Whether the replies in `output` go out now ([`flush::sends_now`]); the queue's head is
+/// looked at only when no batch ended in them.
+#[inline(always)]
+fn sends_now(
+    output: &BytesMut,
+    output_limit: usize,
+    batch_ended: bool,
+    pending: &ReplyQueue,
+) -> bool {
+    batch_ended
+        || flush::sends_now(
+            output.len(),
+            flush::hold_limit(output_limit),
+            false,
+            pending.head(),
+        )
 }
 
 /// Writes what the socket takes of `output` now; the number of bytes written. An emptied
