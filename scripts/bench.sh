@@ -50,7 +50,7 @@ Workloads (64-byte values, 50 clients unless said otherwise):
              tag owned by the direct primary)
   get_c1000  GET, 1000 clients, -P 1            -n 250000
   scaling    GET, 100 clients, -P 16            -n 3000000  (only with --workers-scaling)
-(sized for runs of ~2-5 s each on a 2-core machine; a default run takes ~2-3 minutes, more
+(sized for runs of ~2-5 s each on a 2-core machine; a default run takes ~4-5 minutes, more
 with peers and --workers-scaling: redis-cluster-proxy alone adds ~3-10 minutes)
 GET/SET use redis-benchmark's default key (`key:__rand_int__`, literal without -r); the direct
 runs go to the primary that owns its slot.
