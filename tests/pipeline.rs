@@ -103,16 +103,23 @@ fn concurrent_clients_pipelining_each_get_their_own_replies_in_order() {
     });
 }
 
-/// Two hash tags under `prefix` whose keys live on different primaries.
-fn tags_on_two_primaries(prefix: &str) -> (String, String) {
+/// Two keys under `prefix` that live on different primaries.
+fn keys_on_two_primaries(prefix: &str) -> (String, String) {
     let cluster = shared();
-    let first = tag_for_slot(100, prefix);
     let owner = cluster.primary_for_slot(100);
     let other = (0..16384u16)
         .step_by(1000)
         .find(|&slot| cluster.primary_for_slot(slot) != owner)
         .expect("a slot on another primary");
-    (first, tag_for_slot(other, prefix))
+    let key = |slot| format!("{{{}}}k", tag_for_slot(slot, prefix));
+    (key(100), key(other))
+}
+
+/// Holds writes for `ms` milliseconds on the primary that owns `key` (`CLIENT PAUSE` on the node
+/// itself): a write to it through the proxy waits there as a plain request.
+fn pause_writes_of(key: &str, ms: u32) {
+    let node = shared().primary_for_slot(local_keyslot(key.as_bytes()));
+    let _: () = query(node, &["CLIENT", "PAUSE", &ms.to_string(), "WRITE"]);
 }
 
 #[test]
@@ -121,13 +128,11 @@ fn a_pipelines_replies_go_out_together() {
     // the node itself, so the SET waits there as a plain request). The GET's reply waits for
     // the SET's, and the client gets both in one send, as from one Redis, not two.
     let proxy = start_proxy(shared());
-    let (fast, slow) = tags_on_two_primaries(&unique_prefix("together"));
+    let (fast_key, slow_key) = keys_on_two_primaries(&unique_prefix("together"));
     let mut client = RawClient::connect(proxy.local_addr());
     assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
-    let slow_key = format!("{{{slow}}}k");
-    let slow_node = shared().primary_for_slot(local_keyslot(slow_key.as_bytes()));
-    let _: () = query(slow_node, &["CLIENT", "PAUSE", "300", "WRITE"]);
-    let mut batch = encode(&[b"GET", format!("{{{fast}}}k").as_bytes()]);
+    pause_writes_of(&slow_key, 300);
+    let mut batch = encode(&[b"GET", fast_key.as_bytes()]);
     batch.extend(encode(&[b"SET", slow_key.as_bytes(), b"v"]));
     client.send_raw(&batch);
     assert_eq!(client.read_reply(), Reply::Bulk(None));
@@ -167,13 +172,11 @@ fn a_complete_pipeline_is_not_held_for_the_next() {
     // the first for 300 ms, the second, sent 100 ms after it, for a second. The first reply is
     // out once its node answers, though the second pipeline is still at its node.
     let proxy = start_proxy(shared());
-    let (first, second) = tags_on_two_primaries(&unique_prefix("next"));
+    let (first_key, second_key) = keys_on_two_primaries(&unique_prefix("next"));
     let mut client = RawClient::connect(proxy.local_addr());
     assert_eq!(client.call(&["PING"]), Reply::Simple("PONG".into()));
-    let (first_key, second_key) = (format!("{{{first}}}k"), format!("{{{second}}}k"));
-    let node_of = |key: &str| shared().primary_for_slot(local_keyslot(key.as_bytes()));
-    let _: () = query(node_of(&second_key), &["CLIENT", "PAUSE", "1000", "WRITE"]);
-    let _: () = query(node_of(&first_key), &["CLIENT", "PAUSE", "300", "WRITE"]);
+    pause_writes_of(&second_key, 1000);
+    pause_writes_of(&first_key, 300);
     client.send(&[b"SET", first_key.as_bytes(), b"1"]);
     std::thread::sleep(Duration::from_millis(100));
     client.send(&[b"SET", second_key.as_bytes(), b"2"]);

@@ -44,9 +44,14 @@ pub enum Head {
 /// Whether the `held` bytes of ready replies in the output buffer are written now, at most
 /// `limit` of them being held ([`hold_limit`]). `batch_ended`: they include the last reply of a
 /// batch (the replies after it, if any, belong to a later batch, which does not hold an earlier
-/// one back).
-pub fn sends_now(held: usize, limit: usize, batch_ended: bool, head: Head) -> bool {
-    batch_ended || head != Head::Request || held >= limit
+/// one back). `head` tells what is owed next; it is asked only when the rest does not decide.
+pub fn sends_now(
+    held: usize,
+    limit: usize,
+    batch_ended: bool,
+    head: impl FnOnce() -> Head,
+) -> bool {
+    batch_ended || held >= limit || head() != Head::Request
 }
 
 #[cfg(test)]
@@ -69,7 +74,7 @@ mod tests {
         ];
         for ((held, batch_ended, head), want) in table {
             assert_eq!(
-                sends_now(held, HOLD_LIMIT, batch_ended, head),
+                sends_now(held, HOLD_LIMIT, batch_ended, || head),
                 want,
                 "held={held} batch_ended={batch_ended} head={head:?}"
             );

@@ -373,24 +373,10 @@ enum Event {
 }
 
 /// Decodes and dispatches every complete command in `input`, in arrival order, as long as the
-/// pipeline has room; they are one batch (see `flush`). Returns whether input is over (QUIT,
-/// or a protocol error, which Redis reports and then closes that connection only).
+/// pipeline has room; they are one batch (see `flush`), whose end is marked on its last
+/// command. Returns whether input is over (QUIT, or a protocol error, which Redis reports and
+/// then closes that connection only).
 fn dispatch_decoded(
-    worker: &Rc<Worker>,
-    client: &mut ClientState,
-    decoder: &mut RequestDecoder,
-    input: &mut BytesMut,
-    pending: &mut ReplyQueue,
-    held: &mut Option<(Command, bool)>,
-) -> bool {
-    let input_done = dispatch_batch(worker, client, decoder, input, pending, held);
-    pending.end_batch();
-    input_done
-}
-
-/// [`dispatch_decoded`] but for marking the batch's end.
-#[inline(always)]
-fn dispatch_batch(
     worker: &Rc<Worker>,
     client: &mut ClientState,
     decoder: &mut RequestDecoder,
@@ -406,7 +392,10 @@ fn dispatch_batch(
     }
     // One clock read for the latency of every command of this read.
     let mut arrived = None;
-    while pending.len() < worker.max_pipeline_depth && !client.hold_until_replied {
+    let input_done = loop {
+        if pending.len() >= worker.max_pipeline_depth || client.hold_until_replied {
+            break false;
+        }
         match decoder.decode(input) {
             Ok(Some(command)) => {
                 // One relaxed load per command while no pause was ever set.
@@ -414,7 +403,7 @@ fn dispatch_batch(
                     if let Some(write) = clients::pause_hold(worker, client, &command) {
                         client.entry().set_flag(flag::BLOCKED, true);
                         *held = Some((command, write));
-                        return false;
+                        break false;
                     }
                 }
                 client.nothing_in_flight = pending.is_empty();
@@ -425,21 +414,21 @@ fn dispatch_batch(
                     &mut arrived,
                 ));
                 if client.closing {
-                    return true;
+                    break true;
                 }
             }
-            Ok(None) => break,
+            Ok(None) => break false,
             Err(error) => {
                 pending.push(Dispatched::untimed(ProxyError::protocol(&error).answer()));
-                return true;
+                break true;
             }
         }
-    }
-    false
+    };
+    pending.end_batch();
+    input_done
 }
 
-/// Whether the replies in `output` go out now ([`flush::sends_now`]); the queue's head is
-/// looked at only when no batch ended in them.
+/// Whether the replies in `output` go out now ([`flush::sends_now`]).
 #[inline(always)]
 fn sends_now(
     output: &BytesMut,
@@ -447,13 +436,12 @@ fn sends_now(
     batch_ended: bool,
     pending: &ReplyQueue,
 ) -> bool {
-    batch_ended
-        || flush::sends_now(
-            output.len(),
-            flush::hold_limit(output_limit),
-            false,
-            pending.head(),
-        )
+    flush::sends_now(
+        output.len(),
+        flush::hold_limit(output_limit),
+        batch_ended,
+        || pending.head(),
+    )
 }
 
 /// Writes what the socket takes of `output` now; the number of bytes written. An emptied
